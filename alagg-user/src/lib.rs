@@ -1,0 +1,14 @@
+//! alagg: a protocol-agnostic, bidirectional link aggregator for Linux.
+//!
+//! Packets for configured destinations are captured with NFQUEUE, wrapped in alagg's link
+//! protocol (`alagg-proto`) and sent over every link; the peer's XDP program steers them into
+//! AF_XDP sockets, and the receive path drops duplicates, restores order and delivers them
+//! through a TUN device. This library holds the I/O edges, each named after the kernel concept it
+//! wraps and each owning its file descriptors:
+//! - [`xdp`]: the XDP program loader and its maps;
+//! - [`xsk`]: AF_XDP sockets and their UMEM;
+//! - [`signals`]: SIGINT/SIGTERM collected synchronously.
+
+pub mod signals;
+pub mod xdp;
+pub mod xsk;

@@ -1,0 +1,301 @@
+//! AF_XDP sockets (`xsk`): one UMEM and one socket per (link interface, rx queue), wrapping
+//! xsk-rs.
+//!
+//! Owns the UMEM frames and splits them in two pools: receive frames live on the fill ring or in
+//! the rx ring and are recycled to the fill ring right after the caller has read them; transmit
+//! frames live in `free` until [`XskSocket::stage`] fills one, then on the tx ring until the
+//! completion ring hands them back. Invariant: every frame is in exactly one of those places.
+//! The socket never loads an XDP program of its own (`XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD`): the
+//! caller registers its file descriptor in alagg's `XSKS` map (see [`crate::xdp`]).
+//! Kernel reference: Documentation/networking/af_xdp.rst, include/uapi/linux/if_xdp.h.
+
+use std::{
+    io,
+    num::NonZeroU32,
+    os::fd::{AsRawFd, RawFd},
+    thread,
+    time::Duration,
+};
+
+use xsk_rs::{
+    CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem,
+    config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
+};
+
+/// Most descriptors moved per ring operation.
+pub const BATCH: usize = 64;
+
+/// Errors opening or driving an AF_XDP socket.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    /// A size in the configuration is not one the kernel accepts.
+    #[error("invalid AF_XDP configuration: {0}")]
+    Config(String),
+    /// The UMEM could not be created.
+    #[error("creating the UMEM for {interface} failed: {reason}")]
+    Umem {
+        /// Interface the socket was for.
+        interface: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The socket could not be created or bound.
+    #[error("creating the AF_XDP socket on {interface} queue {queue} failed: {reason}")]
+    Socket {
+        /// Interface.
+        interface: String,
+        /// Rx queue.
+        queue: u32,
+        /// What failed, with the kernel's error.
+        reason: String,
+    },
+    /// A wakeup syscall failed.
+    #[error("AF_XDP wakeup failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Sizes of one socket's UMEM and rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XskConfig {
+    /// Frames in the UMEM; half receive, half transmit. A power of two.
+    pub frames: u32,
+    /// Bytes per frame (2048 or 4096).
+    pub frame_size: u32,
+    /// Descriptors in each of the rx, tx, fill and completion rings. A power of two.
+    pub ring_size: u32,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        Self {
+            frames: 8192,
+            frame_size: 4096,
+            ring_size: 2048,
+        }
+    }
+}
+
+/// One AF_XDP socket with its own UMEM.
+#[derive(Debug)]
+pub struct XskSocket {
+    umem: Umem,
+    fill: FillQueue,
+    comp: CompQueue,
+    tx: TxQueue,
+    rx: RxQueue,
+    /// Transmit frames ready to be written.
+    free: Vec<FrameDesc>,
+    /// Transmit frames written by `stage` and not yet on the tx ring.
+    staged: Vec<FrameDesc>,
+    /// Scratch for ring operations.
+    scratch: Vec<FrameDesc>,
+    /// Frames on the tx ring whose completion has not come back yet.
+    in_flight: usize,
+}
+
+impl XskSocket {
+    /// Opens a socket on `interface`, rx queue `queue`, and fills its fill ring.
+    ///
+    /// Binding retries for a short while on `EBUSY`: the kernel releases a queue some tens of
+    /// milliseconds after the previous socket on it closed.
+    pub fn open(interface: &str, queue: u32, config: XskConfig) -> Result<Self, XskError> {
+        let frames = NonZeroU32::new(config.frames)
+            .filter(|n| n.get().is_power_of_two() && n.get() >= 4)
+            .ok_or_else(|| {
+                XskError::Config(format!(
+                    "frames {} is not a power of two >= 4",
+                    config.frames
+                ))
+            })?;
+        let ring = QueueSize::new(config.ring_size)
+            .map_err(|e| XskError::Config(format!("ring size {}: {e}", config.ring_size)))?;
+        let frame_size = FrameSize::new(config.frame_size)
+            .map_err(|e| XskError::Config(format!("frame size {}: {e}", config.frame_size)))?;
+        let umem_config = UmemConfig::builder()
+            .frame_size(frame_size)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .map_err(|e| XskError::Config(e.to_string()))?;
+        let (umem, mut descs) =
+            Umem::new(umem_config, frames, false).map_err(|e| XskError::Umem {
+                interface: interface.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let socket_config = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(ring)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let name: Interface = interface.parse().map_err(|_| XskError::Socket {
+            interface: interface.to_owned(),
+            queue,
+            reason: "interface name contains a NUL byte".into(),
+        })?;
+
+        let mut attempt = 0;
+        let (tx, rx, rings) = loop {
+            // SAFETY: this UMEM is fresh and used by this socket only, so the (interface, queue)
+            // pair is not already bound through it; INHIBIT_PROG_LOAD is set in any case.
+            match unsafe { Socket::new(socket_config, &umem, &name, queue) } {
+                Ok(parts) => break parts,
+                Err(error) => {
+                    let busy = error.to_string().contains("busy");
+                    attempt += 1;
+                    if !busy || attempt > 20 {
+                        return Err(XskError::Socket {
+                            interface: interface.to_owned(),
+                            queue,
+                            reason: error.to_string(),
+                        });
+                    }
+                    thread::sleep(Duration::from_millis(25));
+                }
+            }
+        };
+        let (mut fill, comp) = rings.ok_or_else(|| XskError::Socket {
+            interface: interface.to_owned(),
+            queue,
+            reason: "no fill/completion rings returned for a fresh UMEM".into(),
+        })?;
+
+        let half = descs.len() / 2;
+        let free = descs.split_off(half);
+        // The receive half goes to the fill ring, as much as fits.
+        let fill_count = descs.len().min(config.ring_size as usize);
+        // SAFETY: the descriptors come from this UMEM and are owned by no ring yet.
+        let filled = unsafe { fill.produce(&descs[..fill_count]) };
+        if filled != fill_count {
+            return Err(XskError::Socket {
+                interface: interface.to_owned(),
+                queue,
+                reason: format!("fill ring took {filled} of {fill_count} frames"),
+            });
+        }
+        Ok(Self {
+            umem,
+            fill,
+            comp,
+            tx,
+            rx,
+            free,
+            staged: Vec::with_capacity(BATCH),
+            scratch: vec![FrameDesc::default(); BATCH],
+            in_flight: 0,
+        })
+    }
+
+    /// The socket's file descriptor, for the `XSKS` map and for `poll`.
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+
+    /// Hands up to [`BATCH`] received frames to `each` (the whole Ethernet frame) and recycles
+    /// them to the fill ring. Returns how many frames were read.
+    pub fn recv(&mut self, mut each: impl FnMut(&[u8])) -> Result<usize, XskError> {
+        // SAFETY: `scratch` receives descriptors of frames of this UMEM.
+        let count = unsafe { self.rx.consume(&mut self.scratch) };
+        for desc in &mut self.scratch[..count] {
+            // SAFETY: the kernel handed this frame to us through the rx ring; nothing else reads
+            // or writes it until we put it back on the fill ring below.
+            let data = unsafe { self.umem.data(desc) };
+            each(data.contents());
+        }
+        if count > 0 {
+            // In copy mode the rx address points inside the chunk; the fill ring of an aligned
+            // UMEM masks it back to the chunk start (net/xdp/xsk_buff_pool.c), so the
+            // descriptors go back as they came.
+            // SAFETY: these frames came off this socket's rx ring and are no longer read.
+            let refilled = unsafe { self.fill.produce(&self.scratch[..count]) };
+            // The fill ring has room for every receive frame, so this cannot fall short; if it
+            // ever did, the frames would simply be out of circulation.
+            debug_assert_eq!(refilled, count);
+            if self.fill.needs_wakeup() {
+                self.fill.wakeup(self.rx.fd_mut(), 0)?;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Waits up to `timeout_ms` for frames to arrive. Returns whether any are ready.
+    pub fn poll_rx(&mut self, timeout_ms: i32) -> Result<bool, XskError> {
+        Ok(self.rx.poll(timeout_ms)?)
+    }
+
+    /// Writes one frame through `write`, which gets the frame's whole buffer and returns the
+    /// length it wrote. Returns `false` when no transmit frame is free (the caller may
+    /// [`flush`](Self::flush) and retry, or drop and count).
+    pub fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        if self.free.is_empty() {
+            self.reclaim();
+        }
+        let Some(mut desc) = self.free.pop() else {
+            return false;
+        };
+        // SAFETY: `desc` is a free transmit frame of this UMEM: on no ring and not staged.
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let capacity = data.cursor().buf_len();
+        data.cursor().set_pos(capacity);
+        let written = write(data.contents_mut()).min(capacity);
+        data.cursor().set_pos(written);
+        self.staged.push(desc);
+        if self.staged.len() >= BATCH {
+            // A full batch goes out at once; errors surface on the next explicit flush.
+            let _ = self.flush();
+        }
+        true
+    }
+
+    /// Puts every staged frame on the tx ring and kicks the kernel until the ring is drained
+    /// into the device (copy mode sends at most 32 frames per wakeup). Returns the frames queued.
+    pub fn flush(&mut self) -> Result<usize, XskError> {
+        let mut queued = 0;
+        while !self.staged.is_empty() {
+            // SAFETY: staged frames belong to this UMEM and are on no ring.
+            let produced = unsafe { self.tx.produce(&self.staged) };
+            self.staged.drain(..produced);
+            self.in_flight += produced;
+            queued += produced;
+            if self.tx.needs_wakeup() {
+                self.tx.wakeup()?;
+            }
+            self.reclaim();
+            if produced == 0 {
+                // Ring full: the kernel is still sending. Let it run, then retry.
+                self.tx.wakeup()?;
+                self.reclaim();
+                if self.tx.nb_free(1) == 0 {
+                    thread::yield_now();
+                }
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Takes completed transmit frames back into the free pool.
+    pub fn reclaim(&mut self) -> usize {
+        let mut total = 0;
+        loop {
+            // SAFETY: the completion ring hands back frames of this UMEM that we transmitted.
+            let count = unsafe { self.comp.consume(&mut self.scratch) };
+            // Completions carry the address we submitted (a frame's data start) and length 0.
+            self.free.extend_from_slice(&self.scratch[..count]);
+            self.in_flight -= count.min(self.in_flight);
+            total += count;
+            if count < self.scratch.len() {
+                return total;
+            }
+        }
+    }
+
+    /// Frames on the tx ring not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The kernel's statistics for this socket (drops, invalid descriptors, full rings).
+    pub fn statistics(&self) -> io::Result<xsk_rs::socket::XdpStatistics> {
+        self.rx.fd().xdp_statistics()
+    }
+}

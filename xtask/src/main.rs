@@ -1,0 +1,128 @@
+//! `cargo xtask`: what cargo alone cannot do for alagg. Toolchain bootstrap, building the binary
+//! with its XDP program, the full test run that CI makes, the demo, and running `alagg` as root.
+
+mod bootstrap;
+mod demo;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// alagg's project tasks.
+#[derive(Debug, Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need and is missing: Debian packages, nightly's
+    /// rust-src, bpf-linker (built against nightly's own LLVM), cargo-fuzz.
+    Bootstrap,
+    /// Build the `alagg` binary with its embedded XDP program.
+    Build {
+        /// Build with optimisations (target/release/alagg).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Everything CI checks: formatting, clippy (host and eBPF), unit, property and privileged
+    /// end-to-end tests, and a short fuzz run. Needs root for the privileged tests.
+    Test {
+        /// Skip the fuzz run (for quick local iterations; CI never skips it).
+        #[arg(long)]
+        no_fuzz: bool,
+    },
+    /// The main job on a built-in default: two test hosts joined by a link, alagg's XDP program
+    /// steering alagg frames while ordinary traffic passes. Needs root.
+    Demo,
+    /// Build (release) and run `alagg` with the given arguments, e.g. `cargo xtask run -- --help`.
+    Run {
+        /// Arguments for `alagg`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Attach the XDP program to interfaces and show its counters: `alagg attach`.
+    Attach {
+        /// Interfaces to attach to.
+        #[arg(required = true)]
+        interfaces: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Bootstrap => bootstrap::run().map(|_| ()),
+        Task::Build { release } => build(release).map(|_| ()),
+        Task::Test { no_fuzz } => test::run(!no_fuzz),
+        Task::Demo => demo::run(),
+        Task::Run { args } => run_alagg(&args),
+        Task::Attach { interfaces } => {
+            let mut args = vec!["attach".to_owned()];
+            for interface in interfaces {
+                args.push("--interface".to_owned());
+                args.push(interface);
+            }
+            run_alagg(&args)
+        }
+    }
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// A `cargo` command in the workspace root with the eBPF toolchain on hand.
+fn cargo(tools: &bootstrap::Tools) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command.env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &tools.bpf_linker);
+    command
+}
+
+/// Runs `command`, failing with its command line when it fails.
+fn check(command: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Bootstraps, builds `alagg` and returns the path of the binary.
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    let tools = bootstrap::run()?;
+    let mut command = cargo(&tools);
+    command.args(["build", "--package", "alagg-user", "--bin", "alagg"]);
+    if release {
+        command.arg("--release");
+    }
+    check(&mut command)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(root().join("target").join(profile).join("alagg"))
+}
+
+fn run_alagg(args: &[String]) -> anyhow::Result<()> {
+    let binary = build(true)?;
+    let status = Command::new(&binary)
+        .args(args)
+        .status()
+        .with_context(|| format!("could not start {}", binary.display()))?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
