@@ -116,7 +116,7 @@ impl RawSocket {
             if got < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             return Ok(Some(usize::try_from(got).unwrap_or(0)));
