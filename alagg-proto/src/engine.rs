@@ -1,0 +1,902 @@
+//! The engine a datapath drives: a [`Sender`] that numbers and cuts packets, and a [`Receiver`]
+//! that turns frames from every link back into one ordered, duplicate-free packet stream.
+//!
+//! Sans I/O (in the manner of boringtun's `Tunn`): the caller passes bytes and the time and
+//! gets decisions back; buffers on the wire side are the caller's (AF_XDP UMEM frames).
+//!
+//! Transmit, per IP packet:
+//! ```
+//! # use alagg_proto::{Sender, Redundant, Scheduler, LinkState, Timestamp};
+//! # use alagg_proto::wire::{EthernetRepr, MacAddr, DEFAULT_ETHERTYPE};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let links = [LinkState { id: 0, usable: true, weight: 1, mtu: 1500 },
+//!              LinkState { id: 1, usable: true, weight: 1, mtu: 1500 }];
+//! let eth = EthernetRepr { dst: MacAddr([2, 0, 0, 0, 0, 2]), src: MacAddr([2, 0, 0, 0, 0, 1]),
+//!                          ethertype: DEFAULT_ETHERTYPE };
+//! let (mut sender, mut sched) = (Sender::new(0x1234_5678), Redundant);
+//! let packet = [0x45u8; 3000];
+//! let chosen = sched.select(packet.len(), &links, Timestamp::ZERO);
+//! let mtu = chosen.min_mtu(&links).ok_or("no usable link")?;
+//! let plan = sender.plan(packet.len(), mtu)?;
+//! for link in chosen.iter() {
+//!     for i in 0..plan.frame_count() {
+//!         let mut umem_frame = [0u8; 2048];
+//!         let len = plan.emit_ethernet(i, links[link].id, &eth, &packet, &mut umem_frame)?;
+//!         // hand (umem_frame, len) to the link's TX ring
+//! #       assert!(len <= 14 + 1500);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Receive: [`Receiver::on_frame`] for each frame (the bytes after the Ethernet header), which
+//! delivers in-order packets at once from the frame itself (no copy) and copies only packets it
+//! must hold; [`Receiver::poll`] when [`Receiver::next_deadline`] passes, which releases packets
+//! whose gap has waited the hold time. Both hand packets to a `deliver` closure that writes them
+//! to the TUN device; the slice is valid only during the call.
+//!
+//! Pipeline inside the receiver: parse → peer epoch check → duplicate window check → (fragments:
+//! reassembly) → window mark → reorder buffer → deliver. Dedup and reorder see whole packets.
+//!
+//! Peer restart: every frame carries the sender's per-boot epoch. A new epoch flushes what is
+//! held, resets window, reorder buffer and reassembly, and the new stream starts at once;
+//! frames still in flight from the previous epoch are dropped as stale instead of flipping the
+//! epoch back.
+
+use core::ops::Range;
+use core::time::Duration;
+
+use crate::Timestamp;
+use crate::frag::{FragOutcome, Reassembler, ReassemblyConfig};
+pub use crate::reorder::Order;
+use crate::reorder::{ReorderBuffer, ReorderConfig};
+use crate::seq::{SeqCheck, SeqWindow};
+use crate::stats::{RxStats, TxStats};
+use crate::wire::{
+    DATA_HEADER_LEN, ETH_HDR_LEN, EthernetRepr, FRAGMENT_HEADER_LEN, FragmentLayout, FragmentRepr,
+    Frame, Kind, LinkId, ProbeRepr, Repr, WireError,
+};
+
+/// Sizing and timing of a [`Receiver`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiverConfig {
+    /// Duplicate window in sequence numbers (rounded up to a power of two); at least
+    /// `reorder_capacity`. Default 4096.
+    pub dedup_window: usize,
+    /// Packets the reorder buffer holds (rounded up to a power of two). Default 1024.
+    pub reorder_capacity: usize,
+    /// Longest a packet waits for a gap before it. Default 3 ms.
+    pub hold_time: Duration,
+    /// Bytes per reorder slot; held packets longer than this use a large buffer. Default 2048.
+    pub slot_size: usize,
+    /// Held packets longer than `slot_size` at once. Default 16.
+    pub large_slots: usize,
+    /// Longest IP packet accepted: 65 575 by default (an IPv6 packet with a full 16-bit
+    /// payload length, the largest GSO packet).
+    pub max_packet_len: usize,
+    /// Packets reassembled at once. Default 16.
+    pub reassembly_slots: usize,
+    /// How long an incomplete fragmented packet is kept. Default 10 ms.
+    pub reassembly_timeout: Duration,
+    /// Deliver packets arriving after their gap was given up (out of order). Default true.
+    pub deliver_late: bool,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        let reorder = ReorderConfig::default();
+        let reassembly = ReassemblyConfig::default();
+        ReceiverConfig {
+            dedup_window: 4096,
+            reorder_capacity: reorder.capacity,
+            hold_time: reorder.hold_time,
+            slot_size: reorder.slot_size,
+            large_slots: reorder.large_slots,
+            max_packet_len: reorder.max_packet_len,
+            reassembly_slots: reassembly.slots,
+            reassembly_timeout: reassembly.timeout,
+            deliver_late: reorder.deliver_late,
+        }
+    }
+}
+
+/// A [`ReceiverConfig`] that cannot work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The window must cover the reorder buffer, or packets inside it would look too old.
+    #[error(
+        "dedup_window ({window}) must be at least reorder_capacity ({capacity}); raise dedup_window"
+    )]
+    WindowSmallerThanReorder {
+        /// Window asked for.
+        window: usize,
+        /// Reorder capacity asked for.
+        capacity: usize,
+    },
+    /// A size that must be positive is zero or too large.
+    #[error("{name} must be between 1 and {max}, got {value}")]
+    OutOfRange {
+        /// The setting at fault.
+        name: &'static str,
+        /// Its value.
+        value: usize,
+        /// Largest allowed value.
+        max: usize,
+    },
+}
+
+impl ReceiverConfig {
+    /// Checks that the settings can work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ranges: [(&'static str, usize, usize); 6] = [
+            ("dedup_window", self.dedup_window, 1 << 24),
+            ("reorder_capacity", self.reorder_capacity, 1 << 20),
+            ("slot_size", self.slot_size, 65_575),
+            ("large_slots", self.large_slots, usize::from(u16::MAX)),
+            ("max_packet_len", self.max_packet_len, u32::MAX as usize),
+            ("reassembly_slots", self.reassembly_slots, 4096),
+        ];
+        for (name, value, max) in ranges {
+            if value == 0 || value > max {
+                return Err(ConfigError::OutOfRange { name, value, max });
+            }
+        }
+        if self.dedup_window < self.reorder_capacity {
+            return Err(ConfigError::WindowSmallerThanReorder {
+                window: self.dedup_window,
+                capacity: self.reorder_capacity,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What [`Receiver::on_frame`] did with a frame. `link` is the sender's link id from the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxOutcome {
+    /// The first copy of packet `seq` (for fragmented packets: the fragment completing it)
+    /// came from `link`; `order` says whether it was delivered, held or late.
+    Accepted {
+        /// Sending link.
+        link: LinkId,
+        /// Packet sequence number.
+        seq: u64,
+        /// Delivery decision.
+        order: Order,
+    },
+    /// A fragment stored; its packet is not complete yet.
+    FragmentStored {
+        /// Sending link.
+        link: LinkId,
+        /// Packet sequence number.
+        seq: u64,
+    },
+    /// A copy of a packet or fragment already accepted; dropped.
+    Duplicate {
+        /// Sending link.
+        link: LinkId,
+        /// Packet sequence number.
+        seq: u64,
+    },
+    /// Older than the duplicate window can judge (802.1CB rogue); dropped.
+    TooOld {
+        /// Sending link.
+        link: LinkId,
+        /// Packet sequence number.
+        seq: u64,
+    },
+    /// A fragment refused by reassembly, or a packet over `max_packet_len`; dropped.
+    Refused {
+        /// Sending link.
+        link: LinkId,
+        /// Packet sequence number.
+        seq: u64,
+    },
+    /// A keepalive / probe; the datapath answers or measures with it.
+    Probe {
+        /// Sending link.
+        link: LinkId,
+        /// The link's probe counter.
+        seq: u64,
+        /// Timestamps.
+        probe: ProbeRepr,
+    },
+    /// A frame of the peer's previous epoch; dropped.
+    StaleEpoch {
+        /// Sending link.
+        link: LinkId,
+    },
+    /// Not a valid v1 frame (including other versions and unknown types); dropped.
+    Malformed(WireError),
+}
+
+/// Receives the frames of one peer on all links: epoch tracking, reassembly, duplicate
+/// elimination and reordering. See the module docs for the pipeline.
+#[derive(Debug)]
+pub struct Receiver {
+    epoch: Option<u32>,
+    previous_epoch: Option<u32>,
+    window: SeqWindow,
+    reorder: ReorderBuffer,
+    reassembly: Reassembler,
+    max_packet_len: usize,
+    stats: RxStats,
+}
+
+impl Receiver {
+    /// A receiver with all its memory allocated up front (large buffers grow on first use).
+    pub fn new(config: &ReceiverConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Receiver {
+            epoch: None,
+            previous_epoch: None,
+            window: SeqWindow::new(config.dedup_window),
+            reorder: ReorderBuffer::new(&ReorderConfig {
+                capacity: config.reorder_capacity,
+                hold_time: config.hold_time,
+                slot_size: config.slot_size,
+                large_slots: config.large_slots,
+                max_packet_len: config.max_packet_len,
+                deliver_late: config.deliver_late,
+            }),
+            reassembly: Reassembler::new(&ReassemblyConfig {
+                slots: config.reassembly_slots,
+                timeout: config.reassembly_timeout,
+                max_packet_len: config.max_packet_len,
+            }),
+            max_packet_len: config.max_packet_len,
+            stats: RxStats::default(),
+        })
+    }
+
+    /// The peer's current epoch, once a frame has been seen.
+    pub fn peer_epoch(&self) -> Option<u32> {
+        self.epoch
+    }
+
+    /// All counters.
+    pub fn stats(&self) -> RxStats {
+        RxStats {
+            dedup: self.window.stats(),
+            reorder: self.reorder.stats(),
+            reassembly: self.reassembly.stats(),
+            ..self.stats
+        }
+    }
+
+    /// Packets held waiting for a gap.
+    pub fn held(&self) -> usize {
+        self.reorder.held()
+    }
+
+    /// When [`Receiver::poll`] must next be called, or `None` if no timer runs.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        match (
+            self.reorder.next_deadline(),
+            self.reassembly.next_deadline(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs the timers: gives up gaps held for the hold time (delivering what follows them) and
+    /// drops incomplete packets past the reassembly timeout.
+    pub fn poll<F: FnMut(&[u8])>(&mut self, now: Timestamp, mut deliver: F) {
+        self.reassembly.expire(now);
+        self.reorder.poll(now, &mut deliver);
+    }
+
+    /// Handles one frame: `frame` is everything after the Ethernet header, borrowed only for
+    /// this call. Packets that become deliverable, in order, go to `deliver`. Never panics.
+    #[inline]
+    pub fn on_frame<F: FnMut(&[u8])>(
+        &mut self,
+        frame: &[u8],
+        now: Timestamp,
+        mut deliver: F,
+    ) -> RxOutcome {
+        self.stats.frames += 1;
+        let parsed = Frame::new_checked(frame).and_then(|f| Repr::parse(&f).map(|r| (f, r)));
+        let (frame, repr) = match parsed {
+            Ok(ok) => ok,
+            Err(e) => {
+                match e {
+                    WireError::BadVersion(_) => self.stats.bad_version += 1,
+                    WireError::UnknownType(_) => self.stats.unknown_type += 1,
+                    _ => self.stats.malformed += 1,
+                }
+                return RxOutcome::Malformed(e);
+            }
+        };
+        let (link, seq) = (repr.link_id, repr.seq);
+        if self.epoch != Some(repr.epoch) {
+            if self.previous_epoch == Some(repr.epoch) {
+                self.stats.stale_epoch += 1;
+                return RxOutcome::StaleEpoch { link };
+            }
+            self.new_epoch(repr.epoch, &mut deliver);
+        }
+        let payload = frame.payload();
+        match repr.kind {
+            Kind::Probe(probe) => {
+                self.stats.probes += 1;
+                RxOutcome::Probe { link, seq, probe }
+            }
+            Kind::Data => {
+                if payload.len() > self.max_packet_len {
+                    self.stats.oversized += 1;
+                    return RxOutcome::Refused { link, seq };
+                }
+                match self.window.check_and_mark(seq) {
+                    SeqCheck::Fresh => {
+                        let order = self.reorder.push(seq, payload, now, &mut deliver);
+                        RxOutcome::Accepted { link, seq, order }
+                    }
+                    SeqCheck::Duplicate => RxOutcome::Duplicate { link, seq },
+                    SeqCheck::TooOld => RxOutcome::TooOld { link, seq },
+                }
+            }
+            Kind::Fragment(frag) => self.on_fragment(link, seq, &frag, payload, now, &mut deliver),
+        }
+    }
+
+    fn on_fragment<F: FnMut(&[u8])>(
+        &mut self,
+        link: LinkId,
+        seq: u64,
+        frag: &FragmentRepr,
+        payload: &[u8],
+        now: Timestamp,
+        deliver: &mut F,
+    ) -> RxOutcome {
+        match self.window.check(seq) {
+            SeqCheck::Fresh => {}
+            SeqCheck::Duplicate => {
+                self.window.count(SeqCheck::Duplicate);
+                return RxOutcome::Duplicate { link, seq };
+            }
+            SeqCheck::TooOld => {
+                self.window.count(SeqCheck::TooOld);
+                return RxOutcome::TooOld { link, seq };
+            }
+        }
+        match self.reassembly.insert(seq, frag, payload, now) {
+            FragOutcome::Stored => RxOutcome::FragmentStored { link, seq },
+            FragOutcome::Duplicate => RxOutcome::Duplicate { link, seq },
+            FragOutcome::Rejected => RxOutcome::Refused { link, seq },
+            FragOutcome::Complete(packet) => match self.window.check_and_mark(seq) {
+                SeqCheck::Fresh => {
+                    let order = self.reorder.push(seq, packet, now, deliver);
+                    RxOutcome::Accepted { link, seq, order }
+                }
+                SeqCheck::Duplicate => RxOutcome::Duplicate { link, seq },
+                SeqCheck::TooOld => RxOutcome::TooOld { link, seq },
+            },
+        }
+    }
+
+    fn new_epoch<F: FnMut(&[u8])>(&mut self, epoch: u32, deliver: &mut F) {
+        if let Some(old) = self.epoch {
+            self.stats.epoch_changes += 1;
+            self.previous_epoch = Some(old);
+            self.reorder.flush(deliver);
+            self.window.reset();
+            self.reassembly.reset();
+        }
+        self.epoch = Some(epoch);
+    }
+}
+
+/// Why a packet cannot be planned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// An empty packet.
+    #[error("empty packet")]
+    Empty,
+    /// The MTU leaves no room for a fragment's payload.
+    #[error("link MTU {0} too small: at least {min} bytes needed", min = FRAGMENT_HEADER_LEN + 1)]
+    MtuTooSmall(usize),
+    /// The packet needs more than [`crate::wire::MAX_FRAGMENTS`] fragments at this MTU.
+    #[error("packet of {len} bytes needs too many fragments at MTU {mtu}")]
+    TooManyFragments {
+        /// Packet length.
+        len: usize,
+        /// Link MTU.
+        mtu: usize,
+    },
+}
+
+/// Numbers outgoing packets and plans their frames. One per peer.
+#[derive(Clone, Debug)]
+pub struct Sender {
+    epoch: u32,
+    next_seq: u64,
+    stats: TxStats,
+}
+
+impl Sender {
+    /// A sender for this boot's `epoch` (random, chosen by the caller, e.g. from getrandom),
+    /// numbering packets from 0.
+    pub fn new(epoch: u32) -> Self {
+        Sender::with_first_seq(epoch, 0)
+    }
+
+    /// A sender numbering packets from `first_seq`.
+    pub fn with_first_seq(epoch: u32, first_seq: u64) -> Self {
+        Sender {
+            epoch,
+            next_seq: first_seq,
+            stats: TxStats::default(),
+        }
+    }
+
+    /// This boot's epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The number the next packet gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> TxStats {
+        self.stats
+    }
+
+    /// Numbers a `packet_len`-byte packet and decides its frames for links of `mtu` bytes after
+    /// the Ethernet header (the smallest MTU of the links that will carry it): one data frame
+    /// if it fits, else the canonical fragments. Every copy on every link is emitted from the
+    /// returned plan.
+    #[inline]
+    pub fn plan(&mut self, packet_len: usize, mtu: usize) -> Result<Plan, PlanError> {
+        if packet_len == 0 {
+            return Err(PlanError::Empty);
+        }
+        let layout = if packet_len + DATA_HEADER_LEN <= mtu && packet_len <= usize::from(u16::MAX) {
+            None
+        } else {
+            if mtu <= FRAGMENT_HEADER_LEN {
+                return Err(PlanError::MtuTooSmall(mtu));
+            }
+            let max_payload = (mtu - FRAGMENT_HEADER_LEN).min(usize::from(u16::MAX));
+            let layout = u32::try_from(packet_len)
+                .ok()
+                .and_then(|len| FragmentLayout::for_payload(len, max_payload as u32))
+                .ok_or(PlanError::TooManyFragments {
+                    len: packet_len,
+                    mtu,
+                })?;
+            self.stats.fragmented += 1;
+            self.stats.fragments += u64::from(layout.count());
+            Some(layout)
+        };
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.stats.packets += 1;
+        Ok(Plan {
+            epoch: self.epoch,
+            seq,
+            packet_len,
+            layout,
+        })
+    }
+
+    /// A probe header for `link`, numbered with that link's own probe counter `probe_seq`.
+    pub fn probe(&self, link: LinkId, probe_seq: u64, probe: ProbeRepr) -> Repr {
+        Repr {
+            link_id: link,
+            epoch: self.epoch,
+            seq: probe_seq,
+            payload_len: 0,
+            kind: Kind::Probe(probe),
+        }
+    }
+}
+
+/// The frames of one packet: its sequence number and, if fragmented, its layout. `Copy`, no
+/// allocation; emit each frame once per chosen link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    epoch: u32,
+    seq: u64,
+    packet_len: usize,
+    layout: Option<FragmentLayout>,
+}
+
+impl Plan {
+    /// The packet's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Number of frames (1 unless fragmented).
+    pub fn frame_count(&self) -> usize {
+        self.layout.map_or(1, |l| usize::from(l.count()))
+    }
+
+    /// Whether the packet is fragmented.
+    pub fn is_fragmented(&self) -> bool {
+        self.layout.is_some()
+    }
+
+    /// Header of frame `index` on `link`, and the range of the packet it carries.
+    pub fn frame(&self, index: usize, link: LinkId) -> Option<(Repr, Range<usize>)> {
+        let base = |payload_len: usize, kind| Repr {
+            link_id: link,
+            epoch: self.epoch,
+            seq: self.seq,
+            // Bounded by u16::MAX in `Sender::plan`.
+            payload_len: payload_len as u16,
+            kind,
+        };
+        match self.layout {
+            None if index == 0 => Some((base(self.packet_len, Kind::Data), 0..self.packet_len)),
+            None => None,
+            Some(layout) => {
+                let index = u16::try_from(index).ok()?;
+                let (offset, len) = layout.fragment(index)?;
+                let frag = FragmentRepr {
+                    packet_len: layout.packet_len(),
+                    offset,
+                    index,
+                    count: layout.count(),
+                };
+                let (start, len) = (offset as usize, len as usize);
+                Some((base(len, Kind::Fragment(frag)), start..start + len))
+            }
+        }
+    }
+
+    /// Length of frame `index` after the Ethernet header (0 if out of range).
+    pub fn frame_len(&self, index: usize) -> usize {
+        self.frame(index, 0).map_or(0, |(repr, _)| repr.frame_len())
+    }
+
+    /// Writes frame `index` for `link` (alagg header and payload, no Ethernet header) into
+    /// `out`; `packet` is the whole IP packet. Returns the bytes written.
+    #[inline]
+    pub fn emit(
+        &self,
+        index: usize,
+        link: LinkId,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, WireError> {
+        if packet.len() != self.packet_len {
+            return Err(WireError::FieldOverflow);
+        }
+        let Some((repr, range)) = self.frame(index, link) else {
+            return Err(WireError::BadFragment);
+        };
+        repr.emit_with_payload(&packet[range], out)
+    }
+
+    /// Like [`Plan::emit`], preceded by the Ethernet header `eth`. Returns the frame length.
+    #[inline]
+    pub fn emit_ethernet(
+        &self,
+        index: usize,
+        link: LinkId,
+        eth: &EthernetRepr,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, WireError> {
+        eth.emit(out)?;
+        let n = self.emit(index, link, packet, &mut out[ETH_HDR_LEN..])?;
+        Ok(ETH_HDR_LEN + n)
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn t(ms: u64) -> Timestamp {
+        Timestamp::from_nanos(ms * MS)
+    }
+
+    fn packet(seq: u64, len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        for (i, b) in p.iter_mut().enumerate() {
+            *b = (seq as usize * 31 + i) as u8;
+        }
+        p[..8.min(len)].copy_from_slice(&seq.to_be_bytes()[..8.min(len)]);
+        p
+    }
+
+    /// Every frame of the next packet of `sender` on `link`.
+    fn frames(sender: &mut Sender, pkt: &[u8], mtu: usize, link: LinkId) -> Vec<Vec<u8>> {
+        let plan = sender.plan(pkt.len(), mtu).unwrap();
+        (0..plan.frame_count())
+            .map(|i| {
+                let mut out = vec![0u8; mtu];
+                let n = plan.emit(i, link, pkt, &mut out).unwrap();
+                out.truncate(n);
+                out
+            })
+            .collect()
+    }
+
+    struct Sink(Vec<Vec<u8>>);
+
+    impl Sink {
+        fn f(&mut self) -> impl FnMut(&[u8]) + '_ {
+            |p| self.0.push(p.to_vec())
+        }
+    }
+
+    fn receiver() -> Receiver {
+        Receiver::new(&ReceiverConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn duplicates_across_links_are_dropped_and_first_link_reported() {
+        let mut tx = Sender::new(7);
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        let pkt = packet(0, 100);
+        let plan = tx.plan(pkt.len(), 1500).unwrap();
+        let mut a = [0u8; 1500];
+        let mut b = [0u8; 1500];
+        let na = plan.emit(0, 1, &pkt, &mut a).unwrap();
+        let nb = plan.emit(0, 2, &pkt, &mut b).unwrap();
+        assert_eq!(
+            rx.on_frame(&b[..nb], t(0), sink.f()),
+            RxOutcome::Accepted {
+                link: 2,
+                seq: 0,
+                order: Order::InOrder
+            }
+        );
+        assert_eq!(
+            rx.on_frame(&a[..na], t(0), sink.f()),
+            RxOutcome::Duplicate { link: 1, seq: 0 }
+        );
+        assert_eq!(sink.0, vec![pkt]);
+        let s = rx.stats();
+        assert_eq!((s.frames, s.dedup.passed, s.dedup.discarded), (2, 1, 1));
+    }
+
+    #[test]
+    fn fragmented_64k_packet_over_two_links_with_loss() {
+        let mut tx = Sender::new(1);
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        let pkt = packet(0, 65_535);
+        let plan = tx.plan(pkt.len(), 1500).unwrap();
+        assert_eq!(plan.frame_count(), 45);
+        let mut outcomes = Vec::new();
+        for i in 0..plan.frame_count() {
+            for link in [0u16, 1] {
+                // Link 0 loses even fragments, link 1 odd ones: each fragment arrives once.
+                if (i % 2 == 0) == (link == 0) {
+                    continue;
+                }
+                let mut out = [0u8; 1500];
+                let n = plan.emit(i, link, &pkt, &mut out).unwrap();
+                assert!(n <= 1500);
+                outcomes.push(rx.on_frame(&out[..n], t(0), sink.f()));
+            }
+        }
+        assert_eq!(sink.0, vec![pkt.clone()]);
+        assert_eq!(
+            outcomes.last(),
+            Some(&RxOutcome::Accepted {
+                link: 1,
+                seq: 0,
+                order: Order::InOrder
+            })
+        );
+        // A late copy of a fragment of the delivered packet is a duplicate, not a new context.
+        let mut out = [0u8; 1500];
+        let n = plan.emit(3, 0, &pkt, &mut out).unwrap();
+        assert_eq!(
+            rx.on_frame(&out[..n], t(0), sink.f()),
+            RxOutcome::Duplicate { link: 0, seq: 0 }
+        );
+        assert_eq!(rx.next_deadline(), None);
+        assert_eq!(tx.stats().fragments, 45);
+    }
+
+    #[test]
+    fn fragment_loss_becomes_a_lost_packet_after_timeouts() {
+        let mut tx = Sender::new(1);
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        let f0 = packet_frame(&mut tx, 0);
+        let big = packet(1, 4000);
+        let frags = frames(&mut tx, &big, 1500, 0);
+        assert_eq!(frags.len(), 3);
+        let f2 = packet_frame(&mut tx, 0);
+        rx.on_frame(&f0, t(0), sink.f());
+        assert_eq!(
+            rx.on_frame(&frags[0], t(0), sink.f()),
+            RxOutcome::FragmentStored { link: 0, seq: 1 }
+        );
+        assert_eq!(
+            rx.on_frame(&frags[0], t(0), sink.f()),
+            RxOutcome::Duplicate { link: 0, seq: 1 }
+        );
+        rx.on_frame(&frags[2], t(0), sink.f());
+        assert_eq!(
+            rx.on_frame(&f2, t(1), sink.f()),
+            RxOutcome::Accepted {
+                link: 0,
+                seq: 2,
+                order: Order::Held
+            }
+        );
+        assert_eq!(rx.next_deadline(), Some(t(4)));
+        rx.poll(t(4), sink.f());
+        assert_eq!(sink.0.len(), 2);
+        assert_eq!(rx.stats().reorder.lost, 1);
+        assert_eq!(rx.next_deadline(), Some(t(10)));
+        rx.poll(t(10), sink.f());
+        assert_eq!(rx.stats().reassembly.timeouts, 1);
+        assert_eq!(rx.next_deadline(), None);
+    }
+
+    fn packet_frame(tx: &mut Sender, link: LinkId) -> Vec<u8> {
+        let pkt = packet(tx.next_seq(), 64);
+        frames(tx, &pkt, 1500, link).remove(0)
+    }
+
+    #[test]
+    fn epoch_change_resets_and_resumes_at_once() {
+        let mut old = Sender::with_first_seq(1, 1000);
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        let f0 = packet_frame(&mut old, 0);
+        let _gap = packet_frame(&mut old, 0);
+        let f2 = packet_frame(&mut old, 0);
+        let straggler = packet_frame(&mut old, 1);
+        rx.on_frame(&f0, t(0), sink.f());
+        rx.on_frame(&f2, t(0), sink.f());
+        assert_eq!(rx.held(), 1);
+        // The peer restarts and numbers from 0 again: the held packet is flushed, the new
+        // stream flows at once although its numbers are "old".
+        let mut new = Sender::new(2);
+        let n0 = packet_frame(&mut new, 0);
+        assert_eq!(
+            rx.on_frame(&n0, t(1), sink.f()),
+            RxOutcome::Accepted {
+                link: 0,
+                seq: 0,
+                order: Order::InOrder
+            }
+        );
+        assert_eq!(sink.0.len(), 3);
+        assert_eq!(rx.peer_epoch(), Some(2));
+        // A frame of the old epoch still in flight does not flip the epoch back.
+        assert_eq!(
+            rx.on_frame(&straggler, t(1), sink.f()),
+            RxOutcome::StaleEpoch { link: 1 }
+        );
+        assert_eq!(rx.peer_epoch(), Some(2));
+        let s = rx.stats();
+        assert_eq!((s.epoch_changes, s.stale_epoch), (1, 1));
+    }
+
+    #[test]
+    fn malformed_frames_are_counted_never_panic() {
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        let mut f = packet_frame(&mut Sender::new(1), 0);
+        assert!(matches!(
+            rx.on_frame(&f[..10], t(0), sink.f()),
+            RxOutcome::Malformed(WireError::Truncated)
+        ));
+        f[0] = 9;
+        assert!(matches!(
+            rx.on_frame(&f, t(0), sink.f()),
+            RxOutcome::Malformed(WireError::BadVersion(9))
+        ));
+        f[0] = 1;
+        f[1] = 200;
+        assert!(matches!(
+            rx.on_frame(&f, t(0), sink.f()),
+            RxOutcome::Malformed(WireError::UnknownType(200))
+        ));
+        let s = rx.stats();
+        assert_eq!((s.malformed, s.bad_version, s.unknown_type), (1, 1, 1));
+        assert!(sink.0.is_empty());
+    }
+
+    #[test]
+    fn probes_are_reported() {
+        let tx = Sender::new(5);
+        let mut rx = receiver();
+        let probe = ProbeRepr {
+            tx_time: 10,
+            echo_time: 7,
+            echo_delay: 2,
+        };
+        let mut buf = [0u8; 64];
+        let n = tx.probe(3, 99, probe).emit(&mut buf).unwrap();
+        assert_eq!(
+            rx.on_frame(&buf[..n], t(0), |_: &[u8]| {}),
+            RxOutcome::Probe {
+                link: 3,
+                seq: 99,
+                probe
+            }
+        );
+        assert_eq!(rx.stats().probes, 1);
+    }
+
+    #[test]
+    fn plan_limits() {
+        let mut tx = Sender::new(0);
+        assert_eq!(tx.plan(0, 1500), Err(PlanError::Empty));
+        assert_eq!(tx.plan(1481, 1500).unwrap().frame_count(), 2);
+        assert_eq!(tx.plan(1480, 1500).unwrap().frame_count(), 1);
+        assert_eq!(tx.plan(100, 32), Err(PlanError::MtuTooSmall(32)));
+        assert!(matches!(
+            tx.plan(65_535, 100),
+            Err(PlanError::TooManyFragments { .. })
+        ));
+        // A data frame's length field is 16 bits: larger packets fragment even on huge MTUs.
+        let plan = tx.plan(70_000, 200_000).unwrap();
+        assert!(plan.is_fragmented());
+        assert_eq!(tx.next_seq(), 3);
+        let plan = tx.plan(10, 1500).unwrap();
+        let mut out = [0u8; 64];
+        assert_eq!(
+            plan.emit(0, 0, &[0; 9], &mut out),
+            Err(WireError::FieldOverflow)
+        );
+        assert_eq!(
+            plan.emit(1, 0, &[0; 10], &mut out),
+            Err(WireError::BadFragment)
+        );
+        assert_eq!(plan.frame_len(0), 30);
+    }
+
+    #[test]
+    fn emit_ethernet_prefixes_the_header() {
+        let mut tx = Sender::new(0);
+        let eth = EthernetRepr {
+            dst: crate::wire::MacAddr([1; 6]),
+            src: crate::wire::MacAddr([2; 6]),
+            ethertype: 0x88b6,
+        };
+        let plan = tx.plan(4, 1500).unwrap();
+        let mut out = [0u8; 64];
+        let n = plan
+            .emit_ethernet(0, 0, &eth, &[1, 2, 3, 4], &mut out)
+            .unwrap();
+        assert_eq!(n, 14 + 24);
+        assert_eq!(&out[12..14], &[0x88, 0xb6]);
+        assert_eq!(&out[34..38], &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(ReceiverConfig::default().validate().is_ok());
+        let small = ReceiverConfig {
+            dedup_window: 512,
+            ..Default::default()
+        };
+        assert!(matches!(
+            small.validate(),
+            Err(ConfigError::WindowSmallerThanReorder { .. })
+        ));
+        let zero = ReceiverConfig {
+            large_slots: 0,
+            ..Default::default()
+        };
+        assert!(matches!(
+            zero.validate(),
+            Err(ConfigError::OutOfRange {
+                name: "large_slots",
+                ..
+            })
+        ));
+    }
+}

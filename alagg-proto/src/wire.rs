@@ -1,0 +1,961 @@
+//! Wire format v1: the Ethernet header and the alagg header, as zero-copy views and `Repr`s.
+//!
+//! The layout is specified in `docs/PROTOCOL.md`; this module is its executable form. In the
+//! manner of smoltcp, [`Frame`] and [`EthernetFrame`] wrap any `T: AsRef<[u8]>` and read fields
+//! straight from the bytes, the private `field` module names the byte ranges, `new_checked`
+//! validates lengths once so the accessors cannot go out of bounds, and [`Repr`] is the parsed,
+//! validated, owned form with `parse` and `emit`.
+//!
+//! Invariants:
+//! - `new_checked` and `Repr::parse` never panic, whatever the bytes.
+//! - All multi-byte fields are big-endian (network byte order, RFC 1700).
+//! - A checked [`Frame`] has `header_len() >= min_header_len(frame_type())` and
+//!   `buffer.len() >= header_len() + payload_len()`; trailing bytes beyond that are Ethernet
+//!   padding and are ignored (IEEE 802.3 pads frames to 60 bytes).
+
+use core::fmt;
+
+pub use alagg_common::{DEFAULT_ETHERTYPE, ETH_HDR_LEN};
+
+/// The only wire-format version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Length of the base header every alagg frame starts with.
+pub const BASE_HEADER_LEN: usize = field::FLAGS + 1;
+/// Header length of a [`FrameType::Data`] frame.
+pub const DATA_HEADER_LEN: usize = BASE_HEADER_LEN;
+/// Header length of a [`FrameType::Fragment`] frame.
+pub const FRAGMENT_HEADER_LEN: usize = field::FRAG_COUNT.end;
+/// Header length of a [`FrameType::Probe`] frame.
+pub const PROBE_HEADER_LEN: usize = field::ECHO_DELAY.end;
+/// Most fragments one packet may be cut into (an implementation limit of v1 receivers).
+pub const MAX_FRAGMENTS: usize = 256;
+
+/// Identifier of a link, chosen by the sending side and carried in every frame.
+pub type LinkId = u16;
+
+/// Why bytes are not a valid frame, or an output buffer cannot take one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The bytes end before the header, or before the payload the header announces.
+    #[error("frame truncated")]
+    Truncated,
+    /// The version field is not [`VERSION`]; the rest of the layout is unknown.
+    #[error("unsupported alagg version {0}")]
+    BadVersion(u8),
+    /// A v1 frame of a type this receiver does not know (ignore it, see `docs/PROTOCOL.md`).
+    #[error("unknown alagg frame type {0}")]
+    UnknownType(u8),
+    /// The header-length field is shorter than the frame type's fixed fields.
+    #[error("header length field too small for the frame type")]
+    BadHeaderLen,
+    /// Fragment fields that do not describe the canonical layout (`docs/PROTOCOL.md`).
+    #[error("inconsistent fragment fields")]
+    BadFragment,
+    /// The output buffer is too small for what was asked to be emitted.
+    #[error("output buffer too small")]
+    BufferTooSmall,
+    /// A value does not fit its field (payload over 65535 bytes, header over 255).
+    #[error("value does not fit its wire field")]
+    FieldOverflow,
+}
+
+/// Byte ranges of the fields, relative to the start of the alagg header.
+mod field {
+    pub type Field = core::ops::Range<usize>;
+
+    pub const VERSION: usize = 0;
+    pub const TYPE: usize = 1;
+    pub const LINK: Field = 2..4;
+    pub const EPOCH: Field = 4..8;
+    pub const SEQ: Field = 8..16;
+    pub const PAYLOAD_LEN: Field = 16..18;
+    pub const HEADER_LEN: usize = 18;
+    pub const FLAGS: usize = 19;
+
+    // Fragment extension.
+    pub const PACKET_LEN: Field = 20..24;
+    pub const FRAG_OFFSET: Field = 24..28;
+    pub const FRAG_INDEX: Field = 28..30;
+    pub const FRAG_COUNT: Field = 30..32;
+
+    // Probe extension.
+    pub const TX_TIME: Field = 20..28;
+    pub const ECHO_TIME: Field = 28..36;
+    pub const ECHO_DELAY: Field = 36..44;
+
+    // Ethernet II header (IEEE 802.3 clause 3.2).
+    pub const ETH_DST: Field = 0..6;
+    pub const ETH_SRC: Field = 6..12;
+    pub const ETH_TYPE: Field = 12..14;
+}
+
+/// Frame type, the second byte of the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameType {
+    /// A whole IP packet.
+    Data,
+    /// One fragment of an IP packet longer than the link allows.
+    Fragment,
+    /// Keepalive / link probe with timestamps; not part of the data sequence.
+    Probe,
+    /// A type this receiver does not know; value 0 is reserved and never sent.
+    Unknown(u8),
+}
+
+impl From<u8> for FrameType {
+    fn from(value: u8) -> Self {
+        match value {
+            1 => FrameType::Data,
+            2 => FrameType::Fragment,
+            3 => FrameType::Probe,
+            other => FrameType::Unknown(other),
+        }
+    }
+}
+
+impl From<FrameType> for u8 {
+    fn from(value: FrameType) -> Self {
+        match value {
+            FrameType::Data => 1,
+            FrameType::Fragment => 2,
+            FrameType::Probe => 3,
+            FrameType::Unknown(other) => other,
+        }
+    }
+}
+
+impl FrameType {
+    /// The shortest valid header for this type: the base header plus the type's fixed fields.
+    pub const fn min_header_len(self) -> usize {
+        match self {
+            FrameType::Data | FrameType::Unknown(_) => DATA_HEADER_LEN,
+            FrameType::Fragment => FRAGMENT_HEADER_LEN,
+            FrameType::Probe => PROBE_HEADER_LEN,
+        }
+    }
+}
+
+fn read_u16(b: &[u8], f: field::Field) -> u16 {
+    let mut a = [0u8; 2];
+    a.copy_from_slice(&b[f]);
+    u16::from_be_bytes(a)
+}
+
+fn read_u32(b: &[u8], f: field::Field) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[f]);
+    u32::from_be_bytes(a)
+}
+
+fn read_u64(b: &[u8], f: field::Field) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[f]);
+    u64::from_be_bytes(a)
+}
+
+/// A read/write view of an alagg header and its payload (the bytes after the Ethernet header).
+#[derive(Debug, Clone)]
+pub struct Frame<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Frame<T> {
+    /// Wraps `buffer` without any check. Accessors may panic if the buffer is not a valid frame;
+    /// use it only on buffers about to be filled by [`Repr::emit`].
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Frame { buffer }
+    }
+
+    /// Wraps `buffer` after checking the version and every length, so that no accessor of the
+    /// frame's type can go out of bounds. Never panics.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let frame = Frame { buffer };
+        frame.check_len()?;
+        Ok(frame)
+    }
+
+    /// Validates version and lengths (see [`Frame::new_checked`]).
+    pub fn check_len(&self) -> Result<(), WireError> {
+        let b = self.buffer.as_ref();
+        if b.len() < BASE_HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        if b[field::VERSION] != VERSION {
+            return Err(WireError::BadVersion(b[field::VERSION]));
+        }
+        let header_len = usize::from(b[field::HEADER_LEN]);
+        if header_len < self.frame_type().min_header_len() {
+            return Err(WireError::BadHeaderLen);
+        }
+        if b.len() < header_len + usize::from(self.payload_len()) {
+            return Err(WireError::Truncated);
+        }
+        Ok(())
+    }
+
+    /// Consumes the view, returning the buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    /// Wire-format version.
+    pub fn version(&self) -> u8 {
+        self.buffer.as_ref()[field::VERSION]
+    }
+
+    /// Frame type.
+    pub fn frame_type(&self) -> FrameType {
+        FrameType::from(self.buffer.as_ref()[field::TYPE])
+    }
+
+    /// Id of the link the sender put this frame on.
+    pub fn link_id(&self) -> LinkId {
+        read_u16(self.buffer.as_ref(), field::LINK)
+    }
+
+    /// The sender's per-boot epoch.
+    pub fn epoch(&self) -> u32 {
+        read_u32(self.buffer.as_ref(), field::EPOCH)
+    }
+
+    /// Sequence number: the packet's for data and fragments, the link's probe counter for probes.
+    pub fn seq(&self) -> u64 {
+        read_u64(self.buffer.as_ref(), field::SEQ)
+    }
+
+    /// Length of the payload that follows the header.
+    pub fn payload_len(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::PAYLOAD_LEN)
+    }
+
+    /// Length of the header, fixed fields plus any extension a newer sender appended.
+    pub fn header_len(&self) -> u8 {
+        self.buffer.as_ref()[field::HEADER_LEN]
+    }
+
+    /// Flags byte; none defined in v1 (sent as zero, ignored on receipt).
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::FLAGS]
+    }
+
+    /// Fragment: length of the whole packet. Panics unless the frame is a checked fragment.
+    pub fn packet_len(&self) -> u32 {
+        read_u32(self.buffer.as_ref(), field::PACKET_LEN)
+    }
+
+    /// Fragment: offset of this fragment's payload in the packet.
+    pub fn frag_offset(&self) -> u32 {
+        read_u32(self.buffer.as_ref(), field::FRAG_OFFSET)
+    }
+
+    /// Fragment: index of this fragment, from 0.
+    pub fn frag_index(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::FRAG_INDEX)
+    }
+
+    /// Fragment: number of fragments of the packet.
+    pub fn frag_count(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::FRAG_COUNT)
+    }
+
+    /// Probe: the sender's clock when it sent this probe, in nanoseconds.
+    pub fn tx_time(&self) -> u64 {
+        read_u64(self.buffer.as_ref(), field::TX_TIME)
+    }
+
+    /// Probe: the `tx_time` of the last probe received from the peer on this link (0 if none).
+    pub fn echo_time(&self) -> u64 {
+        read_u64(self.buffer.as_ref(), field::ECHO_TIME)
+    }
+
+    /// Probe: nanoseconds between receiving the echoed probe and sending this one.
+    pub fn echo_delay(&self) -> u64 {
+        read_u64(self.buffer.as_ref(), field::ECHO_DELAY)
+    }
+}
+
+impl<'a, T: AsRef<[u8]> + ?Sized> Frame<&'a T> {
+    /// The payload, borrowed for the buffer's lifetime. Panics unless the frame is checked.
+    pub fn payload(&self) -> &'a [u8] {
+        let start = usize::from(self.header_len());
+        let end = start + usize::from(self.payload_len());
+        &self.buffer.as_ref()[start..end]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
+    fn set_u16(&mut self, f: field::Field, v: u16) {
+        self.buffer.as_mut()[f].copy_from_slice(&v.to_be_bytes());
+    }
+
+    fn set_u32(&mut self, f: field::Field, v: u32) {
+        self.buffer.as_mut()[f].copy_from_slice(&v.to_be_bytes());
+    }
+
+    fn set_u64(&mut self, f: field::Field, v: u64) {
+        self.buffer.as_mut()[f].copy_from_slice(&v.to_be_bytes());
+    }
+
+    /// Sets the version field.
+    pub fn set_version(&mut self, v: u8) {
+        self.buffer.as_mut()[field::VERSION] = v;
+    }
+
+    /// Sets the frame type.
+    pub fn set_frame_type(&mut self, t: FrameType) {
+        self.buffer.as_mut()[field::TYPE] = t.into();
+    }
+
+    /// Sets the link id.
+    pub fn set_link_id(&mut self, v: LinkId) {
+        self.set_u16(field::LINK, v);
+    }
+
+    /// Sets the epoch.
+    pub fn set_epoch(&mut self, v: u32) {
+        self.set_u32(field::EPOCH, v);
+    }
+
+    /// Sets the sequence number.
+    pub fn set_seq(&mut self, v: u64) {
+        self.set_u64(field::SEQ, v);
+    }
+
+    /// Sets the payload length.
+    pub fn set_payload_len(&mut self, v: u16) {
+        self.set_u16(field::PAYLOAD_LEN, v);
+    }
+
+    /// Sets the header length.
+    pub fn set_header_len(&mut self, v: u8) {
+        self.buffer.as_mut()[field::HEADER_LEN] = v;
+    }
+
+    /// Sets the flags byte.
+    pub fn set_flags(&mut self, v: u8) {
+        self.buffer.as_mut()[field::FLAGS] = v;
+    }
+
+    /// Sets the fragment's packet length.
+    pub fn set_packet_len(&mut self, v: u32) {
+        self.set_u32(field::PACKET_LEN, v);
+    }
+
+    /// Sets the fragment offset.
+    pub fn set_frag_offset(&mut self, v: u32) {
+        self.set_u32(field::FRAG_OFFSET, v);
+    }
+
+    /// Sets the fragment index.
+    pub fn set_frag_index(&mut self, v: u16) {
+        self.set_u16(field::FRAG_INDEX, v);
+    }
+
+    /// Sets the fragment count.
+    pub fn set_frag_count(&mut self, v: u16) {
+        self.set_u16(field::FRAG_COUNT, v);
+    }
+
+    /// Sets the probe's transmit time.
+    pub fn set_tx_time(&mut self, v: u64) {
+        self.set_u64(field::TX_TIME, v);
+    }
+
+    /// Sets the probe's echoed time.
+    pub fn set_echo_time(&mut self, v: u64) {
+        self.set_u64(field::ECHO_TIME, v);
+    }
+
+    /// Sets the probe's echo delay.
+    pub fn set_echo_delay(&mut self, v: u64) {
+        self.set_u64(field::ECHO_DELAY, v);
+    }
+
+    /// The payload area, mutable. Panics unless header and payload length fit the buffer.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let start = usize::from(self.header_len());
+        let end = start + usize::from(self.payload_len());
+        &mut self.buffer.as_mut()[start..end]
+    }
+}
+
+/// The canonical cut of a packet into fragments: `count` pieces of `ceil(len / count)` bytes, the
+/// last one shorter. Both the sender and the receiver derive offsets from it, so fragments can
+/// neither overlap nor leave holes (compare the overlap attacks of RFC 5722 on IPv6 fragments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragmentLayout {
+    packet_len: u32,
+    count: u16,
+    size: u32,
+}
+
+impl FragmentLayout {
+    /// The layout of a `packet_len`-byte packet cut into `count` fragments; `None` if `count` is
+    /// zero, over [`MAX_FRAGMENTS`], or leaves a fragment empty.
+    pub fn new(packet_len: u32, count: u16) -> Option<Self> {
+        if count == 0 || usize::from(count) > MAX_FRAGMENTS || packet_len == 0 {
+            return None;
+        }
+        let size = packet_len.div_ceil(u32::from(count));
+        // Every fragment, the last included, must carry at least one byte.
+        if u64::from(size) * u64::from(count - 1) >= u64::from(packet_len) {
+            return None;
+        }
+        Some(FragmentLayout {
+            packet_len,
+            count,
+            size,
+        })
+    }
+
+    /// The fewest fragments of at most `max_payload` bytes for `packet_len` bytes; `None` if that
+    /// needs more than [`MAX_FRAGMENTS`] or `max_payload` is zero.
+    pub fn for_payload(packet_len: u32, max_payload: u32) -> Option<Self> {
+        if max_payload == 0 {
+            return None;
+        }
+        let count = u16::try_from(packet_len.div_ceil(max_payload)).ok()?;
+        Self::new(packet_len, count)
+    }
+
+    /// Length of the whole packet.
+    pub const fn packet_len(&self) -> u32 {
+        self.packet_len
+    }
+
+    /// Number of fragments.
+    pub const fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// Offset and length of fragment `index`; `None` if out of range.
+    pub fn fragment(&self, index: u16) -> Option<(u32, u32)> {
+        if index >= self.count {
+            return None;
+        }
+        let offset = u32::from(index) * self.size;
+        let len = self.size.min(self.packet_len - offset);
+        Some((offset, len))
+    }
+}
+
+/// Fields of a [`FrameType::Fragment`] frame beyond the base header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragmentRepr {
+    /// Length of the whole packet.
+    pub packet_len: u32,
+    /// Offset of this fragment's payload in the packet.
+    pub offset: u32,
+    /// Index of this fragment.
+    pub index: u16,
+    /// Number of fragments of the packet.
+    pub count: u16,
+}
+
+/// Fields of a [`FrameType::Probe`] frame beyond the base header (one-way and round-trip time
+/// measurement in the manner of the TWAMP timestamps of RFC 5357).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeRepr {
+    /// Sender's monotonic clock at transmission, nanoseconds.
+    pub tx_time: u64,
+    /// `tx_time` of the last probe received from the peer on this link, 0 if none yet.
+    pub echo_time: u64,
+    /// Nanoseconds the sender held that echoed probe before sending this one.
+    pub echo_delay: u64,
+}
+
+/// What an alagg frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A whole packet.
+    Data,
+    /// A fragment of a packet.
+    Fragment(FragmentRepr),
+    /// A keepalive / probe.
+    Probe(ProbeRepr),
+}
+
+/// A parsed, validated alagg header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repr {
+    /// Id of the sending link.
+    pub link_id: LinkId,
+    /// The sender's per-boot epoch.
+    pub epoch: u32,
+    /// Packet sequence number (data, fragment) or per-link probe counter (probe).
+    pub seq: u64,
+    /// Length of the payload following the header.
+    pub payload_len: u16,
+    /// Type-specific fields.
+    pub kind: Kind,
+}
+
+impl Repr {
+    /// Parses and validates a checked frame: known type, and fragment fields that match the
+    /// canonical [`FragmentLayout`]. Never panics.
+    pub fn parse<T: AsRef<[u8]> + ?Sized>(frame: &Frame<&T>) -> Result<Repr, WireError> {
+        frame.check_len()?;
+        let kind = match frame.frame_type() {
+            FrameType::Data => Kind::Data,
+            FrameType::Fragment => {
+                let f = FragmentRepr {
+                    packet_len: frame.packet_len(),
+                    offset: frame.frag_offset(),
+                    index: frame.frag_index(),
+                    count: frame.frag_count(),
+                };
+                let layout =
+                    FragmentLayout::new(f.packet_len, f.count).ok_or(WireError::BadFragment)?;
+                let expect = layout.fragment(f.index).ok_or(WireError::BadFragment)?;
+                if expect != (f.offset, u32::from(frame.payload_len())) {
+                    return Err(WireError::BadFragment);
+                }
+                Kind::Fragment(f)
+            }
+            FrameType::Probe => Kind::Probe(ProbeRepr {
+                tx_time: frame.tx_time(),
+                echo_time: frame.echo_time(),
+                echo_delay: frame.echo_delay(),
+            }),
+            FrameType::Unknown(t) => return Err(WireError::UnknownType(t)),
+        };
+        Ok(Repr {
+            link_id: frame.link_id(),
+            epoch: frame.epoch(),
+            seq: frame.seq(),
+            payload_len: frame.payload_len(),
+            kind,
+        })
+    }
+
+    /// The frame type of this header.
+    pub const fn frame_type(&self) -> FrameType {
+        match self.kind {
+            Kind::Data => FrameType::Data,
+            Kind::Fragment(_) => FrameType::Fragment,
+            Kind::Probe(_) => FrameType::Probe,
+        }
+    }
+
+    /// Length of the header this repr emits.
+    pub const fn header_len(&self) -> usize {
+        self.frame_type().min_header_len()
+    }
+
+    /// Length of header plus payload.
+    pub const fn frame_len(&self) -> usize {
+        self.header_len() + self.payload_len as usize
+    }
+
+    /// Writes the header into the start of `buf` (the payload is the caller's, see
+    /// [`Repr::emit_with_payload`]). Returns the header length.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
+        let header_len = self.header_len();
+        let Some(head) = buf.get_mut(..header_len) else {
+            return Err(WireError::BufferTooSmall);
+        };
+        let mut frame = Frame::new_unchecked(head);
+        frame.set_version(VERSION);
+        frame.set_frame_type(self.frame_type());
+        frame.set_link_id(self.link_id);
+        frame.set_epoch(self.epoch);
+        frame.set_seq(self.seq);
+        frame.set_payload_len(self.payload_len);
+        // Header lengths are compile-time constants under 256.
+        frame.set_header_len(header_len as u8);
+        frame.set_flags(0);
+        match self.kind {
+            Kind::Data => {}
+            Kind::Fragment(f) => {
+                frame.set_packet_len(f.packet_len);
+                frame.set_frag_offset(f.offset);
+                frame.set_frag_index(f.index);
+                frame.set_frag_count(f.count);
+            }
+            Kind::Probe(p) => {
+                frame.set_tx_time(p.tx_time);
+                frame.set_echo_time(p.echo_time);
+                frame.set_echo_delay(p.echo_delay);
+            }
+        }
+        Ok(header_len)
+    }
+
+    /// Writes header and `payload` into `buf`; `payload.len()` must equal `payload_len`.
+    /// Returns the frame length.
+    pub fn emit_with_payload(&self, payload: &[u8], buf: &mut [u8]) -> Result<usize, WireError> {
+        if payload.len() != usize::from(self.payload_len) {
+            return Err(WireError::FieldOverflow);
+        }
+        let total = self.frame_len();
+        if buf.len() < total {
+            return Err(WireError::BufferTooSmall);
+        }
+        let header_len = self.emit(buf)?;
+        buf[header_len..total].copy_from_slice(payload);
+        Ok(total)
+    }
+}
+
+/// A 48-bit IEEE 802 MAC address.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// A view of an Ethernet II header and what follows it (IEEE 802.3 clause 3.2, no VLAN tag).
+#[derive(Debug, Clone)]
+pub struct EthernetFrame<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> EthernetFrame<T> {
+    /// Wraps `buffer` without checks.
+    pub const fn new_unchecked(buffer: T) -> Self {
+        EthernetFrame { buffer }
+    }
+
+    /// Wraps `buffer` if it holds at least an Ethernet header. Never panics.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        if buffer.as_ref().len() < ETH_HDR_LEN {
+            return Err(WireError::Truncated);
+        }
+        Ok(EthernetFrame { buffer })
+    }
+
+    /// Destination address.
+    pub fn dst(&self) -> MacAddr {
+        let mut a = [0u8; 6];
+        a.copy_from_slice(&self.buffer.as_ref()[field::ETH_DST]);
+        MacAddr(a)
+    }
+
+    /// Source address.
+    pub fn src(&self) -> MacAddr {
+        let mut a = [0u8; 6];
+        a.copy_from_slice(&self.buffer.as_ref()[field::ETH_SRC]);
+        MacAddr(a)
+    }
+
+    /// Ethertype.
+    pub fn ethertype(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::ETH_TYPE)
+    }
+}
+
+impl<'a, T: AsRef<[u8]> + ?Sized> EthernetFrame<&'a T> {
+    /// Everything after the Ethernet header: the alagg header and payload for alagg frames.
+    pub fn payload(&self) -> &'a [u8] {
+        &self.buffer.as_ref()[ETH_HDR_LEN..]
+    }
+}
+
+/// The Ethernet header alagg puts before its own: peer MAC on this link, local MAC, ethertype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EthernetRepr {
+    /// Destination: the peer's MAC on this link.
+    pub dst: MacAddr,
+    /// Source: the local MAC of this link.
+    pub src: MacAddr,
+    /// Ethertype, [`DEFAULT_ETHERTYPE`] unless configured otherwise.
+    pub ethertype: u16,
+}
+
+impl EthernetRepr {
+    /// Parses a checked Ethernet frame.
+    pub fn parse<T: AsRef<[u8]>>(frame: &EthernetFrame<T>) -> Self {
+        EthernetRepr {
+            dst: frame.dst(),
+            src: frame.src(),
+            ethertype: frame.ethertype(),
+        }
+    }
+
+    /// Writes the 14-byte header into the start of `buf`. Returns [`ETH_HDR_LEN`].
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
+        let Some(head) = buf.get_mut(..ETH_HDR_LEN) else {
+            return Err(WireError::BufferTooSmall);
+        };
+        head[field::ETH_DST].copy_from_slice(&self.dst.0);
+        head[field::ETH_SRC].copy_from_slice(&self.src.0);
+        head[field::ETH_TYPE].copy_from_slice(&self.ethertype.to_be_bytes());
+        Ok(ETH_HDR_LEN)
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn data_repr() -> Repr {
+        Repr {
+            link_id: 0x0102,
+            epoch: 0xdead_beef,
+            seq: 0x0123_4567_89ab_cdef,
+            payload_len: 4,
+            kind: Kind::Data,
+        }
+    }
+
+    #[test]
+    fn data_layout_is_byte_exact() {
+        let mut buf = [0u8; 24];
+        let n = data_repr()
+            .emit_with_payload(&[9, 8, 7, 6], &mut buf)
+            .unwrap();
+        assert_eq!(n, 24);
+        assert_eq!(
+            buf,
+            [
+                1, 1, 0x01, 0x02, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd,
+                0xef, 0, 4, 20, 0, 9, 8, 7, 6
+            ]
+        );
+        let frame = Frame::new_checked(&buf[..]).unwrap();
+        assert_eq!(frame.version(), 1);
+        assert_eq!(frame.frame_type(), FrameType::Data);
+        assert_eq!(frame.link_id(), 0x0102);
+        assert_eq!(frame.epoch(), 0xdead_beef);
+        assert_eq!(frame.seq(), 0x0123_4567_89ab_cdef);
+        assert_eq!(frame.payload_len(), 4);
+        assert_eq!(frame.header_len(), 20);
+        assert_eq!(frame.flags(), 0);
+        assert_eq!(frame.payload(), &[9, 8, 7, 6]);
+        assert_eq!(Repr::parse(&frame).unwrap(), data_repr());
+    }
+
+    #[test]
+    fn fragment_round_trip() {
+        let layout = FragmentLayout::new(3000, 3).unwrap();
+        let (offset, len) = layout.fragment(2).unwrap();
+        assert_eq!((offset, len), (2000, 1000));
+        let repr = Repr {
+            link_id: 7,
+            epoch: 1,
+            seq: u64::MAX,
+            payload_len: len as u16,
+            kind: Kind::Fragment(FragmentRepr {
+                packet_len: 3000,
+                offset,
+                index: 2,
+                count: 3,
+            }),
+        };
+        let mut buf = vec![0u8; 2000];
+        let payload = vec![0xaa; len as usize];
+        let n = repr.emit_with_payload(&payload, &mut buf).unwrap();
+        assert_eq!(n, FRAGMENT_HEADER_LEN + 1000);
+        let frame = Frame::new_checked(&buf[..n]).unwrap();
+        assert_eq!(frame.packet_len(), 3000);
+        assert_eq!(frame.frag_offset(), 2000);
+        assert_eq!(frame.frag_index(), 2);
+        assert_eq!(frame.frag_count(), 3);
+        assert_eq!(Repr::parse(&frame).unwrap(), repr);
+    }
+
+    #[test]
+    fn probe_round_trip() {
+        let repr = Repr {
+            link_id: 3,
+            epoch: 42,
+            seq: 17,
+            payload_len: 0,
+            kind: Kind::Probe(ProbeRepr {
+                tx_time: 1,
+                echo_time: u64::MAX,
+                echo_delay: 5,
+            }),
+        };
+        let mut buf = [0u8; PROBE_HEADER_LEN];
+        assert_eq!(repr.emit(&mut buf).unwrap(), PROBE_HEADER_LEN);
+        let frame = Frame::new_checked(&buf[..]).unwrap();
+        assert_eq!(frame.tx_time(), 1);
+        assert_eq!(frame.echo_time(), u64::MAX);
+        assert_eq!(frame.echo_delay(), 5);
+        assert_eq!(Repr::parse(&frame).unwrap(), repr);
+    }
+
+    #[test]
+    fn padding_after_payload_is_ignored() {
+        let mut buf = [0u8; 60];
+        data_repr()
+            .emit_with_payload(&[1, 2, 3, 4], &mut buf)
+            .unwrap();
+        let frame = Frame::new_checked(&buf[..]).unwrap();
+        assert_eq!(frame.payload(), &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn longer_header_from_newer_sender_is_skipped() {
+        // A v1 sender may append fields; receivers find the payload through header_len.
+        let mut buf = [0u8; 28];
+        data_repr().emit(&mut buf).unwrap();
+        let mut frame = Frame::new_unchecked(&mut buf[..]);
+        frame.set_header_len(24);
+        frame.payload_mut().copy_from_slice(&[5, 6, 7, 8]);
+        let frame = Frame::new_checked(&buf[..]).unwrap();
+        assert_eq!(frame.payload(), &[5, 6, 7, 8]);
+        assert_eq!(Repr::parse(&frame).unwrap(), data_repr());
+    }
+
+    #[test]
+    fn malformed_frames_are_rejected() {
+        let mut good = [0u8; 24];
+        data_repr()
+            .emit_with_payload(&[1, 2, 3, 4], &mut good)
+            .unwrap();
+        type Mutate = fn(&mut [u8; 24]) -> usize;
+        let cases: [(&str, Mutate, WireError); 6] = [
+            ("empty", |_| 0, WireError::Truncated),
+            ("short header", |_| 19, WireError::Truncated),
+            ("short payload", |_| 23, WireError::Truncated),
+            (
+                "version 2",
+                |b| {
+                    b[0] = 2;
+                    24
+                },
+                WireError::BadVersion(2),
+            ),
+            (
+                "header_len 19",
+                |b| {
+                    b[18] = 19;
+                    24
+                },
+                WireError::BadHeaderLen,
+            ),
+            (
+                "header_len past end",
+                |b| {
+                    b[18] = 255;
+                    24
+                },
+                WireError::Truncated,
+            ),
+        ];
+        for (name, mutate, want) in cases {
+            let mut b = good;
+            let len = mutate(&mut b);
+            assert_eq!(Frame::new_checked(&b[..len]).err(), Some(want), "{name}");
+        }
+        let mut b = good;
+        b[1] = 9;
+        let frame = Frame::new_checked(&b[..]).unwrap();
+        assert_eq!(Repr::parse(&frame), Err(WireError::UnknownType(9)));
+        b[1] = 2; // a fragment needs a 32-byte header
+        assert_eq!(
+            Frame::new_checked(&b[..]).err(),
+            Some(WireError::BadHeaderLen)
+        );
+    }
+
+    #[test]
+    fn inconsistent_fragments_are_rejected() {
+        let emit = |f: FragmentRepr, payload_len: u16| {
+            let mut buf = vec![0u8; FRAGMENT_HEADER_LEN + usize::from(payload_len)];
+            let repr = Repr {
+                link_id: 0,
+                epoch: 0,
+                seq: 0,
+                payload_len,
+                kind: Kind::Fragment(f),
+            };
+            repr.emit(&mut buf).unwrap();
+            let frame = Frame::new_checked(&buf[..]).unwrap();
+            Repr::parse(&frame).map(|_| ())
+        };
+        let ok = FragmentRepr {
+            packet_len: 100,
+            offset: 50,
+            index: 1,
+            count: 2,
+        };
+        assert_eq!(emit(ok, 50), Ok(()));
+        let bad = [
+            (FragmentRepr { count: 0, ..ok }, 50),
+            (FragmentRepr { index: 2, ..ok }, 50),
+            (FragmentRepr { offset: 49, ..ok }, 50),
+            (
+                FragmentRepr {
+                    packet_len: 0,
+                    offset: 0,
+                    index: 0,
+                    ..ok
+                },
+                0,
+            ),
+            (ok, 49),
+            (FragmentRepr { count: 300, ..ok }, 50),
+        ];
+        for (f, len) in bad {
+            assert_eq!(emit(f, len), Err(WireError::BadFragment), "{f:?} len {len}");
+        }
+    }
+
+    #[test]
+    fn fragment_layout_never_leaves_a_fragment_empty() {
+        for len in 1..600u32 {
+            for mtu in 1..70u32 {
+                let Some(layout) = FragmentLayout::for_payload(len, mtu) else {
+                    assert!(len.div_ceil(mtu) as usize > MAX_FRAGMENTS);
+                    continue;
+                };
+                let mut next = 0;
+                for i in 0..layout.count() {
+                    let (offset, flen) = layout.fragment(i).unwrap();
+                    assert_eq!(offset, next);
+                    assert!(flen > 0 && flen <= mtu);
+                    next += flen;
+                }
+                assert_eq!(next, len);
+            }
+        }
+    }
+
+    #[test]
+    fn emit_refuses_small_buffers() {
+        let mut buf = [0u8; 23];
+        assert_eq!(
+            data_repr().emit_with_payload(&[0; 4], &mut buf),
+            Err(WireError::BufferTooSmall)
+        );
+        assert_eq!(
+            data_repr().emit(&mut buf[..19]),
+            Err(WireError::BufferTooSmall)
+        );
+        assert_eq!(
+            data_repr().emit_with_payload(&[0; 3], &mut buf),
+            Err(WireError::FieldOverflow)
+        );
+    }
+
+    #[test]
+    fn ethernet_round_trip() {
+        let repr = EthernetRepr {
+            dst: MacAddr([2, 0, 0, 0, 0, 1]),
+            src: MacAddr([2, 0, 0, 0, 0, 2]),
+            ethertype: DEFAULT_ETHERTYPE,
+        };
+        let mut buf = [0u8; 20];
+        assert_eq!(repr.emit(&mut buf).unwrap(), ETH_HDR_LEN);
+        assert_eq!(&buf[12..14], &[0x88, 0xb5]);
+        let frame = EthernetFrame::new_checked(&buf[..]).unwrap();
+        assert_eq!(EthernetRepr::parse(&frame), repr);
+        assert_eq!(frame.payload().len(), 6);
+        assert_eq!(repr.src.to_string(), "02:00:00:00:00:02");
+        assert!(EthernetFrame::new_checked(&buf[..13]).is_err());
+    }
+}
