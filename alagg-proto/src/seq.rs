@@ -159,7 +159,9 @@ impl SeqWindow {
             // Advance: clear the words of the numbers between the old top and `seq`.
             let cur = self.top >> 6;
             let new = seq >> 6;
-            let span = new.wrapping_sub(cur);
+            // Word numbers live modulo 2^58 (`seq >> 6`); reduce the difference likewise so that
+            // crossing the 2^64 wrap moves by the true distance.
+            let span = new.wrapping_sub(cur) & (u64::MAX >> 6);
             if span > self.word_mask {
                 self.words.fill(0);
             } else {
@@ -258,6 +260,16 @@ mod tests {
             SeqCheck::Duplicate
         );
         assert_eq!(w.top(), Some(start.wrapping_add(299)));
+    }
+
+    #[test]
+    fn crossing_the_wrap_keeps_history() {
+        let mut w = SeqWindow::new(1024);
+        assert_eq!(w.check_and_mark(u64::MAX - 3), SeqCheck::Fresh);
+        assert_eq!(w.check_and_mark(2), SeqCheck::Fresh);
+        assert_eq!(w.check_and_mark(u64::MAX - 3), SeqCheck::Duplicate);
+        assert_eq!(w.check_and_mark(u64::MAX), SeqCheck::Fresh);
+        assert_eq!(w.check_and_mark(u64::MAX), SeqCheck::Duplicate);
     }
 
     #[test]
