@@ -7,8 +7,18 @@
 //! wraps and each owning its file descriptors:
 //! - [`xdp`]: the XDP program loader and its maps;
 //! - [`xsk`]: AF_XDP sockets and their UMEM;
-//! - [`signals`]: SIGINT/SIGTERM collected synchronously.
+//! - [`signals`]: SIGINT/SIGTERM collected synchronously;
+//! - [`config`]: the TOML configuration, validated, and the plan `alagg check` shows;
+//! - [`tun`]: the TUN device packets are delivered through;
+//! - [`host`]: routes, iptables NFQUEUE rules and sysctls, undone in reverse order;
+//! - [`ip`]: sanity and source checks at the delivery edge;
+//! - [`datapath`]: the capture and receive threads that wire the edges to `alagg-proto`.
 
+pub mod config;
+pub mod datapath;
+pub mod host;
+pub mod ip;
 pub mod signals;
+pub mod tun;
 pub mod xdp;
 pub mod xsk;

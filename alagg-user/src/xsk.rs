@@ -75,14 +75,30 @@ impl Default for XskConfig {
     }
 }
 
-/// One AF_XDP socket with its own UMEM.
+/// One AF_XDP socket with its own UMEM. [`XskSocket::split`] gives its receive and transmit
+/// halves to different threads; they share the UMEM but never a frame.
 #[derive(Debug)]
 pub struct XskSocket {
+    rx: XskRx,
+    tx: XskTx,
+}
+
+/// The receive half: rx and fill rings and the receive frames.
+#[derive(Debug)]
+pub struct XskRx {
     umem: Umem,
     fill: FillQueue,
+    rx: RxQueue,
+    /// Scratch for ring operations.
+    scratch: Vec<FrameDesc>,
+}
+
+/// The transmit half: tx and completion rings and the transmit frames.
+#[derive(Debug)]
+pub struct XskTx {
+    umem: Umem,
     comp: CompQueue,
     tx: TxQueue,
-    rx: RxQueue,
     /// Transmit frames ready to be written.
     free: Vec<FrameDesc>,
     /// Transmit frames written by `stage` and not yet on the tx ring.
@@ -174,19 +190,57 @@ impl XskSocket {
             });
         }
         Ok(Self {
-            umem,
-            fill,
-            comp,
-            tx,
-            rx,
-            free,
-            staged: Vec::with_capacity(BATCH),
-            scratch: vec![FrameDesc::default(); BATCH],
-            in_flight: 0,
+            rx: XskRx {
+                umem: umem.clone(),
+                fill,
+                rx,
+                scratch: vec![FrameDesc::default(); BATCH],
+            },
+            tx: XskTx {
+                umem,
+                comp,
+                tx,
+                free,
+                staged: Vec::with_capacity(BATCH),
+                scratch: vec![FrameDesc::default(); BATCH],
+                in_flight: 0,
+            },
         })
     }
 
     /// The socket's file descriptor, for the `XSKS` map and for `poll`.
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd()
+    }
+
+    /// Receive and transmit halves, for two threads.
+    pub fn split(self) -> (XskRx, XskTx) {
+        (self.rx, self.tx)
+    }
+
+    /// See [`XskRx::recv`].
+    pub fn recv(&mut self, each: impl FnMut(&[u8])) -> Result<usize, XskError> {
+        self.rx.recv(each)
+    }
+
+    /// See [`XskRx::poll`].
+    pub fn poll_rx(&mut self, timeout_ms: i32) -> Result<bool, XskError> {
+        self.rx.poll(timeout_ms)
+    }
+
+    /// See [`XskTx::stage`].
+    pub fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        self.tx.stage(write)
+    }
+
+    /// See [`XskTx::flush`].
+    pub fn flush(&mut self) -> Result<usize, XskError> {
+        self.tx.flush()
+    }
+}
+
+impl XskRx {
+    /// The socket's file descriptor, for `poll`.
     pub fn fd(&self) -> RawFd {
         self.rx.fd().as_raw_fd()
     }
@@ -219,13 +273,21 @@ impl XskSocket {
     }
 
     /// Waits up to `timeout_ms` for frames to arrive. Returns whether any are ready.
-    pub fn poll_rx(&mut self, timeout_ms: i32) -> Result<bool, XskError> {
+    pub fn poll(&mut self, timeout_ms: i32) -> Result<bool, XskError> {
         Ok(self.rx.poll(timeout_ms)?)
     }
 
+    /// The kernel's statistics for this socket (drops, invalid descriptors, full rings).
+    pub fn statistics(&self) -> io::Result<xsk_rs::socket::XdpStatistics> {
+        self.rx.fd().xdp_statistics()
+    }
+}
+
+impl XskTx {
     /// Writes one frame through `write`, which gets the frame's whole buffer and returns the
-    /// length it wrote. Returns `false` when no transmit frame is free (the caller may
-    /// [`flush`](Self::flush) and retry, or drop and count).
+    /// length it wrote (0: nothing to send). Returns `false` when nothing was staged: no transmit
+    /// frame was free (the caller may [`flush`](Self::flush) and retry, or drop and count), or
+    /// `write` wrote nothing.
     pub fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
         if self.free.is_empty() {
             self.reclaim();
@@ -239,6 +301,11 @@ impl XskSocket {
         data.cursor().set_pos(capacity);
         let written = write(data.contents_mut()).min(capacity);
         data.cursor().set_pos(written);
+        if written == 0 {
+            // Nothing to send: the frame goes back to the pool.
+            self.free.push(desc);
+            return false;
+        }
         self.staged.push(desc);
         if self.staged.len() >= BATCH {
             // A full batch goes out at once; errors surface on the next explicit flush.
@@ -292,10 +359,5 @@ impl XskSocket {
     /// Frames on the tx ring not yet completed.
     pub fn in_flight(&self) -> usize {
         self.in_flight
-    }
-
-    /// The kernel's statistics for this socket (drops, invalid descriptors, full rings).
-    pub fn statistics(&self) -> io::Result<xsk_rs::socket::XdpStatistics> {
-        self.rx.fd().xdp_statistics()
     }
 }

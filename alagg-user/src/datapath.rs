@@ -1,0 +1,639 @@
+//! The datapath of `alagg up`: NFQUEUE capture → alagg frames on every link through AF_XDP →
+//! (the peer's XDP program and AF_XDP sockets) → dedup, reorder, reassembly → TUN delivery.
+//!
+//! Threads and what each owns (no lock on the per-packet path):
+//! - the capture thread: the NFQUEUE socket, the [`Sender`], the scheduler and the transmit half
+//!   of every link's AF_XDP socket. It reads packets in batches (non-blocking until the socket is
+//!   empty, then one blocking read), steals each one (verdict drop) once its frames are staged,
+//!   and flushes the links' tx rings at the end of each batch;
+//! - the receive thread: the receive half of every link's socket, the [`Receiver`] and the TUN
+//!   device. It polls all links, drops frames not from the link's configured peer MAC, runs the
+//!   engine and writes deliverable packets whose source is in the configured destinations;
+//! - the caller's thread: starts and stops the others and reads the shared atomic counters.
+//!
+//! Shutdown order: capture rules first (no new packets are queued), then the receive thread
+//! drains and stops, then XDP is detached and the TUN closed. The capture thread may be blocked
+//! reading an NFQUEUE that no rule feeds any more; it is left to end with the process.
+
+use std::{
+    io,
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use alagg_proto::{
+    LinkState, Receiver, ReceiverConfig, Redundant, RxOutcome, Scheduler, Sender, Timestamp,
+    stats::RxStats,
+    wire::{ETH_HDR_LEN, EthernetRepr, MacAddr},
+};
+use ipnet::IpNet;
+
+use crate::{
+    host::{HostError, HostSetup, QueueSpec},
+    ip,
+    tun::{Tun, TunError},
+    xdp::{AttachMode, XdpError, XdpSteering},
+    xsk::{XskConfig, XskError, XskRx, XskSocket, XskTx},
+};
+
+/// One link as the datapath needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkPlan {
+    /// Local interface.
+    pub interface: String,
+    /// The peer's MAC on this link.
+    pub peer_mac: [u8; 6],
+    /// XDP attach mode.
+    pub xdp_mode: AttachMode,
+}
+
+/// Everything `alagg up` runs with, resolved from the configuration.
+#[derive(Clone, Debug)]
+pub struct DatapathConfig {
+    /// The links, in configuration order; a link's index is its id on the wire.
+    pub links: Vec<LinkPlan>,
+    /// The peer's networks: captured when sent, accepted as sources when received.
+    pub destinations: Vec<IpNet>,
+    /// Ethertype of alagg frames.
+    pub ethertype: u16,
+    /// TUN device name.
+    pub tun_name: String,
+    /// Address given to the TUN device.
+    pub tun_address: IpNet,
+    /// MTU of the TUN device and of the routes through it; `None`: the smallest link MTU less
+    /// alagg's header.
+    pub tun_mtu: Option<u32>,
+    /// NFQUEUE numbers and fail-open.
+    pub queue: QueueSpec,
+    /// Packets the kernel queues for alagg before fail-open (or drop) applies.
+    pub queue_max_len: u32,
+    /// Engine settings.
+    pub receiver: ReceiverConfig,
+    /// Pin the capture and receive threads to cores.
+    pub pin: bool,
+    /// Cores to pin to, in order (capture, receive); `None`: the first ones.
+    pub cores: Option<Vec<usize>>,
+}
+
+/// Errors starting the datapath. Each names what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// A link's interface is missing or unusable.
+    #[error("link {interface}: {message}")]
+    Link {
+        /// The interface.
+        interface: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// XDP could not be loaded or attached.
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+    /// An AF_XDP socket could not be opened.
+    #[error(transparent)]
+    Xsk(#[from] XskError),
+    /// The TUN device could not be made.
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    /// A host change (route, rule, sysctl) failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// NFQUEUE could not be bound.
+    #[error("binding NFQUEUE {queue} failed: {message} (is another program bound to it?)")]
+    Queue {
+        /// Queue number.
+        queue: u16,
+        /// The error.
+        message: String,
+    },
+    /// A thread could not be started.
+    #[error("starting the {0} thread failed: {1}")]
+    Thread(&'static str, io::Error),
+    /// The engine settings are inconsistent.
+    #[error("engine settings: {0}")]
+    Engine(#[from] alagg_proto::ConfigError),
+}
+
+/// Counters of one link, shared with the status display.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Frames staged for transmission.
+    pub tx_frames: AtomicU64,
+    /// Bytes staged for transmission (Ethernet frames).
+    pub tx_bytes: AtomicU64,
+    /// Frames dropped because no transmit frame was free.
+    pub tx_dropped: AtomicU64,
+    /// alagg frames received.
+    pub rx_frames: AtomicU64,
+    /// Bytes received.
+    pub rx_bytes: AtomicU64,
+    /// Frames from a MAC other than the configured peer's; dropped.
+    pub rx_foreign: AtomicU64,
+    /// Packets whose first copy came over this link.
+    pub first: AtomicU64,
+}
+
+/// Datapath counters, updated by the worker threads, read by anyone.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Packets taken from NFQUEUE.
+    pub captured: AtomicU64,
+    /// Bytes taken from NFQUEUE.
+    pub captured_bytes: AtomicU64,
+    /// Captured packets that could not be sent at all (no usable link, too large).
+    pub capture_dropped: AtomicU64,
+    /// Packets written to the TUN device.
+    pub delivered: AtomicU64,
+    /// Bytes written to the TUN device.
+    pub delivered_bytes: AtomicU64,
+    /// Packets dropped because their source is outside the destinations.
+    pub rejected_source: AtomicU64,
+    /// Packets dropped because their IP header is not sane.
+    pub rejected_malformed: AtomicU64,
+    /// TUN writes that failed.
+    pub tun_errors: AtomicU64,
+    /// Per link, in configuration order.
+    pub links: Vec<LinkCounters>,
+}
+
+/// A running datapath. [`Datapath::stop`] (or drop) tears it down.
+#[derive(Debug)]
+pub struct Datapath {
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    receive: Option<JoinHandle<RxStats>>,
+    capture: Option<JoinHandle<()>>,
+    host: HostSetup,
+    steering: Option<XdpSteering>,
+    tun: Option<Tun>,
+    links: Vec<String>,
+}
+
+/// What a link is on this host.
+struct LinkHost {
+    mac: [u8; 6],
+    mtu: usize,
+}
+
+fn link_host(interface: &str) -> Result<LinkHost, UpError> {
+    let error = |message: String| UpError::Link {
+        interface: interface.to_owned(),
+        message,
+    };
+    let dir = format!("/sys/class/net/{interface}");
+    if !std::path::Path::new(&dir).exists() {
+        return Err(error("no such interface (check `ip link`)".into()));
+    }
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("{dir}/{name}"))
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| error(format!("reading {dir}/{name}: {e}")))
+    };
+    let mac_text = read("address")?;
+    let mac = parse_mac(&mac_text).ok_or_else(|| error(format!("unreadable MAC {mac_text:?}")))?;
+    let mtu = read("mtu")?
+        .parse()
+        .map_err(|_| error("unreadable MTU".into()))?;
+    let operstate = read("operstate")?;
+    if operstate == "down" {
+        return Err(error(format!(
+            "the interface is down: bring it up with `ip link set {interface} up`"
+        )));
+    }
+    Ok(LinkHost { mac, mtu })
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// A per-boot epoch: random, so a restarted alagg is told apart from a replay.
+fn random_epoch() -> u32 {
+    let mut bytes = [0u8; 4];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got == 4 {
+        u32::from_ne_bytes(bytes)
+    } else {
+        // Without the syscall, the clock still differs between boots.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+    }
+}
+
+impl Datapath {
+    /// Prepares the host and starts the threads. On error, whatever was done is undone.
+    pub fn start(config: &DatapathConfig) -> Result<Self, UpError> {
+        let hosts = config
+            .links
+            .iter()
+            .map(|l| link_host(&l.interface))
+            .collect::<Result<Vec<_>, _>>()?;
+        let xsk_config = XskConfig::default();
+        // A frame holds the Ethernet header and one alagg frame; the UMEM frame's data area is
+        // what bounds it on links with a larger MTU.
+        let frame_room = xsk_config.frame_size as usize - 256 - ETH_HDR_LEN;
+        let link_states: Vec<LinkState> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| LinkState {
+                id: i as u16,
+                usable: true,
+                weight: 1,
+                mtu: h.mtu.min(frame_room),
+            })
+            .collect();
+        let min_mtu = link_states.iter().map(|l| l.mtu).min().unwrap_or(1500);
+        let tun_mtu = config
+            .tun_mtu
+            .unwrap_or((min_mtu - alagg_proto::wire::DATA_HEADER_LEN) as u32);
+
+        let receiver = Receiver::new(&config.receiver)?;
+        let mut steering = XdpSteering::load()?;
+        let mut rx_halves = Vec::new();
+        let mut tx_halves = Vec::new();
+        for (i, (link, host)) in config.links.iter().zip(&hosts).enumerate() {
+            let id = i as u32;
+            steering.attach(&link.interface, id, config.ethertype, link.xdp_mode)?;
+            let socket = XskSocket::open(&link.interface, 0, xsk_config)?;
+            steering.register_socket(id, 0, socket.fd())?;
+            let (rx, tx) = socket.split();
+            rx_halves.push(RxLink {
+                xsk: rx,
+                peer_mac: link.peer_mac,
+                ethertype: config.ethertype,
+            });
+            tx_halves.push(TxLink {
+                xsk: tx,
+                eth: EthernetRepr {
+                    dst: MacAddr(link.peer_mac),
+                    src: MacAddr(host.mac),
+                    ethertype: config.ethertype,
+                },
+            });
+        }
+
+        let tun = Tun::create(&config.tun_name)?;
+        let mut host = HostSetup::new();
+        host.prepare_tun(tun.name(), tun_mtu, config.tun_address)?;
+        for destination in &config.destinations {
+            host.route(destination, tun.name(), tun_mtu)?;
+        }
+
+        let counters = Arc::new(Counters {
+            links: config
+                .links
+                .iter()
+                .map(|_| LinkCounters::default())
+                .collect(),
+            ..Counters::default()
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = pick_cores(config);
+
+        let mut queue = nfq::Queue::open().map_err(|e| UpError::Queue {
+            queue: config.queue.first,
+            message: e.to_string(),
+        })?;
+        let bind = |queue: &mut nfq::Queue| -> io::Result<()> {
+            queue.bind(config.queue.first)?;
+            queue.set_fail_open(config.queue.first, config.queue.bypass)?;
+            queue.set_queue_max_len(config.queue.first, config.queue_max_len)?;
+            Ok(())
+        };
+        bind(&mut queue).map_err(|e| UpError::Queue {
+            queue: config.queue.first,
+            message: e.to_string(),
+        })?;
+
+        let receive = {
+            let tun = tun.try_clone().map_err(|e| UpError::Thread("receive", e))?;
+            let counters = Arc::clone(&counters);
+            let stop = Arc::clone(&stop);
+            let destinations = config.destinations.clone();
+            let core = cores.get(1).copied();
+            thread::Builder::new()
+                .name("alagg-rx".into())
+                .spawn(move || {
+                    pin(core);
+                    receive_loop(rx_halves, receiver, &tun, &destinations, &counters, &stop)
+                })
+                .map_err(|e| UpError::Thread("receive", e))?
+        };
+        let capture = {
+            let counters = Arc::clone(&counters);
+            let stop = Arc::clone(&stop);
+            let core = cores.first().copied();
+            let sender = Sender::new(random_epoch());
+            thread::Builder::new()
+                .name("alagg-capture".into())
+                .spawn(move || {
+                    pin(core);
+                    capture_loop(queue, sender, tx_halves, link_states, &counters, &stop);
+                })
+                .map_err(|e| UpError::Thread("capture", e))?
+        };
+
+        // Capture last: from here on, traffic to the destinations is stolen by alagg.
+        let mut datapath = Self {
+            counters,
+            stop,
+            receive: Some(receive),
+            capture: Some(capture),
+            host,
+            steering: Some(steering),
+            tun: Some(tun),
+            links: config.links.iter().map(|l| l.interface.clone()).collect(),
+        };
+        let tun_name = config.tun_name.clone();
+        datapath
+            .host
+            .capture(&tun_name, &config.destinations, config.queue)?;
+        Ok(datapath)
+    }
+
+    /// The live counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Stops and tears down; returns the receive engine's final counters.
+    pub fn stop(mut self) -> RxStats {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> RxStats {
+        // No new packets into the queue, then stop the workers.
+        for error in self.host.teardown() {
+            tracing::warn!(%error, "teardown");
+        }
+        self.stop.store(true, Relaxed);
+        let stats = self
+            .receive
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if let Some(mut steering) = self.steering.take() {
+            for link in &self.links {
+                if let Err(error) = steering.detach(link) {
+                    tracing::warn!(%error, "detaching XDP");
+                }
+            }
+        }
+        self.tun = None;
+        // The capture thread ends with the process if it is blocked on an idle queue.
+        if self.capture.as_ref().is_some_and(JoinHandle::is_finished) {
+            let _ = self.capture.take().map(JoinHandle::join);
+        }
+        stats
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if self.receive.is_some() {
+            self.shutdown();
+        }
+    }
+}
+
+fn pick_cores(config: &DatapathConfig) -> Vec<usize> {
+    if !config.pin {
+        return Vec::new();
+    }
+    if let Some(cores) = &config.cores {
+        return cores.clone();
+    }
+    core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .unwrap_or_default()
+}
+
+fn pin(core: Option<usize>) {
+    if let Some(id) = core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            tracing::warn!(core = id, "could not pin thread to core");
+        }
+    }
+}
+
+/// The receive half of one link.
+struct RxLink {
+    xsk: XskRx,
+    peer_mac: [u8; 6],
+    ethertype: u16,
+}
+
+/// The transmit half of one link.
+struct TxLink {
+    xsk: XskTx,
+    eth: EthernetRepr,
+}
+
+fn now(start: Instant) -> Timestamp {
+    Timestamp::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn receive_loop(
+    mut links: Vec<RxLink>,
+    mut receiver: Receiver,
+    tun: &Tun,
+    destinations: &[IpNet],
+    counters: &Counters,
+    stop: &AtomicBool,
+) -> RxStats {
+    let start = Instant::now();
+    let mut fds: Vec<libc::pollfd> = links
+        .iter()
+        .map(|l| libc::pollfd {
+            fd: l.xsk.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let mut deliver = |packet: &[u8]| match ip::admit(packet, destinations) {
+        Ok(packet) => {
+            if tun.write(packet).is_ok() {
+                counters.delivered.fetch_add(1, Relaxed);
+                counters
+                    .delivered_bytes
+                    .fetch_add(packet.len() as u64, Relaxed);
+            } else {
+                counters.tun_errors.fetch_add(1, Relaxed);
+            }
+        }
+        Err(ip::Reject::Source) => {
+            counters.rejected_source.fetch_add(1, Relaxed);
+        }
+        Err(ip::Reject::Malformed) => {
+            counters.rejected_malformed.fetch_add(1, Relaxed);
+        }
+    };
+    while !stop.load(Relaxed) {
+        let timeout_ms = receiver.next_deadline().map_or(100, |deadline| {
+            let left = deadline.saturating_since(now(start));
+            i32::try_from(left.as_millis()).unwrap_or(100).min(100)
+        });
+        // SAFETY: `fds` is a valid array of pollfd of the length passed.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            tracing::error!(error = %io::Error::last_os_error(), "poll on AF_XDP sockets");
+            thread::sleep(Duration::from_millis(10));
+        }
+        let t = now(start);
+        for (index, link) in links.iter_mut().enumerate() {
+            let link_counters = &counters.links[index];
+            let (peer_mac, ethertype) = (link.peer_mac, link.ethertype);
+            // Drain this link's ring in batches.
+            loop {
+                let result = link.xsk.recv(|frame| {
+                    link_counters.rx_frames.fetch_add(1, Relaxed);
+                    link_counters
+                        .rx_bytes
+                        .fetch_add(frame.len() as u64, Relaxed);
+                    if frame.len() < ETH_HDR_LEN
+                        || frame[6..12] != peer_mac
+                        || frame[12..14] != ethertype.to_be_bytes()
+                    {
+                        link_counters.rx_foreign.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    let outcome = receiver.on_frame(&frame[ETH_HDR_LEN..], t, &mut deliver);
+                    if let RxOutcome::Accepted { .. } = outcome {
+                        link_counters.first.fetch_add(1, Relaxed);
+                    }
+                });
+                match result {
+                    Ok(n) if n == crate::xsk::BATCH => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "AF_XDP receive");
+                        break;
+                    }
+                }
+            }
+        }
+        if receiver.next_deadline().is_some_and(|d| d <= now(start)) {
+            receiver.poll(now(start), &mut deliver);
+        }
+    }
+    receiver.stats()
+}
+
+fn capture_loop(
+    mut queue: nfq::Queue,
+    mut sender: Sender,
+    mut links: Vec<TxLink>,
+    link_states: Vec<LinkState>,
+    counters: &Counters,
+    stop: &AtomicBool,
+) {
+    let start = Instant::now();
+    let mut scheduler = Redundant;
+    queue.set_nonblocking(true);
+    while !stop.load(Relaxed) {
+        let mut message = match queue.recv() {
+            Ok(message) => message,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // The socket is empty: send what this batch staged, then wait for more.
+                for link in &mut links {
+                    if let Err(error) = link.xsk.flush() {
+                        tracing::warn!(%error, "AF_XDP transmit");
+                    }
+                }
+                queue.set_nonblocking(false);
+                let next = queue.recv();
+                queue.set_nonblocking(true);
+                match next {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(%error, "NFQUEUE receive");
+                        continue;
+                    }
+                }
+            }
+            Err(error) => {
+                // ENOBUFS and the like: the kernel dropped some messages; carry on.
+                tracing::warn!(%error, "NFQUEUE receive");
+                continue;
+            }
+        };
+        let packet = message.get_payload();
+        counters.captured.fetch_add(1, Relaxed);
+        counters
+            .captured_bytes
+            .fetch_add(packet.len() as u64, Relaxed);
+        let chosen = scheduler.select(packet.len(), &link_states, now(start));
+        let sent = chosen
+            .min_mtu(&link_states)
+            .and_then(|mtu| sender.plan(packet.len(), mtu).ok())
+            .map(|plan| {
+                for index in chosen.iter() {
+                    let (link, state) = (&mut links[index], &link_states[index]);
+                    let link_counters = &counters.links[index];
+                    for i in 0..plan.frame_count() {
+                        let mut len = 0;
+                        let staged = link.xsk.stage(|buf| {
+                            len = plan
+                                .emit_ethernet(i, state.id, &link.eth, packet, buf)
+                                .unwrap_or(0);
+                            len
+                        });
+                        if staged {
+                            link_counters.tx_frames.fetch_add(1, Relaxed);
+                            link_counters.tx_bytes.fetch_add(len as u64, Relaxed);
+                        } else {
+                            link_counters.tx_dropped.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            });
+        if sent.is_none() {
+            counters.capture_dropped.fetch_add(1, Relaxed);
+        }
+        // Stolen: alagg carries it from here.
+        message.set_verdict(nfq::Verdict::Drop);
+        if let Err(error) = queue.verdict(message) {
+            tracing::warn!(%error, "NFQUEUE verdict");
+        }
+    }
+}
+
+/// The IP family of an address, for log lines.
+pub fn family(address: &IpAddr) -> &'static str {
+    if address.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_from_sysfs_parse() {
+        assert_eq!(
+            parse_mac("02:a1:a9:00:00:01"),
+            Some([2, 0xa1, 0xa9, 0, 0, 1])
+        );
+        assert_eq!(parse_mac("02:a1:a9:00:00"), None);
+        assert_eq!(parse_mac("02:a1:a9:00:00:01:02"), None);
+        assert_eq!(parse_mac("zz:a1:a9:00:00:01"), None);
+    }
+
+    #[test]
+    fn epochs_differ_between_calls() {
+        // Random 32-bit values: a collision among a few is vanishingly unlikely.
+        let epochs: std::collections::HashSet<u32> = (0..8).map(|_| random_epoch()).collect();
+        assert!(epochs.len() >= 7);
+    }
+}

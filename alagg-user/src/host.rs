@@ -1,0 +1,281 @@
+//! Host preparation for `alagg up`: the TUN device's link state, address and rp_filter, a route
+//! per destination through it, and the iptables/ip6tables NFQUEUE rules that capture the
+//! destinations' traffic. Every change is recorded as the command that undoes it; teardown runs
+//! them in reverse order, also when `up` fails half-way, so exactly what was added is removed.
+//!
+//! Rules live in a chain of alagg's own per TUN device (`ALAGG-<tun>` in the mangle table),
+//! jumped to from POSTROUTING for packets leaving through the TUN: locally generated and
+//! forwarded traffic alike, after routing chose alagg for it.
+
+use std::{fmt, net::IpAddr, process::Command};
+
+use ipnet::IpNet;
+
+/// A host change that failed, with the command and what it printed.
+#[derive(Debug, thiserror::Error)]
+#[error("`{command}` failed: {message}")]
+pub struct HostError {
+    /// The command line.
+    pub command: String,
+    /// Its stderr, or why it could not start.
+    pub message: String,
+}
+
+/// IP family of a destination, and the iptables binary for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(net: &IpNet) -> Self {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    fn ip_flag(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+}
+
+/// How the NFQUEUE rules hand packets to alagg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// First queue number.
+    pub first: u16,
+    /// Number of queues (`--queue-balance first:first+count-1` when more than one).
+    pub count: u16,
+    /// Accept (instead of drop) packets while no alagg is bound to the queue.
+    pub bypass: bool,
+}
+
+/// The changes made to the host, undone in reverse order on [`HostSetup::teardown`] or drop.
+#[derive(Default)]
+pub struct HostSetup {
+    undo: Vec<Vec<String>>,
+}
+
+impl fmt::Debug for HostSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostSetup")
+            .field("changes", &self.undo.len())
+            .finish()
+    }
+}
+
+impl HostSetup {
+    /// Nothing changed yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Brings `tun` up with `mtu` and sets its rp_filter to loose (2). IPv4 reverse-path
+    /// filtering drops every packet arriving on a device without an IPv4 address
+    /// (`__fib_validate_source`, net/ipv4/fib_frontend.c), so the device gets `address` with
+    /// scope link: enough for the filter, and never chosen as the source of traffic to the
+    /// destinations, which keeps the host's own addresses (RFC 1812 source selection).
+    pub fn prepare_tun(&mut self, tun: &str, mtu: u32, address: IpNet) -> Result<(), HostError> {
+        run(
+            "ip",
+            &["link", "set", "dev", tun, "mtu", &mtu.to_string(), "up"],
+        )?;
+        let address = address.to_string();
+        run(
+            "ip",
+            &["addr", "add", &address, "dev", tun, "scope", "link"],
+        )?;
+        self.undo
+            .push(argv(&["ip", "addr", "del", &address, "dev", tun]));
+        let rp_filter = format!("/proc/sys/net/ipv4/conf/{tun}/rp_filter");
+        std::fs::write(&rp_filter, "2").map_err(|e| HostError {
+            command: format!("echo 2 > {rp_filter}"),
+            message: e.to_string(),
+        })?;
+        Ok(())
+    }
+
+    /// Routes `destination` through `tun` with `mtu`.
+    pub fn route(&mut self, destination: &IpNet, tun: &str, mtu: u32) -> Result<(), HostError> {
+        let family = Family::of(destination).ip_flag();
+        let net = destination.to_string();
+        run(
+            "ip",
+            &[
+                family,
+                "route",
+                "add",
+                &net,
+                "dev",
+                tun,
+                "mtu",
+                &mtu.to_string(),
+            ],
+        )?;
+        self.undo
+            .push(argv(&["ip", family, "route", "del", &net, "dev", tun]));
+        Ok(())
+    }
+
+    /// Installs the NFQUEUE rules that capture traffic to `destinations` leaving through `tun`.
+    pub fn capture(
+        &mut self,
+        tun: &str,
+        destinations: &[IpNet],
+        queue: QueueSpec,
+    ) -> Result<(), HostError> {
+        let chain = chain_name(tun);
+        for family in [Family::V4, Family::V6] {
+            let nets: Vec<&IpNet> = destinations
+                .iter()
+                .filter(|net| Family::of(net) == family)
+                .collect();
+            if nets.is_empty() {
+                continue;
+            }
+            let iptables = family.iptables();
+            run(iptables, &["-w", "-t", "mangle", "-N", &chain])?;
+            self.undo
+                .push(argv(&[iptables, "-w", "-t", "mangle", "-X", &chain]));
+            self.undo
+                .push(argv(&[iptables, "-w", "-t", "mangle", "-F", &chain]));
+            for net in nets {
+                let net = net.to_string();
+                let mut rule = vec![
+                    "-w", "-t", "mangle", "-A", &chain, "-d", &net, "-j", "NFQUEUE",
+                ];
+                let balance;
+                let first = queue.first.to_string();
+                if queue.count > 1 {
+                    let last = queue.first.saturating_add(queue.count - 1);
+                    balance = format!("{}:{last}", queue.first);
+                    rule.extend(["--queue-balance", &balance]);
+                } else {
+                    rule.extend(["--queue-num", &first]);
+                }
+                if queue.bypass {
+                    rule.push("--queue-bypass");
+                }
+                run(iptables, &rule)?;
+            }
+            let jump = ["-t", "mangle", "POSTROUTING", "-o", tun, "-j", &chain];
+            run(iptables, &[&["-w", "-I"], &jump[..]].concat())?;
+            self.undo
+                .push(argv(&[&[iptables, "-w", "-D"], &jump[..]].concat()));
+        }
+        Ok(())
+    }
+
+    /// Undoes every change, newest first. Returns the failures (already-gone state is not one).
+    pub fn teardown(&mut self) -> Vec<HostError> {
+        let mut errors = Vec::new();
+        while let Some(command) = self.undo.pop() {
+            let args: Vec<&str> = command.iter().skip(1).map(String::as_str).collect();
+            if let Err(error) = run(&command[0], &args) {
+                if !is_already_gone(&error) {
+                    errors.push(error);
+                }
+            }
+        }
+        errors
+    }
+}
+
+impl Drop for HostSetup {
+    fn drop(&mut self) {
+        for error in self.teardown() {
+            tracing::warn!(%error, "host teardown");
+        }
+    }
+}
+
+/// alagg's iptables chain for `tun` (iptables allows 28 characters; TUN names are at most 15).
+pub fn chain_name(tun: &str) -> String {
+    format!("ALAGG-{tun}")
+}
+
+/// The address to give the TUN device when the configuration names none: a link-local /32
+/// (RFC 3927) that never leaves the host.
+pub fn default_tun_address() -> IpNet {
+    IpNet::new(IpAddr::from([169, 254, 88, 1]), 32).unwrap_or_default()
+}
+
+fn is_already_gone(error: &HostError) -> bool {
+    let message = error.message.to_lowercase();
+    [
+        "no such",
+        "cannot find",
+        "does not exist",
+        "not found",
+        "bad rule",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
+}
+
+fn argv(args: &[&str]) -> Vec<String> {
+    args.iter().map(|&a| a.to_owned()).collect()
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), HostError> {
+    let command = format!("{program} {}", args.join(" "));
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| HostError {
+            command: command.clone(),
+            message: format!("{e} (is {program} installed?)"),
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(HostError {
+            command,
+            message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_fit_iptables() {
+        assert_eq!(chain_name("alagg0"), "ALAGG-alagg0");
+        assert!(chain_name("fifteen-chars-x").len() <= 28);
+    }
+
+    #[test]
+    fn the_default_tun_address_is_link_local() {
+        let net = default_tun_address();
+        assert_eq!(net.prefix_len(), 32);
+        assert!(matches!(net.addr(), IpAddr::V4(a) if a.is_link_local()));
+    }
+
+    #[test]
+    fn vanished_state_is_not_a_teardown_failure() {
+        let gone = HostError {
+            command: "ip route del".into(),
+            message: "RTNETLINK answers: No such process".into(),
+        };
+        assert!(is_already_gone(&gone));
+        let real = HostError {
+            command: "iptables".into(),
+            message: "Permission denied".into(),
+        };
+        assert!(!is_already_gone(&real));
+    }
+}
