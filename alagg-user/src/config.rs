@@ -1,0 +1,1623 @@
+//! The TOML configuration of one alagg host: what to capture, which links to send it over and how
+//! the link protocol behaves.
+//!
+//! [`Config::load`] reads a file, [`Config::parse`] parses text; both reject unknown keys (every
+//! table is `deny_unknown_fields`) and then run [`Config::validate`], so a `Config` they return
+//! is one `alagg up` can act on: at least one link, unique interface names, destinations that
+//! are networks (no host bits), neither default routes nor overlapping one another, and every
+//! number within its range. Every error names the file, the key (`link[1].peer_mac`) and what
+//! to do. Everything but `capture.destinations` and the `[[link]]` tables has a default;
+//! `config/alagg.example.toml` lists every key with its default and meaning.
+//!
+//! [`Config::plan`] renders what `alagg up` would do with a configuration, for `alagg check`.
+#![deny(unsafe_code)]
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use alagg_common::DEFAULT_ETHERTYPE;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, Visitor},
+};
+
+/// Most `[[link]]` tables a configuration may have.
+pub const MAX_LINKS: usize = 16;
+/// Most NFQUEUE queues (and so capture workers) a configuration may ask for.
+pub const MAX_QUEUES: u16 = 64;
+/// Longest interface name in bytes: `IFNAMSIZ` (16, `include/uapi/linux/if.h`) less the NUL.
+pub const MAX_IFNAME_LEN: usize = 15;
+/// CPU numbers must be below this: `CPU_SETSIZE` of glibc's `cpu_set_t`.
+pub const MAX_CPUS: usize = 1024;
+/// Range of `protocol.hold_ms`.
+pub const HOLD_MS_RANGE: RangeInclusive<u64> = 1..=10_000;
+/// Range of `protocol.dedup_window` (a power of two as well).
+pub const DEDUP_WINDOW_RANGE: RangeInclusive<u32> = 64..=(1 << 20);
+/// Range of `protocol.reorder_capacity`.
+pub const REORDER_CAPACITY_RANGE: RangeInclusive<u32> = 1..=65_536;
+/// Range of `tun.mtu`: 68 is the least every IPv4 link must carry (RFC 791).
+pub const TUN_MTU_RANGE: RangeInclusive<u32> = 68..=65_535;
+/// Least MTU of a link carrying IPv6 (RFC 8200, section 5).
+pub const IPV6_MIN_MTU: u32 = 1280;
+/// Range of `capture.queue_max_len`.
+pub const QUEUE_MAX_LEN_RANGE: RangeInclusive<u32> = 1..=(1 << 20);
+/// Range of `link.weight`.
+pub const WEIGHT_RANGE: RangeInclusive<u32> = 1..=1000;
+/// Where `[metrics]` listens when it gives no `listen`.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9187);
+
+/// Why a configuration could not be loaded. Each message names the file (`origin`) and says
+/// what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the kernel said.
+        source: std::io::Error,
+    },
+    /// The text is not TOML, has an unknown key or a value of the wrong type. The message is
+    /// toml's, which names the key and shows the line.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file name, or what the text came from.
+        origin: String,
+        /// toml's message.
+        message: String,
+    },
+    /// The TOML is well formed but a value is not acceptable.
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        /// The file name, or what the text came from.
+        origin: String,
+        /// The offending key, e.g. `link[1].peer_mac` or `capture.destinations[0]`.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// One host's configuration: the TOML file as a whole.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[capture]`: which outbound packets are taken from the kernel.
+    pub capture: Capture,
+    /// `[scheduler]`: which links each packet goes out on.
+    pub scheduler: SchedulerConfig,
+    /// `[tun]`: the device received packets are delivered through.
+    pub tun: TunConfig,
+    /// `[protocol]`: the link protocol; both hosts must agree on it.
+    pub protocol: ProtocolConfig,
+    /// `[[link]]`: the links to the peer, in the order given (the order numbers them).
+    #[serde(rename = "link")]
+    pub links: Vec<LinkConfig>,
+    /// `[cpu]`: placement of the worker threads.
+    pub cpu: CpuConfig,
+    /// `[metrics]`: the Prometheus endpoint; off when the table is absent.
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[capture]`: outbound packets to `destinations` are taken by iptables' `NFQUEUE` target.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capture {
+    /// The peer's networks, IPv4 and IPv6. A bare address means that host alone (/32, /128).
+    #[serde(deserialize_with = "de_destinations")]
+    pub destinations: Vec<IpNet>,
+    /// First NFQUEUE number. Default 0.
+    pub queue: u16,
+    /// Number of NFQUEUE queues, `queue..queue + queues`, one capture worker each. Default 1.
+    pub queues: u16,
+    /// Let packets pass uncaptured, on the normal route, when no alagg listens on the queue or
+    /// its queue is full, instead of dropping them (`--queue-bypass`, `NFQA_CFG_F_FAIL_OPEN`).
+    /// Default true.
+    pub fail_open: bool,
+    /// Most packets the kernel holds for alagg per queue (`NFQA_CFG_QUEUE_MAXLEN`). Default 4096.
+    pub queue_max_len: u32,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            destinations: Vec::new(),
+            queue: 0,
+            queues: 1,
+            fail_open: true,
+            queue_max_len: 4096,
+        }
+    }
+}
+
+impl Capture {
+    /// The NFQUEUE numbers in use: `queue..=queue + queues - 1`. Valid after [`Config::validate`].
+    pub fn queue_numbers(&self) -> RangeInclusive<u16> {
+        self.queue..=self.queue.saturating_add(self.queues.saturating_sub(1))
+    }
+}
+
+/// `[scheduler]`: which links each packet is sent on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// The policy. Default `redundant`.
+    pub mode: SchedulerMode,
+}
+
+/// How packets are spread over the links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerMode {
+    /// `redundant`: every packet on every link that is up; the receiver keeps the first copy.
+    #[default]
+    Redundant,
+}
+
+impl fmt::Display for SchedulerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SchedulerMode::Redundant => "redundant",
+        })
+    }
+}
+
+/// `[tun]`: the TUN device that received packets are written to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunConfig {
+    /// Interface name, 1 to 15 bytes. Default `alagg0`.
+    pub name: String,
+    /// MTU of the device, 68..=65535; `None` leaves the choice to `alagg up`.
+    pub mtu: Option<u32>,
+}
+
+impl Default for TunConfig {
+    fn default() -> Self {
+        TunConfig {
+            name: "alagg0".to_owned(),
+            mtu: None,
+        }
+    }
+}
+
+/// `[protocol]`: the link protocol. Both hosts must have the same values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtocolConfig {
+    /// Ethertype of alagg frames, at least 0x0600. In TOML a string `"0x88b5"` or an integer
+    /// (`0x88B5`, `34997`). Default 0x88B5, IEEE 802 local experimental ethertype 1.
+    #[serde(deserialize_with = "de_ethertype")]
+    pub ethertype: u16,
+    /// How long, in milliseconds, a packet that arrived ahead of a missing one is held before
+    /// the gap is given up on, 1..=10000. Default 5.
+    pub hold_ms: u64,
+    /// How many sequence numbers below the newest the duplicate filter remembers; a power of two
+    /// in 64..=1048576. Default 4096.
+    pub dedup_window: u32,
+    /// Most packets held for reordering at once, 1..=65536 and at most `dedup_window`.
+    /// Default 1024.
+    pub reorder_capacity: u32,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        ProtocolConfig {
+            ethertype: DEFAULT_ETHERTYPE,
+            hold_ms: 5,
+            dedup_window: 4096,
+            reorder_capacity: 1024,
+        }
+    }
+}
+
+impl ProtocolConfig {
+    /// The reorder hold time.
+    pub fn hold(&self) -> Duration {
+        Duration::from_millis(self.hold_ms)
+    }
+}
+
+/// `[[link]]`: one Ethernet link to the peer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    /// Local interface name. Required.
+    pub interface: String,
+    /// The peer's MAC address on this link: unicast, not zero. Required.
+    pub peer_mac: MacAddr,
+    /// How frames are sent and received. Default `xdp`.
+    #[serde(default)]
+    pub io: IoMode,
+    /// How the XDP program is attached when `io = "xdp"`. Default `auto`.
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// Share of traffic for schedulers that stripe, 1..=1000; `redundant` ignores it. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// How a link's frames are sent and received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    /// `xdp`: AF_XDP sockets, with the XDP program steering received frames to them.
+    #[default]
+    Xdp,
+    /// `af_packet`: AF_PACKET sockets, for NICs or virtual devices where XDP does not work.
+    AfPacket,
+}
+
+impl fmt::Display for IoMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoMode::Xdp => "xdp",
+            IoMode::AfPacket => "af_packet",
+        })
+    }
+}
+
+/// How the XDP program is attached to a link (`XDP_FLAGS_*`, `include/uapi/linux/if_link.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// `auto`: native where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// `native`: in the driver only (`XDP_FLAGS_DRV_MODE`); fails where unsupported.
+    Native,
+    /// `generic`: on the kernel's socket buffers (`XDP_FLAGS_SKB_MODE`); works everywhere, slower.
+    Generic,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        })
+    }
+}
+
+/// `[cpu]`: where worker threads run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuConfig {
+    /// Pin each worker thread to one CPU. Default true.
+    pub pin: bool,
+    /// The CPUs to pin to, in order of use; `None` means every CPU the process may run on.
+    pub cores: Option<Vec<usize>>,
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        CpuConfig {
+            pin: true,
+            cores: None,
+        }
+    }
+}
+
+/// `[metrics]`: a Prometheus text endpoint over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address and port to listen on. Default `127.0.0.1:9187`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: DEFAULT_METRICS_LISTEN,
+        }
+    }
+}
+
+/// An Ethernet MAC address. Parsed from six two-digit hexadecimal bytes separated by `:` or `-`
+/// (either case); shown as lower-case `02:00:00:00:01:02`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// The bytes, in transmission order.
+    pub const fn octets(self) -> [u8; 6] {
+        self.0
+    }
+
+    /// Whether the group bit (the least significant bit of the first byte) is set: multicast or
+    /// broadcast (IEEE 802, clause 8.2).
+    pub const fn is_multicast(self) -> bool {
+        self.0[0] & 1 == 1
+    }
+
+    /// Whether this is `ff:ff:ff:ff:ff:ff`.
+    pub const fn is_broadcast(self) -> bool {
+        matches!(self.0, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+    }
+
+    /// Whether this is `00:00:00:00:00:00`.
+    pub const fn is_zero(self) -> bool {
+        matches!(self.0, [0, 0, 0, 0, 0, 0])
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MacAddr({self})")
+    }
+}
+
+/// A string that is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{input:?} is not a MAC address: write six two-digit hexadecimal bytes such as 02:00:00:00:01:02"
+)]
+pub struct ParseMacAddrError {
+    /// The rejected text.
+    pub input: String,
+}
+
+impl FromStr for MacAddr {
+    type Err = ParseMacAddrError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || ParseMacAddrError {
+            input: text.to_owned(),
+        };
+        let separator = if text.contains('-') { '-' } else { ':' };
+        let mut octets = [0u8; 6];
+        let mut parts = text.split(separator);
+        for octet in &mut octets {
+            let part = parts.next().ok_or_else(error)?;
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(error());
+            }
+            *octet = u8::from_str_radix(part, 16).map_err(|_| error())?;
+        }
+        if parts.next().is_some() {
+            return Err(error());
+        }
+        Ok(MacAddr(octets))
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
+/// `capture.destinations`: a list of networks, where a bare address stands for itself alone.
+fn de_destinations<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    /// One destination, parsed with a message that says what is expected.
+    struct Destination(IpNet);
+
+    impl<'de> Deserialize<'de> for Destination {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            if let Ok(net) = text.parse::<IpNet>() {
+                return Ok(Destination(net));
+            }
+            match text.parse::<IpAddr>() {
+                Ok(IpAddr::V4(addr)) => Ok(Destination(IpNet::V4(Ipv4Net::from(addr)))),
+                Ok(IpAddr::V6(addr)) => Ok(Destination(IpNet::V6(Ipv6Net::from(addr)))),
+                Err(_) => Err(de::Error::custom(format!(
+                    "{text:?} is not a network: write an address with a prefix length, such as \
+                     \"10.0.9.0/24\" or \"fd00::2/128\""
+                ))),
+            }
+        }
+    }
+
+    let list = Vec::<Destination>::deserialize(deserializer)?;
+    Ok(list.into_iter().map(|destination| destination.0).collect())
+}
+
+/// `protocol.ethertype`: a string `"0x88b5"` or an integer.
+fn de_ethertype<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    struct EthertypeVisitor;
+
+    fn from_int<E: de::Error>(value: impl TryInto<u16> + fmt::Display + Copy) -> Result<u16, E> {
+        value.try_into().map_err(|_| {
+            E::custom(format!(
+                "{value} does not fit in an ethertype: write a 16-bit value such as 0x88b5"
+            ))
+        })
+    }
+
+    impl Visitor<'_> for EthertypeVisitor {
+        type Value = u16;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an ethertype: a string such as \"0x88b5\" or an integer such as 0x88B5")
+        }
+
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<u16, E> {
+            from_int(value)
+        }
+
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<u16, E> {
+            from_int(value)
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<u16, E> {
+            text.strip_prefix("0x")
+                .or_else(|| text.strip_prefix("0X"))
+                .filter(|digits| !digits.is_empty() && digits.len() <= 4)
+                .and_then(|digits| u16::from_str_radix(digits, 16).ok())
+                .ok_or_else(|| {
+                    E::custom(format!(
+                        "{text:?} is not an ethertype: write \"0x\" and up to four hexadecimal \
+                         digits, such as \"0x88b5\", or an integer"
+                    ))
+                })
+        }
+    }
+
+    deserializer.deserialize_any(EthertypeVisitor)
+}
+
+/// A rejected value before the origin is attached: the key and what to do.
+struct Invalid {
+    key: String,
+    message: String,
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Checks an interface name the way the kernel does (`dev_valid_name`, `net/core/dev.c`).
+fn check_ifname(key: &str, name: &str) -> Result<(), Invalid> {
+    if name.is_empty() {
+        return Err(invalid(
+            key,
+            "the interface name is empty: give one, such as \"eth1\"",
+        ));
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return Err(invalid(
+            key,
+            format!(
+                "interface name {name:?} is {} bytes long; Linux allows at most {MAX_IFNAME_LEN} \
+                 (IFNAMSIZ): use a shorter name",
+                name.len()
+            ),
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid(
+            key,
+            format!("{name:?} is not a valid interface name: choose another"),
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+    {
+        return Err(invalid(
+            key,
+            format!(
+                "interface name {name:?} contains {bad:?}, which Linux does not allow in \
+                 interface names: remove it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_range<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    range: &RangeInclusive<T>,
+) -> Result<(), Invalid> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "{value} is out of range: use a value from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+/// The loopback networks (RFC 1122 section 3.2.1.3, RFC 4291 section 2.5.3): traffic to them
+/// never leaves the host, so they cannot be destinations.
+const LOOPBACK: [IpNet; 2] = [
+    IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+    IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
+];
+
+/// Whether two networks share an address; networks of different families never do.
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `origin` (a file name) starts every error message.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Checks what the TOML types cannot: ranges, names, uniqueness and the destinations. The
+    /// first problem found, in file order, is returned.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        self.check()
+            .map_err(|Invalid { key, message }| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key,
+                message,
+            })
+    }
+
+    fn check(&self) -> Result<(), Invalid> {
+        self.check_capture()?;
+        self.check_tun()?;
+        self.check_protocol()?;
+        self.check_links()?;
+        self.check_cpu()?;
+        self.check_metrics()
+    }
+
+    fn check_capture(&self) -> Result<(), Invalid> {
+        let capture = &self.capture;
+        let destinations = &capture.destinations;
+        if destinations.is_empty() {
+            return Err(invalid(
+                "capture.destinations",
+                "no destinations: list the peer's networks, such as \
+                 destinations = [\"10.0.9.2/32\", \"fd00::2/128\"]",
+            ));
+        }
+        for (i, net) in destinations.iter().enumerate() {
+            let key = format!("capture.destinations[{i}]");
+            if net.prefix_len() == 0 {
+                let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{net} is a default route: alagg would capture all {family} traffic, \
+                         its own included. List only the peer's networks"
+                    ),
+                ));
+            }
+            if net.addr() != net.network() {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{net} has host bits set: write the network {} (or {}/{} for the one \
+                         host)",
+                        net.trunc(),
+                        net.addr(),
+                        net.max_prefix_len()
+                    ),
+                ));
+            }
+            if let Some(lo) = LOOPBACK.iter().find(|lo| overlaps(lo, net)) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{net} overlaps the loopback network {lo}, which never leaves this host: \
+                         list only the peer's networks"
+                    ),
+                ));
+            }
+            if let Some((j, other)) = destinations[..i]
+                .iter()
+                .enumerate()
+                .find(|(_, other)| overlaps(other, net))
+            {
+                let message = if other == net {
+                    format!("{net} is listed twice (also capture.destinations[{j}]): remove one")
+                } else {
+                    format!(
+                        "{net} overlaps capture.destinations[{j}] ({other}): keep the wider \
+                         network and remove the other"
+                    )
+                };
+                return Err(invalid(key, message));
+            }
+        }
+        check_range("capture.queues", capture.queues, &(1..=MAX_QUEUES))?;
+        let last = u32::from(capture.queue) + u32::from(capture.queues) - 1;
+        if last > u32::from(u16::MAX) {
+            return Err(invalid(
+                "capture.queue",
+                format!(
+                    "queues {}..={last} go past the last NFQUEUE number, 65535: lower queue to at \
+                     most {}",
+                    capture.queue,
+                    u16::MAX - (capture.queues - 1)
+                ),
+            ));
+        }
+        check_range(
+            "capture.queue_max_len",
+            capture.queue_max_len,
+            &QUEUE_MAX_LEN_RANGE,
+        )
+    }
+
+    fn check_tun(&self) -> Result<(), Invalid> {
+        check_ifname("tun.name", &self.tun.name)?;
+        if let Some(mtu) = self.tun.mtu {
+            check_range("tun.mtu", mtu, &TUN_MTU_RANGE)?;
+            let has_v6 = self
+                .capture
+                .destinations
+                .iter()
+                .any(|net| net.addr().is_ipv6());
+            if has_v6 && mtu < IPV6_MIN_MTU {
+                return Err(invalid(
+                    "tun.mtu",
+                    format!(
+                        "{mtu} is below {IPV6_MIN_MTU}, the least MTU IPv6 allows (RFC 8200), and \
+                         capture.destinations has IPv6 networks: raise it to at least \
+                         {IPV6_MIN_MTU} or leave it out"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_protocol(&self) -> Result<(), Invalid> {
+        let protocol = &self.protocol;
+        let ethertype = protocol.ethertype;
+        if ethertype < 0x0600 {
+            return Err(invalid(
+                "protocol.ethertype",
+                format!(
+                    "{ethertype:#06x} is a length, not an ethertype: ethertypes start at 0x0600 \
+                     (IEEE 802.3, clause 3.2.6). Use 0x88b5 or 0x88b6, the local experimental ones"
+                ),
+            ));
+        }
+        let taken = match ethertype {
+            0x0800 => Some("IPv4"),
+            0x0806 => Some("ARP"),
+            0x86dd => Some("IPv6"),
+            0x8100 => Some("802.1Q VLAN tags"),
+            0x88a8 => Some("802.1ad service VLAN tags"),
+            _ => None,
+        };
+        if let Some(taken) = taken {
+            return Err(invalid(
+                "protocol.ethertype",
+                format!(
+                    "{ethertype:#06x} belongs to {taken}: use 0x88b5 or 0x88b6, the local \
+                     experimental ethertypes"
+                ),
+            ));
+        }
+        check_range("protocol.hold_ms", protocol.hold_ms, &HOLD_MS_RANGE)?;
+        check_range(
+            "protocol.dedup_window",
+            protocol.dedup_window,
+            &DEDUP_WINDOW_RANGE,
+        )?;
+        if !protocol.dedup_window.is_power_of_two() {
+            return Err(invalid(
+                "protocol.dedup_window",
+                format!(
+                    "{} is not a power of two: use {}",
+                    protocol.dedup_window,
+                    protocol.dedup_window.next_power_of_two()
+                ),
+            ));
+        }
+        check_range(
+            "protocol.reorder_capacity",
+            protocol.reorder_capacity,
+            &REORDER_CAPACITY_RANGE,
+        )?;
+        if protocol.reorder_capacity > protocol.dedup_window {
+            return Err(invalid(
+                "protocol.reorder_capacity",
+                format!(
+                    "{} is larger than protocol.dedup_window ({}): the duplicate filter must \
+                     cover every packet held for reordering. Lower it or raise dedup_window",
+                    protocol.reorder_capacity, protocol.dedup_window
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_links(&self) -> Result<(), Invalid> {
+        if self.links.is_empty() {
+            return Err(invalid(
+                "link",
+                "no links: add a [[link]] table with interface and peer_mac for each link to \
+                 the peer",
+            ));
+        }
+        if self.links.len() > MAX_LINKS {
+            return Err(invalid(
+                "link",
+                format!(
+                    "{} links given; alagg handles at most {MAX_LINKS}: remove some",
+                    self.links.len()
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, link) in self.links.iter().enumerate() {
+            let key = |field: &str| format!("link[{i}].{field}");
+            check_ifname(&key("interface"), &link.interface)?;
+            if !seen.insert(link.interface.as_str()) {
+                return Err(invalid(
+                    key("interface"),
+                    format!(
+                        "{:?} is already used by another [[link]]: each link needs its own \
+                         interface",
+                        link.interface
+                    ),
+                ));
+            }
+            if link.interface == self.tun.name {
+                return Err(invalid(
+                    key("interface"),
+                    format!(
+                        "{:?} is also tun.name: the TUN device and the links need different \
+                         names",
+                        link.interface
+                    ),
+                ));
+            }
+            let mac = link.peer_mac;
+            if mac.is_zero() {
+                return Err(invalid(
+                    key("peer_mac"),
+                    "00:00:00:00:00:00 is not a station address: give the MAC of the peer's \
+                     interface on this link (`ip link show` on the peer)",
+                ));
+            }
+            if mac.is_multicast() {
+                let what = if mac.is_broadcast() {
+                    "the broadcast address"
+                } else {
+                    "a multicast address (the low bit of its first byte is set)"
+                };
+                return Err(invalid(
+                    key("peer_mac"),
+                    format!(
+                        "{mac} is {what}: give the unicast MAC of the peer's interface on this \
+                         link (`ip link show` on the peer)"
+                    ),
+                ));
+            }
+            if link.io == IoMode::AfPacket && link.xdp_mode != XdpMode::Auto {
+                return Err(invalid(
+                    key("xdp_mode"),
+                    format!(
+                        "xdp_mode = \"{}\" has no effect with io = \"af_packet\": remove it, or \
+                         set io = \"xdp\"",
+                        link.xdp_mode
+                    ),
+                ));
+            }
+            check_range(&key("weight"), link.weight, &WEIGHT_RANGE)?;
+        }
+        Ok(())
+    }
+
+    fn check_cpu(&self) -> Result<(), Invalid> {
+        let Some(cores) = &self.cpu.cores else {
+            return Ok(());
+        };
+        if !self.cpu.pin {
+            return Err(invalid(
+                "cpu.cores",
+                "cores has no effect with pin = false: remove it, or set pin = true",
+            ));
+        }
+        if cores.is_empty() {
+            return Err(invalid(
+                "cpu.cores",
+                "the list is empty: name at least one CPU, or leave cores out to use them all",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, &core) in cores.iter().enumerate() {
+            let key = format!("cpu.cores[{i}]");
+            if core >= MAX_CPUS {
+                return Err(invalid(
+                    key,
+                    format!("CPU {core} does not exist: CPU numbers are below {MAX_CPUS}"),
+                ));
+            }
+            if !seen.insert(core) {
+                return Err(invalid(
+                    key,
+                    format!("CPU {core} is listed twice: remove one"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_metrics(&self) -> Result<(), Invalid> {
+        match self.metrics {
+            Some(metrics) if metrics.listen.port() == 0 => Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{} has port 0: give a fixed port, such as {DEFAULT_METRICS_LISTEN}",
+                    metrics.listen
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// What `alagg up` would do with this configuration, as text for a person (`alagg check`).
+    pub fn plan(&self) -> Plan<'_> {
+        Plan(self)
+    }
+}
+
+impl FromStr for Config {
+    type Err = ConfigError;
+
+    /// Parses and validates TOML text; errors name the origin `<string>`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Config::parse(text, "<string>")
+    }
+}
+
+/// A readable summary of what `alagg up` would do with a [`Config`]; see [`Config::plan`].
+#[derive(Debug, Clone, Copy)]
+pub struct Plan<'a>(&'a Config);
+
+/// ` (default)` when `value` is the default, nothing otherwise.
+fn default_note<T: PartialEq>(value: &T, default: &T) -> &'static str {
+    if value == default { " (default)" } else { "" }
+}
+
+impl fmt::Display for Plan<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let config = self.0;
+        let capture = &config.capture;
+        let defaults = Capture::default();
+        let queues = capture.queue_numbers();
+        writeln!(f, "capture")?;
+        writeln!(
+            f,
+            "  outbound packets to {} destination(s), through iptables NFQUEUE {}..={}{}:",
+            capture.destinations.len(),
+            queues.start(),
+            queues.end(),
+            default_note(
+                &(capture.queue, capture.queues),
+                &(defaults.queue, defaults.queues)
+            ),
+        )?;
+        for net in &capture.destinations {
+            writeln!(f, "    {net}")?;
+        }
+        writeln!(
+            f,
+            "  queue length {}{}; {}{}",
+            capture.queue_max_len,
+            default_note(&capture.queue_max_len, &defaults.queue_max_len),
+            if capture.fail_open {
+                "fail-open: packets take the normal route when alagg is not running or behind"
+            } else {
+                "fail-closed: packets are dropped when alagg is not running or behind"
+            },
+            default_note(&capture.fail_open, &defaults.fail_open),
+        )?;
+
+        let scheduler = config.scheduler.mode;
+        writeln!(f, "send")?;
+        writeln!(
+            f,
+            "  scheduler {scheduler}{}: every packet on every link that is up",
+            default_note(&scheduler, &SchedulerMode::default()),
+        )?;
+        for (i, link) in config.links.iter().enumerate() {
+            let io = match link.io {
+                IoMode::Xdp => format!(
+                    "AF_XDP, XDP {}{}",
+                    link.xdp_mode,
+                    default_note(&link.xdp_mode, &XdpMode::default())
+                ),
+                IoMode::AfPacket => "AF_PACKET".to_owned(),
+            };
+            writeln!(
+                f,
+                "  link[{i}] {} -> peer {}, {io}, weight {}",
+                link.interface, link.peer_mac, link.weight
+            )?;
+        }
+
+        let protocol = &config.protocol;
+        let defaults = ProtocolConfig::default();
+        writeln!(f, "protocol (must match the peer's)")?;
+        writeln!(
+            f,
+            "  ethertype {:#06x}{}",
+            protocol.ethertype,
+            default_note(&protocol.ethertype, &defaults.ethertype)
+        )?;
+        writeln!(
+            f,
+            "  hold out-of-order packets up to {} ms{}, at most {}{} at once",
+            protocol.hold_ms,
+            default_note(&protocol.hold_ms, &defaults.hold_ms),
+            protocol.reorder_capacity,
+            default_note(&protocol.reorder_capacity, &defaults.reorder_capacity),
+        )?;
+        writeln!(
+            f,
+            "  drop duplicates within a window of {} sequence numbers{}",
+            protocol.dedup_window,
+            default_note(&protocol.dedup_window, &defaults.dedup_window),
+        )?;
+
+        let tun = &config.tun;
+        writeln!(f, "receive")?;
+        write!(
+            f,
+            "  deliver through TUN device {}{}, MTU ",
+            tun.name,
+            default_note(&tun.name, &TunConfig::default().name)
+        )?;
+        match tun.mtu {
+            Some(mtu) => writeln!(f, "{mtu}")?,
+            None => writeln!(f, "chosen from the links (default)")?,
+        }
+
+        writeln!(f, "cpu")?;
+        match (&config.cpu.pin, &config.cpu.cores) {
+            (false, _) => writeln!(f, "  worker threads not pinned")?,
+            (true, None) => writeln!(f, "  pin worker threads, one per CPU allowed (default)")?,
+            (true, Some(cores)) => {
+                let cores: Vec<String> = cores.iter().map(usize::to_string).collect();
+                writeln!(f, "  pin worker threads to CPUs {}", cores.join(", "))?;
+            }
+        }
+
+        writeln!(f, "metrics")?;
+        match config.metrics {
+            Some(metrics) => writeln!(
+                f,
+                "  Prometheus endpoint on http://{}/metrics",
+                metrics.listen
+            ),
+            None => writeln!(f, "  off (default)"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests panic on failure by design")]
+mod tests {
+    use super::*;
+
+    /// A valid configuration with two links; cases append to it or replace parts of it.
+    const BASE: &str = r#"
+[capture]
+destinations = ["10.0.9.2/32", "fd00::2/128"]
+
+[[link]]
+interface = "eth1"
+peer_mac = "02:00:00:00:01:02"
+
+[[link]]
+interface = "eth2"
+peer_mac = "02:00:00:00:02:02"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let text = r#"
+[capture]
+destinations = ["10.0.9.2/32", "fd00::2/128"]  # the peer's networks; v4 and v6
+queue = 0                                     # first NFQUEUE number (optional)
+[scheduler]
+mode = "redundant"                            # optional, default redundant
+[[link]]
+interface = "eth1"
+peer_mac = "02:00:00:00:01:02"
+[[link]]
+interface = "eth2"
+peer_mac = "02:00:00:00:02:02"
+"#;
+        let config = parse(text).unwrap();
+        assert_eq!(config.links.len(), 2);
+        assert_eq!(config.links[1].peer_mac, MacAddr([2, 0, 0, 0, 2, 2]));
+        assert_eq!(config.scheduler.mode, SchedulerMode::Redundant);
+    }
+
+    #[test]
+    fn defaults_when_omitted() {
+        let config = parse(BASE).unwrap();
+        assert_eq!(
+            config.capture.destinations,
+            vec![
+                "10.0.9.2/32".parse::<IpNet>().unwrap(),
+                "fd00::2/128".parse::<IpNet>().unwrap()
+            ]
+        );
+        assert_eq!(config.capture.queue, 0);
+        assert_eq!(config.capture.queues, 1);
+        assert!(config.capture.fail_open);
+        assert_eq!(config.capture.queue_max_len, 4096);
+        assert_eq!(config.capture.queue_numbers(), 0..=0);
+        assert_eq!(config.scheduler.mode, SchedulerMode::Redundant);
+        assert_eq!(config.tun.name, "alagg0");
+        assert_eq!(config.tun.mtu, None);
+        assert_eq!(config.protocol.ethertype, 0x88b5);
+        assert_eq!(config.protocol.hold_ms, 5);
+        assert_eq!(config.protocol.hold(), Duration::from_millis(5));
+        assert_eq!(config.protocol.dedup_window, 4096);
+        assert_eq!(config.protocol.reorder_capacity, 1024);
+        for link in &config.links {
+            assert_eq!(link.io, IoMode::Xdp);
+            assert_eq!(link.xdp_mode, XdpMode::Auto);
+            assert_eq!(link.weight, 1);
+        }
+        assert!(config.cpu.pin);
+        assert_eq!(config.cpu.cores, None);
+        assert_eq!(config.metrics, None);
+    }
+
+    #[test]
+    fn optional_values_are_read() {
+        let text = format!(
+            "{BASE}\n[tun]\nname = \"agg7\"\nmtu = 1400\n[protocol]\nethertype = \"0x88B6\"\n\
+             hold_ms = 20\ndedup_window = 65536\nreorder_capacity = 4096\n[cpu]\ncores = [3, 1]\n\
+             [metrics]\n"
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.tun.name, "agg7");
+        assert_eq!(config.tun.mtu, Some(1400));
+        assert_eq!(config.protocol.ethertype, 0x88b6);
+        assert_eq!(config.protocol.hold_ms, 20);
+        assert_eq!(config.protocol.dedup_window, 65536);
+        assert_eq!(config.protocol.reorder_capacity, 4096);
+        assert_eq!(config.cpu.cores, Some(vec![3, 1]));
+        assert_eq!(config.metrics.unwrap().listen, DEFAULT_METRICS_LISTEN);
+    }
+
+    #[test]
+    fn ethertype_forms() {
+        for (value, expected) in [
+            ("\"0x88b5\"", 0x88b5),
+            ("\"0X88B5\"", 0x88b5),
+            ("0x88B6", 0x88b6),
+            ("34997", 0x88b5),
+            ("0x9000", 0x9000),
+        ] {
+            let text = format!("{BASE}\n[protocol]\nethertype = {value}\n");
+            assert_eq!(
+                parse(&text).unwrap().protocol.ethertype,
+                expected,
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn bare_addresses_are_hosts() {
+        let text = BASE.replace(
+            r#"["10.0.9.2/32", "fd00::2/128"]"#,
+            r#"["10.0.9.2", "fd00::2"]"#,
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.capture.destinations,
+            vec![
+                "10.0.9.2/32".parse::<IpNet>().unwrap(),
+                "fd00::2/128".parse::<IpNet>().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn io_and_xdp_modes() {
+        let text = BASE.replace(
+            "peer_mac = \"02:00:00:00:02:02\"",
+            "peer_mac = \"02-00-00-00-02-0A\"\nio = \"af_packet\"\nweight = 3",
+        ) + "\n[[link]]\ninterface = \"eth3\"\npeer_mac = \"02:00:00:00:03:02\"\nxdp_mode = \"generic\"\n";
+        let config = parse(&text).unwrap();
+        assert_eq!(config.links[1].io, IoMode::AfPacket);
+        assert_eq!(config.links[1].peer_mac.to_string(), "02:00:00:00:02:0a");
+        assert_eq!(config.links[1].weight, 3);
+        assert_eq!(config.links[2].xdp_mode, XdpMode::Generic);
+    }
+
+    #[test]
+    fn mac_addr_parsing() {
+        for (text, expected) in [
+            ("02:00:00:00:01:02", Some([2, 0, 0, 0, 1, 2])),
+            (
+                "AA:bb:Cc:dd:EE:ff",
+                Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff]),
+            ),
+            ("02-00-00-00-01-02", Some([2, 0, 0, 0, 1, 2])),
+            ("02:00:00:00:01", None),
+            ("02:00:00:00:01:02:03", None),
+            ("2:0:0:0:1:2", None),
+            ("02:00:00:00:01:0g", None),
+            ("02:00-00:00:01:02", None),
+            ("+2:00:00:00:01:02", None),
+            ("", None),
+        ] {
+            let parsed = text.parse::<MacAddr>().ok().map(MacAddr::octets);
+            assert_eq!(parsed, expected, "{text:?}");
+        }
+        let mac = MacAddr([0x02, 0xab, 0, 0, 0x01, 0xff]);
+        assert_eq!(mac.to_string().parse::<MacAddr>().unwrap(), mac);
+        assert!(MacAddr([0xff; 6]).is_broadcast());
+        assert!(MacAddr([0x01, 0, 0x5e, 0, 0, 1]).is_multicast());
+        assert!(!MacAddr([0x02, 0, 0, 0, 0, 1]).is_multicast());
+        assert!(MacAddr([0; 6]).is_zero());
+    }
+
+    #[test]
+    fn parse_errors_name_the_key() {
+        // (what, the TOML, words the message must contain)
+        let cases: &[(&str, String, &[&str])] = &[
+            (
+                "unknown top-level key",
+                format!("{BASE}\nverbose = true\n"),
+                &["verbose"],
+            ),
+            (
+                "unknown table",
+                format!("{BASE}\n[logging]\nlevel = 1\n"),
+                &["logging"],
+            ),
+            (
+                "unknown key in [capture]",
+                BASE.replace("[capture]", "[capture]\nqueue_count = 2"),
+                &["queue_count", "line 3"],
+            ),
+            (
+                "unknown key in [[link]]",
+                BASE.replace(
+                    "interface = \"eth2\"",
+                    "interface = \"eth2\"\npeer_ip = \"x\"",
+                ),
+                &["peer_ip", "line 11"],
+            ),
+            (
+                "unknown key in [protocol]",
+                format!("{BASE}\n[protocol]\nhold = 5\n"),
+                &["hold"],
+            ),
+            (
+                "links spelt plural",
+                BASE.replace("[[link]]", "[[links]]"),
+                &["links"],
+            ),
+            (
+                "bad MAC",
+                BASE.replace("02:00:00:00:01:02", "02:00:00:00:01"),
+                &["02:00:00:00:01", "not a MAC address", "line 7"],
+            ),
+            (
+                "not a network",
+                BASE.replace("10.0.9.2/32", "10.0.9.300/32"),
+                &["10.0.9.300/32", "not a network"],
+            ),
+            (
+                "ethertype not hex",
+                format!("{BASE}\n[protocol]\nethertype = \"88b5\"\n"),
+                &["\"88b5\"", "not an ethertype"],
+            ),
+            (
+                "ethertype too large",
+                format!("{BASE}\n[protocol]\nethertype = 0x188b5\n"),
+                &["100533", "does not fit"],
+            ),
+            (
+                "unknown scheduler",
+                format!("{BASE}\n[scheduler]\nmode = \"stripe\"\n"),
+                &["stripe", "redundant"],
+            ),
+            (
+                "unknown io mode",
+                BASE.replace(
+                    "interface = \"eth1\"",
+                    "interface = \"eth1\"\nio = \"dpdk\"",
+                ),
+                &["dpdk", "af_packet"],
+            ),
+            (
+                "missing peer_mac",
+                BASE.replace("peer_mac = \"02:00:00:00:01:02\"", ""),
+                &["peer_mac"],
+            ),
+        ];
+        for (what, text, words) in cases {
+            let error = parse(text).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Parse { .. }),
+                "{what}: {error:?}"
+            );
+            let message = error.to_string();
+            assert!(message.starts_with("test.toml: "), "{what}: {message}");
+            for word in *words {
+                assert!(message.contains(word), "{what}: {word:?} not in {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        let extra_link = "\n[[link]]\ninterface = \"eth3\"\npeer_mac = \"02:00:00:00:03:02\"\n";
+        // (what, the TOML, the key named, words the message must contain)
+        let cases: &[(&str, String, &str, &[&str])] = &[
+            (
+                "multicast MAC",
+                BASE.replace("02:00:00:00:02:02", "01:00:5e:00:00:01"),
+                "link[1].peer_mac",
+                &["01:00:5e:00:00:01", "multicast"],
+            ),
+            (
+                "broadcast MAC",
+                BASE.replace("02:00:00:00:01:02", "FF:FF:FF:FF:FF:FF"),
+                "link[0].peer_mac",
+                &["broadcast"],
+            ),
+            (
+                "zero MAC",
+                BASE.replace("02:00:00:00:01:02", "00:00:00:00:00:00"),
+                "link[0].peer_mac",
+                &["00:00:00:00:00:00"],
+            ),
+            (
+                "duplicate interface",
+                BASE.replace("\"eth2\"", "\"eth1\""),
+                "link[1].interface",
+                &["\"eth1\"", "already used"],
+            ),
+            (
+                "interface same as tun",
+                BASE.replace("\"eth2\"", "\"alagg0\""),
+                "link[1].interface",
+                &["tun.name"],
+            ),
+            (
+                "too-long interface name",
+                BASE.replace("\"eth2\"", "\"enp0s31f6-uplink2\""),
+                "link[1].interface",
+                &["enp0s31f6-uplink2", "at most 15"],
+            ),
+            (
+                "empty interface name",
+                BASE.replace("\"eth2\"", "\"\""),
+                "link[1].interface",
+                &["empty"],
+            ),
+            (
+                "slash in interface name",
+                BASE.replace("\"eth2\"", "\"eth/2\""),
+                "link[1].interface",
+                &["'/'"],
+            ),
+            (
+                "space in interface name",
+                BASE.replace("\"eth2\"", "\"eth 2\""),
+                "link[1].interface",
+                &["' '"],
+            ),
+            (
+                "dot-dot interface name",
+                BASE.replace("\"eth2\"", "\"..\""),
+                "link[1].interface",
+                &["\"..\""],
+            ),
+            (
+                "bad tun name",
+                format!("{BASE}\n[tun]\nname = \"tun:0\"\n"),
+                "tun.name",
+                &["':'"],
+            ),
+            (
+                "no links",
+                BASE.split("[[link]]").next().unwrap().to_owned(),
+                "link",
+                &["[[link]]"],
+            ),
+            (
+                "too many links",
+                BASE.to_owned()
+                    + &(3..=17)
+                        .map(|n| {
+                            format!("\n[[link]]\ninterface = \"eth{n}\"\npeer_mac = \"02:00:00:00:{n:02x}:02\"\n")
+                        })
+                        .collect::<String>(),
+                "link",
+                &["17 links", "at most 16"],
+            ),
+            (
+                "empty destinations",
+                BASE.replace(r#"["10.0.9.2/32", "fd00::2/128"]"#, "[]"),
+                "capture.destinations",
+                &["no destinations"],
+            ),
+            (
+                "no [capture]",
+                BASE.replace("[capture]\ndestinations = [\"10.0.9.2/32\", \"fd00::2/128\"]", ""),
+                "capture.destinations",
+                &["no destinations"],
+            ),
+            (
+                "overlapping IPv4",
+                BASE.replace("\"fd00::2/128\"", "\"fd00::2/128\", \"10.0.8.0/22\""),
+                "capture.destinations[2]",
+                &["10.0.8.0/22", "capture.destinations[0]", "10.0.9.2/32"],
+            ),
+            (
+                "overlapping IPv6",
+                BASE.replace("\"fd00::2/128\"", "\"fd00::/64\", \"fd00::2/128\""),
+                "capture.destinations[2]",
+                &["fd00::2/128", "capture.destinations[1]", "fd00::/64"],
+            ),
+            (
+                "duplicate destination",
+                BASE.replace("\"fd00::2/128\"", "\"fd00::2/128\", \"10.0.9.2\""),
+                "capture.destinations[2]",
+                &["listed twice", "capture.destinations[0]"],
+            ),
+            (
+                "host bits",
+                BASE.replace("10.0.9.2/32", "10.0.9.1/24"),
+                "capture.destinations[0]",
+                &["10.0.9.1/24", "host bits", "10.0.9.0/24", "10.0.9.1/32"],
+            ),
+            (
+                "host bits IPv6",
+                BASE.replace("fd00::2/128", "fd00::2/64"),
+                "capture.destinations[1]",
+                &["fd00::/64", "fd00::2/128"],
+            ),
+            (
+                "IPv4 default route",
+                BASE.replace("10.0.9.2/32", "0.0.0.0/0"),
+                "capture.destinations[0]",
+                &["0.0.0.0/0", "default route", "IPv4"],
+            ),
+            (
+                "IPv6 default route",
+                BASE.replace("fd00::2/128", "::/0"),
+                "capture.destinations[1]",
+                &["::/0", "default route", "IPv6"],
+            ),
+            (
+                "loopback",
+                BASE.replace("10.0.9.2/32", "127.0.0.53/32"),
+                "capture.destinations[0]",
+                &["loopback", "127.0.0.0/8"],
+            ),
+            (
+                "IPv6 loopback",
+                BASE.replace("fd00::2/128", "::1"),
+                "capture.destinations[1]",
+                &["loopback"],
+            ),
+            (
+                "ethertype below 0x0600",
+                format!("{BASE}\n[protocol]\nethertype = \"0x05dc\"\n"),
+                "protocol.ethertype",
+                &["0x05dc", "length", "0x0600"],
+            ),
+            (
+                "ethertype of IPv4",
+                format!("{BASE}\n[protocol]\nethertype = 0x0800\n"),
+                "protocol.ethertype",
+                &["IPv4"],
+            ),
+            (
+                "hold_ms zero",
+                format!("{BASE}\n[protocol]\nhold_ms = 0\n"),
+                "protocol.hold_ms",
+                &["from 1 to 10000"],
+            ),
+            (
+                "dedup_window not a power of two",
+                format!("{BASE}\n[protocol]\ndedup_window = 5000\n"),
+                "protocol.dedup_window",
+                &["power of two", "8192"],
+            ),
+            (
+                "dedup_window too small",
+                format!("{BASE}\n[protocol]\ndedup_window = 32\n"),
+                "protocol.dedup_window",
+                &["from 64"],
+            ),
+            (
+                "reorder_capacity above dedup_window",
+                format!("{BASE}\n[protocol]\ndedup_window = 128\nreorder_capacity = 256\n"),
+                "protocol.reorder_capacity",
+                &["dedup_window"],
+            ),
+            (
+                "queues zero",
+                BASE.replace("[capture]", "[capture]\nqueues = 0"),
+                "capture.queues",
+                &["from 1 to 64"],
+            ),
+            (
+                "queues past 65535",
+                BASE.replace("[capture]", "[capture]\nqueue = 65535\nqueues = 2"),
+                "capture.queue",
+                &["65535..=65536", "at most 65534"],
+            ),
+            (
+                "tun mtu too small",
+                format!("{BASE}\n[tun]\nmtu = 60\n"),
+                "tun.mtu",
+                &["from 68"],
+            ),
+            (
+                "tun mtu too small for IPv6",
+                format!("{BASE}\n[tun]\nmtu = 1000\n"),
+                "tun.mtu",
+                &["1280"],
+            ),
+            (
+                "xdp_mode with af_packet",
+                BASE.replace(
+                    "interface = \"eth2\"",
+                    "interface = \"eth2\"\nio = \"af_packet\"\nxdp_mode = \"native\"",
+                ),
+                "link[1].xdp_mode",
+                &["af_packet"],
+            ),
+            (
+                "weight zero",
+                format!("{BASE}{extra_link}weight = 0\n"),
+                "link[2].weight",
+                &["from 1 to 1000"],
+            ),
+            (
+                "empty cores",
+                format!("{BASE}\n[cpu]\ncores = []\n"),
+                "cpu.cores",
+                &["empty"],
+            ),
+            (
+                "core too large",
+                format!("{BASE}\n[cpu]\ncores = [0, 1024]\n"),
+                "cpu.cores[1]",
+                &["1024"],
+            ),
+            (
+                "duplicate core",
+                format!("{BASE}\n[cpu]\ncores = [2, 2]\n"),
+                "cpu.cores[1]",
+                &["twice"],
+            ),
+            (
+                "cores without pinning",
+                format!("{BASE}\n[cpu]\npin = false\ncores = [1]\n"),
+                "cpu.cores",
+                &["pin = false"],
+            ),
+            (
+                "metrics port 0",
+                format!("{BASE}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+                "metrics.listen",
+                &["port 0"],
+            ),
+        ];
+        for (what, text, expected_key, words) in cases {
+            let error = parse(text).unwrap_err();
+            let ConfigError::Invalid { origin, key, .. } = &error else {
+                panic!("{what}: expected Invalid, got {error:?}");
+            };
+            assert_eq!(origin, "test.toml", "{what}");
+            assert_eq!(key, expected_key, "{what}: {error}");
+            let message = error.to_string();
+            assert!(
+                message.starts_with(&format!("test.toml: {expected_key}: ")),
+                "{what}: {message}"
+            );
+            for word in *words {
+                assert!(message.contains(word), "{what}: {word:?} not in {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn disjoint_neighbours_are_accepted() {
+        let text = BASE.replace(
+            r#"["10.0.9.2/32", "fd00::2/128"]"#,
+            r#"["10.0.8.0/24", "10.0.9.0/24", "fd00::/64", "fd00:0:0:1::/64", "128.0.0.0/1"]"#,
+        );
+        assert_eq!(parse(&text).unwrap().capture.destinations.len(), 5);
+    }
+
+    #[test]
+    fn load_reports_missing_file() {
+        let error = Config::load(Path::new("/nonexistent/alagg.toml")).unwrap_err();
+        assert!(matches!(error, ConfigError::Read { .. }), "{error:?}");
+        assert!(
+            error.to_string().contains("/nonexistent/alagg.toml"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn from_str_names_its_origin() {
+        let error = "".parse::<Config>().unwrap_err();
+        assert!(error.to_string().starts_with("<string>: "), "{error}");
+    }
+
+    #[test]
+    fn plan_shows_links_destinations_and_defaults() {
+        let plan = parse(BASE).unwrap().plan().to_string();
+        for word in [
+            "10.0.9.2/32",
+            "fd00::2/128",
+            "NFQUEUE 0..=0 (default)",
+            "link[0] eth1 -> peer 02:00:00:00:01:02, AF_XDP, XDP auto (default)",
+            "link[1] eth2 -> peer 02:00:00:00:02:02",
+            "scheduler redundant (default)",
+            "ethertype 0x88b5 (default)",
+            "5 ms (default)",
+            "alagg0 (default)",
+            "fail-open",
+            "metrics\n  off (default)",
+        ] {
+            assert!(plan.contains(word), "{word:?} not in\n{plan}");
+        }
+        let text = format!("{BASE}\n[metrics]\nlisten = \"[::1]:9000\"\n");
+        let plan = parse(&text).unwrap().plan().to_string();
+        assert!(plan.contains("http://[::1]:9000/metrics"), "{plan}");
+    }
+}
