@@ -942,7 +942,7 @@ impl fmt::Display for Plan<'_> {
         }
         writeln!(
             f,
-            "  queue length {}{}; {}{}",
+            "  at most {} packets queued per queue{}; {}{}",
             capture.queue_max_len,
             default_note(&capture.queue_max_len, &defaults.queue_max_len),
             if capture.fail_open {
@@ -987,7 +987,7 @@ impl fmt::Display for Plan<'_> {
         )?;
         writeln!(
             f,
-            "  hold out-of-order packets up to {} ms{}, at most {}{} at once",
+            "  hold out-of-order packets up to {} ms{}, at most {} packets{} at once",
             protocol.hold_ms,
             default_note(&protocol.hold_ms, &defaults.hold_ms),
             protocol.reorder_capacity,
