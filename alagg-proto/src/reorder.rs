@@ -337,7 +337,7 @@ impl ReorderBuffer {
         }
         let d = seq_distance(self.next, target);
         if d > 0 {
-            self.stats.lost += d.unsigned_abs();
+            self.stats.lost = self.stats.lost.wrapping_add(d.unsigned_abs());
             self.next = target;
         }
         self.release_run(deliver);
@@ -500,6 +500,21 @@ mod tests {
         assert_eq!(push(&mut b, 1_000_000, t(0)), (Order::Held, vec![]));
         assert_eq!(b.next_expected(), Some(1_000_000 - 3));
         assert_eq!(b.stats().lost, 1 + (1_000_000 - 3 - 6));
+    }
+
+    #[test]
+    fn huge_jumps_count_without_overflow() {
+        // Found by the `receive` fuzz target: two jumps of almost 2^63 overflowed `lost`.
+        let mut b = buffer(4);
+        push(&mut b, 0, t(0));
+        let mut seq = 0u64;
+        for _ in 0..6 {
+            seq = seq.wrapping_add(1 << 62);
+            assert_eq!(push(&mut b, seq, t(0)).0, Order::Held);
+        }
+        assert_eq!(b.next_expected(), Some(seq - 3));
+        // `next` passed 6 * 2^62 - 4 numbers, 5 of them held packets: the counter wraps once.
+        assert_eq!(b.stats().lost, (6u64 << 62).wrapping_sub(4 + 5));
     }
 
     #[test]

@@ -1,0 +1,112 @@
+//! The fuzz seed corpus (`fuzz/seeds/<target>/`) is made of real frames from the emit code.
+//!
+//! This test checks that the committed seeds are exactly what the current emit code produces,
+//! so they never rot. After a deliberate wire change, regenerate them with
+//! `ALAGG_WRITE_SEEDS=1 cargo test -p alagg-proto --test fuzz_seeds`.
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+use std::path::PathBuf;
+
+use alagg_proto::Sender;
+use alagg_proto::wire::{DEFAULT_ETHERTYPE, EthernetRepr, MacAddr, ProbeRepr};
+
+const MTU: usize = 1500;
+
+fn eth() -> EthernetRepr {
+    EthernetRepr {
+        dst: MacAddr([2, 0, 0, 0, 0, 2]),
+        src: MacAddr([2, 0, 0, 0, 0, 1]),
+        ethertype: DEFAULT_ETHERTYPE,
+    }
+}
+
+fn packet(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 13 + 1) as u8).collect()
+}
+
+/// Ethernet frames of one packet on one link.
+fn frames(tx: &mut Sender, len: usize, link: u16, mtu: usize) -> Vec<Vec<u8>> {
+    let pkt = packet(len);
+    let plan = tx.plan(len, mtu).unwrap();
+    (0..plan.frame_count())
+        .map(|i| {
+            let mut out = vec![0u8; 14 + mtu];
+            let n = plan.emit_ethernet(i, link, &eth(), &pkt, &mut out).unwrap();
+            out.truncate(n);
+            out
+        })
+        .collect()
+}
+
+fn record(out: &mut Vec<u8>, step: u8, eth_frame: &[u8]) {
+    let frame = &eth_frame[14..];
+    out.push(step);
+    out.extend_from_slice(&(frame.len() as u16).to_be_bytes());
+    out.extend_from_slice(frame);
+}
+
+fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let mut tx = Sender::new(0x0a1a_6601);
+    let data = frames(&mut tx, 60, 0, MTU).remove(0);
+    let frag = frames(&mut tx, 3000, 1, MTU);
+    let mut probe = vec![0u8; 14 + 44];
+    eth().emit(&mut probe).unwrap();
+    let p = ProbeRepr {
+        tx_time: 1_000_000,
+        echo_time: 900_000,
+        echo_delay: 5_000,
+    };
+    tx.probe(0, 7, p).emit(&mut probe[14..]).unwrap();
+
+    // Receive: two links, duplicates, a reordered pair, a fragmented packet with a copy, a
+    // gap that expires, and a restart with a new epoch.
+    let mut tx = Sender::new(1);
+    let mut rx_in = Vec::new();
+    let p0 = frames(&mut tx, 100, 0, 256);
+    let p1 = frames(&mut tx, 700, 0, 256);
+    let p2 = frames(&mut tx, 40, 0, 256);
+    let _lost = frames(&mut tx, 40, 0, 256);
+    let p4 = frames(&mut tx, 40, 1, 256);
+    for f in &p0 {
+        record(&mut rx_in, 0, f);
+        record(&mut rx_in, 1, f);
+    }
+    record(&mut rx_in, 1, &p2[0]);
+    for f in p1.iter().rev() {
+        record(&mut rx_in, 1, f);
+    }
+    record(&mut rx_in, 0, &p1[0]);
+    record(&mut rx_in, 1, &p4[0]);
+    record(&mut rx_in, 100, &probe);
+    let mut restarted = Sender::new(2);
+    for f in frames(&mut restarted, 80, 1, 256) {
+        record(&mut rx_in, 1, &f);
+    }
+
+    vec![
+        ("parse", "data.bin", data),
+        ("parse", "fragment-first.bin", frag[0].clone()),
+        ("parse", "fragment-last.bin", frag[frag.len() - 1].clone()),
+        ("parse", "probe.bin", probe),
+        ("receive", "stream.bin", rx_in),
+    ]
+}
+
+#[test]
+fn committed_seeds_match_the_emit_code() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let write = std::env::var_os("ALAGG_WRITE_SEEDS").is_some();
+    for (target, name, bytes) in seeds() {
+        let path = root.join(target).join(name);
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let committed = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            committed == bytes,
+            "{} is stale: regenerate (see module docs)",
+            path.display()
+        );
+    }
+}
