@@ -29,6 +29,14 @@ impl Netns {
         run("ip", &["netns", "add", &name])?;
         let netns = Self { name };
         netns.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection: addresses are usable at once, and the host's state
+        // does not change under a test's feet when DAD completes.
+        for key in ["all", "default"] {
+            netns.exec(
+                "sysctl",
+                &["-qw", &format!("net.ipv6.conf.{key}.accept_dad=0")],
+            )?;
+        }
         Ok(netns)
     }
 

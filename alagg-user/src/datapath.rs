@@ -199,11 +199,17 @@ fn link_host(interface: &str) -> Result<LinkHost, UpError> {
     let mtu = read("mtu")?
         .parse()
         .map_err(|_| error("unreadable MTU".into()))?;
-    let operstate = read("operstate")?;
-    if operstate == "down" {
+    let flags = read("flags")?;
+    let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).unwrap_or(0);
+    if flags & libc::IFF_UP as u32 == 0 {
         return Err(error(format!(
             "the interface is down: bring it up with `ip link set {interface} up`"
         )));
+    }
+    if read("operstate")? == "down" {
+        // Carrier can come and go (a cable, the peer, an XDP attach on a veth peer): the link is
+        // used once it is there.
+        tracing::warn!(interface, "no carrier yet");
     }
     Ok(LinkHost { mac, mtu })
 }

@@ -109,21 +109,26 @@ impl HostSetup {
 
     /// Routes `destination` through `tun` with `mtu`.
     pub fn route(&mut self, destination: &IpNet, tun: &str, mtu: u32) -> Result<(), HostError> {
-        let family = Family::of(destination).ip_flag();
+        let family = Family::of(destination);
         let net = destination.to_string();
-        run(
-            "ip",
-            &[
-                family,
-                "route",
-                "add",
-                &net,
-                "dev",
-                tun,
-                "mtu",
-                &mtu.to_string(),
-            ],
-        )?;
+        let mtu = mtu.to_string();
+        let mut args = vec![
+            family.ip_flag(),
+            "route",
+            "add",
+            &net,
+            "dev",
+            tun,
+            "mtu",
+            &mtu,
+        ];
+        if family == Family::V4 {
+            // A device route has scope link by default, which would make the TUN's link-scope
+            // address the source of local traffic; scope global keeps the host's own.
+            args.extend(["scope", "global"]);
+        }
+        run("ip", &args)?;
+        let family = family.ip_flag();
         self.undo
             .push(argv(&["ip", family, "route", "del", &net, "dev", tun]));
         Ok(())
@@ -170,10 +175,14 @@ impl HostSetup {
                 }
                 run(iptables, &rule)?;
             }
-            let jump = ["-t", "mangle", "POSTROUTING", "-o", tun, "-j", &chain];
-            run(iptables, &[&["-w", "-I"], &jump[..]].concat())?;
-            self.undo
-                .push(argv(&[&[iptables, "-w", "-D"], &jump[..]].concat()));
+            let jump = ["POSTROUTING", "-o", tun, "-j", &chain];
+            run(
+                iptables,
+                &[&["-w", "-t", "mangle", "-I"], &jump[..]].concat(),
+            )?;
+            self.undo.push(argv(
+                &[&[iptables, "-w", "-t", "mangle", "-D"], &jump[..]].concat(),
+            ));
         }
         Ok(())
     }

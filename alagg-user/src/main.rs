@@ -1,12 +1,21 @@
 //! The `alagg` command line.
 
-use std::{process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::atomic::Ordering::Relaxed,
+    time::Duration,
+};
 
 use alagg::{
+    config::{self, Config, IoMode},
+    datapath::{Datapath, DatapathConfig, LinkPlan},
+    host::{QueueSpec, default_tun_address},
     signals::TermSignals,
     xdp::{AttachMode, XdpSteering},
 };
 use alagg_common::DEFAULT_ETHERTYPE;
+use alagg_proto::ReceiverConfig;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -20,6 +29,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the aggregator in the foreground until SIGINT or SIGTERM.
+    ///
+    /// Prepares the host (TUN device, a route per destination through it, iptables/ip6tables
+    /// NFQUEUE rules, rp_filter on the TUN, XDP on every link), carries the traffic, and on exit
+    /// removes exactly what it added. Needs root.
+    Up {
+        /// The configuration file (TOML; see config/alagg.example.toml).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and this host, and print what `up` would do.
+    ///
+    /// Exits non-zero when the file is invalid or the host is not ready (missing or down
+    /// interfaces, no privileges, missing tools).
+    Check {
+        /// The configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Attach alagg's XDP program to interfaces and show what it does with their frames.
     ///
     /// Frames of the alagg ethertype are steered to AF_XDP sockets (none are opened by this
@@ -98,6 +126,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Up { config } => up(&config),
+        Command::Check { config } => check(&config),
         Command::Attach {
             interfaces,
             ethertype,
@@ -113,6 +143,170 @@ fn require_root() -> anyhow::Result<()> {
         bail!("alagg needs root (CAP_NET_ADMIN and CAP_BPF) to attach XDP: run it with sudo");
     }
     Ok(())
+}
+
+/// What of a configuration this version cannot run yet, as an error naming the key.
+fn unsupported(config: &Config, path: &Path) -> anyhow::Result<()> {
+    let file = path.display();
+    for (i, link) in config.links.iter().enumerate() {
+        if link.io == IoMode::AfPacket {
+            bail!(
+                "{file}: link[{i}].io = \"af_packet\" is not available in this version; use \
+                 io = \"xdp\" (with xdp_mode = \"generic\" it works on any NIC)"
+            );
+        }
+    }
+    if config.capture.queues > 1 {
+        bail!("{file}: capture.queues > 1 is not available in this version; use 1");
+    }
+    if config.metrics.is_some() {
+        tracing::warn!("{file}: [metrics] is not served by this version; ignored");
+    }
+    Ok(())
+}
+
+fn datapath_config(config: &Config) -> DatapathConfig {
+    let links = config
+        .links
+        .iter()
+        .map(|link| LinkPlan {
+            interface: link.interface.clone(),
+            peer_mac: link.peer_mac.0,
+            xdp_mode: match link.xdp_mode {
+                config::XdpMode::Auto => AttachMode::Auto,
+                config::XdpMode::Native => AttachMode::Native,
+                config::XdpMode::Generic => AttachMode::Generic,
+            },
+        })
+        .collect();
+    let protocol = &config.protocol;
+    let receiver = ReceiverConfig {
+        dedup_window: protocol.dedup_window as usize,
+        reorder_capacity: protocol.reorder_capacity as usize,
+        hold_time: protocol.hold(),
+        ..ReceiverConfig::default()
+    };
+    DatapathConfig {
+        links,
+        destinations: config.capture.destinations.clone(),
+        ethertype: protocol.ethertype,
+        tun_name: config.tun.name.clone(),
+        tun_address: default_tun_address(),
+        tun_mtu: config.tun.mtu,
+        queue: QueueSpec {
+            first: config.capture.queue,
+            count: config.capture.queues,
+            bypass: config.capture.fail_open,
+        },
+        queue_max_len: config.capture.queue_max_len,
+        receiver,
+        pin: config.cpu.pin,
+        cores: config.cpu.cores.clone(),
+    }
+}
+
+fn up(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    unsupported(&config, path)?;
+    require_root()?;
+    let signals = TermSignals::block().context("blocking SIGINT/SIGTERM")?;
+    let datapath = Datapath::start(&datapath_config(&config))
+        .with_context(|| format!("starting alagg with {}", path.display()))?;
+    let links: Vec<&str> = config.links.iter().map(|l| l.interface.as_str()).collect();
+    tracing::info!(
+        links = links.join(","),
+        destinations = config.capture.destinations.len(),
+        tun = config.tun.name,
+        "alagg is up"
+    );
+    while signals.wait(Duration::from_secs(1)).is_none() {}
+    tracing::info!("stopping");
+    let counters = datapath.counters();
+    let captured = counters.captured.load(Relaxed);
+    let delivered = counters.delivered.load(Relaxed);
+    let rejected_source = counters.rejected_source.load(Relaxed);
+    let rejected_malformed = counters.rejected_malformed.load(Relaxed);
+    let per_link: Vec<String> = config
+        .links
+        .iter()
+        .zip(&counters.links)
+        .map(|(link, c)| {
+            format!(
+                "{}:tx={},rx={},first={},foreign={}",
+                link.interface,
+                c.tx_frames.load(Relaxed),
+                c.rx_frames.load(Relaxed),
+                c.first.load(Relaxed),
+                c.rx_foreign.load(Relaxed)
+            )
+        })
+        .collect();
+    let stats = datapath.stop();
+    println!(
+        "summary: captured={captured} delivered={delivered} duplicates={} too_old={} \
+         reordered={} lost={} malformed={} rejected_source={rejected_source} \
+         rejected_malformed={rejected_malformed} epoch_changes={} links={}",
+        stats.dedup.discarded,
+        stats.dedup.rogue,
+        stats.reorder.reordered,
+        stats.reorder.lost,
+        stats.malformed + stats.bad_version + stats.unknown_type,
+        stats.epoch_changes,
+        per_link.join(";"),
+    );
+    tracing::info!("alagg stopped");
+    Ok(())
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!(
+        "{} is valid. alagg up would:\n{}",
+        path.display(),
+        config.plan()
+    );
+    let mut problems = Vec::new();
+    if let Err(error) = unsupported(&config, path) {
+        problems.push(error.to_string());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        problems.push("not running as root: `alagg up` needs root (CAP_NET_ADMIN, CAP_BPF)".into());
+    }
+    for link in &config.links {
+        let dir = format!("/sys/class/net/{}", link.interface);
+        match std::fs::read_to_string(format!("{dir}/operstate")) {
+            Err(_) => problems.push(format!(
+                "link {}: no such interface (check `ip link`)",
+                link.interface
+            )),
+            Ok(state) if state.trim() == "down" => problems.push(format!(
+                "link {}: interface is down (`ip link set {} up`)",
+                link.interface, link.interface
+            )),
+            Ok(_) => {}
+        }
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        problems.push("/dev/net/tun is missing: load the tun module".into());
+    }
+    for tool in ["ip", "iptables", "ip6tables"] {
+        let found = std::process::Command::new(tool)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            problems.push(format!(
+                "`{tool}` is not installed (Debian: iproute2, iptables)"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        println!("host: ready");
+        Ok(())
+    } else {
+        bail!("the host is not ready:\n  {}", problems.join("\n  "))
+    }
 }
 
 fn attach(
