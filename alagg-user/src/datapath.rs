@@ -266,6 +266,11 @@ impl Datapath {
             .unwrap_or((min_mtu - alagg_proto::wire::DATA_HEADER_LEN) as u32);
 
         let receiver = Receiver::new(&config.receiver)?;
+        // The TUN device first: while another alagg runs with this name, it holds the device
+        // and this fails before anything else is touched.
+        let tun = Tun::create(&config.tun_name)?;
+        let mut host = HostSetup::new();
+        host.remove_stale_capture(tun.name());
         let mut steering = XdpSteering::load()?;
         let mut rx_halves = Vec::new();
         let mut tx_halves = Vec::new();
@@ -290,8 +295,6 @@ impl Datapath {
             });
         }
 
-        let tun = Tun::create(&config.tun_name)?;
-        let mut host = HostSetup::new();
         host.prepare_tun(tun.name(), tun_mtu, config.tun_address)?;
         for destination in &config.destinations {
             host.route(destination, tun.name(), tun_mtu)?;

@@ -187,6 +187,32 @@ impl HostSetup {
         Ok(())
     }
 
+    /// Removes the capture rules a killed alagg left for `tun` (its chain and the jump to it).
+    /// Only called once this process owns the TUN device, so no live instance uses them.
+    pub fn remove_stale_capture(&mut self, tun: &str) {
+        let chain = chain_name(tun);
+        for family in [Family::V4, Family::V6] {
+            let iptables = family.iptables();
+            if run(iptables, &["-w", "-t", "mangle", "-S", &chain]).is_err() {
+                continue;
+            }
+            tracing::warn!(
+                chain,
+                iptables,
+                "removing capture rules left by an alagg that did not stop cleanly"
+            );
+            let jump = ["POSTROUTING", "-o", tun, "-j", &chain];
+            while run(
+                iptables,
+                &[&["-w", "-t", "mangle", "-D"], &jump[..]].concat(),
+            )
+            .is_ok()
+            {}
+            let _ = run(iptables, &["-w", "-t", "mangle", "-F", &chain]);
+            let _ = run(iptables, &["-w", "-t", "mangle", "-X", &chain]);
+        }
+    }
+
     /// Undoes every change, newest first. Returns the failures (already-gone state is not one).
     pub fn teardown(&mut self) -> Vec<HostError> {
         let mut errors = Vec::new();

@@ -269,3 +269,108 @@ fn summary_value(log: &str, name: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {name}= in {line}"))
 }
+
+impl Alagg {
+    /// SIGKILL: no teardown at all, as after a crash.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_peer_killed_and_restarted_is_recognised_and_traffic_resumes() {
+    let pair = Pair::new("restart", 2);
+    let (a, b) = pair.up(2);
+    let out = ping(&pair.a, &["-c", "3", "-i", "0.05", "-W", "2", B4]);
+    assert!(out.contains(" 0% packet loss"), "{out}");
+
+    // B dies without cleaning up and comes back with a new epoch and sequence numbers from 0.
+    b.kill();
+    let b = Alagg::start(&pair.b, &pair.config(0xb, 2), pair.dir.join("b2.log"));
+    let started = Instant::now();
+    let out = ping(&pair.a, &["-c", "5", "-i", "0.05", "-W", "1", B4]);
+    assert!(
+        out.contains(" 0% packet loss"),
+        "traffic did not resume:\n{out}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let log_a = a.stop();
+    assert!(
+        summary_value(&log_a, "epoch_changes") >= 1,
+        "A did not see B's new epoch:\n{log_a}"
+    );
+    let log_b = b.stop();
+    assert!(summary_value(&log_b, "delivered") >= 5, "{log_b}");
+}
+
+#[test]
+fn bad_configurations_fail_clearly_and_leave_nothing() {
+    let pair = Pair::new("badcfg", 1);
+    let before = settled_state(&pair.a);
+    let cases = [
+        (
+            "missing interface",
+            "[capture]\ndestinations = [\"198.18.100.2/32\"]\n[[link]]\ninterface = \"nosuch9\"\npeer_mac = \"02:a1:a9:00:0b:00\"\n",
+            "nosuch9",
+        ),
+        (
+            "bad MAC",
+            "[capture]\ndestinations = [\"198.18.100.2/32\"]\n[[link]]\ninterface = \"link0\"\npeer_mac = \"02:zz:a9:00:0b:00\"\n",
+            "peer_mac",
+        ),
+        (
+            "unknown key",
+            "[capture]\ndestinations = [\"198.18.100.2/32\"]\nspeed = 3\n[[link]]\ninterface = \"link0\"\npeer_mac = \"02:a1:a9:00:0b:00\"\n",
+            "speed",
+        ),
+        (
+            "overlapping destinations",
+            "[capture]\ndestinations = [\"198.18.100.0/24\", \"198.18.100.2/32\"]\n[[link]]\ninterface = \"link0\"\npeer_mac = \"02:a1:a9:00:0b:00\"\n",
+            "overlap",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let path = pair.dir.join("bad.toml");
+        fs::write(&path, text).unwrap();
+        let output = pair
+            .a
+            .command(ALAGG)
+            .args(["up", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name}: alagg up succeeded");
+        assert!(
+            stderr.contains(needle),
+            "{name}: error does not name {needle:?}:\n{stderr}"
+        );
+        assert!(
+            stderr.contains("bad.toml"),
+            "{name}: error does not name the file:\n{stderr}"
+        );
+        assert_eq!(host_state(&pair.a), before, "{name}: host changed");
+    }
+
+    // Not root: a clear refusal, nothing touched.
+    let good = pair.config(0xa, 1);
+    let output = pair
+        .a
+        .command("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            ALAGG,
+            "up",
+            "--config",
+        ])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("root"), "no privilege message:\n{stderr}");
+    assert_eq!(host_state(&pair.a), before, "not root: host changed");
+}

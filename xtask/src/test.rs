@@ -99,7 +99,7 @@ fn fuzz(tools: &bootstrap::Tools) -> anyhow::Result<()> {
         if seeds.is_dir() {
             command.arg(&seeds);
         }
-        command.args(["--", "-max_total_time=30"]);
+        command.args(["--", "-max_total_time=20"]);
         check(&mut command)?;
     }
     Ok(())
