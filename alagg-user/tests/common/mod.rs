@@ -1,0 +1,234 @@
+//! Shared helpers of the end-to-end tests: `alagg up` as a guarded child process, a pair of
+//! hosts joined by veth links, and host-state snapshots.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use alagg_testbed::{Netns, veth};
+
+pub const ALAGG: &str = env!("CARGO_BIN_EXE_alagg");
+
+/// Host addresses (on each namespace's loopback): the services alagg carries traffic for.
+pub const A4: &str = "198.18.100.1";
+pub const B4: &str = "198.18.100.2";
+pub const A6: &str = "fd00:a1a9:100::1";
+pub const B6: &str = "fd00:a1a9:100::2";
+
+pub fn mac(host: u8, link: u8) -> String {
+    format!("02:a1:a9:00:{host:02x}:{link:02x}")
+}
+
+/// A running `alagg up`: stopped with SIGTERM (then SIGKILL) when dropped.
+pub struct Alagg {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Alagg {
+    pub fn start(netns: &Netns, config: &Path, log: PathBuf) -> Self {
+        let out = fs::File::create(&log).unwrap();
+        let child = netns
+            .command(ALAGG)
+            .args(["up", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start alagg up");
+        let mut alagg = Self { child, log };
+        alagg.wait_for("alagg is up", Duration::from_secs(20));
+        alagg
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("alagg exited ({status}) before {needle:?}:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "no {needle:?} from alagg within {timeout:?}:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGTERM, wait for a clean exit, return the log.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        self.log()
+    }
+
+    fn terminate(&mut self) {
+        let pid = i32::try_from(self.child.id()).unwrap_or(0);
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Alagg {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Two hosts, `links` links; namespaces first so they outlive the processes in them.
+pub struct Pair {
+    pub a: Netns,
+    pub b: Netns,
+    pub dir: PathBuf,
+}
+
+impl Pair {
+    pub fn new(tag: &str, links: u8) -> Self {
+        assert!(
+            alagg_testbed::is_root(),
+            "this test makes namespaces, TUN devices, iptables rules and XDP attachments: \
+             run it as root (`cargo xtask test`)"
+        );
+        let a = Netns::new(&format!("{tag}-a")).unwrap();
+        let b = Netns::new(&format!("{tag}-b")).unwrap();
+        for link in 0..links {
+            let name = format!("link{link}");
+            veth(&a, &name, &mac(0xa, link), &b, &name, &mac(0xb, link)).unwrap();
+        }
+        for (ns, v4, v6) in [(&a, A4, A6), (&b, B4, B6)] {
+            ns.ip(&["addr", "add", &format!("{v4}/32"), "dev", "lo"])
+                .unwrap();
+            ns.ip(&["-6", "addr", "add", &format!("{v6}/128"), "dev", "lo"])
+                .unwrap();
+        }
+        let dir = std::env::temp_dir().join(a.name());
+        fs::create_dir_all(&dir).unwrap();
+        Self { a, b, dir }
+    }
+
+    pub fn config(&self, host: u8, links: u8) -> PathBuf {
+        let (peer, peer4, peer6) = if host == 0xa {
+            (0xb, B4, B6)
+        } else {
+            (0xa, A4, A6)
+        };
+        let mut text = format!(
+            "[capture]\ndestinations = [\"{peer4}/32\", \"{peer6}/128\"]\n\n[tun]\nname = \"alagg0\"\n"
+        );
+        for link in 0..links {
+            text.push_str(&format!(
+                "\n[[link]]\ninterface = \"link{link}\"\npeer_mac = \"{}\"\n",
+                mac(peer, link)
+            ));
+        }
+        let path = self.dir.join(format!("{host:x}.toml"));
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn up(&self, links: u8) -> (Alagg, Alagg) {
+        let a = Alagg::start(&self.a, &self.config(0xa, links), self.dir.join("a.log"));
+        let b = Alagg::start(&self.b, &self.config(0xb, links), self.dir.join("b.log"));
+        (a, b)
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What `alagg up` may change, to compare before and after.
+pub fn host_state(ns: &Netns) -> String {
+    let mut state = String::new();
+    for (program, args) in [
+        ("iptables-save", &[][..]),
+        ("ip6tables-save", &[][..]),
+        ("ip", &["-d", "link", "show"][..]),
+        ("ip", &["route", "show", "table", "all"][..]),
+        ("ip", &["-6", "route", "show", "table", "all"][..]),
+        ("ip", &["addr", "show"][..]),
+    ] {
+        let out = ns.exec(program, args).unwrap_or_else(|e| e.to_string());
+        // iptables-save prints the time of the dump, and (nf_tables backend) a table left with
+        // only its empty built-in chains at their default policy: neither is a rule.
+        let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        let empty_table = lines
+            .iter()
+            .all(|l| l.starts_with('*') || l.ends_with("ACCEPT [0:0]") || *l == "COMMIT");
+        if program.ends_with("tables-save") && empty_table {
+            continue;
+        }
+        for line in lines {
+            state.push_str(line);
+            state.push('\n');
+        }
+    }
+    state
+}
+
+/// The host state once links have carrier and addresses have settled (a fresh veth takes a
+/// moment), so that it is a fair "before".
+pub fn settled_state(ns: &Netns) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = host_state(ns);
+    loop {
+        thread::sleep(Duration::from_millis(300));
+        let now = host_state(ns);
+        let settled = now == last && !now.contains("NO-CARRIER") && !now.contains("tentative");
+        if settled || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+pub fn ping(ns: &Netns, args: &[&str]) -> String {
+    ns.exec("ping", args)
+        .unwrap_or_else(|e| panic!("ping {args:?} in {} failed: {e}", ns.name()))
+}
+
+/// The number after `name=` in alagg's exit summary.
+pub fn summary_value(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("summary:"))
+        .unwrap_or_else(|| panic!("no summary line in:\n{log}"));
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {line}"))
+}
+
+impl Alagg {
+    /// SIGKILL: no teardown at all, as after a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
