@@ -20,11 +20,16 @@ use std::{
     net::IpAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU64,
+            Ordering::{Acquire, Relaxed, Release},
+        },
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
+
+use crossbeam_queue::ArrayQueue;
 
 use alagg_proto::{
     LinkState, Receiver, ReceiverConfig, Redundant, RxOutcome, Scheduler, Sender, Timestamp,
@@ -161,6 +166,29 @@ pub struct Counters {
     pub links: Vec<LinkCounters>,
 }
 
+/// What the caller's thread tells the workers about links: whether each may carry traffic, and
+/// replacement sockets for a link whose interface disappeared and came back. Lock-free: the
+/// workers read the flags and poll the queues once per batch.
+#[derive(Debug)]
+struct LinkControl {
+    /// Bumped after every change below, so a worker checks one number per packet.
+    generation: AtomicU64,
+    usable: Vec<AtomicBool>,
+    new_tx: ArrayQueue<(usize, XskTx, EthernetRepr)>,
+    new_rx: ArrayQueue<(usize, XskRx)>,
+}
+
+/// What the monitor last saw of a link's interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// Up with carrier: carries traffic.
+    Up,
+    /// Present but administratively down or without carrier: skipped.
+    Down,
+    /// The interface does not exist (unplugged, deleted): skipped until it returns.
+    Gone,
+}
+
 /// A running datapath. [`Datapath::stop`] (or drop) tears it down.
 #[derive(Debug)]
 pub struct Datapath {
@@ -171,7 +199,17 @@ pub struct Datapath {
     host: HostSetup,
     steering: Option<XdpSteering>,
     tun: Option<Tun>,
-    links: Vec<String>,
+    links: Vec<MonitoredLink>,
+    control: Arc<LinkControl>,
+    ethertype: u16,
+}
+
+/// A link as the monitor tracks it.
+#[derive(Debug)]
+struct MonitoredLink {
+    plan: LinkPlan,
+    ifindex: u32,
+    status: LinkStatus,
 }
 
 /// What a link is on this host.
@@ -300,6 +338,12 @@ impl Datapath {
             host.route(destination, tun.name(), tun_mtu)?;
         }
 
+        let control = Arc::new(LinkControl {
+            generation: AtomicU64::new(0),
+            usable: config.links.iter().map(|_| AtomicBool::new(true)).collect(),
+            new_tx: ArrayQueue::new(config.links.len().max(1)),
+            new_rx: ArrayQueue::new(config.links.len().max(1)),
+        });
         let counters = Arc::new(Counters {
             links: config
                 .links
@@ -332,11 +376,20 @@ impl Datapath {
             let stop = Arc::clone(&stop);
             let destinations = config.destinations.clone();
             let core = cores.get(1).copied();
+            let control = Arc::clone(&control);
             thread::Builder::new()
                 .name("alagg-rx".into())
                 .spawn(move || {
                     pin(core);
-                    receive_loop(rx_halves, receiver, &tun, &destinations, &counters, &stop)
+                    receive_loop(
+                        rx_halves,
+                        receiver,
+                        &tun,
+                        &destinations,
+                        &counters,
+                        &control,
+                        &stop,
+                    )
                 })
                 .map_err(|e| UpError::Thread("receive", e))?
         };
@@ -345,11 +398,20 @@ impl Datapath {
             let stop = Arc::clone(&stop);
             let core = cores.first().copied();
             let sender = Sender::new(random_epoch());
+            let control = Arc::clone(&control);
             thread::Builder::new()
                 .name("alagg-capture".into())
                 .spawn(move || {
                     pin(core);
-                    capture_loop(queue, sender, tx_halves, link_states, &counters, &stop);
+                    capture_loop(
+                        queue,
+                        sender,
+                        tx_halves,
+                        link_states,
+                        &counters,
+                        &control,
+                        &stop,
+                    );
                 })
                 .map_err(|e| UpError::Thread("capture", e))?
         };
@@ -363,7 +425,17 @@ impl Datapath {
             host,
             steering: Some(steering),
             tun: Some(tun),
-            links: config.links.iter().map(|l| l.interface.clone()).collect(),
+            links: config
+                .links
+                .iter()
+                .map(|plan| MonitoredLink {
+                    plan: plan.clone(),
+                    ifindex: crate::xdp::ifindex(&plan.interface).unwrap_or(0),
+                    status: LinkStatus::Up,
+                })
+                .collect(),
+            control,
+            ethertype: config.ethertype,
         };
         let tun_name = config.tun_name.clone();
         datapath
@@ -375,6 +447,60 @@ impl Datapath {
     /// The live counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Looks at every link's interface once and reacts to changes: a link that went down (or
+    /// lost carrier) stops carrying traffic, one that came back up carries it again, and one
+    /// whose interface disappeared and returned (a new ifindex) gets the XDP program and a fresh
+    /// AF_XDP socket, handed to the worker threads. Each change is logged once. Call it
+    /// periodically; it returns the links' status.
+    pub fn monitor(&mut self) -> Vec<LinkStatus> {
+        for (index, link) in self.links.iter_mut().enumerate() {
+            let name = link.plan.interface.clone();
+            let ifindex = crate::xdp::ifindex(&name).ok();
+            let status = match ifindex {
+                None => LinkStatus::Gone,
+                Some(_) if interface_carries(&name) => LinkStatus::Up,
+                Some(_) => LinkStatus::Down,
+            };
+            if let Some(ifindex) = ifindex.filter(|&i| i != link.ifindex) {
+                // A new interface under the old name: set it up like at start.
+                match reopen_link(self.steering.as_mut(), index, &link.plan, self.ethertype) {
+                    Ok((rx, tx, eth)) => {
+                        let _ = self.control.new_rx.push((index, rx));
+                        let _ = self.control.new_tx.push((index, tx, eth));
+                        self.control.generation.fetch_add(1, Release);
+                        link.ifindex = ifindex;
+                        tracing::info!(
+                            interface = name,
+                            ifindex,
+                            "link is back: XDP and AF_XDP socket reopened"
+                        );
+                    }
+                    Err(error) => {
+                        tracing::warn!(interface = name, %error, "link is back but could not be reopened; retrying");
+                        self.control.usable[index].store(false, Relaxed);
+                        continue;
+                    }
+                }
+            }
+            if status != link.status {
+                match status {
+                    LinkStatus::Up => tracing::info!(interface = name, "link up: carrying traffic"),
+                    LinkStatus::Down => tracing::warn!(interface = name, "link down: skipped"),
+                    LinkStatus::Gone => tracing::warn!(
+                        interface = name,
+                        "link gone: skipped until its interface returns"
+                    ),
+                }
+                link.status = status;
+            }
+            let usable = status == LinkStatus::Up;
+            if self.control.usable[index].swap(usable, Relaxed) != usable {
+                self.control.generation.fetch_add(1, Release);
+            }
+        }
+        self.links.iter().map(|l| l.status).collect()
     }
 
     /// Stops and tears down; returns the receive engine's final counters.
@@ -395,7 +521,7 @@ impl Datapath {
             .unwrap_or_default();
         if let Some(mut steering) = self.steering.take() {
             for link in &self.links {
-                if let Err(error) = steering.detach(link) {
+                if let Err(error) = steering.detach(&link.plan.interface) {
                     tracing::warn!(%error, "detaching XDP");
                 }
             }
@@ -415,6 +541,39 @@ impl Drop for Datapath {
             self.shutdown();
         }
     }
+}
+
+/// Whether `interface` is administratively up and has carrier.
+fn interface_carries(interface: &str) -> bool {
+    let dir = format!("/sys/class/net/{interface}");
+    let flags = std::fs::read_to_string(format!("{dir}/flags")).unwrap_or_default();
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap_or(0);
+    let carrier = std::fs::read_to_string(format!("{dir}/carrier")).unwrap_or_default();
+    flags & libc::IFF_UP as u32 != 0 && carrier.trim() == "1"
+}
+
+/// Attaches XDP to a link's (new) interface and opens its AF_XDP socket.
+fn reopen_link(
+    steering: Option<&mut XdpSteering>,
+    index: usize,
+    plan: &LinkPlan,
+    ethertype: u16,
+) -> Result<(XskRx, XskTx, EthernetRepr), UpError> {
+    let steering = steering.ok_or(UpError::Thread("monitor", io::ErrorKind::NotFound.into()))?;
+    let host = link_host(&plan.interface)?;
+    let id = index as u32;
+    // The old attachment died with the old interface; forget it.
+    let _ = steering.detach(&plan.interface);
+    steering.attach(&plan.interface, id, ethertype, plan.xdp_mode)?;
+    let socket = XskSocket::open(&plan.interface, 0, XskConfig::default())?;
+    steering.register_socket(id, 0, socket.fd())?;
+    let (rx, tx) = socket.split();
+    let eth = EthernetRepr {
+        dst: MacAddr(plan.peer_mac),
+        src: MacAddr(host.mac),
+        ethertype,
+    };
+    Ok((rx, tx, eth))
 }
 
 fn pick_cores(config: &DatapathConfig) -> Vec<usize> {
@@ -460,6 +619,7 @@ fn receive_loop(
     tun: &Tun,
     destinations: &[IpNet],
     counters: &Counters,
+    control: &LinkControl,
     stop: &AtomicBool,
 ) -> RxStats {
     let start = Instant::now();
@@ -490,6 +650,10 @@ fn receive_loop(
         }
     };
     while !stop.load(Relaxed) {
+        while let Some((index, xsk)) = control.new_rx.pop() {
+            fds[index].fd = xsk.fd();
+            links[index].xsk = xsk;
+        }
         let timeout_ms = receiver.next_deadline().map_or(100, |deadline| {
             let left = deadline.saturating_since(now(start));
             i32::try_from(left.as_millis()).unwrap_or(100).min(100)
@@ -500,8 +664,18 @@ fn receive_loop(
             tracing::error!(error = %io::Error::last_os_error(), "poll on AF_XDP sockets");
             thread::sleep(Duration::from_millis(10));
         }
+        for pollfd in &mut fds {
+            if pollfd.revents & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {
+                // The interface went away under the socket: stop polling it until the monitor
+                // hands over a new one.
+                pollfd.fd = -pollfd.fd.abs() - 1;
+            }
+        }
         let t = now(start);
         for (index, link) in links.iter_mut().enumerate() {
+            if fds[index].fd < 0 {
+                continue;
+            }
             let link_counters = &counters.links[index];
             let (peer_mac, ethertype) = (link.peer_mac, link.ethertype);
             // Drain this link's ring in batches.
@@ -544,12 +718,14 @@ fn capture_loop(
     mut queue: nfq::Queue,
     mut sender: Sender,
     mut links: Vec<TxLink>,
-    link_states: Vec<LinkState>,
+    mut link_states: Vec<LinkState>,
     counters: &Counters,
+    control: &LinkControl,
     stop: &AtomicBool,
 ) {
     let start = Instant::now();
     let mut scheduler = Redundant;
+    let mut seen_generation = 0;
     queue.set_nonblocking(true);
     while !stop.load(Relaxed) {
         let mut message = match queue.recv() {
@@ -578,6 +754,16 @@ fn capture_loop(
                 continue;
             }
         };
+        let generation = control.generation.load(Acquire);
+        if generation != seen_generation {
+            seen_generation = generation;
+            while let Some((index, xsk, eth)) = control.new_tx.pop() {
+                links[index] = TxLink { xsk, eth };
+            }
+            for (state, usable) in link_states.iter_mut().zip(&control.usable) {
+                state.usable = usable.load(Relaxed);
+            }
+        }
         let packet = message.get_payload();
         counters.captured.fetch_add(1, Relaxed);
         counters

@@ -210,7 +210,7 @@ fn up(path: &Path) -> anyhow::Result<()> {
     unsupported(&config, path)?;
     require_root()?;
     let signals = TermSignals::block().context("blocking SIGINT/SIGTERM")?;
-    let datapath = Datapath::start(&datapath_config(&config))
+    let mut datapath = Datapath::start(&datapath_config(&config))
         .with_context(|| format!("starting alagg with {}", path.display()))?;
     let links: Vec<&str> = config.links.iter().map(|l| l.interface.as_str()).collect();
     tracing::info!(
@@ -219,7 +219,10 @@ fn up(path: &Path) -> anyhow::Result<()> {
         tun = config.tun.name,
         "alagg is up"
     );
-    while signals.wait(Duration::from_secs(1)).is_none() {}
+    // Links are looked at twice a second: down, gone and back are acted on and logged once.
+    while signals.wait(Duration::from_millis(500)).is_none() {
+        datapath.monitor();
+    }
     tracing::info!("stopping");
     let counters = datapath.counters();
     let captured = counters.captured.load(Relaxed);

@@ -25,6 +25,9 @@ use xsk_rs::{
 /// Most descriptors moved per ring operation.
 pub const BATCH: usize = 64;
 
+/// Kicks in a row that move nothing before a flush gives up.
+const MAX_STALLS: u32 = 1000;
+
 /// Errors opening or driving an AF_XDP socket.
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {
@@ -48,6 +51,12 @@ pub enum XskError {
         queue: u32,
         /// What failed, with the kernel's error.
         reason: String,
+    },
+    /// The device took no frame from the tx ring for a while; the staged frames were dropped.
+    #[error("AF_XDP transmit stalled; {dropped} frames dropped (interface gone or stopped?)")]
+    Stalled {
+        /// Frames given back unsent.
+        dropped: usize,
     },
     /// A wakeup syscall failed.
     #[error("AF_XDP wakeup failed: {0}")]
@@ -107,6 +116,8 @@ pub struct XskTx {
     scratch: Vec<FrameDesc>,
     /// Frames on the tx ring whose completion has not come back yet.
     in_flight: usize,
+    /// Descriptors in the tx ring.
+    ring_size: u32,
 }
 
 impl XskSocket {
@@ -204,6 +215,7 @@ impl XskSocket {
                 staged: Vec::with_capacity(BATCH),
                 scratch: vec![FrameDesc::default(); BATCH],
                 in_flight: 0,
+                ring_size: config.ring_size,
             },
         })
     }
@@ -318,26 +330,37 @@ impl XskTx {
     /// into the device (copy mode sends at most 32 frames per wakeup). Returns the frames queued.
     pub fn flush(&mut self) -> Result<usize, XskError> {
         let mut queued = 0;
-        while !self.staged.is_empty() {
-            // SAFETY: staged frames belong to this UMEM and are on no ring.
-            let produced = unsafe { self.tx.produce(&self.staged) };
-            self.staged.drain(..produced);
-            self.in_flight += produced;
-            queued += produced;
-            if self.tx.needs_wakeup() {
-                self.tx.wakeup()?;
+        let mut stalls = 0;
+        loop {
+            if !self.staged.is_empty() {
+                // SAFETY: staged frames belong to this UMEM and are on no ring.
+                let produced = unsafe { self.tx.produce(&self.staged) };
+                self.staged.drain(..produced);
+                self.in_flight += produced;
+                queued += produced;
             }
+            let free_before = self.tx.nb_free_exact();
+            if self.staged.is_empty() && free_before >= self.ring_size {
+                return Ok(queued);
+            }
+            // Copy mode sends at most a few dozen descriptors per kick: kick until the kernel
+            // has taken every descriptor off the ring.
+            self.tx.wakeup()?;
             self.reclaim();
-            if produced == 0 {
-                // Ring full: the kernel is still sending. Let it run, then retry.
-                self.tx.wakeup()?;
-                self.reclaim();
-                if self.tx.nb_free(1) == 0 {
-                    thread::yield_now();
+            if self.tx.nb_free_exact() > free_before {
+                stalls = 0;
+            } else {
+                stalls += 1;
+                if stalls > MAX_STALLS {
+                    // The device takes nothing (its interface went away, or its queue is
+                    // stopped): give the staged frames back instead of spinning.
+                    let dropped = self.staged.len();
+                    self.free.append(&mut self.staged);
+                    return Err(XskError::Stalled { dropped });
                 }
+                thread::yield_now();
             }
         }
-        Ok(queued)
     }
 
     /// Takes completed transmit frames back into the free pool.

@@ -10,7 +10,7 @@
 mod common;
 
 use std::{
-    fs,
+    fs, thread,
     time::{Duration, Instant},
 };
 
@@ -151,4 +151,57 @@ fn bad_configurations_fail_clearly_and_leave_nothing() {
     assert!(!output.status.success());
     assert!(stderr.contains("root"), "no privilege message:\n{stderr}");
     assert_eq!(host_state(&pair.a), before, "not root: host changed");
+}
+
+#[test]
+fn a_link_that_goes_down_or_disappears_is_skipped_and_picked_up_again() {
+    let pair = Pair::new("linkstate", 2);
+    let (a, b) = pair.up(2);
+    let ping_ok = |what: &str| {
+        let out = ping(&pair.a, &["-c", "5", "-i", "0.05", "-W", "2", B4]);
+        assert!(out.contains(" 0% packet loss"), "{what}:\n{out}");
+    };
+    ping_ok("both links");
+
+    // Down on A's side: A skips it, traffic stays whole over link1.
+    pair.a.ip(&["link", "set", "link0", "down"]).unwrap();
+    ping_ok("link0 down");
+    wait_for_log(&a, "link down");
+    pair.a.ip(&["link", "set", "link0", "up"]).unwrap();
+    wait_for_log(&a, "link up");
+
+    // link0 disappears on both sides (a NIC unplugged) and comes back with the same names and
+    // MACs; link1 then goes down, so the traffic must be on the re-opened link0.
+    pair.a.ip(&["link", "del", "link0"]).unwrap();
+    wait_for_log(&a, "link gone");
+    ping_ok("link0 gone");
+    alagg_testbed::veth(
+        &pair.a,
+        "link0",
+        &mac(0xa, 0),
+        &pair.b,
+        "link0",
+        &mac(0xb, 0),
+    )
+    .unwrap();
+    wait_for_log(&a, "link is back");
+    wait_for_log(&b, "link is back");
+    pair.a.ip(&["link", "set", "link1", "down"]).unwrap();
+    thread::sleep(Duration::from_millis(1200));
+    ping_ok("only the re-opened link0");
+    let log_a = a.stop();
+    assert!(log_a.contains("alagg stopped"), "{log_a}");
+    b.stop();
+}
+
+fn wait_for_log(alagg: &Alagg, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !alagg.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in:\n{}",
+            alagg.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }
