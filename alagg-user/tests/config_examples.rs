@@ -154,13 +154,25 @@ fn site_b_says_what_its_comments_say() {
     let links: Vec<_> = config
         .links
         .iter()
-        .map(|link| (link.interface.as_str(), link.peer_mac, link.io, link.xdp_mode))
+        .map(|link| {
+            (
+                link.interface.as_str(),
+                link.peer_mac,
+                link.io,
+                link.xdp_mode,
+            )
+        })
         .collect();
     assert_eq!(
         links,
         [
             ("eth1", mac("02:a1:a9:01:00:01"), IoMode::Xdp, XdpMode::Auto),
-            ("eth2", mac("02:a1:a9:02:00:01"), IoMode::Xdp, XdpMode::Generic),
+            (
+                "eth2",
+                mac("02:a1:a9:02:00:01"),
+                IoMode::Xdp,
+                XdpMode::Generic
+            ),
         ]
     );
     assert_eq!(config.cpu, CpuConfig::default());
