@@ -5,9 +5,11 @@
 //! namespaces left behind by a process that was killed are swept the next time one is made.
 //! Traffic only ever goes to addresses inside the namespaces made here.
 
+pub mod bed;
 pub mod netns;
 pub mod raw;
 
+pub use bed::{A_V4, A_V6, B_V4, B_V6, Host, Testbed};
 pub use netns::{Netns, veth};
 pub use raw::RawSocket;
 

@@ -1,4 +1,9 @@
 //! Network namespaces as RAII guards, and veth pairs between them.
+//!
+//! Test namespaces ([`Netns::new`]) have unique names `alagg-t<pid>-<n>-<tag>` and are swept
+//! when their owning process is gone. Named namespaces ([`Netns::named`]) have a fixed name
+//! chosen by the caller (`cargo xtask testbed up` uses `alaggbed-*`), are never swept, and
+//! outlive the process once [`Netns::persist`] is called; [`Netns::remove_named`] removes one.
 
 use std::{
     fs::File,
@@ -18,6 +23,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Left in place on drop ([`Netns::persist`]).
+    keep: bool,
 }
 
 impl Netns {
@@ -26,8 +33,46 @@ impl Netns {
         sweep_stale();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("{PREFIX}{}-{n}-{tag}", std::process::id());
+        Self::create(name)
+    }
+
+    /// Makes a namespace with the fixed name `name` (it must not exist yet) with its loopback
+    /// up. It is deleted on drop like any other unless [`Netns::persist`] is called, and it is
+    /// never swept as stale. `name` must not start with the test prefix `alagg-t`.
+    pub fn named(name: &str) -> Result<Self> {
+        if name.starts_with(PREFIX) {
+            return Err(Error::Io {
+                what: format!("namespace name {name}: the prefix {PREFIX} is for test namespaces"),
+                source: std::io::ErrorKind::InvalidInput.into(),
+            });
+        }
+        Self::create(name.to_owned())
+    }
+
+    /// Whether a namespace called `name` exists.
+    pub fn exists(name: &str) -> bool {
+        std::path::Path::new("/run/netns").join(name).exists()
+    }
+
+    /// Kills the processes in the namespace `name` and deletes it. Returns whether it existed.
+    pub fn remove_named(name: &str) -> Result<bool> {
+        if !Self::exists(name) {
+            return Ok(false);
+        }
+        kill_processes(name);
+        run("ip", &["netns", "del", name])?;
+        Ok(true)
+    }
+
+    /// Leaves the namespace in place when `self` is dropped: it outlives this process, until
+    /// [`Netns::remove_named`] or `ip netns del`.
+    pub fn persist(mut self) {
+        self.keep = true;
+    }
+
+    fn create(name: String) -> Result<Self> {
         run("ip", &["netns", "add", &name])?;
-        let netns = Self { name };
+        let netns = Self { name, keep: false };
         netns.ip(&["link", "set", "lo", "up"])?;
         // No duplicate address detection: addresses are usable at once, and the host's state
         // does not change under a test's feet when DAD completes.
@@ -95,22 +140,29 @@ impl Netns {
     }
 
     fn remove(&self) {
-        if let Ok(pids) = run("ip", &["netns", "pids", &self.name]) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
+        kill_processes(&self.name);
         let _ = run("ip", &["netns", "del", &self.name]);
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        self.remove();
+        if !self.keep {
+            self.remove();
+        }
+    }
+}
+
+/// Kills every process running inside the namespace `name`.
+fn kill_processes(name: &str) {
+    if let Ok(pids) = run("ip", &["netns", "pids", name]) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }
 
