@@ -4,6 +4,7 @@
 mod bootstrap;
 mod demo;
 mod test;
+mod testbed;
 
 use std::{
     path::{Path, PathBuf},
@@ -48,6 +49,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Two test hosts in network namespaces joined by impairable links, left in place for trying
+    /// `alagg up` by hand: `up [--links N] [--force]`, `down`. Needs root.
+    Testbed {
+        #[command(subcommand)]
+        action: testbed::Action,
+    },
     /// Attach the XDP program to interfaces and show its counters: `alagg attach`.
     Attach {
         /// Interfaces to attach to.
@@ -64,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { no_fuzz } => test::run(!no_fuzz),
         Task::Demo => demo::run(),
         Task::Run { args } => run_alagg(&args),
+        Task::Testbed { action } => testbed::run(action),
         Task::Attach { interfaces } => {
             let mut args = vec!["attach".to_owned()];
             for interface in interfaces {
