@@ -39,7 +39,7 @@ use alagg_proto::{
 use ipnet::IpNet;
 
 use crate::{
-    host::{HostError, HostSetup, QueueSpec},
+    host::{HostError, HostSetup, QueueSpec, Recovery, journal_path, recover},
     ip,
     tun::{Tun, TunError},
     xdp::{AttachMode, XdpError, XdpSteering},
@@ -307,7 +307,19 @@ impl Datapath {
         // The TUN device first: while another alagg runs with this name, it holds the device
         // and this fails before anything else is touched.
         let tun = Tun::create(&config.tun_name)?;
-        let mut host = HostSetup::new();
+        // Owning the device, this process is the only alagg for it: what a journal for it
+        // records was left by one that died.
+        let journal = journal_path(tun.name());
+        match recover(&journal)? {
+            Recovery::Undone { changes, .. } => {
+                tracing::warn!(
+                    changes,
+                    "undid what an alagg that did not stop cleanly left"
+                );
+            }
+            Recovery::Clean | Recovery::Live { .. } => {}
+        }
+        let mut host = HostSetup::with_journal(journal)?;
         host.remove_stale_capture(tun.name());
         let mut steering = XdpSteering::load()?;
         let mut rx_halves = Vec::new();
@@ -501,6 +513,13 @@ impl Datapath {
             }
         }
         self.links.iter().map(|l| l.status).collect()
+    }
+
+    /// Whether both worker threads still run. One that ended (a bug: they only end when told
+    /// to) makes the datapath useless; the caller should stop and report it.
+    pub fn workers_alive(&self) -> bool {
+        self.receive.as_ref().is_some_and(|h| !h.is_finished())
+            && self.capture.as_ref().is_some_and(|h| !h.is_finished())
     }
 
     /// Stops and tears down; returns the receive engine's final counters.

@@ -7,12 +7,17 @@
 //! jumped to from POSTROUTING for packets leaving through the TUN: locally generated and
 //! forwarded traffic alike, after routing chose alagg for it.
 
-use std::{fmt, net::IpAddr, process::Command};
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use ipnet::IpNet;
 
 /// A host change that failed, with the command and what it printed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("`{command}` failed: {message}")]
 pub struct HostError {
     /// The command line.
@@ -63,9 +68,97 @@ pub struct QueueSpec {
 }
 
 /// The changes made to the host, undone in reverse order on [`HostSetup::teardown`] or drop.
+/// With a journal, the undo commands are also kept in a file (rewritten after every change), so
+/// that `alagg down` can undo what a killed instance left.
 #[derive(Default)]
 pub struct HostSetup {
     undo: Vec<Vec<String>>,
+    journal: Option<PathBuf>,
+}
+
+/// Where `alagg up` keeps the undo journal for TUN device `tun`.
+pub fn journal_path(tun: &str) -> PathBuf {
+    run_dir().join(format!("{tun}.undo"))
+}
+
+/// alagg's runtime directory.
+pub const RUN_DIR: &str = "/run/alagg";
+
+/// The runtime directory of this network namespace: [`RUN_DIR`] in the host's own namespace,
+/// `RUN_DIR/net-<inode>` in any other, so that instances in different namespaces (which may
+/// use the same TUN name) never share state.
+pub fn run_dir() -> PathBuf {
+    let ours = std::fs::read_link("/proc/self/ns/net").ok();
+    let init = std::fs::read_link("/proc/1/ns/net").ok();
+    match ours {
+        Some(ours) if Some(&ours) != init.as_ref() => {
+            let id: String = ours
+                .to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            Path::new(RUN_DIR).join(format!("net-{id}"))
+        }
+        _ => PathBuf::from(RUN_DIR),
+    }
+}
+
+/// Field separator of a journal line (ASCII unit separator: never in an argument).
+const SEP: char = '\u{1f}';
+
+/// What [`recover`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// No journal: nothing was left behind.
+    Clean,
+    /// The journal's owner is still running.
+    Live {
+        /// Its process id.
+        pid: u32,
+    },
+    /// The changes of a dead instance were undone.
+    Undone {
+        /// Commands run.
+        changes: usize,
+        /// Those that failed for another reason than the state being gone already.
+        errors: Vec<HostError>,
+    },
+}
+
+/// Undoes what a dead `alagg up` recorded in `journal`, unless its owner still runs.
+pub fn recover(journal: &Path) -> Result<Recovery, HostError> {
+    let text = match std::fs::read_to_string(journal) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Recovery::Clean),
+        Err(error) => {
+            return Err(HostError {
+                command: format!("reading {}", journal.display()),
+                message: error.to_string(),
+            });
+        }
+    };
+    let mut lines = text.lines();
+    let pid = lines
+        .next()
+        .and_then(|l| l.strip_prefix("pid "))
+        .and_then(|p| p.parse::<u32>().ok());
+    if let Some(pid) = pid.filter(|&pid| is_alagg(pid)) {
+        return Ok(Recovery::Live { pid });
+    }
+    let mut setup = HostSetup::new();
+    setup.undo = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(SEP).map(str::to_owned).collect())
+        .collect();
+    let changes = setup.undo.len();
+    let errors = setup.teardown();
+    let _ = std::fs::remove_file(journal);
+    Ok(Recovery::Undone { changes, errors })
+}
+
+/// Whether process `pid` exists and is an alagg.
+fn is_alagg(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "alagg")
 }
 
 impl fmt::Debug for HostSetup {
@@ -80,6 +173,53 @@ impl HostSetup {
     /// Nothing changed yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Nothing changed yet; every change will be journaled in `path` (its directory is made,
+    /// root-only).
+    pub fn with_journal(path: PathBuf) -> Result<Self, HostError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                    )
+                })
+                .map_err(|e| HostError {
+                    command: format!("mkdir {}", dir.display()),
+                    message: e.to_string(),
+                })?;
+        }
+        let setup = Self {
+            undo: Vec::new(),
+            journal: Some(path),
+        };
+        setup.write_journal()?;
+        Ok(setup)
+    }
+
+    fn record(&mut self, command: Vec<String>) -> Result<(), HostError> {
+        self.undo.push(command);
+        self.write_journal()
+    }
+
+    fn write_journal(&self) -> Result<(), HostError> {
+        let Some(path) = &self.journal else {
+            return Ok(());
+        };
+        let mut text = format!("pid {}\n", std::process::id());
+        for command in &self.undo {
+            text.push_str(&command.join(&SEP.to_string()));
+            text.push('\n');
+        }
+        let temporary = path.with_extension("tmp");
+        std::fs::write(&temporary, text)
+            .and_then(|()| std::fs::rename(&temporary, path))
+            .map_err(|e| HostError {
+                command: format!("writing {}", path.display()),
+                message: e.to_string(),
+            })
     }
 
     /// Brings `tun` up with `mtu` and sets its rp_filter to loose (2). IPv4 reverse-path
@@ -97,8 +237,7 @@ impl HostSetup {
             "ip",
             &["addr", "add", &address, "dev", tun, "scope", "link"],
         )?;
-        self.undo
-            .push(argv(&["ip", "addr", "del", &address, "dev", tun]));
+        self.record(argv(&["ip", "addr", "del", &address, "dev", tun]))?;
         let rp_filter = format!("/proc/sys/net/ipv4/conf/{tun}/rp_filter");
         std::fs::write(&rp_filter, "2").map_err(|e| HostError {
             command: format!("echo 2 > {rp_filter}"),
@@ -129,8 +268,7 @@ impl HostSetup {
         }
         run("ip", &args)?;
         let family = family.ip_flag();
-        self.undo
-            .push(argv(&["ip", family, "route", "del", &net, "dev", tun]));
+        self.record(argv(&["ip", family, "route", "del", &net, "dev", tun]))?;
         Ok(())
     }
 
@@ -152,10 +290,8 @@ impl HostSetup {
             }
             let iptables = family.iptables();
             run(iptables, &["-w", "-t", "mangle", "-N", &chain])?;
-            self.undo
-                .push(argv(&[iptables, "-w", "-t", "mangle", "-X", &chain]));
-            self.undo
-                .push(argv(&[iptables, "-w", "-t", "mangle", "-F", &chain]));
+            self.record(argv(&[iptables, "-w", "-t", "mangle", "-X", &chain]))?;
+            self.record(argv(&[iptables, "-w", "-t", "mangle", "-F", &chain]))?;
             for net in nets {
                 let net = net.to_string();
                 let mut rule = vec![
@@ -180,22 +316,25 @@ impl HostSetup {
                 iptables,
                 &[&["-w", "-t", "mangle", "-I"], &jump[..]].concat(),
             )?;
-            self.undo.push(argv(
+            self.record(argv(
                 &[&[iptables, "-w", "-t", "mangle", "-D"], &jump[..]].concat(),
-            ));
+            ))?;
         }
         Ok(())
     }
 
     /// Removes the capture rules a killed alagg left for `tun` (its chain and the jump to it).
     /// Only called once this process owns the TUN device, so no live instance uses them.
-    pub fn remove_stale_capture(&mut self, tun: &str) {
+    /// Returns whether there were any.
+    pub fn remove_stale_capture(&mut self, tun: &str) -> bool {
         let chain = chain_name(tun);
+        let mut found = false;
         for family in [Family::V4, Family::V6] {
             let iptables = family.iptables();
             if run(iptables, &["-w", "-t", "mangle", "-S", &chain]).is_err() {
                 continue;
             }
+            found = true;
             tracing::warn!(
                 chain,
                 iptables,
@@ -211,18 +350,25 @@ impl HostSetup {
             let _ = run(iptables, &["-w", "-t", "mangle", "-F", &chain]);
             let _ = run(iptables, &["-w", "-t", "mangle", "-X", &chain]);
         }
+        found
     }
 
     /// Undoes every change, newest first. Returns the failures (already-gone state is not one).
     pub fn teardown(&mut self) -> Vec<HostError> {
         let mut errors = Vec::new();
         while let Some(command) = self.undo.pop() {
-            let args: Vec<&str> = command.iter().skip(1).map(String::as_str).collect();
-            if let Err(error) = run(&command[0], &args) {
+            let Some((program, args)) = command.split_first() else {
+                continue;
+            };
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Err(error) = run(program, &args) {
                 if !is_already_gone(&error) {
                     errors.push(error);
                 }
             }
+        }
+        if let Some(path) = self.journal.take() {
+            let _ = std::fs::remove_file(path);
         }
         errors
     }

@@ -10,7 +10,7 @@ use std::{
 use alagg::{
     config::{self, Config, IoMode},
     datapath::{Datapath, DatapathConfig, LinkPlan},
-    host::{QueueSpec, default_tun_address},
+    host::{HostSetup, QueueSpec, Recovery, default_tun_address, journal_path, recover},
     signals::TermSignals,
     xdp::{AttachMode, XdpSteering},
 };
@@ -36,6 +36,17 @@ enum Command {
     /// removes exactly what it added. Needs root.
     Up {
         /// The configuration file (TOML; see config/alagg.example.toml).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Remove what an `alagg up` that crashed or was killed left behind.
+    ///
+    /// Undoes the changes `up` recorded for this configuration's TUN device (routes, addresses,
+    /// capture rules), removes stale capture rules and XDP programs named `alagg` left on the
+    /// links. Refuses while that `alagg up` still runs; safe to run twice; a no-op on a clean
+    /// host.
+    Down {
+        /// The configuration file the instance was started with.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -128,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { config } => up(&config),
         Command::Check { config } => check(&config),
+        Command::Down { config } => down(&config),
         Command::Attach {
             interfaces,
             ethertype,
@@ -220,8 +232,14 @@ fn up(path: &Path) -> anyhow::Result<()> {
         "alagg is up"
     );
     // Links are looked at twice a second: down, gone and back are acted on and logged once.
+    let mut failed = false;
     while signals.wait(Duration::from_millis(500)).is_none() {
         datapath.monitor();
+        if !datapath.workers_alive() {
+            tracing::error!("a worker thread stopped unexpectedly; shutting down");
+            failed = true;
+            break;
+        }
     }
     tracing::info!("stopping");
     let counters = datapath.counters();
@@ -258,7 +276,76 @@ fn up(path: &Path) -> anyhow::Result<()> {
         per_link.join(";"),
     );
     tracing::info!("alagg stopped");
+    if failed {
+        bail!("alagg stopped because a worker thread failed (see the log above)");
+    }
     Ok(())
+}
+
+fn down(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    require_root()?;
+    let tun = &config.tun.name;
+    let journal = journal_path(tun);
+    let mut done = Vec::new();
+    match recover(&journal)? {
+        Recovery::Live { pid } => bail!(
+            "alagg is running for {} (pid {pid}); stop it with `kill {pid}` (SIGTERM), it cleans \
+             up after itself",
+            path.display()
+        ),
+        Recovery::Clean => {}
+        Recovery::Undone { changes, errors } => {
+            done.push(format!("undid {changes} recorded change(s)"));
+            for error in errors {
+                eprintln!("alagg: warning: {error}");
+            }
+        }
+    }
+    if Path::new(&format!("/sys/class/net/{tun}")).exists() {
+        // A TUN device alagg creates lives only as long as its process: one that exists
+        // belongs to a live process.
+        bail!("TUN device {tun} exists: an alagg (or another program) still runs with it");
+    }
+    let mut host = HostSetup::new();
+    if host.remove_stale_capture(tun) {
+        done.push(format!("removed capture rules of {tun}"));
+    }
+    for link in &config.links {
+        match detach_stale_xdp(&link.interface) {
+            Ok(true) => done.push(format!("detached XDP from {}", link.interface)),
+            Ok(false) => {}
+            Err(error) => eprintln!("alagg: warning: {}: {error}", link.interface),
+        }
+    }
+    if done.is_empty() {
+        println!("nothing to clean up for {}", path.display());
+    } else {
+        println!(
+            "cleaned up after alagg for {}: {}",
+            path.display(),
+            done.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Detaches an XDP program named `alagg` that a netlink attachment left on `interface` (bpf_link
+/// attachments end with their process by themselves). Returns whether one was there.
+fn detach_stale_xdp(interface: &str) -> anyhow::Result<bool> {
+    let output = std::process::Command::new("ip")
+        .args(["-d", "link", "show", "dev", interface])
+        .output()?;
+    let shown = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || !shown.contains("prog/xdp") || !shown.contains("name alagg") {
+        return Ok(false);
+    }
+    for mode in ["xdp", "xdpgeneric"] {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "set", "dev", interface, mode, "off"])
+            .status();
+    }
+    Ok(true)
 }
 
 fn check(path: &Path) -> anyhow::Result<()> {

@@ -100,6 +100,8 @@ pub struct XskRx {
     rx: RxQueue,
     /// Scratch for ring operations.
     scratch: Vec<FrameDesc>,
+    /// Receive frames waiting for room on the fill ring.
+    spare: Vec<FrameDesc>,
 }
 
 /// The transmit half: tx and completion rings and the transmit frames.
@@ -181,7 +183,7 @@ impl XskSocket {
                 }
             }
         };
-        let (mut fill, comp) = rings.ok_or_else(|| XskError::Socket {
+        let (fill, comp) = rings.ok_or_else(|| XskError::Socket {
             interface: interface.to_owned(),
             queue,
             reason: "no fill/completion rings returned for a fresh UMEM".into(),
@@ -189,23 +191,15 @@ impl XskSocket {
 
         let half = descs.len() / 2;
         let free = descs.split_off(half);
-        // The receive half goes to the fill ring, as much as fits.
-        let fill_count = descs.len().min(config.ring_size as usize);
-        // SAFETY: the descriptors come from this UMEM and are owned by no ring yet.
-        let filled = unsafe { fill.produce(&descs[..fill_count]) };
-        if filled != fill_count {
-            return Err(XskError::Socket {
-                interface: interface.to_owned(),
-                queue,
-                reason: format!("fill ring took {filled} of {fill_count} frames"),
-            });
-        }
-        Ok(Self {
+        // The receive half goes to the fill ring, as much as fits; the rest waits as spare.
+        let spare = descs;
+        let mut socket = Self {
             rx: XskRx {
                 umem: umem.clone(),
                 fill,
                 rx,
                 scratch: vec![FrameDesc::default(); BATCH],
+                spare,
             },
             tx: XskTx {
                 umem,
@@ -217,7 +211,9 @@ impl XskSocket {
                 in_flight: 0,
                 ring_size: config.ring_size,
             },
-        })
+        };
+        socket.rx.refill()?;
+        Ok(socket)
     }
 
     /// The socket's file descriptor, for the `XSKS` map and for `poll`.
@@ -272,16 +268,27 @@ impl XskRx {
             // In copy mode the rx address points inside the chunk; the fill ring of an aligned
             // UMEM masks it back to the chunk start (net/xdp/xsk_buff_pool.c), so the
             // descriptors go back as they came.
-            // SAFETY: these frames came off this socket's rx ring and are no longer read.
-            let refilled = unsafe { self.fill.produce(&self.scratch[..count]) };
-            // The fill ring has room for every receive frame, so this cannot fall short; if it
-            // ever did, the frames would simply be out of circulation.
-            debug_assert_eq!(refilled, count);
-            if self.fill.needs_wakeup() {
-                self.fill.wakeup(self.rx.fd_mut(), 0)?;
-            }
+            self.spare.extend_from_slice(&self.scratch[..count]);
+            self.refill()?;
         }
         Ok(count)
+    }
+
+    /// Puts spare receive frames on the fill ring, as many as it has room for.
+    fn refill(&mut self) -> Result<(), XskError> {
+        let wanted = u32::try_from(self.spare.len()).unwrap_or(u32::MAX);
+        let room = (self.fill.nb_free(wanted) as usize).min(self.spare.len());
+        if room > 0 {
+            let from = self.spare.len() - room;
+            // SAFETY: spare frames belong to this UMEM and are on no ring; ring reservation is
+            // all-or-nothing and `room` entries are free.
+            let produced = unsafe { self.fill.produce(&self.spare[from..]) };
+            self.spare.truncate(self.spare.len() - produced);
+        }
+        if self.fill.needs_wakeup() {
+            self.fill.wakeup(self.rx.fd_mut(), 0)?;
+        }
+        Ok(())
     }
 
     /// Waits up to `timeout_ms` for frames to arrive. Returns whether any are ready.

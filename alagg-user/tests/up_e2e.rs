@@ -205,3 +205,58 @@ fn wait_for_log(alagg: &Alagg, needle: &str) {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn down_cleans_up_after_a_killed_instance_and_is_safe_to_repeat() {
+    let pair = Pair::new("down", 2);
+    let before = settled_state(&pair.a);
+    let config = pair.config(0xa, 2);
+    let down = || {
+        let output = pair
+            .a
+            .command(ALAGG)
+            .args(["down", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (ok, out) = down();
+    assert!(
+        ok && out.contains("nothing to clean up"),
+        "down on a clean host:\n{out}"
+    );
+
+    let a = Alagg::start(&pair.a, &config, pair.dir.join("a.log"));
+    let (ok, out) = down();
+    assert!(
+        !ok && out.contains("is running"),
+        "down over a live instance:\n{out}"
+    );
+    a.kill();
+    assert_ne!(
+        host_state(&pair.a),
+        before,
+        "a killed alagg leaves its capture rules"
+    );
+
+    let (ok, out) = down();
+    assert!(
+        ok && out.contains("cleaned up"),
+        "down after kill -9:\n{out}"
+    );
+    assert_eq!(host_state(&pair.a), before, "down did not restore the host");
+    let (ok, out) = down();
+    assert!(
+        ok && out.contains("nothing to clean up"),
+        "second down:\n{out}"
+    );
+    assert_eq!(host_state(&pair.a), before);
+}
