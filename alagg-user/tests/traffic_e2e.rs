@@ -78,6 +78,7 @@ fn tcp_transfer(client: &Netns, server: &Netns, address: &str, payload: &[u8]) -
 
 #[test]
 fn a_50_mb_tcp_transfer_arrives_intact_both_ways() {
+    let _heavy = heavy();
     let pair = Pair::new("tcp", 2);
     let (a, b) = pair.up(2);
     for (client, server, address, seed) in [(&pair.a, &pair.b, B4, 1), (&pair.b, &pair.a, A6, 2)] {
@@ -97,6 +98,7 @@ fn a_50_mb_tcp_transfer_arrives_intact_both_ways() {
 
 #[test]
 fn every_udp_datagram_is_delivered_exactly_once() {
+    let _heavy = heavy();
     let pair = Pair::new("udp", 2);
     let (a, b) = pair.up(2);
     let count: u32 = 20_000;
@@ -107,20 +109,7 @@ fn every_udp_datagram_is_delivered_exactly_once() {
     receiver
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    // Room for every datagram even if this thread is descheduled for a while: the test's own
-    // socket must not be where datagrams are lost.
-    let size: libc::c_int = 64 << 20;
-    // SAFETY: a valid socket and a c_int option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&receiver),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const size).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE");
+    big_receive_buffer(&receiver);
     let mut seen = vec![0u32; count as usize];
     std::thread::scope(|scope| {
         let counter = scope.spawn(|| {

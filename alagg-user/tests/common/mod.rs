@@ -232,3 +232,32 @@ impl Alagg {
         let _ = self.child.wait();
     }
 }
+
+/// Held by tests that push a lot of traffic, so that two of them in one test binary do not
+/// compete for this machine's two cores: they test correctness, not behaviour under overload.
+pub static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Serialises heavy tests; a test that panicked while holding the lock does not poison the
+/// others.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Gives a test's UDP socket room for every datagram even if its thread is descheduled for a
+/// while: the test's own socket must not be where datagrams are lost.
+pub fn big_receive_buffer(socket: &std::net::UdpSocket) {
+    let size: libc::c_int = 64 << 20;
+    // SAFETY: a valid socket and a c_int option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
