@@ -7,17 +7,25 @@
 //! wraps and each owning its file descriptors:
 //! - [`xdp`]: the XDP program loader and its maps;
 //! - [`xsk`]: AF_XDP sockets and their UMEM;
+//! - [`nfqueue`]: the nfnetlink_queue socket packets are captured from, batched both ways;
 //! - [`signals`]: SIGINT/SIGTERM collected synchronously;
 //! - [`config`]: the TOML configuration, validated, and the plan `alagg check` shows;
 //! - [`tun`]: the TUN device packets are delivered through;
 //! - [`host`]: routes, iptables NFQUEUE rules and sysctls, undone in reverse order;
 //! - [`ip`]: sanity and source checks at the delivery edge;
-//! - [`datapath`]: the capture and receive threads that wire the edges to `alagg-proto`.
+//! - [`datapath`]: the capture and receive threads that wire the edges to `alagg-proto`;
+//! - [`report`]: a snapshot of every counter, rendered for `alagg status` and for Prometheus;
+//! - [`control`]: the Unix control socket `alagg status` queries;
+//! - [`metrics`]: the optional Prometheus endpoint over HTTP.
 
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod host;
 pub mod ip;
+pub mod metrics;
+pub mod nfqueue;
+pub mod report;
 pub mod signals;
 pub mod tun;
 pub mod xdp;

@@ -1,0 +1,377 @@
+//! The optional Prometheus endpoint (`[metrics] listen = "ADDR:PORT"`): `GET /metrics` answers
+//! the [`Snapshot`] in the text exposition format 0.0.4 ([`Snapshot::render_prometheus`]).
+//!
+//! A minimal HTTP/1.1 server on a std `TcpListener`, enough for a Prometheus scraper or `curl`:
+//! one thread answers connections in turn, one request each (`Connection: close`). The request
+//! head is read with a timeout and at most [`MAX_HEAD`] bytes; the body of a request, if any, is
+//! ignored. `GET` or `HEAD` of `/metrics` (any query string) is 200, other paths 404, other
+//! methods 405, anything unparsable 400 (RFC 9110, RFC 9112). The server holds no state between
+//! requests, so a bad client costs at most its timeout. Dropping the [`MetricsServer`] stops it.
+
+#![deny(unsafe_code)]
+
+use std::{
+    io::{self, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::report::Snapshot;
+
+/// Longest request head read; longer heads are answered 431.
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// How long a client may take to send its request head, and to take the answer.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The content type of the Prometheus text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Metrics endpoint failures.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The address could not be listened on.
+    #[error(
+        "[metrics] listen = \"{addr}\": cannot listen: {source}; choose a free address and port"
+    )]
+    Listen {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The server thread could not start.
+    #[error("starting the metrics thread failed: {0}")]
+    Thread(io::Error),
+}
+
+/// A running metrics endpoint. Dropping it stops the thread.
+#[derive(Debug)]
+pub struct MetricsServer {
+    local: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Listens on `addr` (port 0 picks a free port; see [`MetricsServer::local_addr`]) and
+    /// answers scrapes with `snapshot()`.
+    pub fn start(
+        addr: SocketAddr,
+        snapshot: impl Fn() -> Snapshot + Send + 'static,
+    ) -> Result<MetricsServer, MetricsError> {
+        let listen_error = |source| MetricsError::Listen { addr, source };
+        let listener = TcpListener::bind(addr).map_err(listen_error)?;
+        let local = listener.local_addr().map_err(listen_error)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("alagg-metrics".into())
+                .spawn(move || serve(&listener, &stop, &snapshot))
+                .map_err(MetricsError::Thread)?
+        };
+        tracing::info!(%local, "metrics served at http://{local}/metrics");
+        Ok(MetricsServer {
+            local,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address actually listened on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        // Wake the accept with a connection of our own; the thread sees the flag and returns.
+        // If that fails the thread stays blocked until the process ends: do not wait for it.
+        let mut wake = self.local;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        if TcpStream::connect_timeout(&wake, TIMEOUT).is_ok() {
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// The server thread: accepts and answers connections in turn until `stop`.
+fn serve(listener: &TcpListener, stop: &AtomicBool, snapshot: &dyn Fn() -> Snapshot) {
+    for stream in listener.incoming() {
+        if stop.load(SeqCst) {
+            return;
+        }
+        match stream {
+            Ok(stream) => {
+                if let Err(error) = answer(stream, snapshot) {
+                    tracing::debug!(%error, "metrics client");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "metrics accept");
+                // EMFILE and the like: do not spin.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    /// `GET /metrics` (`head`: `HEAD /metrics`, the same without the body).
+    Metrics { head: bool },
+    /// Another path.
+    NotFound,
+    /// Another method.
+    MethodNotAllowed,
+    /// Not HTTP.
+    Bad,
+}
+
+/// Parses a request head (the request line is all that matters).
+fn parse(head: &[u8]) -> Request {
+    let Ok(head) = std::str::from_utf8(head) else {
+        return Request::Bad;
+    };
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Request::Bad;
+    };
+    if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
+        return Request::Bad;
+    }
+    let head = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Request::MethodNotAllowed,
+    };
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if path == "/metrics" {
+        Request::Metrics { head }
+    } else {
+        Request::NotFound
+    }
+}
+
+/// Reads the request head: up to the blank line, at most [`MAX_HEAD`] bytes. `None` when it is
+/// too long.
+fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            return Ok(Some(head));
+        }
+        if head.len() >= MAX_HEAD {
+            return Ok(None);
+        }
+        let room = (MAX_HEAD - head.len()).min(chunk.len());
+        let read = stream.read(chunk.get_mut(..room).unwrap_or(&mut []))?;
+        if read == 0 {
+            // The client closed before the end of the head: answer what there is.
+            return Ok(Some(head));
+        }
+        head.extend_from_slice(chunk.get(..read).unwrap_or(&[]));
+    }
+}
+
+/// Answers one connection.
+fn answer(mut stream: TcpStream, snapshot: &dyn Fn() -> Snapshot) -> io::Result<()> {
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let (status, body, head_only) = match read_head(&mut stream)? {
+        None => ("431 Request Header Fields Too Large", String::new(), false),
+        Some(head) if head.is_empty() => return Ok(()),
+        Some(head) => match parse(&head) {
+            Request::Metrics { head } => ("200 OK", snapshot().render_prometheus(), head),
+            Request::NotFound => (
+                "404 Not Found",
+                "not found; try /metrics\n".to_owned(),
+                false,
+            ),
+            Request::MethodNotAllowed => ("405 Method Not Allowed", "use GET\n".to_owned(), false),
+            Request::Bad => ("400 Bad Request", "bad request\n".to_owned(), false),
+        },
+    };
+    let content_type = if status.starts_with("200") {
+        CONTENT_TYPE
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let allow = if status.starts_with("405") {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    if !head_only {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes())?;
+    stream.flush()
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use std::net::Shutdown;
+
+    use super::*;
+    use crate::report::LinkSnapshot;
+
+    fn server() -> MetricsServer {
+        MetricsServer::start("127.0.0.1:0".parse().unwrap(), || Snapshot {
+            uptime_secs: 3.0,
+            links: vec![LinkSnapshot {
+                interface: "eth1".into(),
+                status: "up".into(),
+                ..LinkSnapshot::default()
+            }],
+            ..Snapshot::default()
+        })
+        .unwrap()
+    }
+
+    /// Sends `request` raw and returns the whole response.
+    fn exchange(server: &MetricsServer, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // The server may answer and close before reading everything we send.
+        let _ = stream.write_all(request);
+        let _ = stream.shutdown(Shutdown::Write);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    #[test]
+    fn get_metrics_is_the_prometheus_text() {
+        let server = server();
+        assert_ne!(server.local_addr().port(), 0);
+        let response = exchange(
+            &server,
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n",
+        );
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("Content-Type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        assert!(body.contains("\nalagg_up 1\n"), "{body}");
+        assert!(body.contains("alagg_uptime_seconds 3\n"), "{body}");
+        assert!(body.contains("alagg_link_up{link=\"eth1\"} 1\n"), "{body}");
+    }
+
+    #[test]
+    fn requests_are_answered_by_kind() {
+        let server = server();
+        let cases: [(&[u8], &str); 8] = [
+            (b"GET /metrics?x=1 HTTP/1.0\n\n", "HTTP/1.1 200 OK"),
+            (b"GET /other HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found"),
+            (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found"),
+            (
+                b"POST /metrics HTTP/1.1\r\n\r\n",
+                "HTTP/1.1 405 Method Not Allowed",
+            ),
+            (b"\x00\xff garbage \x01\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+            (b"GET /metrics\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+            (b"GET /metrics HTTP/1.1\r\nX: y", "HTTP/1.1 200 OK"),
+            (&[b'a'; MAX_HEAD * 2], "HTTP/1.1 431"),
+        ];
+        for (request, status) in cases {
+            let response = exchange(&server, request);
+            assert!(
+                response.starts_with(status),
+                "{:?} answered {response:?}",
+                String::from_utf8_lossy(&request[..request.len().min(40)])
+            );
+        }
+        // HEAD: the headers only.
+        let response = exchange(&server, b"HEAD /metrics HTTP/1.1\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        assert!(response.ends_with("\r\n\r\n"), "{response}");
+    }
+
+    #[test]
+    fn garbage_and_silent_clients_do_not_kill_the_server() {
+        let server = server();
+        let _ = exchange(&server, b"\r\n\r\n\r\n");
+        let _ = exchange(&server, b"");
+        drop(TcpStream::connect(server.local_addr()).unwrap());
+        let response = exchange(&server, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    }
+
+    #[test]
+    fn parse_table() {
+        let cases: [(&[u8], Request); 6] = [
+            (
+                b"GET /metrics HTTP/1.1\r\n",
+                Request::Metrics { head: false },
+            ),
+            (
+                b"HEAD /metrics HTTP/1.1\r\n",
+                Request::Metrics { head: true },
+            ),
+            (b"GET /metricsx HTTP/1.1\r\n", Request::NotFound),
+            (b"DELETE /metrics HTTP/1.1\r\n", Request::MethodNotAllowed),
+            (b"GET metrics HTTP/1.1\r\n", Request::Bad),
+            (b"GET /metrics SMTP\r\n", Request::Bad),
+        ];
+        for (head, expected) in cases {
+            assert_eq!(parse(head), expected, "{:?}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn a_taken_port_is_a_clear_error() {
+        let server = server();
+        let error = MetricsServer::start(server.local_addr(), Snapshot::default).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains(&server.local_addr().to_string()) && message.contains("[metrics]"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn drop_stops_the_server() {
+        let server = server();
+        let addr = server.local_addr();
+        drop(server);
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "still listening after drop"
+        );
+    }
+}
