@@ -315,7 +315,7 @@ impl Receiver {
                 self.stats.stale_epoch += 1;
                 return RxOutcome::StaleEpoch { link };
             }
-            self.new_epoch(repr.epoch, &mut deliver);
+            self.new_epoch(repr.epoch, now, &mut deliver);
         }
         let payload = frame.payload();
         match repr.kind {
@@ -376,11 +376,11 @@ impl Receiver {
         }
     }
 
-    fn new_epoch<F: FnMut(&[u8])>(&mut self, epoch: u32, deliver: &mut F) {
+    fn new_epoch<F: FnMut(&[u8])>(&mut self, epoch: u32, now: Timestamp, deliver: &mut F) {
         if let Some(old) = self.epoch {
             self.stats.epoch_changes += 1;
             self.previous_epoch = Some(old);
-            self.reorder.flush(deliver);
+            self.reorder.flush(now, deliver);
             self.window.reset();
             self.reassembly.reset();
         }

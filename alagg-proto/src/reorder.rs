@@ -16,6 +16,11 @@
 //! is given up. This is the reordering companion of IEEE 802.1CB sequence recovery, which itself
 //! only eliminates duplicates.
 //!
+//! Hold times: every held packet that is later delivered (its gap filled, its hold expired, the
+//! buffer overflowed, or [`ReorderBuffer::flush`]) has its wait, from arrival to delivery,
+//! recorded once in [`ReorderStats::hold`]; packets delivered at once are not. A clock that
+//! goes backwards records zero.
+//!
 //! Cost and memory: every sequence number is passed over once by `next` and every held packet
 //! enters and leaves the FIFO once, so each operation is O(1) amortised. Memory is fixed at
 //! construction: `capacity * slot_size` bytes of slots, plus `large_slots` buffers of at most
@@ -87,6 +92,8 @@ enum Store {
 struct Slot {
     seq: u64,
     store: Store,
+    /// When the packet held here arrived (meaningless while `store` is empty).
+    arrived: Timestamp,
 }
 
 /// Holds packets that arrive ahead of a gap and releases them in sequence order.
@@ -130,7 +137,8 @@ impl ReorderBuffer {
             slots: vec![
                 Slot {
                     seq: 0,
-                    store: Store::Empty
+                    store: Store::Empty,
+                    arrived: Timestamp::ZERO,
                 };
                 capacity
             ]
@@ -196,7 +204,7 @@ impl ReorderBuffer {
         }
         let d = seq_distance(self.next, seq);
         if d == 0 {
-            return self.deliver_now(payload, deliver);
+            return self.deliver_now(payload, now, deliver);
         }
         if d < 0 {
             if self.deliver_late {
@@ -209,9 +217,9 @@ impl ReorderBuffer {
         }
         if d.unsigned_abs() > self.mask {
             self.stats.overflows += 1;
-            self.give_up_until(seq.wrapping_sub(self.mask), deliver);
+            self.give_up_until(seq.wrapping_sub(self.mask), now, deliver);
             if self.next == seq {
-                return self.deliver_now(payload, deliver);
+                return self.deliver_now(payload, now, deliver);
             }
         }
         let idx = (seq & self.mask) as usize;
@@ -228,11 +236,11 @@ impl ReorderBuffer {
         } else {
             while self.large_free.is_empty() && seq_before(self.next, seq) {
                 self.stats.overflows += 1;
-                self.step(deliver);
+                self.step(now, deliver);
             }
-            self.release_run(deliver);
+            self.release_run(now, deliver);
             if self.next == seq {
-                return self.deliver_now(payload, deliver);
+                return self.deliver_now(payload, now, deliver);
             }
             let Some(i) = self.large_free.pop() else {
                 // Every large buffer holds a packet after `seq`: deliver this one out of order
@@ -246,7 +254,11 @@ impl ReorderBuffer {
             buf.extend_from_slice(payload);
             Store::Large(i)
         };
-        self.slots[idx] = Slot { seq, store };
+        self.slots[idx] = Slot {
+            seq,
+            store,
+            arrived: now,
+        };
         self.held += 1;
         self.fifo_push(seq, now, deliver);
         Order::Held
@@ -264,15 +276,16 @@ impl ReorderBuffer {
                 return;
             }
             self.stats.hold_expired += 1;
-            self.give_up_until(seq, deliver);
+            self.give_up_until(seq, now, deliver);
         }
     }
 
     /// Delivers every held packet in order, counting the gaps between them as lost, and forgets
-    /// the expected number (used when the peer restarts). Counters are kept.
-    pub fn flush<F: FnMut(&[u8])>(&mut self, deliver: &mut F) {
+    /// the expected number (used when the peer restarts). Counters are kept; the hold times of
+    /// the packets delivered end at `now`.
+    pub fn flush<F: FnMut(&[u8])>(&mut self, now: Timestamp, deliver: &mut F) {
         while self.held > 0 {
-            self.step(deliver);
+            self.step(now, deliver);
         }
         self.reset();
     }
@@ -291,38 +304,41 @@ impl ReorderBuffer {
     }
 
     #[inline]
-    fn deliver_now<F: FnMut(&[u8])>(&mut self, payload: &[u8], deliver: &mut F) -> Order {
+    fn deliver_now<F: FnMut(&[u8])>(
+        &mut self,
+        payload: &[u8],
+        now: Timestamp,
+        deliver: &mut F,
+    ) -> Order {
         self.stats.in_order += 1;
         deliver(payload);
         self.next = self.next.wrapping_add(1);
         if self.held > 0 {
-            self.release_run(deliver);
+            self.release_run(now, deliver);
             self.clean_fifo();
         }
         Order::InOrder
     }
 
     /// Delivers the held packet at `next` and those following it without a gap.
-    fn release_run<F: FnMut(&[u8])>(&mut self, deliver: &mut F) {
+    fn release_run<F: FnMut(&[u8])>(&mut self, now: Timestamp, deliver: &mut F) {
         while self.held > 0 {
             let idx = (self.next & self.mask) as usize;
             let slot = self.slots[idx];
             if slot.store == Store::Empty || slot.seq != self.next {
                 return;
             }
-            self.stats.reordered += 1;
-            self.deliver_slot(idx, deliver);
+            self.deliver_slot(idx, now, deliver);
             self.next = self.next.wrapping_add(1);
         }
     }
 
     /// Moves `next` by one: delivers the packet held there, or counts the number lost.
-    fn step<F: FnMut(&[u8])>(&mut self, deliver: &mut F) {
+    fn step<F: FnMut(&[u8])>(&mut self, now: Timestamp, deliver: &mut F) {
         let idx = (self.next & self.mask) as usize;
         let slot = self.slots[idx];
         if slot.store != Store::Empty && slot.seq == self.next {
-            self.stats.reordered += 1;
-            self.deliver_slot(idx, deliver);
+            self.deliver_slot(idx, now, deliver);
         } else {
             self.stats.lost += 1;
         }
@@ -331,22 +347,30 @@ impl ReorderBuffer {
 
     /// Gives up every gap before `target`, delivering what is held, then releases the run that
     /// follows.
-    fn give_up_until<F: FnMut(&[u8])>(&mut self, target: u64, deliver: &mut F) {
+    fn give_up_until<F: FnMut(&[u8])>(&mut self, target: u64, now: Timestamp, deliver: &mut F) {
         while self.held > 0 && seq_before(self.next, target) {
-            self.step(deliver);
+            self.step(now, deliver);
         }
         let d = seq_distance(self.next, target);
         if d > 0 {
             self.stats.lost = self.stats.lost.wrapping_add(d.unsigned_abs());
             self.next = target;
         }
-        self.release_run(deliver);
+        self.release_run(now, deliver);
         self.clean_fifo();
     }
 
-    fn deliver_slot<F: FnMut(&[u8])>(&mut self, idx: usize, deliver: &mut F) {
-        match self.slots[idx].store {
-            Store::Empty => return,
+    /// Delivers the packet held in slot `idx` at `now`, counting it reordered and recording how
+    /// long it was held.
+    fn deliver_slot<F: FnMut(&[u8])>(&mut self, idx: usize, now: Timestamp, deliver: &mut F) {
+        let slot = self.slots[idx];
+        if slot.store == Store::Empty {
+            return;
+        }
+        self.stats.reordered += 1;
+        self.stats.hold.observe(now.saturating_since(slot.arrived));
+        match slot.store {
+            Store::Empty => {}
             Store::Small(len) => {
                 let start = idx * self.slot_size;
                 deliver(&self.small[start..start + len as usize]);
@@ -385,7 +409,7 @@ impl ReorderBuffer {
             // Not reachable while the FIFO holds 2 * capacity entries (see the field's docs);
             // kept so that a logic error degrades into an early give-up, never a panic.
             let (front, _) = self.fifo[self.fifo_head];
-            self.give_up_until(front, deliver);
+            self.give_up_until(front, now, deliver);
             self.clean_fifo();
         }
         let tail = (self.fifo_head + self.fifo_len) % self.fifo.len();
@@ -576,10 +600,95 @@ mod tests {
         push(&mut b, 4, t(0));
         push(&mut b, 2, t(0));
         let mut out = Vec::new();
-        b.flush(&mut |p: &[u8]| out.push(p[0]));
+        b.flush(t(0), &mut |p: &[u8]| out.push(p[0]));
         assert_eq!(out, vec![2, 4]);
         assert_eq!(b.next_expected(), None);
         assert_eq!(push(&mut b, 77, t(0)), (Order::InOrder, vec![77]));
+    }
+
+    fn hold_nanos(b: &ReorderBuffer) -> (u64, u64) {
+        let h = b.stats().hold;
+        (h.count, h.sum_nanos)
+    }
+
+    #[test]
+    fn hold_in_order_and_late_observe_nothing() {
+        let mut b = buffer(8);
+        for s in 0..10 {
+            push(&mut b, s, t(s));
+        }
+        assert_eq!(b.stats().hold, crate::stats::HoldStats::default());
+        // Give up 10, then deliver it late: still nothing observed.
+        push(&mut b, 11, t(20));
+        poll(&mut b, t(30));
+        assert_eq!(hold_nanos(&b), (1, 10 * MS), "only 11 was held");
+        assert_eq!(push(&mut b, 10, t(31)), (Order::Late, vec![10]));
+        assert_eq!(hold_nanos(&b), (1, 10 * MS));
+    }
+
+    #[test]
+    fn hold_gap_fill_observes_the_wait() {
+        let mut b = buffer(8);
+        push(&mut b, 0, t(0));
+        assert_eq!(push(&mut b, 2, t(1)), (Order::Held, vec![]));
+        assert_eq!(push(&mut b, 3, t(2)), (Order::Held, vec![]));
+        assert_eq!(push(&mut b, 1, t(3)), (Order::InOrder, vec![1, 2, 3]));
+        let h = b.stats().hold;
+        // 2 waited 2 ms, 3 waited 1 ms; 1 was in order.
+        assert_eq!((h.count, h.sum_nanos), (2, 3 * MS));
+        assert_eq!(h.buckets[3], 1, "1 ms: bucket <= 1 ms");
+        assert_eq!(h.buckets[4], 1, "2 ms: bucket <= 2.5 ms");
+        assert_eq!(h.count, b.stats().reordered);
+    }
+
+    #[test]
+    fn hold_expiry_observes_the_hold_time() {
+        let mut b = buffer(8);
+        push(&mut b, 0, t(0));
+        push(&mut b, 2, t(1));
+        let deadline = b.next_deadline().unwrap();
+        assert_eq!(poll(&mut b, deadline), vec![2]);
+        assert_eq!(hold_nanos(&b), (1, 3 * MS));
+        // A late poll observes the whole wait, not just the hold time.
+        push(&mut b, 5, t(10));
+        assert_eq!(poll(&mut b, t(14)), vec![5]);
+        assert_eq!(hold_nanos(&b), (2, 3 * MS + 4 * MS));
+        assert_eq!(b.stats().reordered, 2);
+    }
+
+    #[test]
+    fn hold_overflow_observes_the_wait() {
+        let mut b = buffer(4);
+        push(&mut b, 0, t(0));
+        push(&mut b, 2, t(0));
+        push(&mut b, 3, t(1));
+        // 5 does not fit behind gap 1: 2 and 3 are given up at 2 ms, 5 is held.
+        assert_eq!(push(&mut b, 5, t(2)), (Order::Held, vec![2, 3]));
+        assert_eq!(b.stats().overflows, 1);
+        assert_eq!(hold_nanos(&b), (2, 2 * MS + MS));
+    }
+
+    #[test]
+    fn hold_flush_observes_held_packets() {
+        let mut b = buffer(8);
+        push(&mut b, 0, t(0));
+        push(&mut b, 4, t(1));
+        push(&mut b, 2, t(2));
+        let mut out = Vec::new();
+        b.flush(t(5), &mut |p: &[u8]| out.push(p[0]));
+        assert_eq!(out, vec![2, 4]);
+        assert_eq!(hold_nanos(&b), (2, 3 * MS + 4 * MS));
+        assert_eq!(b.stats().reordered, 2);
+    }
+
+    #[test]
+    fn hold_clock_going_backwards_observes_zero() {
+        let mut b = buffer(8);
+        push(&mut b, 0, t(5));
+        push(&mut b, 2, t(5));
+        assert_eq!(push(&mut b, 1, t(1)), (Order::InOrder, vec![1, 2]));
+        let h = b.stats().hold;
+        assert_eq!((h.count, h.sum_nanos, h.buckets[0]), (1, 0, 1));
     }
 
     #[test]

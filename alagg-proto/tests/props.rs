@@ -206,6 +206,10 @@ proptest! {
             prop_assert!(alagg_proto::seq::seq_before(w[0], w[1]), "{} before {}", w[0], w[1]);
         }
         prop_assert_eq!(stats.reorder.late, 0);
+        // Every held packet was delivered and its hold recorded once.
+        let hold = stats.reorder.hold;
+        prop_assert_eq!(hold.count, stats.reorder.reordered);
+        prop_assert_eq!(hold.buckets.iter().sum::<u64>(), hold.count);
         prop_assert_eq!(rx.held(), 0);
         prop_assert_eq!(rx.next_deadline(), None);
     }
@@ -318,4 +322,8 @@ fn restart_mid_stream_resumes_at_once() {
     assert_eq!(delivered, vec![0, 2, 3, 10, 11]);
     assert_eq!(rx.stats().epoch_changes, 1);
     assert_eq!(rx.stats().reorder.lost, 1);
+    // 2 and 3 were held, then flushed by the restart: both holds recorded (zero long).
+    let reorder = rx.stats().reorder;
+    assert_eq!((reorder.hold.count, reorder.reordered), (2, 2));
+    assert_eq!(reorder.hold.buckets[0], 2);
 }

@@ -51,6 +51,9 @@ pub const IPV6_MIN_MTU: u32 = 1280;
 pub const QUEUE_MAX_LEN_RANGE: RangeInclusive<u32> = 1..=(1 << 20);
 /// Range of `link.weight`.
 pub const WEIGHT_RANGE: RangeInclusive<u32> = 1..=1000;
+/// The TUN device's name when `[tun] name` is not given.
+pub const DEFAULT_TUN_NAME: &str = "alagg0";
+
 /// Where `[metrics]` listens when it gives no `listen`.
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9187);
@@ -185,7 +188,7 @@ pub struct TunConfig {
 impl Default for TunConfig {
     fn default() -> Self {
         TunConfig {
-            name: "alagg0".to_owned(),
+            name: DEFAULT_TUN_NAME.to_owned(),
             mtu: None,
         }
     }

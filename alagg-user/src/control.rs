@@ -1,7 +1,8 @@
 //! The control socket: a Unix stream socket through which `alagg status` asks a running
 //! instance for its counters.
 //!
-//! One instance per TUN name: the socket is `/run/alagg/<tun>.sock` ([`socket_path`]), in a
+//! One instance per TUN name and network namespace: the socket is `/run/alagg/<tun>.sock`
+//! ([`socket_path`]; under `/run/alagg/net-<inode>/` in another namespace), in a
 //! directory made `0700` when created, and is itself `0600`, so only root talks to it (it is
 //! bound under a temporary name, restricted, then renamed into place, so it is never reachable
 //! with looser permissions). A socket file nobody answers on is stale (a killed instance) and is
@@ -48,9 +49,11 @@ const MAX_REQUEST: u64 = 256;
 /// Longest reply line the client reads.
 const MAX_REPLY: u64 = 16 << 20;
 
-/// The control socket of the instance whose TUN device is `tun`: `/run/alagg/<tun>.sock`.
+/// The control socket of the instance whose TUN device is `tun` in this network namespace:
+/// `<run dir>/<tun>.sock`, the run dir being `/run/alagg` in the host's own namespace
+/// ([`crate::host::run_dir`]).
 pub fn socket_path(tun: &str) -> PathBuf {
-    socket_path_in(Path::new(crate::host::RUN_DIR), tun)
+    socket_path_in(&crate::host::run_dir(), tun)
 }
 
 /// The control socket of the instance whose TUN device is `tun`, under `dir`: `<dir>/<tun>.sock`.
@@ -560,6 +563,10 @@ mod tests {
 
     #[test]
     fn default_path_is_under_run_alagg() {
-        assert_eq!(socket_path("alagg0"), Path::new("/run/alagg/alagg0.sock"));
+        // `/run/alagg/alagg0.sock` in the host's namespace, `/run/alagg/net-<inode>/...` in
+        // another; either way beside the instance's undo journal.
+        let path = socket_path("alagg0");
+        assert!(path.starts_with(crate::host::RUN_DIR), "{}", path.display());
+        assert_eq!(path, crate::host::run_dir().join("alagg0.sock"));
     }
 }

@@ -3,25 +3,31 @@
 //!
 //! Threads and what each owns (no lock on the per-packet path):
 //! - the capture thread: the NFQUEUE socket, the [`Sender`], the scheduler and the transmit half
-//!   of every link's AF_XDP socket. It reads packets in batches (non-blocking until the socket is
-//!   empty, then one blocking read), steals each one (verdict drop) once its frames are staged,
-//!   and flushes the links' tx rings at the end of each batch;
+//!   of every link's AF_XDP socket. It takes up to [`CAPTURE_BATCH`] packets per `recvmmsg(2)`,
+//!   stages their frames on the links, steals the whole batch with one verdict
+//!   (`NFQNL_MSG_VERDICT_BATCH`, drop) and flushes the links' tx rings; when the queue is empty
+//!   it waits in `poll(2)` for at most [`IDLE_WAKEUP`], so it sees a stop request promptly;
 //! - the receive thread: the receive half of every link's socket, the [`Receiver`] and the TUN
 //!   device. It polls all links, drops frames not from the link's configured peer MAC, runs the
 //!   engine and writes deliverable packets whose source is in the configured destinations;
-//! - the caller's thread: starts and stops the others and reads the shared atomic counters.
+//! - the caller's thread: starts and stops the others, watches the links ([`Datapath::monitor`])
+//!   and reads the shared counters ([`Datapath::snapshot_source`]).
 //!
-//! Shutdown order: capture rules first (no new packets are queued), then the receive thread
-//! drains and stops, then XDP is detached and the TUN closed. The capture thread may be blocked
-//! reading an NFQUEUE that no rule feeds any more; it is left to end with the process.
+//! Counters: per-packet counters are relaxed atomics; the receive engine's own counters are
+//! copied into a mutex every [`PUBLISH_INTERVAL`] (never per packet), and the XDP program's by
+//! the monitor, so a status query never reaches into a worker.
+//!
+//! Shutdown order: capture rules first (no new packets are queued), then both workers stop and
+//! are joined (the receive thread drains first), then XDP is detached and the TUN closed.
 
 use std::{
     io,
     net::IpAddr,
+    os::fd::AsRawFd as _,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{
-            AtomicBool, AtomicU64,
+            AtomicBool, AtomicU8, AtomicU64,
             Ordering::{Acquire, Relaxed, Release},
         },
     },
@@ -38,9 +44,13 @@ use alagg_proto::{
 };
 use ipnet::IpNet;
 
+use alagg_common::{Action, Counter};
+
 use crate::{
     host::{HostError, HostSetup, QueueSpec, Recovery, journal_path, recover},
     ip,
+    nfqueue::{Batch, NfQueue, NfQueueError, QueueOptions, Verdict},
+    report::{CaptureSnapshot, DeliverySnapshot, EngineSnapshot, LinkSnapshot, Snapshot},
     tun::{Tun, TunError},
     xdp::{AttachMode, XdpError, XdpSteering},
     xsk::{XskConfig, XskError, XskRx, XskSocket, XskTx},
@@ -109,13 +119,8 @@ pub enum UpError {
     #[error(transparent)]
     Host(#[from] HostError),
     /// NFQUEUE could not be bound.
-    #[error("binding NFQUEUE {queue} failed: {message} (is another program bound to it?)")]
-    Queue {
-        /// Queue number.
-        queue: u16,
-        /// The error.
-        message: String,
-    },
+    #[error(transparent)]
+    Queue(#[from] NfQueueError),
     /// A thread could not be started.
     #[error("starting the {0} thread failed: {1}")]
     Thread(&'static str, io::Error),
@@ -141,6 +146,8 @@ pub struct LinkCounters {
     pub rx_foreign: AtomicU64,
     /// Packets whose first copy came over this link.
     pub first: AtomicU64,
+    /// The link's [`LinkStatus`] as the monitor last saw it ([`LinkStatus::code`]).
+    pub status: AtomicU8,
 }
 
 /// Datapath counters, updated by the worker threads, read by anyone.
@@ -162,9 +169,28 @@ pub struct Counters {
     pub rejected_malformed: AtomicU64,
     /// TUN writes that failed.
     pub tun_errors: AtomicU64,
+    /// NFQUEUE receives that handed out packets.
+    pub capture_batches: AtomicU64,
+    /// NFQUEUE receive-buffer overruns (`ENOBUFS`): the kernel lost packets (or, with fail-open,
+    /// let them through uncaptured) before alagg could read them.
+    pub capture_overruns: AtomicU64,
+    /// NFQUEUE messages that did not parse, and errors the kernel reported on verdicts.
+    pub capture_errors: AtomicU64,
     /// Per link, in configuration order.
     pub links: Vec<LinkCounters>,
+    /// The receive engine's counters, published by the receive thread every
+    /// [`PUBLISH_INTERVAL`] and when it stops.
+    pub engine: Mutex<RxStats>,
+    /// The XDP program's verdict counters over all links, refreshed by [`Datapath::monitor`].
+    pub xdp: Mutex<Vec<(Action, Counter)>>,
 }
+
+/// How often the receive thread publishes the engine's counters.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// Packets the capture thread takes from NFQUEUE per receive (and settles per verdict).
+pub const CAPTURE_BATCH: usize = 64;
+/// Longest an idle worker waits before it looks at the stop flag again.
+pub const IDLE_WAKEUP: Duration = Duration::from_millis(100);
 
 /// What the caller's thread tells the workers about links: whether each may carry traffic, and
 /// replacement sockets for a link whose interface disappeared and came back. Lock-free: the
@@ -189,6 +215,26 @@ pub enum LinkStatus {
     Gone,
 }
 
+impl LinkStatus {
+    /// The status as a number, for [`LinkCounters::status`].
+    pub const fn code(self) -> u8 {
+        match self {
+            LinkStatus::Up => 0,
+            LinkStatus::Down => 1,
+            LinkStatus::Gone => 2,
+        }
+    }
+
+    /// The status a [`LinkStatus::code`] stands for; unknown codes read as `Gone`.
+    pub const fn from_code(code: u8) -> Self {
+        match code {
+            0 => LinkStatus::Up,
+            1 => LinkStatus::Down,
+            _ => LinkStatus::Gone,
+        }
+    }
+}
+
 /// A running datapath. [`Datapath::stop`] (or drop) tears it down.
 #[derive(Debug)]
 pub struct Datapath {
@@ -202,6 +248,46 @@ pub struct Datapath {
     links: Vec<MonitoredLink>,
     control: Arc<LinkControl>,
     ethertype: u16,
+    started: Instant,
+}
+
+/// Copies the shared counters into a [`Snapshot`].
+fn snapshot(
+    counters: &Counters,
+    interfaces: &[String],
+    tun: &str,
+    config: &str,
+    started: Instant,
+) -> Snapshot {
+    let stats = *counters
+        .engine
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let xdp = counters
+        .xdp
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .map(|&pair| pair.into())
+        .collect();
+    Snapshot {
+        version: crate::report::SNAPSHOT_VERSION,
+        pid: std::process::id(),
+        uptime_secs: started.elapsed().as_secs_f64(),
+        config: config.to_owned(),
+        tun: tun.to_owned(),
+        links: interfaces
+            .iter()
+            .zip(&counters.links)
+            .map(|(interface, c)| {
+                LinkSnapshot::new(interface, LinkStatus::from_code(c.status.load(Relaxed)), c)
+            })
+            .collect(),
+        capture: CaptureSnapshot::from(counters),
+        delivery: DeliverySnapshot::from(counters),
+        engine: EngineSnapshot::from(&stats),
+        xdp,
+    }
 }
 
 /// A link as the monitor tracks it.
@@ -367,20 +453,14 @@ impl Datapath {
         let stop = Arc::new(AtomicBool::new(false));
         let cores = pick_cores(config);
 
-        let mut queue = nfq::Queue::open().map_err(|e| UpError::Queue {
-            queue: config.queue.first,
-            message: e.to_string(),
-        })?;
-        let bind = |queue: &mut nfq::Queue| -> io::Result<()> {
-            queue.bind(config.queue.first)?;
-            queue.set_fail_open(config.queue.first, config.queue.bypass)?;
-            queue.set_queue_max_len(config.queue.first, config.queue_max_len)?;
-            Ok(())
-        };
-        bind(&mut queue).map_err(|e| UpError::Queue {
-            queue: config.queue.first,
-            message: e.to_string(),
-        })?;
+        let queue = NfQueue::open(
+            config.queue.first,
+            &QueueOptions {
+                max_len: config.queue_max_len,
+                fail_open: config.queue.bypass,
+                ..QueueOptions::default()
+            },
+        )?;
 
         let receive = {
             let tun = tun.try_clone().map_err(|e| UpError::Thread("receive", e))?;
@@ -448,6 +528,7 @@ impl Datapath {
                 .collect(),
             control,
             ethertype: config.ethertype,
+            started: Instant::now(),
         };
         let tun_name = config.tun_name.clone();
         datapath
@@ -459,6 +540,26 @@ impl Datapath {
     /// The live counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// A function that copies every counter into a [`Snapshot`], for the control socket and
+    /// the metrics endpoint; it reads only shared counters, so any thread may call it at any
+    /// time. `config` is the configuration file's path as shown to the user.
+    pub fn snapshot_source(&self, config: &str) -> impl Fn() -> Snapshot + Send + 'static {
+        let counters = Arc::clone(&self.counters);
+        let interfaces: Vec<String> = self
+            .links
+            .iter()
+            .map(|l| l.plan.interface.clone())
+            .collect();
+        let tun = self
+            .tun
+            .as_ref()
+            .map(|t| t.name().to_owned())
+            .unwrap_or_default();
+        let config = config.to_owned();
+        let started = self.started;
+        move || snapshot(&counters, &interfaces, &tun, &config, started)
     }
 
     /// Looks at every link's interface once and reacts to changes: a link that went down (or
@@ -507,10 +608,20 @@ impl Datapath {
                 }
                 link.status = status;
             }
+            self.counters.links[index]
+                .status
+                .store(status.code(), Relaxed);
             let usable = status == LinkStatus::Up;
             if self.control.usable[index].swap(usable, Relaxed) != usable {
                 self.control.generation.fetch_add(1, Release);
             }
+        }
+        if let Some(Ok(xdp)) = self.steering.as_ref().map(XdpSteering::counters) {
+            *self
+                .counters
+                .xdp
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = xdp.to_vec();
         }
         self.links.iter().map(|l| l.status).collect()
     }
@@ -545,11 +656,9 @@ impl Datapath {
                 }
             }
         }
+        // The capture thread wakes at least every IDLE_WAKEUP to see the stop flag.
+        let _ = self.capture.take().map(JoinHandle::join);
         self.tun = None;
-        // The capture thread ends with the process if it is blocked on an idle queue.
-        if self.capture.as_ref().is_some_and(JoinHandle::is_finished) {
-            let _ = self.capture.take().map(JoinHandle::join);
-        }
         stats
     }
 }
@@ -642,6 +751,7 @@ fn receive_loop(
     stop: &AtomicBool,
 ) -> RxStats {
     let start = Instant::now();
+    let mut published = start;
     let mut fds: Vec<libc::pollfd> = links
         .iter()
         .map(|l| libc::pollfd {
@@ -729,12 +839,25 @@ fn receive_loop(
         if receiver.next_deadline().is_some_and(|d| d <= now(start)) {
             receiver.poll(now(start), &mut deliver);
         }
+        if published.elapsed() >= PUBLISH_INTERVAL {
+            published = Instant::now();
+            publish(counters, receiver.stats());
+        }
     }
-    receiver.stats()
+    let stats = receiver.stats();
+    publish(counters, stats);
+    stats
+}
+
+fn publish(counters: &Counters, stats: RxStats) {
+    *counters
+        .engine
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = stats;
 }
 
 fn capture_loop(
-    mut queue: nfq::Queue,
+    mut queue: NfQueue,
     mut sender: Sender,
     mut links: Vec<TxLink>,
     mut link_states: Vec<LinkState>,
@@ -745,34 +868,34 @@ fn capture_loop(
     let start = Instant::now();
     let mut scheduler = Redundant;
     let mut seen_generation = 0;
-    queue.set_nonblocking(true);
+    let mut batch = Batch::new(CAPTURE_BATCH);
+    let mut last_error: Option<Instant> = None;
+    // Errors are logged at most once a second: a broken queue must not flood the log.
+    let mut report = |error: &dyn std::fmt::Display| {
+        if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!(%error, "NFQUEUE");
+            last_error = Some(Instant::now());
+        }
+    };
     while !stop.load(Relaxed) {
-        let mut message = match queue.recv() {
-            Ok(message) => message,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                // The socket is empty: send what this batch staged, then wait for more.
-                for link in &mut links {
-                    if let Err(error) = link.xsk.flush() {
-                        tracing::warn!(%error, "AF_XDP transmit");
-                    }
-                }
-                queue.set_nonblocking(false);
-                let next = queue.recv();
-                queue.set_nonblocking(true);
-                match next {
-                    Ok(message) => message,
-                    Err(error) => {
-                        tracing::warn!(%error, "NFQUEUE receive");
-                        continue;
-                    }
-                }
-            }
+        let received = match queue.recv_batch(&mut batch) {
+            Ok(n) => n,
             Err(error) => {
-                // ENOBUFS and the like: the kernel dropped some messages; carry on.
-                tracing::warn!(%error, "NFQUEUE receive");
+                report(&error);
+                wait_readable(queue.fd().as_raw_fd(), IDLE_WAKEUP);
                 continue;
             }
         };
+        let seen = queue.counters();
+        counters.capture_overruns.store(seen.enobufs, Relaxed);
+        counters
+            .capture_errors
+            .store(seen.malformed + seen.kernel_errors, Relaxed);
+        if received == 0 {
+            wait_readable(queue.fd().as_raw_fd(), IDLE_WAKEUP);
+            continue;
+        }
+        counters.capture_batches.fetch_add(1, Relaxed);
         let generation = control.generation.load(Acquire);
         if generation != seen_generation {
             seen_generation = generation;
@@ -783,45 +906,69 @@ fn capture_loop(
                 state.usable = usable.load(Relaxed);
             }
         }
-        let packet = message.get_payload();
-        counters.captured.fetch_add(1, Relaxed);
-        counters
-            .captured_bytes
-            .fetch_add(packet.len() as u64, Relaxed);
-        let chosen = scheduler.select(packet.len(), &link_states, now(start));
-        let sent = chosen
-            .min_mtu(&link_states)
-            .and_then(|mtu| sender.plan(packet.len(), mtu).ok())
-            .map(|plan| {
-                for index in chosen.iter() {
-                    let (link, state) = (&mut links[index], &link_states[index]);
-                    let link_counters = &counters.links[index];
-                    for i in 0..plan.frame_count() {
-                        let mut len = 0;
-                        let staged = link.xsk.stage(|buf| {
-                            len = plan
-                                .emit_ethernet(i, state.id, &link.eth, packet, buf)
-                                .unwrap_or(0);
-                            len
-                        });
-                        if staged {
-                            link_counters.tx_frames.fetch_add(1, Relaxed);
-                            link_counters.tx_bytes.fetch_add(len as u64, Relaxed);
-                        } else {
-                            link_counters.tx_dropped.fetch_add(1, Relaxed);
-                        }
+        let t = now(start);
+        for packet in batch.iter() {
+            let payload = packet.payload;
+            counters.captured.fetch_add(1, Relaxed);
+            counters
+                .captured_bytes
+                .fetch_add(payload.len() as u64, Relaxed);
+            if payload.is_empty() || packet.truncated {
+                counters.capture_dropped.fetch_add(1, Relaxed);
+                continue;
+            }
+            let chosen = scheduler.select(payload.len(), &link_states, t);
+            let plan = chosen
+                .min_mtu(&link_states)
+                .and_then(|mtu| sender.plan(payload.len(), mtu).ok());
+            let Some(plan) = plan else {
+                counters.capture_dropped.fetch_add(1, Relaxed);
+                continue;
+            };
+            for index in chosen.iter() {
+                let (link, state) = (&mut links[index], &link_states[index]);
+                let link_counters = &counters.links[index];
+                for i in 0..plan.frame_count() {
+                    let mut len = 0;
+                    let staged = link.xsk.stage(|buf| {
+                        len = plan
+                            .emit_ethernet(i, state.id, &link.eth, payload, buf)
+                            .unwrap_or(0);
+                        len
+                    });
+                    if staged {
+                        link_counters.tx_frames.fetch_add(1, Relaxed);
+                        link_counters.tx_bytes.fetch_add(len as u64, Relaxed);
+                    } else {
+                        link_counters.tx_dropped.fetch_add(1, Relaxed);
                     }
                 }
-            });
-        if sent.is_none() {
-            counters.capture_dropped.fetch_add(1, Relaxed);
+            }
         }
-        // Stolen: alagg carries it from here.
-        message.set_verdict(nfq::Verdict::Drop);
-        if let Err(error) = queue.verdict(message) {
-            tracing::warn!(%error, "NFQUEUE verdict");
+        // Stolen, the whole batch at once: alagg carries these packets from here.
+        if let Some(last) = batch.last_id() {
+            if let Err(error) = queue.verdict_batch(last, Verdict::Drop) {
+                report(&error);
+            }
+        }
+        for link in &mut links {
+            if let Err(error) = link.xsk.flush() {
+                report(&format_args!("AF_XDP transmit: {error}"));
+            }
         }
     }
+}
+
+/// Waits until `fd` is readable or `timeout` passes (or a signal arrives).
+fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `pollfd` is one valid pollfd, and the count passed is 1.
+    unsafe { libc::poll(&mut pollfd, 1, ms) };
 }
 
 /// The IP family of an address, for log lines.

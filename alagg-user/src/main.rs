@@ -9,8 +9,10 @@ use std::{
 
 use alagg::{
     config::{self, Config, IoMode},
+    control::{self, ControlServer},
     datapath::{Datapath, DatapathConfig, LinkPlan},
     host::{HostSetup, QueueSpec, Recovery, default_tun_address, journal_path, recover},
+    metrics::MetricsServer,
     signals::TermSignals,
     xdp::{AttachMode, XdpSteering},
 };
@@ -25,6 +27,22 @@ use clap::{Parser, Subcommand, ValueEnum};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on standard error: `human` lines or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such
+    /// as `alagg=debug`). Default: `RUST_LOG` when set, else `info`.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +67,24 @@ enum Command {
         /// The configuration file the instance was started with.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Show a running instance's links and counters, like `wg show`.
+    ///
+    /// Asks the `alagg up` of this host (and network namespace) whose TUN device is given by
+    /// --tun, or by the configuration's `[tun] name`, over its control socket
+    /// (/run/alagg/<tun>.sock, root only). Per link: state, frames and bytes sent and received,
+    /// drops, and the share of packets whose first copy came over it; then the engine's
+    /// counters (IEEE 802.1CB names), capture, delivery and XDP counters.
+    Status {
+        /// The configuration file the instance was started with (for its TUN name).
+        #[arg(short, long, value_name = "FILE", conflicts_with = "tun")]
+        config: Option<PathBuf>,
+        /// The instance's TUN device name (default alagg0).
+        #[arg(long, value_name = "NAME")]
+        tun: Option<String>,
+        /// Print the counters as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a configuration and this host, and print what `up` would do.
     ///
@@ -119,13 +155,25 @@ fn parse_ethertype(text: &str) -> Result<u16, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = match &cli.log_level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .or_else(|_| tracing_subscriber::EnvFilter::try_new("info")),
+    };
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("alagg: error: --log-level / RUST_LOG: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -140,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up { config } => up(&config),
         Command::Check { config } => check(&config),
         Command::Down { config } => down(&config),
+        Command::Status { config, tun, json } => status(config.as_deref(), tun, json),
         Command::Attach {
             interfaces,
             ethertype,
@@ -170,9 +219,6 @@ fn unsupported(config: &Config, path: &Path) -> anyhow::Result<()> {
     }
     if config.capture.queues > 1 {
         bail!("{file}: capture.queues > 1 is not available in this version; use 1");
-    }
-    if config.metrics.is_some() {
-        tracing::warn!("{file}: [metrics] is not served by this version; ignored");
     }
     Ok(())
 }
@@ -222,13 +268,53 @@ fn up(path: &Path) -> anyhow::Result<()> {
     unsupported(&config, path)?;
     require_root()?;
     let signals = TermSignals::block().context("blocking SIGINT/SIGTERM")?;
+    for (i, link) in config.links.iter().enumerate() {
+        tracing::info!(
+            link = i,
+            interface = link.interface,
+            peer_mac = %link.peer_mac,
+            io = ?link.io,
+            xdp_mode = ?link.xdp_mode,
+            "plan: link"
+        );
+    }
+    let destinations: Vec<String> = config
+        .capture
+        .destinations
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(
+        destinations = destinations.join(","),
+        scheduler = ?config.scheduler.mode,
+        queue = config.capture.queue,
+        fail_open = config.capture.fail_open,
+        hold_ms = config.protocol.hold_ms,
+        "plan: capture"
+    );
     let mut datapath = Datapath::start(&datapath_config(&config))
         .with_context(|| format!("starting alagg with {}", path.display()))?;
+    let shown_path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let snapshot = datapath.snapshot_source(&shown_path.display().to_string());
+    let socket = control::socket_path(&config.tun.name);
+    let _control = ControlServer::start(&socket, snapshot)
+        .with_context(|| format!("opening the control socket {}", socket.display()))?;
+    let _metrics = match config.metrics {
+        Some(metrics) => Some(
+            MetricsServer::start(
+                metrics.listen,
+                datapath.snapshot_source(&shown_path.display().to_string()),
+            )
+            .with_context(|| format!("{}: [metrics]", path.display()))?,
+        ),
+        None => None,
+    };
     let links: Vec<&str> = config.links.iter().map(|l| l.interface.as_str()).collect();
     tracing::info!(
         links = links.join(","),
         destinations = config.capture.destinations.len(),
         tun = config.tun.name,
+        control = %socket.display(),
         "alagg is up"
     );
     // Links are looked at twice a second: down, gone and back are acted on and logged once.
@@ -278,6 +364,21 @@ fn up(path: &Path) -> anyhow::Result<()> {
     tracing::info!("alagg stopped");
     if failed {
         bail!("alagg stopped because a worker thread failed (see the log above)");
+    }
+    Ok(())
+}
+
+fn status(config: Option<&Path>, tun: Option<String>, json: bool) -> anyhow::Result<()> {
+    let tun = match (config, tun) {
+        (Some(path), _) => Config::load(path)?.tun.name,
+        (None, Some(tun)) => tun,
+        (None, None) => config::DEFAULT_TUN_NAME.to_owned(),
+    };
+    let snapshot = control::query(&control::socket_path(&tun))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        println!("{}", snapshot.render_text());
     }
     Ok(())
 }

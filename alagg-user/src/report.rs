@@ -11,15 +11,11 @@
 //!
 //! Rendering never fails and never panics; every counter is a `u64` that only grows (Prometheus
 //! counters, `_total`), except the link state and uptime (gauges) and the reorder hold-time
-//! histogram ([`HoldHistogram`] fills it).
+//! histogram, filled from the engine's [`alagg_proto::stats::HoldStats`].
 
 #![deny(unsafe_code)]
 
-use std::{
-    fmt::Write as _,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-    time::Duration,
-};
+use std::{fmt::Write as _, sync::atomic::Ordering::Relaxed, time::Duration};
 
 use alagg_common::{Action, Counter};
 use alagg_proto::stats::RxStats;
@@ -90,6 +86,13 @@ pub struct CaptureSnapshot {
     pub captured_bytes: u64,
     /// Captured packets that could not be sent at all (no usable link, too large).
     pub dropped: u64,
+    /// Receives from NFQUEUE that handed out packets (packets per batch = captured / batches).
+    pub batches: u64,
+    /// NFQUEUE receive-buffer overruns (`ENOBUFS`): packets the kernel lost, or let through
+    /// uncaptured with fail-open, before alagg could read them.
+    pub overruns: u64,
+    /// NFQUEUE messages that did not parse, and errors the kernel reported on verdicts.
+    pub errors: u64,
 }
 
 /// Counters of the delivery edge (TUN).
@@ -208,9 +211,14 @@ impl From<&RxStats> for EngineSnapshot {
             probes: stats.probes,
             epoch_changes: stats.epoch_changes,
             stale_epoch: stats.stale_epoch,
-            hold_histogram: Vec::new(),
-            hold_sum_secs: 0.0,
-            hold_count: 0,
+            hold_histogram: stats
+                .reorder
+                .hold
+                .cumulative()
+                .map(|(bound_ns, count)| (Duration::from_nanos(bound_ns).as_secs_f64(), count))
+                .collect(),
+            hold_sum_secs: Duration::from_nanos(stats.reorder.hold.sum_nanos).as_secs_f64(),
+            hold_count: stats.reorder.hold.count,
         }
     }
 }
@@ -247,6 +255,9 @@ impl From<&Counters> for CaptureSnapshot {
             captured: counters.captured.load(Relaxed),
             captured_bytes: counters.captured_bytes.load(Relaxed),
             dropped: counters.capture_dropped.load(Relaxed),
+            batches: counters.capture_batches.load(Relaxed),
+            overruns: counters.capture_overruns.load(Relaxed),
+            errors: counters.capture_errors.load(Relaxed),
         }
     }
 }
@@ -270,56 +281,6 @@ impl From<(Action, Counter)> for XdpCounter {
             packets: counter.packets,
             bytes: counter.bytes,
         }
-    }
-}
-
-/// Upper bounds of the reorder hold-time buckets, seconds: 100 µs to 1 s.
-pub const HOLD_BUCKETS_SECS: [f64; 13] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
-
-/// A lock-free histogram of reorder hold times, written by the receive thread (one relaxed
-/// add per observation, no allocation) and read into an [`EngineSnapshot`] by anyone.
-#[derive(Debug, Default)]
-pub struct HoldHistogram {
-    /// Per bucket of [`HOLD_BUCKETS_SECS`], not cumulative; one more for above the last bound.
-    buckets: [AtomicU64; HOLD_BUCKETS_SECS.len() + 1],
-    sum_nanos: AtomicU64,
-    count: AtomicU64,
-}
-
-impl HoldHistogram {
-    /// Records one packet held for `held` before delivery.
-    pub fn observe(&self, held: Duration) {
-        let secs = held.as_secs_f64();
-        let index = HOLD_BUCKETS_SECS
-            .iter()
-            .position(|&bound| secs <= bound)
-            .unwrap_or(HOLD_BUCKETS_SECS.len());
-        if let Some(bucket) = self.buckets.get(index) {
-            bucket.fetch_add(1, Relaxed);
-        }
-        let nanos = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-
-    /// Copies the histogram into `engine` (cumulative buckets, sum and count).
-    pub fn fill(&self, engine: &mut EngineSnapshot) {
-        let mut cumulative = 0u64;
-        engine.hold_histogram = HOLD_BUCKETS_SECS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(&bound, bucket)| {
-                cumulative = cumulative.wrapping_add(bucket.load(Relaxed));
-                (bound, cumulative)
-            })
-            .collect();
-        let above = self.buckets.last().map_or(0, |bucket| bucket.load(Relaxed));
-        // Read the buckets, not `count`, so `+Inf` equals the last bucket plus the overflow
-        // even while the receive thread is adding.
-        engine.hold_count = cumulative.wrapping_add(above);
-        engine.hold_sum_secs = Duration::from_nanos(self.sum_nanos.load(Relaxed)).as_secs_f64();
     }
 }
 
@@ -606,6 +567,9 @@ impl Snapshot {
                 ),
             ),
             ("dropped", c.dropped.to_string()),
+            ("receive batches", c.batches.to_string()),
+            ("queue overruns", c.overruns.to_string()),
+            ("queue errors", c.errors.to_string()),
         ];
         block(&mut out, "capture (NFQUEUE)", &capture);
 
@@ -698,7 +662,7 @@ impl Snapshot {
             );
         }
 
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 11] = [
             (
                 "captured_packets",
                 "Packets taken from NFQUEUE.",
@@ -713,6 +677,21 @@ impl Snapshot {
                 "capture_dropped",
                 "Captured packets that could not be sent (no usable link, too large).",
                 self.capture.dropped,
+            ),
+            (
+                "capture_batches",
+                "Receives from NFQUEUE that handed out packets.",
+                self.capture.batches,
+            ),
+            (
+                "capture_overruns",
+                "NFQUEUE receive-buffer overruns (ENOBUFS): packets lost before alagg read them.",
+                self.capture.overruns,
+            ),
+            (
+                "capture_errors",
+                "NFQUEUE messages that did not parse, and verdict errors the kernel reported.",
+                self.capture.errors,
             ),
             (
                 "delivered_packets",
@@ -959,12 +938,16 @@ fn share(part: u64, total: u64) -> String {
 mod tests {
     use std::collections::BTreeSet;
 
-    use alagg_proto::stats::{DedupStats, ReassemblyStats, ReorderStats};
+    use alagg_proto::stats::{DedupStats, HoldStats, ReassemblyStats, ReorderStats};
 
     use super::*;
 
     fn sample() -> Snapshot {
-        let mut engine = EngineSnapshot::from(&RxStats {
+        let mut hold = HoldStats::default();
+        for micros in [50, 400, 3_000, 2_000_000] {
+            hold.observe(Duration::from_micros(micros));
+        }
+        let engine = EngineSnapshot::from(&RxStats {
             frames: 30,
             malformed: 1,
             dedup: DedupStats {
@@ -975,6 +958,7 @@ mod tests {
             reorder: ReorderStats {
                 reordered: 3,
                 lost: 2,
+                hold,
                 ..ReorderStats::default()
             },
             reassembly: ReassemblyStats {
@@ -984,11 +968,6 @@ mod tests {
             },
             ..RxStats::default()
         });
-        let histogram = HoldHistogram::default();
-        for micros in [50, 400, 3_000, 2_000_000] {
-            histogram.observe(Duration::from_micros(micros));
-        }
-        histogram.fill(&mut engine);
         Snapshot {
             version: SNAPSHOT_VERSION,
             pid: 4242,
@@ -1017,6 +996,9 @@ mod tests {
                 captured: 20,
                 captured_bytes: 20_000,
                 dropped: 1,
+                batches: 4,
+                overruns: 2,
+                errors: 3,
             },
             delivery: DeliverySnapshot {
                 delivered: 20,
@@ -1036,7 +1018,7 @@ mod tests {
     /// Checks one exposition sample line: `name{label="value",...} value`; returns the name.
     fn parse_sample(line: &str) -> String {
         let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
+            .find(['{', ' '])
             .unwrap_or_else(|| panic!("no value in {line:?}"));
         let name = &line[..name_end];
         assert!(
@@ -1347,6 +1329,7 @@ mod tests {
                 lost: 16,
                 hold_expired: 17,
                 overflows: 18,
+                hold: HoldStats::default(),
             },
             reassembly: ReassemblyStats {
                 fragments: 19,
@@ -1367,28 +1350,26 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let histogram = HoldHistogram::default();
-        let mut engine = EngineSnapshot::default();
-        histogram.fill(&mut engine);
+        let engine = EngineSnapshot::from(&RxStats::default());
         assert_eq!(engine.hold_count, 0);
         assert!(engine.hold_histogram.iter().all(|&(_, n)| n == 0));
 
+        let mut stats = RxStats::default();
         for millis in [1, 1, 7, 300, 5_000] {
-            histogram.observe(Duration::from_millis(millis));
+            stats.reorder.hold.observe(Duration::from_millis(millis));
         }
-        histogram.fill(&mut engine);
+        let engine = EngineSnapshot::from(&stats);
         let at = |bound: f64| {
             engine
                 .hold_histogram
                 .iter()
-                .find(|&&(b, _)| b == bound)
-                .unwrap()
-                .1
+                .find(|&&(b, _)| (b - bound).abs() < 1e-12)
+                .map(|&(_, n)| n)
         };
-        assert_eq!(at(0.001), 2);
-        assert_eq!(at(0.01), 3);
-        assert_eq!(at(0.5), 4);
-        assert_eq!(at(1.0), 4);
+        assert_eq!(at(0.001), Some(2));
+        assert_eq!(at(0.01), Some(3));
+        assert_eq!(at(0.5), Some(4));
+        assert_eq!(at(1.0), Some(4));
         assert_eq!(engine.hold_count, 5);
         assert!((engine.hold_sum_secs - 5.309).abs() < 1e-9);
     }

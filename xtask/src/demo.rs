@@ -210,10 +210,7 @@ pub fn run() -> anyhow::Result<()> {
     let summary_b = b.stop();
     println!("  host A: {}", summary_a.trim_start_matches("summary: "));
     println!("  host B: {}", summary_b.trim_start_matches("summary: "));
-    println!(
-        "  ping: {} | TCP: {throughput}\n  cut: {cut}\n  loss: {lossy}",
-        "every echo answered"
-    );
+    println!("  ping: every echo answered | TCP: {throughput}\n  cut: {cut}\n  loss: {lossy}");
     println!("  logs: {}", dir.display());
     println!(
         "== done: alagg stopped on both hosts; namespaces, TUN devices, rules and XDP are gone =="
