@@ -210,3 +210,39 @@ fn sites_are_a_matching_pair() {
         }
     }
 }
+
+/// The systemd unit template's commands are ones `alagg` accepts: each `Exec*` line, with the
+/// instance's file swapped for a missing one, fails on that file (exit 1, naming it), never on
+/// its command line (clap's usage error, exit 2).
+#[test]
+fn systemd_unit_commands_are_valid_alagg_command_lines() {
+    let unit = std::fs::read_to_string(config_dir().join("alagg@.service")).unwrap();
+    let missing = std::env::temp_dir().join(format!("alagg-unit-{}.toml", std::process::id()));
+    let mut commands = Vec::new();
+    for line in unit.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if !key.starts_with("Exec") {
+            continue;
+        }
+        let mut words = value.split_whitespace();
+        assert_eq!(words.next(), Some("/usr/local/bin/alagg"), "{line}");
+        let args: Vec<String> = words
+            .map(|w| w.replace("/etc/alagg/%i.toml", missing.to_str().unwrap()))
+            .collect();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_alagg"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{line}: {stderr}");
+        assert!(
+            stderr.contains(missing.to_str().unwrap()),
+            "{line}: the error does not name the file: {stderr}"
+        );
+        commands.push(args[0].clone());
+    }
+    commands.sort();
+    assert_eq!(commands, ["check", "down", "up"], "{unit}");
+}
