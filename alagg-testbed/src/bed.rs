@@ -362,6 +362,12 @@ impl Testbed {
     /// The alagg configuration of `host`: capture traffic to the other host's service
     /// addresses, one `[[link]]` per link with the other host's MAC on it.
     pub fn config(&self, host: Host) -> String {
+        self.config_with_links(host, self.links)
+    }
+
+    /// [`Testbed::config`] with only the first `links` links (at most all of them).
+    pub fn config_with_links(&self, host: Host, links: usize) -> String {
+        let links = links.min(self.links);
         let peer = host.peer();
         let mut text = format!(
             "# alagg testbed, host {} (namespace {}): {} link(s) to host {} (namespace {}).\n\
@@ -370,13 +376,13 @@ impl Testbed {
              destinations = [\"{}/32\", \"{}/128\"]\n",
             host.letter().to_uppercase(),
             self.host(host).name(),
-            self.links,
+            links,
             peer.letter().to_uppercase(),
             self.host(peer).name(),
             peer.v4(),
             peer.v6(),
         );
-        for link in 0..self.links {
+        for link in 0..links {
             let _ = write!(
                 text,
                 "\n[[link]]\ninterface = \"{}\"\npeer_mac = \"{}\"\n",

@@ -960,7 +960,7 @@ fn capture_loop(
 }
 
 /// Waits until `fd` is readable or `timeout` passes (or a signal arrives).
-fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
     let mut pollfd = libc::pollfd {
         fd,
         events: libc::POLLIN,

@@ -1,6 +1,7 @@
 //! The `alagg` command line.
 
 use std::{
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::atomic::Ordering::Relaxed,
@@ -10,9 +11,10 @@ use std::{
 use alagg::{
     config::{self, Config, IoMode},
     control::{self, ControlServer},
-    datapath::{Datapath, DatapathConfig, LinkPlan},
+    datapath::{Datapath, DatapathConfig, LinkPlan, wait_readable},
     host::{HostSetup, QueueSpec, Recovery, default_tun_address, journal_path, recover},
     metrics::MetricsServer,
+    nfqueue::{Batch, NfQueue, QueueOptions, Verdict},
     signals::TermSignals,
     xdp::{AttachMode, XdpSteering},
 };
@@ -85,6 +87,14 @@ enum Command {
         /// Print the counters as one JSON object instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Benchmark baseline: steal every packet queued to an NFQUEUE, as `up` captures them but
+    /// sending nothing. Runs until SIGINT/SIGTERM, then prints `stolen=N batches=M`.
+    #[command(hide = true)]
+    Steal {
+        /// The NFQUEUE number to bind.
+        #[arg(long)]
+        queue: u16,
     },
     /// Validate a configuration and this host, and print what `up` would do.
     ///
@@ -189,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config } => check(&config),
         Command::Down { config } => down(&config),
         Command::Status { config, tun, json } => status(config.as_deref(), tun, json),
+        Command::Steal { queue } => steal(queue),
         Command::Attach {
             interfaces,
             ethertype,
@@ -380,6 +391,41 @@ fn status(config: Option<&Path>, tun: Option<String>, json: bool) -> anyhow::Res
     } else {
         println!("{}", snapshot.render_text());
     }
+    Ok(())
+}
+
+/// The bare capture loop the benchmarks compare `alagg up` with: the same NFQUEUE socket,
+/// batches and batch verdicts, no encapsulation and no transmission.
+fn steal(queue: u16) -> anyhow::Result<()> {
+    require_root()?;
+    let signals = TermSignals::block().context("blocking SIGINT/SIGTERM")?;
+    let mut nfqueue = NfQueue::open(queue, &QueueOptions::default())?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (stolen, batches) = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| {
+            let mut batch = Batch::new(alagg::datapath::CAPTURE_BATCH);
+            let (mut stolen, mut batches) = (0u64, 0u64);
+            while !stop.load(Relaxed) {
+                match nfqueue.recv_batch(&mut batch) {
+                    Ok(0) | Err(_) => {
+                        wait_readable(nfqueue.fd().as_raw_fd(), Duration::from_millis(100));
+                    }
+                    Ok(n) => {
+                        if let Some(last) = batch.last_id() {
+                            let _ = nfqueue.verdict_batch(last, Verdict::Drop);
+                        }
+                        stolen += n as u64;
+                        batches += 1;
+                    }
+                }
+            }
+            (stolen, batches)
+        });
+        while signals.wait(Duration::from_millis(200)).is_none() && !worker.is_finished() {}
+        stop.store(true, Relaxed);
+        worker.join().unwrap_or_default()
+    });
+    println!("stolen={stolen} batches={batches}");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask`: what cargo alone cannot do for alagg. Toolchain bootstrap, building the binary
 //! with its XDP program, the full test run that CI makes, the demo, and running `alagg` as root.
 
+mod bench;
 mod bootstrap;
 mod demo;
 mod test;
@@ -55,6 +56,14 @@ enum Task {
         #[command(subcommand)]
         action: testbed::Action,
     },
+    /// Whole-system benchmarks on the testbed: alagg over 1, 2 and 3 links side by side with the
+    /// direct path and the bare NFQUEUE capture loop (UDP pps, TCP, ping), and on rate-limited
+    /// and lossy links. Writes target/bench/results.{json,md}. Needs root.
+    Bench {
+        /// Shorter runs (about a minute) for a quick look; figures are noisier.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Attach the XDP program to interfaces and show its counters: `alagg attach`.
     Attach {
         /// Interfaces to attach to.
@@ -70,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build(release).map(|_| ()),
         Task::Test { no_fuzz } => test::run(!no_fuzz),
         Task::Demo => demo::run(),
+        Task::Bench { quick } => bench::run(quick),
         Task::Run { args } => run_alagg(&args),
         Task::Testbed { action } => testbed::run(action),
         Task::Attach { interfaces } => {

@@ -1,0 +1,804 @@
+//! `cargo xtask bench`: whole-system benchmarks on the testbed, alagg side by side with its
+//! baselines, measured in one run on this machine.
+//!
+//! Configurations, on one 3-link testbed ([`alagg_testbed::Testbed`]):
+//! - `direct`: host A reaches host B's service address over link 0 with a plain route, no
+//!   aggregator (the path alagg must stay close to);
+//! - `nfqueue steal`: the same route, with an iptables rule queueing the traffic to `alagg
+//!   steal`, which takes it with alagg's own capture loop and discards it (the capture ceiling;
+//!   UDP only);
+//! - `alagg N link(s)`: `alagg up` on both hosts over the first N links, redundant mode.
+//!
+//! Workloads: UDP datagrams of 64, 512 and 1400 bytes sent as fast as one sender thread can
+//! (`sendmmsg`), counted by a receiver thread (`recvmmsg`) on host B, as packets per second
+//! delivered; one TCP flow and four (iperf3), as Gbit/s received; ping, 5 ms apart, RTT p50 and
+//! p99. Then, with every link limited to 200 Mbit/s, and with 5 % random loss on every link, one
+//! TCP flow over `direct` and over alagg on two links: where aggregation shows.
+//!
+//! Everything runs on this machine (both hosts, the generator and the wire), so absolute
+//! figures are those of a shared 2-core box; the ratios between configurations measured in the
+//! same run are the point. Results: `target/bench/results.json` and `target/bench/results.md`,
+//! and the table on standard output.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use alagg_testbed::{A_V4, B_V4, Host, Netns, Testbed};
+use anyhow::{Context as _, bail};
+use serde_json::json;
+
+use crate::{build, root};
+
+/// Links in the bench's testbed.
+const LINKS: usize = 3;
+/// NFQUEUE number of the steal baseline (alagg's own default is 0).
+const STEAL_QUEUE: &str = "7";
+/// Addresses of link 0 for the direct path (RFC 2544 benchmarking range).
+const DIRECT_A: &str = "198.18.200.1";
+const DIRECT_B: &str = "198.18.200.2";
+/// UDP port of the pps workload.
+const UDP_PORT: u16 = 5300;
+/// UDP payload sizes.
+const UDP_SIZES: [usize; 3] = [64, 512, 1400];
+/// Rate limit per link in the rate-limited scenario.
+const RATE_MBIT: u32 = 200;
+/// Loss per link in the lossy scenario.
+const LOSS_PERCENT: u8 = 5;
+
+/// How long each measurement runs.
+#[derive(Clone, Copy, Debug)]
+struct Durations {
+    udp: Duration,
+    tcp_secs: u32,
+    pings: u32,
+}
+
+/// One measured figure.
+#[derive(Clone, Debug)]
+struct Figure {
+    config: String,
+    workload: String,
+    value: f64,
+    unit: &'static str,
+}
+
+/// The figures so far, printed as they come.
+#[derive(Debug, Default)]
+struct Results {
+    figures: Vec<Figure>,
+}
+
+impl Results {
+    fn add(&mut self, config: &str, workload: &str, value: f64, unit: &'static str) {
+        println!("  {config:<16} {workload:<28} {value:>12.3} {unit}");
+        self.figures.push(Figure {
+            config: config.to_owned(),
+            workload: workload.to_owned(),
+            value,
+            unit,
+        });
+    }
+
+    fn get(&self, config: &str, workload: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .find(|f| f.config == config && f.workload == workload)
+            .map(|f| f.value)
+    }
+}
+
+/// Runs the benchmarks.
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    if !alagg_testbed::is_root() {
+        bail!(
+            "the benchmarks make network namespaces, iptables rules, TUN devices and XDP \
+             attachments: run them as root, e.g. `sudo -E cargo xtask bench`"
+        );
+    }
+    let alagg = build(true)?;
+    let durations = if quick {
+        Durations {
+            udp: Duration::from_secs(1),
+            tcp_secs: 2,
+            pings: 100,
+        }
+    } else {
+        Durations {
+            udp: Duration::from_secs(4),
+            tcp_secs: 5,
+            pings: 400,
+        }
+    };
+    let started = Instant::now();
+    let environment = environment();
+    println!("== alagg bench{} ==", if quick { " (quick)" } else { "" });
+    for (key, value) in &environment {
+        println!("  {key}: {value}");
+    }
+    let bed = Testbed::new("bench", LINKS).context("building the testbed")?;
+    let dir = root().join("target").join("bench");
+    fs::create_dir_all(&dir)?;
+    let mut results = Results::default();
+
+    println!("\n-- direct: one link, plain routes, no aggregator");
+    let direct = DirectPath::new(&bed)?;
+    measure_all(&bed, "direct", &durations, &mut results, None)?;
+
+    println!("\n-- nfqueue steal: the capture ceiling (alagg's capture loop, nothing sent)");
+    {
+        let steal = Steal::start(&alagg, &bed.a)?;
+        for size in UDP_SIZES {
+            let sent = udp_send(&bed, size, durations.udp)?;
+            let stolen = steal.count_since_last()?;
+            results.add(
+                "nfqueue steal",
+                &format!("udp {size} B"),
+                stolen as f64 / durations.udp.as_secs_f64(),
+                "pps",
+            );
+            let _ = sent;
+        }
+    }
+    drop(direct);
+
+    for links in 1..=LINKS {
+        let name = format!("alagg {links} link{}", if links == 1 { "" } else { "s" });
+        println!("\n-- {name}: alagg up on both hosts, redundant");
+        let pair = AlaggPair::start(&alagg, &bed, links, &dir)?;
+        measure_all(&bed, &name, &durations, &mut results, Some(&pair))?;
+        pair.stop();
+    }
+
+    println!("\n-- every link limited to {RATE_MBIT} Mbit/s");
+    for link in 0..LINKS {
+        bed.set_rate(link, RATE_MBIT)?;
+    }
+    impaired(&alagg, &bed, &dir, &durations, &mut results, "rate")?;
+    for link in 0..LINKS {
+        bed.set_rate(link, 0)?;
+    }
+
+    println!("\n-- every link drops {LOSS_PERCENT} % of its frames at random");
+    for link in 0..LINKS {
+        bed.set_loss(link, LOSS_PERCENT)?;
+    }
+    impaired(&alagg, &bed, &dir, &durations, &mut results, "loss")?;
+    for link in 0..LINKS {
+        bed.set_loss(link, 0)?;
+    }
+    drop(bed);
+
+    let table = markdown(&results, &environment, quick, started.elapsed());
+    println!("\n{table}");
+    let json = json!({
+        "quick": quick,
+        "seconds": started.elapsed().as_secs_f64(),
+        "environment": environment.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "figures": results.figures.iter().map(|f| json!({
+            "config": f.config, "workload": f.workload, "value": f.value, "unit": f.unit,
+        })).collect::<Vec<_>>(),
+    });
+    fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    fs::write(dir.join("results.md"), &table)?;
+    println!(
+        "written: {} and {}",
+        dir.join("results.json").display(),
+        dir.join("results.md").display()
+    );
+    Ok(())
+}
+
+/// The workloads every unimpaired configuration runs.
+fn measure_all(
+    bed: &Testbed,
+    config: &str,
+    durations: &Durations,
+    results: &mut Results,
+    pair: Option<&AlaggPair>,
+) -> anyhow::Result<()> {
+    for size in UDP_SIZES {
+        let (sent, received) = udp_pps(bed, size, durations.udp)?;
+        results.add(
+            config,
+            &format!("udp {size} B"),
+            received as f64 / durations.udp.as_secs_f64(),
+            "pps",
+        );
+        if sent > 0 && received * 2 < sent {
+            println!(
+                "  (offered {:.0} pps, delivered {:.1} %)",
+                sent as f64 / durations.udp.as_secs_f64(),
+                100.0 * received as f64 / sent as f64
+            );
+        }
+    }
+    results.add(
+        config,
+        "tcp 1 flow",
+        iperf(bed, 1, durations.tcp_secs)?,
+        "Gbit/s",
+    );
+    results.add(
+        config,
+        "tcp 4 flows",
+        iperf(bed, 4, durations.tcp_secs)?,
+        "Gbit/s",
+    );
+    let (p50, p99) = ping(bed, durations.pings)?;
+    results.add(config, "ping p50", p50, "us");
+    results.add(config, "ping p99", p99, "us");
+    if let Some(pair) = pair {
+        pair.check_alive()?;
+    }
+    Ok(())
+}
+
+/// One TCP flow over `direct` and over alagg on two links, on impaired links.
+fn impaired(
+    alagg: &Path,
+    bed: &Testbed,
+    dir: &Path,
+    durations: &Durations,
+    results: &mut Results,
+    scenario: &str,
+) -> anyhow::Result<()> {
+    let label = match scenario {
+        "rate" => format!("tcp 1 flow, {RATE_MBIT} Mbit/s links"),
+        _ => format!("tcp 1 flow, {LOSS_PERCENT} % loss"),
+    };
+    {
+        let _direct = DirectPath::new(bed)?;
+        results.add(
+            "direct",
+            &label,
+            iperf(bed, 1, durations.tcp_secs)?,
+            "Gbit/s",
+        );
+    }
+    let pair = AlaggPair::start(alagg, bed, 2, dir)?;
+    results.add(
+        "alagg 2 links",
+        &label,
+        iperf(bed, 1, durations.tcp_secs)?,
+        "Gbit/s",
+    );
+    pair.check_alive()?;
+    pair.stop();
+    Ok(())
+}
+
+/// CPU, cores, kernel and the alagg revision, for the record.
+fn environment() -> Vec<(&'static str, String)> {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = thread::available_parallelism().map_or(0, usize::from);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let revision = Command::new("git")
+        .current_dir(root())
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    vec![
+        ("cpu", cpu),
+        ("cores", cores.to_string()),
+        ("kernel", kernel),
+        ("alagg", revision),
+        (
+            "links",
+            format!("{LINKS} veth pairs through a bridge each (copy-mode AF_XDP)"),
+        ),
+    ]
+}
+
+/// Link 0 addressed and routed between the hosts' service addresses; undone on drop.
+struct DirectPath<'a> {
+    bed: &'a Testbed,
+}
+
+impl<'a> DirectPath<'a> {
+    fn new(bed: &'a Testbed) -> anyhow::Result<Self> {
+        let link = bed.interface(0);
+        let this = Self { bed };
+        for (ns, here, there, peer_service) in [
+            (&bed.a, DIRECT_A, DIRECT_B, B_V4),
+            (&bed.b, DIRECT_B, DIRECT_A, A_V4),
+        ] {
+            ns.ip(&["addr", "add", &format!("{here}/30"), "dev", &link])?;
+            ns.ip(&[
+                "route",
+                "add",
+                &format!("{peer_service}/32"),
+                "via",
+                there,
+                "dev",
+                &link,
+            ])?;
+        }
+        // The first packets must not wait for ARP.
+        bed.a.exec("ping", &["-c", "1", "-W", "2", DIRECT_B])?;
+        Ok(this)
+    }
+}
+
+impl Drop for DirectPath<'_> {
+    fn drop(&mut self) {
+        let link = self.bed.interface(0);
+        for (ns, here, peer_service) in
+            [(&self.bed.a, DIRECT_A, B_V4), (&self.bed.b, DIRECT_B, A_V4)]
+        {
+            let _ = ns.ip(&["route", "del", &format!("{peer_service}/32")]);
+            let _ = ns.ip(&["addr", "del", &format!("{here}/30"), "dev", &link]);
+        }
+    }
+}
+
+/// `alagg steal` on host A with an iptables rule queueing UDP to B's service address to it.
+struct Steal<'a> {
+    ns: &'a Netns,
+    child: Option<Child>,
+    log: PathBuf,
+    counted: std::cell::Cell<u64>,
+}
+
+impl<'a> Steal<'a> {
+    fn start(alagg: &Path, ns: &'a Netns) -> anyhow::Result<Self> {
+        let log = root().join("target").join("bench").join("steal.log");
+        let out = fs::File::create(&log)?;
+        let child = ns
+            .command(alagg.to_str().context("binary path is not UTF-8")?)
+            .args(["steal", "--queue", STEAL_QUEUE])
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .context("starting alagg steal")?;
+        let this = Self {
+            ns,
+            child: Some(child),
+            log,
+            counted: std::cell::Cell::new(0),
+        };
+        thread::sleep(Duration::from_millis(300));
+        ns.exec("iptables", &Self::rule("-I"))?;
+        Ok(this)
+    }
+
+    fn rule(action: &str) -> Vec<&str> {
+        vec![
+            "-t",
+            "mangle",
+            action,
+            "OUTPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "5300",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            STEAL_QUEUE,
+        ]
+    }
+
+    /// Packets stolen since the last call, from the NFQUEUE statistics of the kernel
+    /// (`/proc/net/netfilter/nfnetlink_queue`: queue, port id, waiting, copy mode, copy range,
+    /// dropped, user dropped, id sequence).
+    fn count_since_last(&self) -> anyhow::Result<u64> {
+        thread::sleep(Duration::from_millis(200));
+        let table = self
+            .ns
+            .exec("cat", &["/proc/net/netfilter/nfnetlink_queue"])?;
+        let queue: u64 = STEAL_QUEUE.parse()?;
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().next().and_then(|q| q.parse().ok()) == Some(queue))
+            .with_context(|| format!("queue {queue} not bound:\n{table}\n{}", self.log()))?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // An id is given only to a packet the queue had room for (net/netfilter/
+        // nfnetlink_queue.c); of those, `user dropped` never reached the socket.
+        let (user_dropped, id) = match fields.as_slice() {
+            [_, _, _, _, _, _, user_dropped, id, ..] => (*user_dropped, *id),
+            _ => bail!("unexpected nfnetlink_queue line {line:?}"),
+        };
+        let stolen = id.saturating_sub(user_dropped);
+        let since = stolen.saturating_sub(self.counted.get());
+        self.counted.set(stolen);
+        Ok(since)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Steal<'_> {
+    fn drop(&mut self) {
+        let _ = self.ns.exec("iptables", &Self::rule("-D"));
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+fn terminate(child: &mut Child) {
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `alagg up` on both hosts over the first `links` links.
+struct AlaggPair {
+    children: Vec<(Child, PathBuf)>,
+}
+
+impl AlaggPair {
+    fn start(alagg: &Path, bed: &Testbed, links: usize, dir: &Path) -> anyhow::Result<Self> {
+        let mut pair = Self {
+            children: Vec::new(),
+        };
+        for host in [Host::A, Host::B] {
+            let config = dir.join(format!("{}-{links}.toml", host.letter()));
+            fs::write(&config, bed.config_with_links(host, links))?;
+            let log = dir.join(format!("{}-{links}.log", host.letter()));
+            let out = fs::File::create(&log)?;
+            let child = bed
+                .host(host)
+                .command(alagg.to_str().context("binary path is not UTF-8")?)
+                .args(["up", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn,alagg=info")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::from(out.try_clone()?))
+                .stderr(Stdio::from(out))
+                .spawn()
+                .context("starting alagg up")?;
+            pair.children.push((child, log));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (child, log) in &mut pair.children {
+            loop {
+                let text = fs::read_to_string(&*log).unwrap_or_default();
+                if text.contains("alagg is up") {
+                    break;
+                }
+                if let Some(status) = child.try_wait()? {
+                    bail!("alagg up exited ({status}):\n{text}");
+                }
+                if Instant::now() > deadline {
+                    bail!("alagg up did not come up within 20 s:\n{text}");
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Both ends must see each other before measuring: ping until an echo comes back.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while bed
+            .a
+            .exec("ping", &["-c", "1", "-W", "1", &B_V4.to_string()])
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("no ping through alagg within 10 s");
+            }
+        }
+        Ok(pair)
+    }
+
+    fn check_alive(&self) -> anyhow::Result<()> {
+        for (child, log) in &self.children {
+            let pid = i32::try_from(child.id()).unwrap_or(0);
+            // SAFETY: signal 0 only checks that the process exists.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                bail!(
+                    "alagg exited during the benchmark:\n{}",
+                    fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(mut self) {
+        for (child, _) in &mut self.children {
+            terminate(child);
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for AlaggPair {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.children {
+            terminate(child);
+        }
+    }
+}
+
+/// Datagrams per `sendmmsg`/`recvmmsg`.
+const MMSG: usize = 64;
+
+/// Sends `size`-byte datagrams from A to B's service address as fast as one thread can for
+/// `duration`; returns how many the kernel took.
+fn udp_send(bed: &Testbed, size: usize, duration: Duration) -> anyhow::Result<u64> {
+    let socket = bed.a.enter(|| -> std::io::Result<UdpSocket> {
+        let socket = UdpSocket::bind(SocketAddr::new(A_V4, 0))?;
+        socket.connect(SocketAddr::new(B_V4, UDP_PORT))?;
+        Ok(socket)
+    })??;
+    let payload = vec![0x5au8; size];
+    let mut iovecs: Vec<libc::iovec> = (0..MMSG)
+        .map(|_| libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: size,
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain data; all-zero is a valid value (no name, no control).
+    let mut headers: Vec<libc::mmsghdr> =
+        (0..MMSG).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for (header, iov) in headers.iter_mut().zip(iovecs.iter_mut()) {
+        header.msg_hdr.msg_iov = iov;
+        header.msg_hdr.msg_iovlen = 1;
+    }
+    let end = Instant::now() + duration;
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        // SAFETY: `headers` holds MMSG valid headers whose iovecs point into `payload`, which
+        // outlives the call; the socket is connected, so no address is needed.
+        let n = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                MMSG as libc::c_uint,
+                0,
+            )
+        };
+        if n > 0 {
+            sent += n as u64;
+        } else {
+            // ENOBUFS and the like under overload: yield and go on.
+            thread::yield_now();
+        }
+    }
+    Ok(sent)
+}
+
+/// [`udp_send`] with a receiver on B: (sent, received).
+fn udp_pps(bed: &Testbed, size: usize, duration: Duration) -> anyhow::Result<(u64, u64)> {
+    let receiver = bed.b.enter(|| -> std::io::Result<UdpSocket> {
+        let socket = UdpSocket::bind(SocketAddr::new(B_V4, UDP_PORT))?;
+        socket.set_read_timeout(Some(Duration::from_millis(300)))?;
+        Ok(socket)
+    })??;
+    let size_opt: libc::c_int = 64 << 20;
+    // SAFETY: a valid socket and a c_int option value of the size passed.
+    unsafe {
+        libc::setsockopt(
+            receiver.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size_opt).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    thread::scope(|scope| {
+        let counter = scope.spawn(|| {
+            let mut buffers = vec![[0u8; 2048]; MMSG];
+            let mut iovecs: Vec<libc::iovec> = buffers
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                })
+                .collect();
+            // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+            let mut headers: Vec<libc::mmsghdr> =
+                (0..MMSG).map(|_| unsafe { std::mem::zeroed() }).collect();
+            for (header, iov) in headers.iter_mut().zip(iovecs.iter_mut()) {
+                header.msg_hdr.msg_iov = iov;
+                header.msg_hdr.msg_iovlen = 1;
+            }
+            let mut received = 0u64;
+            loop {
+                // SAFETY: `headers` holds MMSG valid headers whose iovecs point into
+                // `buffers`, which outlive the call.
+                let n = unsafe {
+                    libc::recvmmsg(
+                        receiver.as_raw_fd(),
+                        headers.as_mut_ptr(),
+                        MMSG as libc::c_uint,
+                        libc::MSG_WAITFORONE,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if n > 0 {
+                    received += n as u64;
+                } else if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The read timed out after the sender finished: the tail has arrived.
+                    return received;
+                }
+            }
+        });
+        let sent = udp_send(bed, size, duration);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let received = counter.join().unwrap_or(0);
+        Ok((sent?, received))
+    })
+}
+
+/// iperf3 from A to B with `flows` parallel flows for `secs` seconds: Gbit/s received.
+fn iperf(bed: &Testbed, flows: u32, secs: u32) -> anyhow::Result<f64> {
+    let mut server = bed
+        .b
+        .command("iperf3")
+        .args(["-s", "-1", "-B", &B_V4.to_string(), "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 (installed by `cargo xtask bootstrap`)")?;
+    thread::sleep(Duration::from_millis(300));
+    let out = bed.a.exec(
+        "iperf3",
+        &[
+            "-c",
+            &B_V4.to_string(),
+            "-B",
+            &A_V4.to_string(),
+            "-p",
+            "5201",
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &flows.to_string(),
+            "-J",
+        ],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out.map_err(|e| anyhow::anyhow!("iperf3 failed: {e}"))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&out).context("iperf3 -J printed no JSON")?;
+    let bits = report
+        .pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .with_context(|| format!("no end.sum_received in iperf3's report:\n{out}"))?;
+    Ok(bits / 1e9)
+}
+
+/// `count` pings 5 ms apart from A to B: (p50, p99) of the RTT in microseconds.
+fn ping(bed: &Testbed, count: u32) -> anyhow::Result<(f64, f64)> {
+    let out = bed
+        .a
+        .exec(
+            "ping",
+            &[
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.005",
+                "-W",
+                "1",
+                &B_V4.to_string(),
+            ],
+        )
+        .map_err(|e| anyhow::anyhow!("ping failed: {e}"))?;
+    let mut rtts: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next())
+        .filter_map(|t| t.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect();
+    if rtts.is_empty() {
+        bail!("no echo replies:\n{out}");
+    }
+    rtts.sort_by(f64::total_cmp);
+    let at = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// The results as a Markdown table (one row per workload, one column per configuration), with
+/// alagg on two links as a ratio of the baselines.
+fn markdown(
+    results: &Results,
+    environment: &[(&str, String)],
+    quick: bool,
+    took: Duration,
+) -> String {
+    let mut configs: Vec<&str> = Vec::new();
+    let mut workloads: Vec<(&str, &str)> = Vec::new();
+    for f in &results.figures {
+        if !configs.contains(&f.config.as_str()) {
+            configs.push(&f.config);
+        }
+        if !workloads.iter().any(|(w, _)| *w == f.workload) {
+            workloads.push((&f.workload, f.unit));
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "alagg bench{} ({:.0} s): {}",
+        if quick { " --quick" } else { "" },
+        took.as_secs_f64(),
+        environment
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = writeln!(out);
+    let _ = write!(out, "| workload | unit |");
+    for config in &configs {
+        let _ = write!(out, " {config} |");
+    }
+    let _ = writeln!(
+        out,
+        " alagg 2 links / direct | alagg 2 links / nfqueue steal |"
+    );
+    let _ = writeln!(out, "|---|---|{}---|---|", "---:|".repeat(configs.len()));
+    for (workload, unit) in &workloads {
+        let _ = write!(out, "| {workload} | {unit} |");
+        for config in &configs {
+            match results.get(config, workload) {
+                Some(v) => {
+                    let _ = write!(out, " {} |", human(v, unit));
+                }
+                None => out.push_str(" |"),
+            }
+        }
+        let alagg = results.get("alagg 2 links", workload);
+        for base in ["direct", "nfqueue steal"] {
+            match (alagg, results.get(base, workload)) {
+                (Some(a), Some(b)) if b > 0.0 => {
+                    let _ = write!(out, " {:.2} |", a / b);
+                }
+                _ => out.push_str(" |"),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn human(value: f64, unit: &str) -> String {
+    match unit {
+        "pps" => format!("{:.0} k", value / 1e3),
+        "Gbit/s" => format!("{value:.2}"),
+        _ => format!("{value:.0}"),
+    }
+}
