@@ -179,6 +179,14 @@ impl Testbed {
                 &["-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")],
             )?;
         }
+        // Where br_netfilter is loaded, bridged frames would also traverse the wire's iptables
+        // hooks: a cost no real wire has. Its switches exist only with the module, hence no `?`.
+        for table in ["iptables", "ip6tables", "arptables"] {
+            let _ = self.wire.exec(
+                "sysctl",
+                &["-qw", &format!("net.bridge.bridge-nf-call-{table}=0")],
+            );
+        }
         let mut nft = format!(
             "add table bridge {TABLE}; \
              add chain bridge {TABLE} forward {{ type filter hook forward priority 0; policy accept; }}; "

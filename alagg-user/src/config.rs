@@ -129,6 +129,11 @@ pub struct Capture {
     pub fail_open: bool,
     /// Most packets the kernel holds for alagg per queue (`NFQA_CFG_QUEUE_MAXLEN`). Default 4096.
     pub queue_max_len: u32,
+    /// Capture TCP whole, as the stack built it (GSO packets of up to 64 KiB), on one more queue
+    /// ([`Capture::gso_queue`]); alagg fragments those packets itself and completes their
+    /// checksums, so far fewer packets cross NFQUEUE per byte. Other traffic is captured
+    /// segment by segment. Default true.
+    pub gso: bool,
 }
 
 impl Default for Capture {
@@ -139,6 +144,7 @@ impl Default for Capture {
             queues: 1,
             fail_open: true,
             queue_max_len: 4096,
+            gso: true,
         }
     }
 }
@@ -147,6 +153,12 @@ impl Capture {
     /// The NFQUEUE numbers in use: `queue..=queue + queues - 1`. Valid after [`Config::validate`].
     pub fn queue_numbers(&self) -> RangeInclusive<u16> {
         self.queue..=self.queue.saturating_add(self.queues.saturating_sub(1))
+    }
+
+    /// The NFQUEUE number TCP is captured on whole when `gso` is on: the one after
+    /// [`Capture::queue_numbers`]. Valid after [`Config::validate`].
+    pub fn gso_queue(&self) -> Option<u16> {
+        self.gso.then(|| self.queue.saturating_add(self.queues))
     }
 }
 
@@ -667,15 +679,22 @@ impl Config {
             }
         }
         check_range("capture.queues", capture.queues, &(1..=MAX_QUEUES))?;
-        let last = u32::from(capture.queue) + u32::from(capture.queues) - 1;
+        // With gso, TCP takes one more queue after the others.
+        let used = u32::from(capture.queues) + u32::from(capture.gso);
+        let last = u32::from(capture.queue) + used - 1;
         if last > u32::from(u16::MAX) {
             return Err(invalid(
                 "capture.queue",
                 format!(
-                    "queues {}..={last} go past the last NFQUEUE number, 65535: lower queue to at \
-                     most {}",
+                    "queues {}..={last}{} go past the last NFQUEUE number, 65535: lower queue to \
+                     at most {}",
                     capture.queue,
-                    u16::MAX - (capture.queues - 1)
+                    if capture.gso {
+                        " (the last for TCP, gso = true)"
+                    } else {
+                        ""
+                    },
+                    u32::from(u16::MAX) + 1 - used
                 ),
             ));
         }
@@ -942,6 +961,14 @@ impl fmt::Display for Plan<'_> {
         )?;
         for net in &capture.destinations {
             writeln!(f, "    {net}")?;
+        }
+        if let Some(tcp) = capture.gso_queue() {
+            writeln!(
+                f,
+                "  TCP on NFQUEUE {tcp}, whole as the stack built it (GSO, up to 64 KiB), \
+                 fragmented by alagg{}",
+                default_note(&capture.gso, &defaults.gso),
+            )?;
         }
         writeln!(
             f,
@@ -1496,9 +1523,15 @@ peer_mac = "02:00:00:00:02:02"
             ),
             (
                 "queues past 65535",
-                BASE.replace("[capture]", "[capture]\nqueue = 65535\nqueues = 2"),
+                BASE.replace("[capture]", "[capture]\nqueue = 65535\nqueues = 2\ngso = false"),
                 "capture.queue",
                 &["65535..=65536", "at most 65534"],
+            ),
+            (
+                "the TCP queue past 65535",
+                BASE.replace("[capture]", "[capture]\nqueue = 65535"),
+                "capture.queue",
+                &["65535..=65536", "the last for TCP", "at most 65534"],
             ),
             (
                 "tun mtu too small",

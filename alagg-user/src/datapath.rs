@@ -49,7 +49,7 @@ use alagg_common::{Action, Counter};
 use crate::{
     host::{HostError, HostSetup, QueueSpec, Recovery, journal_path, recover},
     ip,
-    nfqueue::{Batch, NfQueue, NfQueueError, QueueOptions, Verdict},
+    nfqueue::{Batch, NfQueue, NfQueueError, Packet, QueueOptions, Verdict},
     report::{CaptureSnapshot, DeliverySnapshot, EngineSnapshot, LinkSnapshot, Snapshot},
     tun::{Tun, TunError},
     xdp::{AttachMode, XdpError, XdpSteering},
@@ -453,14 +453,22 @@ impl Datapath {
         let stop = Arc::new(AtomicBool::new(false));
         let cores = pick_cores(config);
 
-        let queue = NfQueue::open(
+        let options = QueueOptions {
+            max_len: config.queue_max_len,
+            fail_open: config.queue.bypass,
+            ..QueueOptions::default()
+        };
+        let mut queues = vec![CaptureQueue::new(NfQueue::open(
             config.queue.first,
-            &QueueOptions {
-                max_len: config.queue_max_len,
-                fail_open: config.queue.bypass,
-                ..QueueOptions::default()
-            },
-        )?;
+            &options,
+        )?)];
+        if let Some(tcp) = config.queue.tcp {
+            let gso = QueueOptions {
+                gso: true,
+                ..options
+            };
+            queues.push(CaptureQueue::new(NfQueue::open(tcp, &gso)?));
+        }
 
         let receive = {
             let tun = tun.try_clone().map_err(|e| UpError::Thread("receive", e))?;
@@ -496,7 +504,7 @@ impl Datapath {
                 .spawn(move || {
                     pin(core);
                     capture_loop(
-                        queue,
+                        queues,
                         sender,
                         tx_halves,
                         link_states,
@@ -856,8 +864,23 @@ fn publish(counters: &Counters, stats: RxStats) {
         .unwrap_or_else(PoisonError::into_inner) = stats;
 }
 
+/// One NFQUEUE socket of the capture thread and its receive batch.
+struct CaptureQueue {
+    queue: NfQueue,
+    batch: Batch,
+}
+
+impl CaptureQueue {
+    fn new(queue: NfQueue) -> Self {
+        Self {
+            queue,
+            batch: Batch::new(CAPTURE_BATCH),
+        }
+    }
+}
+
 fn capture_loop(
-    mut queue: NfQueue,
+    mut queues: Vec<CaptureQueue>,
     mut sender: Sender,
     mut links: Vec<TxLink>,
     mut link_states: Vec<LinkState>,
@@ -868,7 +891,6 @@ fn capture_loop(
     let start = Instant::now();
     let mut scheduler = Redundant;
     let mut seen_generation = 0;
-    let mut batch = Batch::new(CAPTURE_BATCH);
     let mut last_error: Option<Instant> = None;
     // Errors are logged at most once a second: a broken queue must not flood the log.
     let mut report = |error: &dyn std::fmt::Display| {
@@ -877,83 +899,134 @@ fn capture_loop(
             last_error = Some(Instant::now());
         }
     };
+    let mut fds: Vec<libc::pollfd> = queues
+        .iter()
+        .map(|q| libc::pollfd {
+            fd: q.queue.fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     while !stop.load(Relaxed) {
-        let received = match queue.recv_batch(&mut batch) {
-            Ok(n) => n,
-            Err(error) => {
-                report(&error);
-                wait_readable(queue.fd().as_raw_fd(), IDLE_WAKEUP);
-                continue;
-            }
-        };
-        let seen = queue.counters();
-        counters.capture_overruns.store(seen.enobufs, Relaxed);
-        counters
-            .capture_errors
-            .store(seen.malformed + seen.kernel_errors, Relaxed);
-        if received == 0 {
-            wait_readable(queue.fd().as_raw_fd(), IDLE_WAKEUP);
-            continue;
-        }
-        counters.capture_batches.fetch_add(1, Relaxed);
-        let generation = control.generation.load(Acquire);
-        if generation != seen_generation {
-            seen_generation = generation;
-            while let Some((index, xsk, eth)) = control.new_tx.pop() {
-                links[index] = TxLink { xsk, eth };
-            }
-            for (state, usable) in link_states.iter_mut().zip(&control.usable) {
-                state.usable = usable.load(Relaxed);
-            }
-        }
-        let t = now(start);
-        for packet in batch.iter() {
-            let payload = packet.payload;
-            counters.captured.fetch_add(1, Relaxed);
-            counters
-                .captured_bytes
-                .fetch_add(payload.len() as u64, Relaxed);
-            if payload.is_empty() || packet.truncated {
-                counters.capture_dropped.fetch_add(1, Relaxed);
-                continue;
-            }
-            let chosen = scheduler.select(payload.len(), &link_states, t);
-            let plan = chosen
-                .min_mtu(&link_states)
-                .and_then(|mtu| sender.plan(payload.len(), mtu).ok());
-            let Some(plan) = plan else {
-                counters.capture_dropped.fetch_add(1, Relaxed);
-                continue;
+        let mut received = 0;
+        for CaptureQueue { queue, batch } in &mut queues {
+            let n = match queue.recv_batch(batch) {
+                Ok(n) => n,
+                Err(error) => {
+                    report(&error);
+                    0
+                }
             };
-            for index in chosen.iter() {
-                let (link, state) = (&mut links[index], &link_states[index]);
-                let link_counters = &counters.links[index];
-                for i in 0..plan.frame_count() {
-                    let mut len = 0;
-                    let staged = link.xsk.stage(|buf| {
-                        len = plan
-                            .emit_ethernet(i, state.id, &link.eth, payload, buf)
-                            .unwrap_or(0);
-                        len
-                    });
-                    if staged {
-                        link_counters.tx_frames.fetch_add(1, Relaxed);
-                        link_counters.tx_bytes.fetch_add(len as u64, Relaxed);
-                    } else {
-                        link_counters.tx_dropped.fetch_add(1, Relaxed);
-                    }
+            if n == 0 {
+                continue;
+            }
+            received += n;
+            counters.capture_batches.fetch_add(1, Relaxed);
+            let generation = control.generation.load(Acquire);
+            if generation != seen_generation {
+                seen_generation = generation;
+                while let Some((index, xsk, eth)) = control.new_tx.pop() {
+                    links[index] = TxLink { xsk, eth };
+                }
+                for (state, usable) in link_states.iter_mut().zip(&control.usable) {
+                    state.usable = usable.load(Relaxed);
+                }
+            }
+            let t = now(start);
+            for index in 0..batch.len() {
+                if batch.csum_not_ready(index)
+                    && !batch
+                        .payload_mut(index)
+                        .is_some_and(ip::finish_transport_checksum)
+                {
+                    // A partial checksum alagg cannot complete: the peer would drop it anyway.
+                    counters.capture_dropped.fetch_add(1, Relaxed);
+                    continue;
+                }
+                let Some(packet) = batch.get(index) else {
+                    break;
+                };
+                send_packet(
+                    &packet,
+                    &mut sender,
+                    &mut scheduler,
+                    &mut links,
+                    &link_states,
+                    counters,
+                    t,
+                );
+            }
+            // Stolen, the whole batch at once: alagg carries these packets from here.
+            if let Some(last) = batch.last_id() {
+                if let Err(error) = queue.verdict_batch(last, Verdict::Drop) {
+                    report(&error);
+                }
+            }
+            for link in &mut links {
+                if let Err(error) = link.xsk.flush() {
+                    report(&format_args!("AF_XDP transmit: {error}"));
                 }
             }
         }
-        // Stolen, the whole batch at once: alagg carries these packets from here.
-        if let Some(last) = batch.last_id() {
-            if let Err(error) = queue.verdict_batch(last, Verdict::Drop) {
-                report(&error);
-            }
+        let (mut overruns, mut errors) = (0, 0);
+        for CaptureQueue { queue, .. } in &queues {
+            let seen = queue.counters();
+            overruns += seen.enobufs;
+            errors += seen.malformed + seen.kernel_errors;
         }
-        for link in &mut links {
-            if let Err(error) = link.xsk.flush() {
-                report(&format_args!("AF_XDP transmit: {error}"));
+        counters.capture_overruns.store(overruns, Relaxed);
+        counters.capture_errors.store(errors, Relaxed);
+        if received == 0 {
+            let ms = i32::try_from(IDLE_WAKEUP.as_millis()).unwrap_or(100);
+            // SAFETY: `fds` is a valid array of pollfd of the length passed.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        }
+    }
+}
+
+/// Encapsulates one captured packet and stages its frames on the links the scheduler picks.
+fn send_packet(
+    packet: &Packet<'_>,
+    sender: &mut Sender,
+    scheduler: &mut Redundant,
+    links: &mut [TxLink],
+    link_states: &[LinkState],
+    counters: &Counters,
+    t: Timestamp,
+) {
+    let payload = packet.payload;
+    counters.captured.fetch_add(1, Relaxed);
+    counters
+        .captured_bytes
+        .fetch_add(payload.len() as u64, Relaxed);
+    if payload.is_empty() || packet.truncated {
+        counters.capture_dropped.fetch_add(1, Relaxed);
+        return;
+    }
+    let chosen = scheduler.select(payload.len(), link_states, t);
+    let plan = chosen
+        .min_mtu(link_states)
+        .and_then(|mtu| sender.plan(payload.len(), mtu).ok());
+    let Some(plan) = plan else {
+        counters.capture_dropped.fetch_add(1, Relaxed);
+        return;
+    };
+    for index in chosen.iter() {
+        let (link, state) = (&mut links[index], &link_states[index]);
+        let link_counters = &counters.links[index];
+        for i in 0..plan.frame_count() {
+            let mut len = 0;
+            let staged = link.xsk.stage(|buf| {
+                len = plan
+                    .emit_ethernet(i, state.id, &link.eth, payload, buf)
+                    .unwrap_or(0);
+                len
+            });
+            if staged {
+                link_counters.tx_frames.fetch_add(1, Relaxed);
+                link_counters.tx_bytes.fetch_add(len as u64, Relaxed);
+            } else {
+                link_counters.tx_dropped.fetch_add(1, Relaxed);
             }
         }
     }

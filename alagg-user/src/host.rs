@@ -65,6 +65,9 @@ pub struct QueueSpec {
     pub count: u16,
     /// Accept (instead of drop) packets while no alagg is bound to the queue.
     pub bypass: bool,
+    /// The queue TCP goes to (handed over whole, GSO) before the rule for everything else;
+    /// `None`: TCP shares the other queues.
+    pub tcp: Option<u16>,
 }
 
 /// The changes made to the host, undone in reverse order on [`HostSetup::teardown`] or drop.
@@ -294,6 +297,28 @@ impl HostSetup {
             self.record(argv(&[iptables, "-w", "-t", "mangle", "-F", &chain]))?;
             for net in nets {
                 let net = net.to_string();
+                if let Some(tcp) = queue.tcp {
+                    let tcp = tcp.to_string();
+                    let mut rule = vec![
+                        "-w",
+                        "-t",
+                        "mangle",
+                        "-A",
+                        &chain,
+                        "-d",
+                        &net,
+                        "-p",
+                        "tcp",
+                        "-j",
+                        "NFQUEUE",
+                        "--queue-num",
+                        &tcp,
+                    ];
+                    if queue.bypass {
+                        rule.push("--queue-bypass");
+                    }
+                    run(iptables, &rule)?;
+                }
                 let mut rule = vec![
                     "-w", "-t", "mangle", "-A", &chain, "-d", &net, "-j", "NFQUEUE",
                 ];

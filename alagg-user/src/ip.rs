@@ -49,6 +49,97 @@ pub fn check(packet: &[u8]) -> Result<(IpAddr, &[u8]), Reject> {
     }
 }
 
+/// IP protocol numbers (IANA) of the transport headers whose checksum alagg completes.
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// Completes the TCP or UDP checksum of a packet captured with a partial one.
+///
+/// With `NFQA_CFG_F_GSO` the kernel hands over packets as the stack built them, including
+/// those whose transport checksum it left for the device to fill in (`CHECKSUM_PARTIAL`,
+/// flagged `NFQA_SKB_CSUMNOTREADY`). Such a packet, carried whole to the peer and written to
+/// its TUN device, would fail the peer's checksum check, so the checksum is computed here from
+/// scratch: the ones' complement sum of the pseudo-header (RFC 793 / RFC 768 for IPv4,
+/// RFC 8200 section 8.1 for IPv6) and the whole transport segment, whatever the field held.
+/// Returns false (and leaves the packet alone) when the packet is not a sane IPv4/IPv6 packet
+/// carrying TCP or UDP directly after its fixed header.
+pub fn finish_transport_checksum(packet: &mut [u8]) -> bool {
+    let Ok((_, trimmed)) = check(packet) else {
+        return false;
+    };
+    let total = trimmed.len();
+    let (start, protocol, mut sum) = match packet[0] >> 4 {
+        4 => {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            let protocol = packet[9];
+            let length = (total - ihl) as u64;
+            (
+                ihl,
+                protocol,
+                sum_words(&packet[12..20]) + u64::from(protocol) + length,
+            )
+        }
+        _ => {
+            let protocol = packet[6];
+            let length = (total - 40) as u64;
+            (
+                40,
+                protocol,
+                sum_words(&packet[8..40]) + u64::from(protocol) + length,
+            )
+        }
+    };
+    let field = match protocol {
+        TCP => start + 16,
+        UDP => start + 6,
+        _ => return false,
+    };
+    if field + 2 > total {
+        return false;
+    }
+    packet[field] = 0;
+    packet[field + 1] = 0;
+    sum += sum_words(&packet[start..total]);
+    let mut checksum = !fold(sum);
+    if protocol == UDP && checksum == 0 {
+        // RFC 768: a computed zero is sent as all ones (zero means "no checksum").
+        checksum = 0xffff;
+    }
+    packet[field..field + 2].copy_from_slice(&checksum.to_be_bytes());
+    true
+}
+
+/// The sum of `bytes` as big-endian 16-bit words (an odd last byte padded with zero), not yet
+/// folded: a u64 holds the sum of any packet without overflow.
+fn sum_words(bytes: &[u8]) -> u64 {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut sum = 0u64;
+    for chunk in &mut chunks {
+        let word = u64::from_be_bytes([
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ]);
+        // Four 16-bit words at once: add the two 32-bit halves, each at most 2^32 - 1.
+        sum += (word >> 32) + (word & 0xffff_ffff);
+    }
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for pair in &mut rest {
+        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = rest.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    sum
+}
+
+/// Folds a sum of 16-bit words (or of 32-bit words holding them) into 16 bits, end-around carry
+/// included (RFC 1071).
+fn fold(mut sum: u64) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 /// [`check`], then the source must lie in one of `allowed`.
 pub fn admit<'a>(packet: &'a [u8], allowed: &[IpNet]) -> Result<&'a [u8], Reject> {
     let (source, packet) = check(packet)?;
@@ -78,6 +169,96 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
 #[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    /// RFC 1071, the plain way: 16-bit words, folded as it goes.
+    fn naive_sum(bytes: &[u8]) -> u32 {
+        let mut sum = 0u32;
+        for pair in bytes.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum
+    }
+
+    /// Whether the transport checksum of `packet` verifies (the whole sum folds to 0xffff).
+    fn verifies(packet: &[u8]) -> bool {
+        let (start, protocol, pseudo) = if packet[0] >> 4 == 4 {
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
+            let mut pseudo = packet[12..20].to_vec();
+            pseudo.extend_from_slice(&[0, packet[9]]);
+            pseudo.extend_from_slice(&((total - ihl) as u16).to_be_bytes());
+            (ihl, packet[9], pseudo)
+        } else {
+            let mut pseudo = packet[8..40].to_vec();
+            pseudo.extend_from_slice(&((packet.len() - 40) as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, packet[6]]);
+            (40, packet[6], pseudo)
+        };
+        let _ = protocol;
+        let sum = naive_sum(&pseudo) + naive_sum(&packet[start..]);
+        let folded = (sum & 0xffff) + (sum >> 16);
+        folded == 0xffff
+    }
+
+    /// A pseudo-random transport segment of `len` bytes after an IP header for `protocol`.
+    fn packet(version: u8, protocol: u8, len: usize, seed: u32) -> Vec<u8> {
+        let header = if version == 4 { 20 } else { 40 };
+        let mut p = vec![0u8; header + len];
+        let mut state = seed | 1;
+        for byte in &mut p[header..] {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            *byte = state as u8;
+        }
+        if version == 4 {
+            p[0] = 0x45;
+            p[2..4].copy_from_slice(&((header + len) as u16).to_be_bytes());
+            p[9] = protocol;
+            p[12..20].copy_from_slice(&[198, 18, 100, 1, 198, 18, 100, 2]);
+        } else {
+            p[0] = 0x60;
+            p[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+            p[6] = protocol;
+            p[8..24].copy_from_slice(&Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1).octets());
+            p[24..40].copy_from_slice(&Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).octets());
+        }
+        p
+    }
+
+    #[test]
+    fn finished_checksums_verify_for_any_length_and_field_content() {
+        for version in [4, 6] {
+            for protocol in [TCP, UDP] {
+                for len in [8, 20, 21, 33, 1400, 1401, 65_000] {
+                    let mut p = packet(version, protocol, len, len as u32 * 7 + 1);
+                    if protocol == TCP && len < 20 {
+                        continue;
+                    }
+                    assert!(
+                        finish_transport_checksum(&mut p),
+                        "v{version} {protocol} {len}"
+                    );
+                    assert!(verifies(&p), "v{version} proto {protocol} len {len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn checksum_is_left_alone_where_it_cannot_be_finished() {
+        // Not TCP or UDP (ICMP), truncated transport header, not IP at all.
+        let mut icmp = packet(4, 1, 64, 3);
+        let before = icmp.clone();
+        assert!(!finish_transport_checksum(&mut icmp));
+        assert_eq!(icmp, before);
+        let mut short = packet(4, TCP, 10, 3);
+        assert!(!finish_transport_checksum(&mut short));
+        assert!(!finish_transport_checksum(&mut [0u8; 3]));
+        assert!(!finish_transport_checksum(&mut []));
+    }
 
     fn v4(source: [u8; 4], total: u16, frame_len: usize) -> Vec<u8> {
         let mut p = vec![0u8; frame_len];

@@ -266,6 +266,7 @@ fn datapath_config(config: &Config) -> DatapathConfig {
             first: config.capture.queue,
             count: config.capture.queues,
             bypass: config.capture.fail_open,
+            tcp: config.capture.gso_queue(),
         },
         queue_max_len: config.capture.queue_max_len,
         receiver,

@@ -319,14 +319,36 @@ impl Batch {
 
     /// The packets, in the order the kernel queued them.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Packet<'_>> + '_ {
-        self.entries.iter().map(|e| Packet {
+        self.entries.iter().map(|e| self.packet(e))
+    }
+
+    /// The packet at `index`.
+    pub fn get(&self, index: usize) -> Option<Packet<'_>> {
+        self.entries.get(index).map(|e| self.packet(e))
+    }
+
+    fn packet(&self, e: &Entry) -> Packet<'_> {
+        Packet {
             id: e.id,
             payload: self.buf.get(e.start..e.start + e.len).unwrap_or_default(),
             gso: e.gso,
             csum_not_ready: e.csum_not_ready,
             truncated: e.truncated,
             hw_protocol: e.hw_protocol,
-        })
+        }
+    }
+
+    /// The payload of the packet at `index`, writable: to finish its checksum in place before
+    /// it is sent on ([`crate::ip::finish_transport_checksum`]).
+    pub fn payload_mut(&mut self, index: usize) -> Option<&mut [u8]> {
+        let e = self.entries.get(index)?;
+        self.buf.get_mut(e.start..e.start + e.len)
+    }
+
+    /// Whether the packet at `index` carries a partial transport checksum
+    /// ([`Packet::csum_not_ready`]).
+    pub fn csum_not_ready(&self, index: usize) -> bool {
+        self.entries.get(index).is_some_and(|e| e.csum_not_ready)
     }
 
     /// The id of the last packet, to pass to [`NfQueue::verdict_batch`].

@@ -92,7 +92,10 @@ fn a_50_mb_tcp_transfer_arrives_intact_both_ways() {
     }
     for log in [a.stop(), b.stop()] {
         assert_eq!(summary_value(&log, "rejected_source"), 0, "{log}");
-        assert!(summary_value(&log, "delivered") > 30_000, "{log}");
+        // 100 MB crossed the links in alagg frames (TCP goes whole, as GSO packets of up to
+        // 64 KiB, so packets are far fewer than frames).
+        assert!(summary_value(&log, "delivered") > 500, "{log}");
+        assert!(summary_link_value(&log, "link0", "rx") > 30_000, "{log}");
     }
 }
 
