@@ -7,18 +7,20 @@
 //! - `nfqueue steal`: the same route, with an iptables rule queueing the traffic to `alagg
 //!   steal`, which takes it with alagg's own capture loop and discards it (the capture ceiling;
 //!   UDP only);
+//! - `mptcp N links`: kernel MPTCP (`mptcpize`, iperf3) with a subflow per link, the tool many
+//!   users would pick instead (TCP only; it stripes instead of duplicating);
 //! - `alagg N link(s)`: `alagg up` on both hosts over the first N links, redundant mode.
 //!
 //! Workloads: UDP datagrams of 64, 512 and 1400 bytes sent as fast as one sender thread can
 //! (`sendmmsg`), counted by a receiver thread (`recvmmsg`) on host B, as packets per second
 //! delivered; one TCP flow and four (iperf3), as Gbit/s received; ping, 5 ms apart, RTT p50 and
 //! p99. Then, with every link limited to 200 Mbit/s, and with 5 % random loss on every link, one
-//! TCP flow over `direct` and over alagg on two links: where aggregation shows.
+//! TCP flow over `direct`, MPTCP and alagg on two links: where aggregation shows.
 //!
 //! Everything runs on this machine (both hosts, the generator and the wire), so absolute
 //! figures are those of a shared 2-core box; the ratios between configurations measured in the
-//! same run are the point. Results: `target/bench/results.json` and `target/bench/results.md`,
-//! and the table on standard output.
+//! same run are the point. Results: `target/bench/results.json`, `target/bench/results.md` (the
+//! table, also on standard output) and PNG charts `target/bench/{tcp,impaired,udp,latency}.png`.
 
 use std::{
     fmt::Write as _,
@@ -149,6 +151,24 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     }
     drop(direct);
 
+    for links in 2..=LINKS {
+        let name = format!("mptcp {links} links");
+        println!("\n-- {name}: kernel MPTCP, a subflow per link (TCP only)");
+        let mptcp = Mptcp::new(&bed, links)?;
+        results.add(
+            &name,
+            "tcp 1 flow",
+            mptcp.iperf(1, durations.tcp_secs)?,
+            "Gbit/s",
+        );
+        results.add(
+            &name,
+            "tcp 4 flows",
+            mptcp.iperf(4, durations.tcp_secs)?,
+            "Gbit/s",
+        );
+    }
+
     for links in 1..=LINKS {
         let name = format!("alagg {links} link{}", if links == 1 { "" } else { "s" });
         println!("\n-- {name}: alagg up on both hosts, redundant");
@@ -196,7 +216,56 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         dir.join("results.json").display(),
         dir.join("results.md").display()
     );
+    match plots(&results, &dir) {
+        Ok(written) => println!("plots: {}", written.join(", ")),
+        Err(error) => println!("no plots: {error:#}"),
+    }
     Ok(())
+}
+
+/// Throughput, packet-rate and latency charts under `dir`; returns their paths.
+fn plots(results: &Results, dir: &Path) -> anyhow::Result<Vec<String>> {
+    crate::plot::load_font()?;
+    let bars: Vec<crate::plot::Bar<'_>> = results
+        .figures
+        .iter()
+        .map(|f| (f.config.as_str(), f.workload.as_str(), f.value))
+        .collect();
+    let rate = format!("tcp 1 flow, {RATE_MBIT} Mbit/s links");
+    let loss = format!("tcp 1 flow, {LOSS_PERCENT} % loss");
+    let charts: [(&str, &str, &str, Vec<&str>); 4] = [
+        (
+            "tcp.png",
+            "TCP throughput (iperf3)",
+            "Gbit/s",
+            vec!["tcp 1 flow", "tcp 4 flows"],
+        ),
+        (
+            "impaired.png",
+            "One TCP flow on impaired links",
+            "Gbit/s",
+            vec![rate.as_str(), loss.as_str()],
+        ),
+        (
+            "udp.png",
+            "UDP packets per second delivered",
+            "packets/s",
+            vec!["udp 64 B", "udp 512 B", "udp 1400 B"],
+        ),
+        (
+            "latency.png",
+            "Ping round-trip time",
+            "microseconds",
+            vec!["ping p50", "ping p99"],
+        ),
+    ];
+    let mut written = Vec::new();
+    for (file, title, unit, workloads) in charts {
+        let path = dir.join(file);
+        crate::plot::grouped_bars(&path, title, unit, &workloads, &bars)?;
+        written.push(path.display().to_string());
+    }
+    Ok(written)
 }
 
 /// The workloads every unimpaired configuration runs.
@@ -660,43 +729,151 @@ fn udp_pps(bed: &Testbed, size: usize, duration: Duration) -> anyhow::Result<(u6
     })
 }
 
-/// iperf3 from A to B with `flows` parallel flows for `secs` seconds: Gbit/s received.
+/// iperf3 from A to B's service address with `flows` parallel flows for `secs` seconds:
+/// Gbit/s received.
 fn iperf(bed: &Testbed, flows: u32, secs: u32) -> anyhow::Result<f64> {
-    let mut server = bed
-        .b
-        .command("iperf3")
-        .args(["-s", "-1", "-B", &B_V4.to_string(), "-p", "5201"])
+    iperf_between(
+        bed,
+        &B_V4.to_string(),
+        Some(&A_V4.to_string()),
+        false,
+        flows,
+        secs,
+    )
+}
+
+/// iperf3 from A to `server` (an address of B), bound to `bind` on A if given, under
+/// `mptcpize` (kernel MPTCP sockets) if `mptcp`: Gbit/s received.
+fn iperf_between(
+    bed: &Testbed,
+    server: &str,
+    bind: Option<&str>,
+    mptcp: bool,
+    flows: u32,
+    secs: u32,
+) -> anyhow::Result<f64> {
+    let wrap = |ns: &Netns, args: &[&str]| {
+        let mut command = ns.command(if mptcp { "mptcpize" } else { "iperf3" });
+        if mptcp {
+            command.args(["run", "iperf3"]);
+        }
+        command.args(args);
+        command
+    };
+    let mut server_process = wrap(&bed.b, &["-s", "-1", "-B", server, "-p", "5201"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting iperf3 (installed by `cargo xtask bootstrap`)")?;
     thread::sleep(Duration::from_millis(300));
-    let out = bed.a.exec(
-        "iperf3",
-        &[
-            "-c",
-            &B_V4.to_string(),
-            "-B",
-            &A_V4.to_string(),
-            "-p",
-            "5201",
-            "-t",
-            &secs.to_string(),
-            "-P",
-            &flows.to_string(),
-            "-J",
-        ],
-    );
-    let _ = server.kill();
-    let _ = server.wait();
-    let out = out.map_err(|e| anyhow::anyhow!("iperf3 failed: {e}"))?;
-    let report: serde_json::Value =
-        serde_json::from_str(&out).context("iperf3 -J printed no JSON")?;
+    let (secs, flows) = (secs.to_string(), flows.to_string());
+    let mut args = vec!["-c", server, "-p", "5201", "-t", &secs, "-P", &flows, "-J"];
+    if let Some(bind) = bind {
+        args.extend(["-B", bind]);
+    }
+    let out = wrap(&bed.a, &args).output();
+    let _ = server_process.kill();
+    let _ = server_process.wait();
+    let out = out.context("running iperf3")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "iperf3 -J printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
     let bits = report
         .pointer("/end/sum_received/bits_per_second")
         .and_then(serde_json::Value::as_f64)
-        .with_context(|| format!("no end.sum_received in iperf3's report:\n{out}"))?;
+        .with_context(|| format!("no end.sum_received in iperf3's report:\n{text}"))?;
     Ok(bits / 1e9)
+}
+
+/// Kernel MPTCP (RFC 8684) over the first `links` links, the tool many users would pick
+/// instead: an address per host on each link, B announcing its extra addresses (ADD_ADDR) and
+/// A opening a subflow to each. Undone on drop.
+struct Mptcp<'a> {
+    bed: &'a Testbed,
+    links: usize,
+}
+
+impl<'a> Mptcp<'a> {
+    fn address(host: Host, link: usize) -> String {
+        let last = if host == Host::A { 1 } else { 2 };
+        format!("198.18.{}.{last}", 210 + link)
+    }
+
+    fn new(bed: &'a Testbed, links: usize) -> anyhow::Result<Self> {
+        let this = Self { bed, links };
+        for host in [Host::A, Host::B] {
+            let ns = bed.host(host);
+            ns.exec("sysctl", &["-qw", "net.mptcp.enabled=1"])?;
+            ns.ip(&[
+                "mptcp",
+                "limits",
+                "set",
+                "subflow",
+                "8",
+                "add_addr_accepted",
+                "8",
+            ])?;
+            for link in 0..links {
+                ns.ip(&[
+                    "addr",
+                    "add",
+                    &format!("{}/24", Self::address(host, link)),
+                    "dev",
+                    &bed.interface(link),
+                ])?;
+            }
+        }
+        for link in 1..links {
+            bed.b.ip(&[
+                "mptcp",
+                "endpoint",
+                "add",
+                &Self::address(Host::B, link),
+                "dev",
+                &bed.interface(link),
+                "signal",
+            ])?;
+        }
+        for link in 0..links {
+            bed.a.exec(
+                "ping",
+                &["-c", "1", "-W", "2", &Self::address(Host::B, link)],
+            )?;
+        }
+        Ok(this)
+    }
+
+    fn iperf(&self, flows: u32, secs: u32) -> anyhow::Result<f64> {
+        iperf_between(
+            self.bed,
+            &Self::address(Host::B, 0),
+            None,
+            true,
+            flows,
+            secs,
+        )
+    }
+}
+
+impl Drop for Mptcp<'_> {
+    fn drop(&mut self) {
+        let _ = self.bed.b.ip(&["mptcp", "endpoint", "flush"]);
+        for host in [Host::A, Host::B] {
+            for link in 0..self.links {
+                let _ = self.bed.host(host).ip(&[
+                    "addr",
+                    "del",
+                    &format!("{}/24", Self::address(host, link)),
+                    "dev",
+                    &self.bed.interface(link),
+                ]);
+            }
+        }
+    }
 }
 
 /// `count` pings 5 ms apart from A to B: (p50, p99) of the RTT in microseconds.
@@ -768,9 +945,13 @@ fn markdown(
     }
     let _ = writeln!(
         out,
-        " alagg 2 links / direct | alagg 2 links / nfqueue steal |"
+        " alagg 2 links / direct | alagg 2 links / nfqueue steal | alagg 2 links / mptcp 2 links |"
     );
-    let _ = writeln!(out, "|---|---|{}---|---|", "---:|".repeat(configs.len()));
+    let _ = writeln!(
+        out,
+        "|---|---|{}---|---|---|",
+        "---:|".repeat(configs.len())
+    );
     for (workload, unit) in &workloads {
         let _ = write!(out, "| {workload} | {unit} |");
         for config in &configs {
@@ -782,7 +963,7 @@ fn markdown(
             }
         }
         let alagg = results.get("alagg 2 links", workload);
-        for base in ["direct", "nfqueue steal"] {
+        for base in ["direct", "nfqueue steal", "mptcp 2 links"] {
             match (alagg, results.get(base, workload)) {
                 (Some(a), Some(b)) if b > 0.0 => {
                     let _ = write!(out, " {:.2} |", a / b);

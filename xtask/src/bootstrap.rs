@@ -13,7 +13,8 @@ use anyhow::{Context as _, bail};
 
 use crate::check;
 
-/// Debian packages: the C side of xsk-rs (libxdp, libbpf) and the tools the tests drive.
+/// Debian packages: the C side of xsk-rs (libxdp, libbpf), the tools the tests and benchmarks
+/// drive, and the font the benchmark plots are drawn with.
 const PACKAGES: &[&str] = &[
     "clang",
     "m4",
@@ -27,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iputils-ping",
     "iperf3",
+    "mptcpize",
+    "fonts-dejavu-core",
 ];
 
 /// bpf-linker release line known to build against nightly's LLVM here.

@@ -4,6 +4,7 @@
 mod bench;
 mod bootstrap;
 mod demo;
+mod plot;
 mod test;
 mod testbed;
 
@@ -58,7 +59,8 @@ enum Task {
     },
     /// Whole-system benchmarks on the testbed: alagg over 1, 2 and 3 links side by side with the
     /// direct path and the bare NFQUEUE capture loop (UDP pps, TCP, ping), and on rate-limited
-    /// and lossy links. Writes target/bench/results.{json,md}. Needs root.
+    /// and lossy links, side by side with kernel MPTCP. Writes target/bench/results.{json,md} and
+    /// PNG charts. Needs root.
     Bench {
         /// Shorter runs (about a minute) for a quick look; figures are noisier.
         #[arg(long)]
