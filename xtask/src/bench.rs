@@ -335,6 +335,15 @@ fn impaired(
             "Gbit/s",
         );
     }
+    {
+        let mptcp = Mptcp::new(bed, 2)?;
+        results.add(
+            "mptcp 2 links",
+            &label,
+            mptcp.iperf(1, durations.tcp_secs)?,
+            "Gbit/s",
+        );
+    }
     let pair = AlaggPair::start(alagg, bed, 2, dir)?;
     results.add(
         "alagg 2 links",
