@@ -191,6 +191,11 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 pub const CAPTURE_BATCH: usize = 64;
 /// Longest an idle worker waits before it looks at the stop flag again.
 pub const IDLE_WAKEUP: Duration = Duration::from_millis(100);
+/// How long the receive thread keeps polling its rings without sleeping after its last frame.
+/// While traffic flows it then rarely sleeps, so the kernel's XDP path need not wake it for
+/// every burst: a wake-up (an IPI to another core, dear in a VM) costs the sending side more
+/// than this short spin costs the receiver.
+pub const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
 
 /// What the caller's thread tells the workers about links: whether each may carry traffic, and
 /// replacement sockets for a link whose interface disappeared and came back. Lock-free: the
@@ -760,6 +765,7 @@ fn receive_loop(
 ) -> RxStats {
     let start = Instant::now();
     let mut published = start;
+    let mut busy_until = start;
     let mut fds: Vec<libc::pollfd> = links
         .iter()
         .map(|l| libc::pollfd {
@@ -791,10 +797,14 @@ fn receive_loop(
             fds[index].fd = xsk.fd();
             links[index].xsk = xsk;
         }
-        let timeout_ms = receiver.next_deadline().map_or(100, |deadline| {
-            let left = deadline.saturating_since(now(start));
-            i32::try_from(left.as_millis()).unwrap_or(100).min(100)
-        });
+        let timeout_ms = if Instant::now() < busy_until {
+            0
+        } else {
+            receiver.next_deadline().map_or(100, |deadline| {
+                let left = deadline.saturating_since(now(start));
+                i32::try_from(left.as_millis()).unwrap_or(100).min(100)
+            })
+        };
         // SAFETY: `fds` is a valid array of pollfd of the length passed.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
@@ -809,6 +819,7 @@ fn receive_loop(
             }
         }
         let t = now(start);
+        let mut got = 0;
         for (index, link) in links.iter_mut().enumerate() {
             if fds[index].fd < 0 {
                 continue;
@@ -834,6 +845,9 @@ fn receive_loop(
                         link_counters.first.fetch_add(1, Relaxed);
                     }
                 });
+                if let Ok(n) = result {
+                    got += n;
+                }
                 match result {
                     Ok(n) if n == crate::xsk::BATCH => continue,
                     Ok(_) => break,
@@ -843,6 +857,9 @@ fn receive_loop(
                     }
                 }
             }
+        }
+        if got > 0 {
+            busy_until = Instant::now() + SPIN_BEFORE_SLEEP;
         }
         if receiver.next_deadline().is_some_and(|d| d <= now(start)) {
             receiver.poll(now(start), &mut deliver);
