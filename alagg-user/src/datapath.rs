@@ -191,10 +191,10 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 pub const CAPTURE_BATCH: usize = 64;
 /// Longest an idle worker waits before it looks at the stop flag again.
 pub const IDLE_WAKEUP: Duration = Duration::from_millis(100);
-/// How long the receive thread keeps polling its rings without sleeping after its last frame.
-/// While traffic flows it then rarely sleeps, so the kernel's XDP path need not wake it for
-/// every burst: a wake-up (an IPI to another core, dear in a VM) costs the sending side more
-/// than this short spin costs the receiver.
+/// How long the receive thread keeps looking at its rings (in user space, yielding the CPU in
+/// between) after its last frame before it sleeps in `poll(2)`. While traffic flows it then
+/// rarely sleeps, so the kernel's XDP path need not wake it for every burst: a wake-up (an IPI
+/// to another core, dear in a VM) costs the sending side more than this short spin costs.
 pub const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
 
 /// What the caller's thread tells the workers about links: whether each may carry traffic, and
@@ -797,25 +797,28 @@ fn receive_loop(
             fds[index].fd = xsk.fd();
             links[index].xsk = xsk;
         }
-        let timeout_ms = if Instant::now() < busy_until {
-            0
-        } else {
-            receiver.next_deadline().map_or(100, |deadline| {
+        // Right after traffic, look at the rings directly (no syscall) and let other threads
+        // run in between; otherwise sleep in poll(2) until a frame or the next deadline.
+        let spinning = Instant::now() < busy_until;
+        if !spinning {
+            let timeout_ms = receiver.next_deadline().map_or(100, |deadline| {
                 let left = deadline.saturating_since(now(start));
                 i32::try_from(left.as_millis()).unwrap_or(100).min(100)
-            })
-        };
-        // SAFETY: `fds` is a valid array of pollfd of the length passed.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            tracing::error!(error = %io::Error::last_os_error(), "poll on AF_XDP sockets");
-            thread::sleep(Duration::from_millis(10));
-        }
-        for pollfd in &mut fds {
-            if pollfd.revents & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {
-                // The interface went away under the socket: stop polling it until the monitor
-                // hands over a new one.
-                pollfd.fd = -pollfd.fd.abs() - 1;
+            });
+            // SAFETY: `fds` is a valid array of pollfd of the length passed.
+            let ready =
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                tracing::error!(error = %io::Error::last_os_error(), "poll on AF_XDP sockets");
+                thread::sleep(Duration::from_millis(10));
+            }
+            for pollfd in &mut fds {
+                if pollfd.revents & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {
+                    // The interface went away under the socket: stop polling it until the
+                    // monitor hands over a new one.
+                    pollfd.fd = -pollfd.fd.abs() - 1;
+                }
+                pollfd.revents = 0;
             }
         }
         let t = now(start);
@@ -860,6 +863,8 @@ fn receive_loop(
         }
         if got > 0 {
             busy_until = Instant::now() + SPIN_BEFORE_SLEEP;
+        } else if spinning {
+            thread::yield_now();
         }
         if receiver.next_deadline().is_some_and(|d| d <= now(start)) {
             receiver.poll(now(start), &mut deliver);
