@@ -50,6 +50,7 @@ use crate::{
     host::{HostError, HostSetup, QueueSpec, Recovery, journal_path, recover},
     ip,
     nfqueue::{Batch, NfQueue, NfQueueError, Packet, QueueOptions, Verdict},
+    packet::{PacketError, PacketRx, PacketSocket, PacketTx},
     report::{CaptureSnapshot, DeliverySnapshot, EngineSnapshot, LinkSnapshot, Snapshot},
     tun::{Tun, TunError},
     xdp::{AttachMode, XdpError, XdpSteering},
@@ -63,8 +64,19 @@ pub struct LinkPlan {
     pub interface: String,
     /// The peer's MAC on this link.
     pub peer_mac: [u8; 6],
-    /// XDP attach mode.
+    /// XDP attach mode (for [`LinkIo::Xdp`]).
     pub xdp_mode: AttachMode,
+    /// How the link's frames are sent and received.
+    pub io: LinkIo,
+}
+
+/// The socket a link's frames go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkIo {
+    /// AF_XDP, fed by alagg's XDP program ([`crate::xsk`]).
+    Xdp,
+    /// AF_PACKET, for NICs without XDP ([`crate::packet`]).
+    Packet,
 }
 
 /// Everything `alagg up` runs with, resolved from the configuration.
@@ -112,6 +124,9 @@ pub enum UpError {
     /// An AF_XDP socket could not be opened.
     #[error(transparent)]
     Xsk(#[from] XskError),
+    /// An AF_PACKET socket could not be opened.
+    #[error(transparent)]
+    Packet(#[from] PacketError),
     /// The TUN device could not be made.
     #[error(transparent)]
     Tun(#[from] TunError),
@@ -205,8 +220,8 @@ struct LinkControl {
     /// Bumped after every change below, so a worker checks one number per packet.
     generation: AtomicU64,
     usable: Vec<AtomicBool>,
-    new_tx: ArrayQueue<(usize, XskTx, EthernetRepr)>,
-    new_rx: ArrayQueue<(usize, XskRx)>,
+    new_tx: ArrayQueue<(usize, LinkTx, EthernetRepr)>,
+    new_rx: ArrayQueue<(usize, LinkRx)>,
 }
 
 /// What the monitor last saw of a link's interface.
@@ -382,11 +397,15 @@ impl Datapath {
         let link_states: Vec<LinkState> = hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| LinkState {
+            .zip(&config.links)
+            .map(|((i, h), plan)| LinkState {
                 id: i as u16,
                 usable: true,
                 weight: 1,
-                mtu: h.mtu.min(frame_room),
+                mtu: h.mtu.min(match plan.io {
+                    LinkIo::Xdp => frame_room,
+                    LinkIo::Packet => crate::packet::MAX_FRAME - ETH_HDR_LEN,
+                }),
             })
             .collect();
         let min_mtu = link_states.iter().map(|l| l.mtu).min().unwrap_or(1500);
@@ -412,22 +431,23 @@ impl Datapath {
         }
         let mut host = HostSetup::with_journal(journal)?;
         host.remove_stale_capture(tun.name());
-        let mut steering = XdpSteering::load()?;
+        // The XDP program only where a link uses it: AF_PACKET links need none.
+        let mut steering = if config.links.iter().any(|l| l.io == LinkIo::Xdp) {
+            Some(XdpSteering::load()?)
+        } else {
+            None
+        };
         let mut rx_halves = Vec::new();
         let mut tx_halves = Vec::new();
         for (i, (link, host)) in config.links.iter().zip(&hosts).enumerate() {
-            let id = i as u32;
-            steering.attach(&link.interface, id, config.ethertype, link.xdp_mode)?;
-            let socket = XskSocket::open(&link.interface, 0, xsk_config)?;
-            steering.register_socket(id, 0, socket.fd())?;
-            let (rx, tx) = socket.split();
+            let (rx, tx) = open_link(steering.as_mut(), i, link, config.ethertype, xsk_config)?;
             rx_halves.push(RxLink {
-                xsk: rx,
+                io: rx,
                 peer_mac: link.peer_mac,
                 ethertype: config.ethertype,
             });
             tx_halves.push(TxLink {
-                xsk: tx,
+                io: tx,
                 eth: EthernetRepr {
                     dst: MacAddr(link.peer_mac),
                     src: MacAddr(host.mac),
@@ -528,7 +548,7 @@ impl Datapath {
             receive: Some(receive),
             capture: Some(capture),
             host,
-            steering: Some(steering),
+            steering,
             tun: Some(tun),
             links: config
                 .links
@@ -693,22 +713,46 @@ fn interface_carries(interface: &str) -> bool {
     flags & libc::IFF_UP as u32 != 0 && carrier.trim() == "1"
 }
 
-/// Attaches XDP to a link's (new) interface and opens its AF_XDP socket.
-fn reopen_link(
+/// Opens a link's sockets: for XDP, attaches the program to its interface and registers a new
+/// AF_XDP socket; for AF_PACKET, a packet socket.
+fn open_link(
     steering: Option<&mut XdpSteering>,
     index: usize,
     plan: &LinkPlan,
     ethertype: u16,
-) -> Result<(XskRx, XskTx, EthernetRepr), UpError> {
-    let steering = steering.ok_or(UpError::Thread("monitor", io::ErrorKind::NotFound.into()))?;
+    xsk_config: XskConfig,
+) -> Result<(LinkRx, LinkTx), UpError> {
+    match plan.io {
+        LinkIo::Packet => {
+            let (rx, tx) = PacketSocket::open(&plan.interface, ethertype)?.split();
+            Ok((LinkRx::Packet(rx), LinkTx::Packet(tx)))
+        }
+        LinkIo::Xdp => {
+            let steering =
+                steering.ok_or(UpError::Thread("monitor", io::ErrorKind::NotFound.into()))?;
+            let id = index as u32;
+            steering.attach(&plan.interface, id, ethertype, plan.xdp_mode)?;
+            let socket = XskSocket::open(&plan.interface, 0, xsk_config)?;
+            steering.register_socket(id, 0, socket.fd())?;
+            let (rx, tx) = socket.split();
+            Ok((LinkRx::Xsk(rx), LinkTx::Xsk(tx)))
+        }
+    }
+}
+
+/// Opens a link's sockets again on its (new) interface.
+fn reopen_link(
+    mut steering: Option<&mut XdpSteering>,
+    index: usize,
+    plan: &LinkPlan,
+    ethertype: u16,
+) -> Result<(LinkRx, LinkTx, EthernetRepr), UpError> {
     let host = link_host(&plan.interface)?;
-    let id = index as u32;
-    // The old attachment died with the old interface; forget it.
-    let _ = steering.detach(&plan.interface);
-    steering.attach(&plan.interface, id, ethertype, plan.xdp_mode)?;
-    let socket = XskSocket::open(&plan.interface, 0, XskConfig::default())?;
-    steering.register_socket(id, 0, socket.fd())?;
-    let (rx, tx) = socket.split();
+    if let Some(steering) = steering.as_deref_mut() {
+        // The old attachment died with the old interface; forget it.
+        let _ = steering.detach(&plan.interface);
+    }
+    let (rx, tx) = open_link(steering, index, plan, ethertype, XskConfig::default())?;
     let eth = EthernetRepr {
         dst: MacAddr(plan.peer_mac),
         src: MacAddr(host.mac),
@@ -739,15 +783,76 @@ fn pin(core: Option<usize>) {
 
 /// The receive half of one link.
 struct RxLink {
-    xsk: XskRx,
+    io: LinkRx,
     peer_mac: [u8; 6],
     ethertype: u16,
 }
 
 /// The transmit half of one link.
 struct TxLink {
-    xsk: XskTx,
+    io: LinkTx,
     eth: EthernetRepr,
+}
+
+/// Frames a link's receive half hands over per call at most (both kinds batch the same).
+const LINK_BATCH: usize = crate::xsk::BATCH;
+const _: () = assert!(crate::xsk::BATCH == crate::packet::BATCH);
+
+/// A link's receive half, whichever socket carries it.
+#[derive(Debug)]
+enum LinkRx {
+    Xsk(XskRx),
+    Packet(PacketRx),
+}
+
+/// Errors of a link's sockets on the hot path, logged by the workers.
+#[derive(Debug, thiserror::Error)]
+enum LinkIoError {
+    #[error(transparent)]
+    Xsk(#[from] XskError),
+    #[error("AF_PACKET: {0}")]
+    Packet(#[from] io::Error),
+}
+
+impl LinkRx {
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            LinkRx::Xsk(xsk) => xsk.fd(),
+            LinkRx::Packet(packet) => packet.fd(),
+        }
+    }
+
+    /// Up to [`LINK_BATCH`] frames to `each`; how many.
+    fn recv(&mut self, each: impl FnMut(&[u8])) -> Result<usize, LinkIoError> {
+        Ok(match self {
+            LinkRx::Xsk(xsk) => xsk.recv(each)?,
+            LinkRx::Packet(packet) => packet.recv(each)?,
+        })
+    }
+}
+
+/// A link's transmit half, whichever socket carries it.
+#[derive(Debug)]
+enum LinkTx {
+    Xsk(XskTx),
+    Packet(PacketTx),
+}
+
+impl LinkTx {
+    fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        match self {
+            LinkTx::Xsk(xsk) => xsk.stage(write),
+            LinkTx::Packet(packet) => packet.stage(write),
+        }
+    }
+
+    /// Sends what is staged; returns the frames the device refused (dropped).
+    fn flush(&mut self) -> Result<usize, LinkIoError> {
+        match self {
+            LinkTx::Xsk(xsk) => xsk.flush().map(|_| 0).map_err(Into::into),
+            LinkTx::Packet(packet) => Ok(packet.flush()?.1),
+        }
+    }
 }
 
 fn now(start: Instant) -> Timestamp {
@@ -769,7 +874,7 @@ fn receive_loop(
     let mut fds: Vec<libc::pollfd> = links
         .iter()
         .map(|l| libc::pollfd {
-            fd: l.xsk.fd(),
+            fd: l.io.fd(),
             events: libc::POLLIN,
             revents: 0,
         })
@@ -795,7 +900,7 @@ fn receive_loop(
     while !stop.load(Relaxed) {
         while let Some((index, xsk)) = control.new_rx.pop() {
             fds[index].fd = xsk.fd();
-            links[index].xsk = xsk;
+            links[index].io = xsk;
         }
         // Right after traffic, look at the rings directly (no syscall) and let other threads
         // run in between; otherwise sleep in poll(2) until a frame or the next deadline.
@@ -831,7 +936,7 @@ fn receive_loop(
             let (peer_mac, ethertype) = (link.peer_mac, link.ethertype);
             // Drain this link's ring in batches.
             loop {
-                let result = link.xsk.recv(|frame| {
+                let result = link.io.recv(|frame| {
                     link_counters.rx_frames.fetch_add(1, Relaxed);
                     link_counters
                         .rx_bytes
@@ -852,7 +957,7 @@ fn receive_loop(
                     got += n;
                 }
                 match result {
-                    Ok(n) if n == crate::xsk::BATCH => continue,
+                    Ok(n) if n == LINK_BATCH => continue,
                     Ok(_) => break,
                     Err(error) => {
                         tracing::warn!(%error, "AF_XDP receive");
@@ -948,7 +1053,7 @@ fn capture_loop(
             if generation != seen_generation {
                 seen_generation = generation;
                 while let Some((index, xsk, eth)) = control.new_tx.pop() {
-                    links[index] = TxLink { xsk, eth };
+                    links[index] = TxLink { io: xsk, eth };
                 }
                 for (state, usable) in link_states.iter_mut().zip(&control.usable) {
                     state.usable = usable.load(Relaxed);
@@ -984,9 +1089,13 @@ fn capture_loop(
                     report(&error);
                 }
             }
-            for link in &mut links {
-                if let Err(error) = link.xsk.flush() {
-                    report(&format_args!("AF_XDP transmit: {error}"));
+            for (link, link_counters) in links.iter_mut().zip(&counters.links) {
+                match link.io.flush() {
+                    Ok(0) => {}
+                    Ok(dropped) => {
+                        link_counters.tx_dropped.fetch_add(dropped as u64, Relaxed);
+                    }
+                    Err(error) => report(&format_args!("transmit: {error}")),
                 }
             }
         }
@@ -1038,7 +1147,7 @@ fn send_packet(
         let link_counters = &counters.links[index];
         for i in 0..plan.frame_count() {
             let mut len = 0;
-            let staged = link.xsk.stage(|buf| {
+            let staged = link.io.stage(|buf| {
                 len = plan
                     .emit_ethernet(i, state.id, &link.eth, payload, buf)
                     .unwrap_or(0);

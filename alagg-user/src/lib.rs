@@ -7,6 +7,7 @@
 //! wraps and each owning its file descriptors:
 //! - [`xdp`]: the XDP program loader and its maps;
 //! - [`xsk`]: AF_XDP sockets and their UMEM;
+//! - [`packet`]: AF_PACKET sockets, the link I/O for NICs without XDP;
 //! - [`nfqueue`]: the nfnetlink_queue socket packets are captured from, batched both ways;
 //! - [`signals`]: SIGINT/SIGTERM collected synchronously;
 //! - [`config`]: the TOML configuration, validated, and the plan `alagg check` shows;
@@ -25,6 +26,7 @@ pub mod host;
 pub mod ip;
 pub mod metrics;
 pub mod nfqueue;
+pub mod packet;
 pub mod report;
 pub mod signals;
 pub mod tun;

@@ -11,7 +11,7 @@ use std::{
 use alagg::{
     config::{self, Config, IoMode},
     control::{self, ControlServer},
-    datapath::{Datapath, DatapathConfig, LinkPlan, wait_readable},
+    datapath::{Datapath, DatapathConfig, LinkIo, LinkPlan, wait_readable},
     host::{HostSetup, QueueSpec, Recovery, default_tun_address, journal_path, recover},
     metrics::MetricsServer,
     nfqueue::{Batch, NfQueue, QueueOptions, Verdict},
@@ -220,14 +220,6 @@ fn require_root() -> anyhow::Result<()> {
 /// What of a configuration this version cannot run yet, as an error naming the key.
 fn unsupported(config: &Config, path: &Path) -> anyhow::Result<()> {
     let file = path.display();
-    for (i, link) in config.links.iter().enumerate() {
-        if link.io == IoMode::AfPacket {
-            bail!(
-                "{file}: link[{i}].io = \"af_packet\" is not available in this version; use \
-                 io = \"xdp\" (with xdp_mode = \"generic\" it works on any NIC)"
-            );
-        }
-    }
     if config.capture.queues > 1 {
         bail!("{file}: capture.queues > 1 is not available in this version; use 1");
     }
@@ -245,6 +237,10 @@ fn datapath_config(config: &Config) -> DatapathConfig {
                 config::XdpMode::Auto => AttachMode::Auto,
                 config::XdpMode::Native => AttachMode::Native,
                 config::XdpMode::Generic => AttachMode::Generic,
+            },
+            io: match link.io {
+                IoMode::Xdp => LinkIo::Xdp,
+                IoMode::AfPacket => LinkIo::Packet,
             },
         })
         .collect();

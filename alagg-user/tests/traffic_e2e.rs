@@ -236,3 +236,88 @@ fn garbage_frames_are_counted_and_dropped_and_traffic_goes_on() {
     );
     a.stop();
 }
+
+/// `io = "af_packet"` on one link beside an XDP link, then on every link: each datagram is
+/// delivered exactly once, every link carries a copy, and TCP arrives intact.
+#[test]
+fn af_packet_links_carry_traffic_beside_xdp_links_and_alone() {
+    let _heavy = heavy();
+    for (tag, packet_links) in [
+        ("afpmix", &["link0"][..]),
+        ("afpall", &["link0", "link1"][..]),
+    ] {
+        let pair = Pair::new(tag, 2);
+        let mut alaggs = Vec::new();
+        for (host, ns, log) in [(0xa, &pair.a, "a.log"), (0xb, &pair.b, "b.log")] {
+            let path = pair.config(host, 2);
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            for link in packet_links {
+                text = text.replace(
+                    &format!("interface = \"{link}\"\n"),
+                    &format!("interface = \"{link}\"\nio = \"af_packet\"\n"),
+                );
+            }
+            std::fs::write(&path, text).unwrap();
+            alaggs.push(Alagg::start(ns, &path, pair.dir.join(log)));
+        }
+        let count: u32 = 5_000;
+        let receiver = pair
+            .b
+            .enter(|| UdpSocket::bind(format!("{B4}:5004")).expect("bind"))
+            .unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        big_receive_buffer(&receiver);
+        let mut seen = vec![0u32; count as usize];
+        std::thread::scope(|scope| {
+            let counter = scope.spawn(|| {
+                let mut buf = [0u8; 2048];
+                while let Ok(n) = receiver.recv(&mut buf) {
+                    assert_eq!(n, 200, "datagram length");
+                    let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                    seen[seq as usize] += 1;
+                }
+            });
+            pair.a
+                .enter(|| {
+                    let socket = UdpSocket::bind(format!("{A4}:0")).unwrap();
+                    let mut datagram = [0u8; 200];
+                    for seq in 0..count {
+                        datagram[..4].copy_from_slice(&seq.to_be_bytes());
+                        socket.send_to(&datagram, format!("{B4}:5004")).unwrap();
+                        if seq % 32 == 31 {
+                            std::thread::sleep(Duration::from_micros(300));
+                        }
+                    }
+                })
+                .unwrap();
+            counter.join().unwrap();
+        });
+        let payload = data(5 * MB, 7);
+        let sent = <[u8; 32]>::from(Sha256::digest(&payload));
+        assert_eq!(
+            tcp_transfer(&pair.a, &pair.b, B4, &payload),
+            sent,
+            "{tag}: TCP"
+        );
+        let b = alaggs.pop().unwrap();
+        let a = alaggs.pop().unwrap();
+        let (log_b, log_a) = (b.stop(), a.stop());
+        let context = format!("{tag}\nA:\n{log_a}\nB:\n{log_b}");
+        assert!(
+            seen.iter().all(|&n| n <= 1),
+            "duplicates reached the application\n{context}"
+        );
+        assert!(
+            seen.iter().all(|&n| n == 1),
+            "datagrams lost on lossless links\n{context}"
+        );
+        for link in ["link0", "link1"] {
+            assert!(
+                summary_link_value(&log_b, link, "rx") >= u64::from(count) * 95 / 100,
+                "{link} carried too few copies\n{context}"
+            );
+        }
+    }
+}

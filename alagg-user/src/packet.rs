@@ -1,0 +1,377 @@
+//! AF_PACKET sockets: the link I/O for NICs without XDP support (`io = "af_packet"`).
+//!
+//! [`PacketSocket::open`] makes a `SOCK_RAW` packet socket (packet(7)) bound to one interface
+//! and to alagg's ethertype, so the kernel hands it only alagg frames received on that link,
+//! never frames this host sends (`PACKET_IGNORE_OUTGOING`), and sends its frames straight to
+//! the driver (`PACKET_QDISC_BYPASS`). [`PacketSocket::split`] gives a receive half and a
+//! transmit half (two descriptors of the one socket) to different threads.
+//!
+//! Both halves batch: [`PacketRx::recv`] takes up to [`BATCH`] frames with one `recvmmsg(2)`
+//! into preallocated buffers, and [`PacketTx`] stages frames into preallocated slots and sends
+//! them with one `sendmmsg(2)` per [`BATCH`]. No allocation per frame.
+
+use std::{
+    ffi::CString,
+    fmt, io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+};
+
+/// Frames per `recvmmsg`/`sendmmsg`.
+pub const BATCH: usize = 64;
+
+/// The longest frame a slot holds: an Ethernet frame of a 9000-byte jumbo MTU, and then some.
+pub const MAX_FRAME: usize = SLOT;
+
+/// Bytes per frame slot.
+const SLOT: usize = 9216;
+
+/// Socket receive buffer asked for: room for bursts while the receive thread is busy.
+const RECV_BUFFER: i32 = 8 << 20;
+
+/// AF_PACKET failures, each naming the interface.
+#[derive(Debug, thiserror::Error)]
+pub enum PacketError {
+    /// The interface does not exist.
+    #[error("AF_PACKET on {interface}: no such interface (check `ip link`)")]
+    NoInterface {
+        /// The interface.
+        interface: String,
+    },
+    /// A socket call failed.
+    #[error("AF_PACKET on {interface}: {what}: {source}")]
+    Io {
+        /// The interface.
+        interface: String,
+        /// What was being done.
+        what: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A packet socket bound to one interface and ethertype.
+#[derive(Debug)]
+pub struct PacketSocket {
+    rx: PacketRx,
+    tx: PacketTx,
+}
+
+impl PacketSocket {
+    /// Opens a packet socket on `interface` for frames of `ethertype`.
+    pub fn open(interface: &str, ethertype: u16) -> Result<Self, PacketError> {
+        let io_error = |what| {
+            let interface = interface.to_owned();
+            move |source| PacketError::Io {
+                interface,
+                what,
+                source,
+            }
+        };
+        let name = CString::new(interface).map_err(|_| PacketError::NoInterface {
+            interface: interface.to_owned(),
+        })?;
+        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(PacketError::NoInterface {
+                interface: interface.to_owned(),
+            });
+        }
+        let protocol = ethertype.to_be();
+        // SAFETY: socket(2) takes no pointers; the result is checked below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                i32::from(protocol),
+            )
+        };
+        if raw < 0 {
+            return Err(io_error("creating the socket (needs CAP_NET_RAW)")(
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Best effort: each only makes the socket faster or quieter.
+        let _ = set_option(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
+        let _ = set_option(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
+        if set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECV_BUFFER).is_err() {
+            let _ = set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RECV_BUFFER);
+        }
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value before the fields are set.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = protocol;
+        address.sll_ifindex = ifindex as i32;
+        // SAFETY: `address` is a valid sockaddr_ll of the length passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const address).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io_error("binding to the interface")(
+                io::Error::last_os_error(),
+            ));
+        }
+        let tx_fd = fd
+            .try_clone()
+            .map_err(io_error("duplicating the descriptor"))?;
+        Ok(Self {
+            rx: PacketRx::new(fd),
+            tx: PacketTx::new(tx_fd),
+        })
+    }
+
+    /// The receive and transmit halves.
+    pub fn split(self) -> (PacketRx, PacketTx) {
+        (self.rx, self.tx)
+    }
+}
+
+fn set_option(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: a valid socket and a c_int option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Preallocated slots and the `mmsghdr`s that point into them, for one batch.
+struct Slots {
+    buf: Box<[u8]>,
+    iovecs: Box<[libc::iovec]>,
+    headers: Box<[libc::mmsghdr]>,
+}
+
+impl Slots {
+    fn new() -> Self {
+        let mut buf = vec![0u8; BATCH * SLOT].into_boxed_slice();
+        let base = buf.as_mut_ptr();
+        let mut iovecs: Box<[libc::iovec]> = (0..BATCH)
+            .map(|i| libc::iovec {
+                // SAFETY: `i * SLOT` is within `buf`, which is BATCH * SLOT bytes long.
+                iov_base: unsafe { base.add(i * SLOT) }.cast(),
+                iov_len: SLOT,
+            })
+            .collect();
+        let iov_base = iovecs.as_mut_ptr();
+        let headers = (0..BATCH)
+            .map(|i| {
+                // SAFETY: mmsghdr is plain data; all-zero is a valid value (no name, no
+                // control data), and the iovec pointer is set below.
+                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                // SAFETY: `i` is within `iovecs`, which has BATCH entries.
+                header.msg_hdr.msg_iov = unsafe { iov_base.add(i) };
+                header.msg_hdr.msg_iovlen = 1;
+                header
+            })
+            .collect();
+        // The boxes' heap storage never moves, so the pointers stay valid as the struct moves.
+        Self {
+            buf,
+            iovecs,
+            headers,
+        }
+    }
+
+    fn slot(&self, i: usize) -> &[u8] {
+        &self.buf[i * SLOT..(i + 1) * SLOT]
+    }
+
+    fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.buf[i * SLOT..(i + 1) * SLOT]
+    }
+}
+
+impl fmt::Debug for Slots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slots").field("slots", &BATCH).finish()
+    }
+}
+
+// SAFETY: the raw pointers in `iovecs` and `headers` point only into this struct's own boxed
+// buffers, which move with it; nothing is shared with another thread.
+unsafe impl Send for Slots {}
+
+/// The receive half of a [`PacketSocket`].
+#[derive(Debug)]
+pub struct PacketRx {
+    fd: OwnedFd,
+    slots: Slots,
+}
+
+impl PacketRx {
+    fn new(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            slots: Slots::new(),
+        }
+    }
+
+    /// The socket, for `poll(2)`.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Hands up to [`BATCH`] received frames to `each` (whole Ethernet frames), with one
+    /// `recvmmsg(2)` that does not block. Returns how many frames were read.
+    pub fn recv(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<usize> {
+        for (header, iov) in self.slots.headers.iter_mut().zip(self.slots.iovecs.iter()) {
+            header.msg_len = 0;
+            header.msg_hdr.msg_flags = 0;
+            debug_assert_eq!(iov.iov_len, SLOT);
+        }
+        // SAFETY: `headers` holds BATCH valid headers whose iovecs point into `buf`, all owned
+        // by `self.slots` and alive for the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                self.slots.headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            return match error.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(error),
+            };
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let len = (self.slots.headers[i].msg_len as usize).min(SLOT);
+            if self.slots.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC == 0 {
+                each(&self.slots.slot(i)[..len]);
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The transmit half of a [`PacketSocket`].
+#[derive(Debug)]
+pub struct PacketTx {
+    fd: OwnedFd,
+    slots: Slots,
+    staged: usize,
+}
+
+impl PacketTx {
+    fn new(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            slots: Slots::new(),
+            staged: 0,
+        }
+    }
+
+    /// Writes one frame through `write`, which gets a slot and returns the length it wrote
+    /// (0: nothing to send). A full batch is sent at once. Returns whether a frame was staged.
+    pub fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        if self.staged == BATCH {
+            let _ = self.flush();
+            if self.staged == BATCH {
+                return false;
+            }
+        }
+        let i = self.staged;
+        let written = write(self.slots.slot_mut(i)).min(SLOT);
+        if written == 0 {
+            return false;
+        }
+        self.slots.iovecs[i].iov_len = written;
+        self.staged += 1;
+        true
+    }
+
+    /// Sends every staged frame (one `sendmmsg(2)`, repeated while it makes progress). Frames
+    /// the device does not take (its queue full, the interface down) are dropped: returns
+    /// `(sent, dropped)`.
+    pub fn flush(&mut self) -> io::Result<(usize, usize)> {
+        let total = self.staged;
+        let mut sent = 0;
+        let mut result = Ok(());
+        while sent < total {
+            // SAFETY: headers `sent..total` are valid and point into slots owned by `self`.
+            let n = unsafe {
+                libc::sendmmsg(
+                    self.fd.as_raw_fd(),
+                    self.slots.headers.as_mut_ptr().add(sent),
+                    (total - sent) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    result = Err(error);
+                    break;
+                }
+                continue;
+            }
+            sent += n as usize;
+        }
+        for iov in &mut self.slots.iovecs[..total] {
+            iov.iov_len = SLOT;
+        }
+        self.staged = 0;
+        match result {
+            Ok(()) => Ok((sent, 0)),
+            Err(error) if sent > 0 || is_transient(&error) => Ok((sent, total - sent)),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// Errors a full or briefly unavailable device gives: the frames are lost, the socket is fine.
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EAGAIN | libc::ENOBUFS | libc::ENETDOWN | libc::ENXIO)
+    )
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_interface_is_named() {
+        let error = PacketSocket::open("alagg-none9", 0x88b5).unwrap_err();
+        assert!(matches!(error, PacketError::NoInterface { .. }), "{error}");
+        assert!(error.to_string().contains("alagg-none9"));
+    }
+
+    #[test]
+    fn staging_fills_slots_and_refuses_empty_frames() {
+        // A transmit half on a socket that is never sent on: staging alone is checked.
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let mut tx = PacketTx::new(OwnedFd::from(a));
+        assert!(!tx.stage(|_| 0));
+        assert!(tx.stage(|buf| {
+            buf[..4].copy_from_slice(&[1, 2, 3, 4]);
+            4
+        }));
+        assert_eq!(tx.staged, 1);
+        assert_eq!(tx.slots.iovecs[0].iov_len, 4);
+        assert_eq!(&tx.slots.slot(0)[..4], &[1, 2, 3, 4]);
+    }
+}
