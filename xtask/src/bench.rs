@@ -769,7 +769,14 @@ fn iperf_between(
         command.args(args);
         command
     };
-    let mut server_process = wrap(&bed.b, &["-s", "-1", "-B", server, "-p", "5201"])
+    // An MPTCP server listens on every address: subflows join it at B's other addresses, and
+    // a listener bound to one address would refuse them.
+    let server_args: &[&str] = if mptcp {
+        &["-s", "-1", "-p", "5201"]
+    } else {
+        &["-s", "-1", "-B", server, "-p", "5201"]
+    };
+    let mut server_process = wrap(&bed.b, server_args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
