@@ -13,7 +13,7 @@ mod common;
 use std::{
     fs,
     io::{Read as _, Write as _},
-    net::{TcpStream, UdpSocket},
+    net::TcpStream,
     thread,
     time::{Duration, Instant},
 };
@@ -45,23 +45,6 @@ fn wait_status(ns: &Netns, what: &str, check: impl Fn(&Snapshot) -> bool) -> Sna
         );
         thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Sends `count` 64-byte UDP datagrams from A to B's service address, paced.
-fn send_udp(pair: &Pair, count: u32, port: u16) {
-    pair.a
-        .enter(|| {
-            let socket = UdpSocket::bind(format!("{A4}:0")).unwrap();
-            let mut datagram = [0u8; 64];
-            for seq in 0..count {
-                datagram[..4].copy_from_slice(&seq.to_be_bytes());
-                socket.send_to(&datagram, format!("{B4}:{port}")).unwrap();
-                if seq % 32 == 31 {
-                    thread::sleep(Duration::from_micros(300));
-                }
-            }
-        })
-        .unwrap();
 }
 
 /// `GET path` from the metrics endpoint at 127.0.0.1:`port` inside `ns`: (status line, body).
@@ -120,13 +103,12 @@ fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
     assert_eq!(idle.capture.captured, 0, "{}", idle.render_text());
     assert!(idle.pid > 0);
 
-    let receiver = pair
-        .b
-        .enter(|| UdpSocket::bind(format!("{B4}:5003")).expect("bind"))
-        .unwrap();
-    big_receive_buffer(&receiver);
     let count: u32 = 3_000;
-    send_udp(&pair, count, 5003);
+    let seen = udp_numbered(&pair, 5003, count, 64);
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "every datagram exactly once at the application"
+    );
 
     let n = u64::from(count);
     let sent = wait_status(&pair.a, "every datagram captured and sent", |s| {
@@ -204,7 +186,6 @@ fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
     let (_, body) = http_get(&pair.b, port, "/metrics");
     assert_eq!(sample(&body, "alagg_link_up{link=\"link0\"}"), 0.0);
 
-    drop(receiver);
     let log_b = b.stop();
     a.stop();
     // Stopped: the control socket is gone and status says nothing runs.

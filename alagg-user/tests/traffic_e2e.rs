@@ -13,7 +13,7 @@ mod common;
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -105,40 +105,7 @@ fn every_udp_datagram_is_delivered_exactly_once() {
     let pair = Pair::new("udp", 2);
     let (a, b) = pair.up(2);
     let count: u32 = 20_000;
-    let receiver = pair
-        .b
-        .enter(|| UdpSocket::bind(format!("{B4}:5002")).expect("bind"))
-        .unwrap();
-    receiver
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    big_receive_buffer(&receiver);
-    let mut seen = vec![0u32; count as usize];
-    std::thread::scope(|scope| {
-        let counter = scope.spawn(|| {
-            let mut buf = [0u8; 2048];
-            while let Ok(n) = receiver.recv(&mut buf) {
-                assert_eq!(n, 64, "datagram length");
-                let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
-                seen[seq as usize] += 1;
-            }
-        });
-        pair.a
-            .enter(|| {
-                let socket = UdpSocket::bind(format!("{A4}:0")).unwrap();
-                let mut datagram = [0u8; 64];
-                for seq in 0..count {
-                    datagram[..4].copy_from_slice(&seq.to_be_bytes());
-                    socket.send_to(&datagram, format!("{B4}:5002")).unwrap();
-                    if seq % 64 == 63 {
-                        // Paced a little: this test is about exactly-once, not about speed.
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                }
-            })
-            .unwrap();
-        counter.join().unwrap();
-    });
+    let seen = udp_numbered(&pair, 5002, count, 64);
     let duplicates = seen.iter().filter(|&&n| n > 1).count();
     let missing = seen.iter().filter(|&&n| n == 0).count();
     let log_b = b.stop();
@@ -261,39 +228,7 @@ fn af_packet_links_carry_traffic_beside_xdp_links_and_alone() {
             alaggs.push(Alagg::start(ns, &path, pair.dir.join(log)));
         }
         let count: u32 = 5_000;
-        let receiver = pair
-            .b
-            .enter(|| UdpSocket::bind(format!("{B4}:5004")).expect("bind"))
-            .unwrap();
-        receiver
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        big_receive_buffer(&receiver);
-        let mut seen = vec![0u32; count as usize];
-        std::thread::scope(|scope| {
-            let counter = scope.spawn(|| {
-                let mut buf = [0u8; 2048];
-                while let Ok(n) = receiver.recv(&mut buf) {
-                    assert_eq!(n, 200, "datagram length");
-                    let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
-                    seen[seq as usize] += 1;
-                }
-            });
-            pair.a
-                .enter(|| {
-                    let socket = UdpSocket::bind(format!("{A4}:0")).unwrap();
-                    let mut datagram = [0u8; 200];
-                    for seq in 0..count {
-                        datagram[..4].copy_from_slice(&seq.to_be_bytes());
-                        socket.send_to(&datagram, format!("{B4}:5004")).unwrap();
-                        if seq % 32 == 31 {
-                            std::thread::sleep(Duration::from_micros(300));
-                        }
-                    }
-                })
-                .unwrap();
-            counter.join().unwrap();
-        });
+        let seen = udp_numbered(&pair, 5004, count, 200);
         let payload = data(5 * MB, 7);
         let sent = <[u8; 32]>::from(Sha256::digest(&payload));
         assert_eq!(

@@ -285,3 +285,48 @@ pub fn big_receive_buffer(socket: &std::net::UdpSocket) {
     };
     assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
 }
+
+/// Sends `count` numbered datagrams of `size` bytes (at least 4) from A's service address to
+/// B's on `port`, paced a little (these tests are about exactly-once, not speed), and returns
+/// how many times B's application received each one. The receiver stops after 500 ms of
+/// silence.
+pub fn udp_numbered(pair: &Pair, port: u16, count: u32, size: usize) -> Vec<u32> {
+    assert!(size >= 4, "a datagram carries its 4-byte number");
+    let receiver = pair
+        .b
+        .enter(|| std::net::UdpSocket::bind(format!("{B4}:{port}")).expect("bind"))
+        .expect("enter B");
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("read timeout");
+    big_receive_buffer(&receiver);
+    let mut seen = vec![0u32; count as usize];
+    thread::scope(|scope| {
+        let counter = scope.spawn(|| {
+            let mut buf = [0u8; 2048];
+            while let Ok(n) = receiver.recv(&mut buf) {
+                assert_eq!(n, size, "datagram length");
+                let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                assert!(seq < seen.len(), "a datagram number never sent: {seq}");
+                seen[seq] += 1;
+            }
+        });
+        pair.a
+            .enter(|| {
+                let socket = std::net::UdpSocket::bind(format!("{A4}:0")).expect("bind");
+                let mut datagram = vec![0u8; size];
+                for seq in 0..count {
+                    datagram[..4].copy_from_slice(&seq.to_be_bytes());
+                    socket
+                        .send_to(&datagram, format!("{B4}:{port}"))
+                        .expect("send");
+                    if seq % 32 == 31 {
+                        thread::sleep(Duration::from_micros(300));
+                    }
+                }
+            })
+            .expect("enter A");
+        counter.join().expect("receiver thread");
+    });
+    seen
+}
