@@ -212,13 +212,17 @@ pub fn ping(ns: &Netns, args: &[&str]) -> String {
         .unwrap_or_else(|e| panic!("ping {args:?} in {} failed: {e}", ns.name()))
 }
 
-/// The number after `name=` in alagg's exit summary.
-pub fn summary_value(log: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
+/// The last `summary:` line alagg printed on exit.
+fn summary_line(log: &str) -> &str {
+    log.lines()
         .rev()
         .find(|l| l.contains("summary:"))
-        .unwrap_or_else(|| panic!("no summary line in:\n{log}"));
+        .unwrap_or_else(|| panic!("no summary line in:\n{log}"))
+}
+
+/// The number after `name=` in alagg's exit summary.
+pub fn summary_value(log: &str, name: &str) -> u64 {
+    let line = summary_line(log);
     line.split_whitespace()
         .find_map(|field| field.strip_prefix(&format!("{name}=")))
         .and_then(|v| v.parse().ok())
@@ -228,11 +232,7 @@ pub fn summary_value(log: &str, name: &str) -> u64 {
 /// The number after `name=` of `link` in the `links=` field of alagg's exit summary, e.g. the
 /// `rx` of `link0:tx=0,rx=20000,first=12251,foreign=0`.
 pub fn summary_link_value(log: &str, link: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("summary:"))
-        .unwrap_or_else(|| panic!("no summary line in:\n{log}"));
+    let line = summary_line(log);
     line.split_whitespace()
         .find_map(|field| field.strip_prefix("links="))
         .and_then(|links| {
