@@ -12,6 +12,7 @@ use std::{
     ffi::CString,
     fmt,
     os::fd::{AsRawFd, RawFd},
+    path::Path,
 };
 
 use alagg_common::{
@@ -76,13 +77,23 @@ pub enum XdpError {
 /// Which XDP mode to attach in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttachMode {
-    /// Native (driver) mode, falling back to generic mode when the driver has no XDP support.
+    /// On a NIC (an interface backed by a device), native (driver) mode, falling back to
+    /// generic mode when the driver has no XDP support. On a virtual interface (veth and the
+    /// like, with no device behind it), generic mode first: there native XDP is emulated in
+    /// software too, and veth's copies every frame into a page pool before running the program
+    /// (one TCP flow over two veth links measured about 25 % faster in generic mode).
     #[default]
     Auto,
     /// Native (driver) mode only.
     Native,
     /// Generic (skb) mode: works on every interface, slower.
     Generic,
+}
+
+/// Whether `interface` is virtual: no device behind it in sysfs (`/sys/class/net/X/device`).
+fn is_virtual(interface: &str) -> bool {
+    let dir = Path::new("/sys/class/net").join(interface);
+    dir.exists() && !dir.join("device").exists()
 }
 
 /// An interface the program is attached to.
@@ -165,6 +176,7 @@ impl XdpSteering {
             })?;
         let program = self.program()?;
         let attempts: &[XdpMode] = match mode {
+            AttachMode::Auto if is_virtual(interface) => &[XdpMode::Skb, XdpMode::Driver],
             AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
             AttachMode::Native => &[XdpMode::Driver],
             AttachMode::Generic => &[XdpMode::Skb],

@@ -23,6 +23,11 @@ fn ping_v4_and_v6_both_ways_over_two_links_and_nothing_left_behind() {
     let before_b = settled_state(&pair.b);
 
     let (a, b) = pair.up(2);
+    // xdp_mode = "auto" on veth, a virtual interface, attaches in generic mode.
+    for ns in [&pair.a, &pair.b] {
+        let shown = ns.ip(&["-d", "link", "show", "link0"]).unwrap();
+        assert!(shown.contains("xdpgeneric"), "not generic XDP:\n{shown}");
+    }
     for (ns, target) in [(&pair.a, B4), (&pair.b, A4), (&pair.a, B6), (&pair.b, A6)] {
         let out = ping(ns, &["-c", "5", "-i", "0.05", "-W", "2", target]);
         assert!(
