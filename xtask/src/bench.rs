@@ -15,7 +15,8 @@
 //! (`sendmmsg`), counted by a receiver thread (`recvmmsg`) on host B, as packets per second
 //! delivered; one TCP flow and four (iperf3), as Gbit/s received; ping, 5 ms apart, RTT p50 and
 //! p99. Then, with every link limited to 200 Mbit/s, and with 5 % random loss on every link, one
-//! TCP flow over `direct`, MPTCP and alagg on two links: where aggregation shows.
+//! TCP flow over `direct`, MPTCP and alagg on two links (median of three runs): where
+//! aggregation shows.
 //!
 //! Everything runs on this machine (both hosts, the generator and the wire), so absolute
 //! figures are those of a shared 2-core box; the ratios between configurations measured in the
@@ -61,6 +62,9 @@ struct Durations {
     udp: Duration,
     tcp_secs: u32,
     pings: u32,
+    /// Runs of each impaired-link measurement, of which the median is kept: random loss makes
+    /// one TCP run vary a lot.
+    impaired_runs: u32,
 }
 
 /// One measured figure.
@@ -111,12 +115,14 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             udp: Duration::from_secs(1),
             tcp_secs: 2,
             pings: 100,
+            impaired_runs: 1,
         }
     } else {
         Durations {
             udp: Duration::from_secs(4),
             tcp_secs: 5,
             pings: 400,
+            impaired_runs: 3,
         }
     };
     let started = Instant::now();
@@ -326,34 +332,33 @@ fn impaired(
         "rate" => format!("tcp 1 flow, {RATE_MBIT} Mbit/s links"),
         _ => format!("tcp 1 flow, {LOSS_PERCENT} % loss"),
     };
+    let runs = durations.impaired_runs;
+    let secs = durations.tcp_secs;
     {
         let _direct = DirectPath::new(bed)?;
-        results.add(
-            "direct",
-            &label,
-            iperf(bed, 1, durations.tcp_secs)?,
-            "Gbit/s",
-        );
+        let value = median(runs, || iperf(bed, 1, secs))?;
+        results.add("direct", &label, value, "Gbit/s");
     }
     {
         let mptcp = Mptcp::new(bed, 2)?;
-        results.add(
-            "mptcp 2 links",
-            &label,
-            mptcp.iperf(1, durations.tcp_secs)?,
-            "Gbit/s",
-        );
+        let value = median(runs, || mptcp.iperf(1, secs))?;
+        results.add("mptcp 2 links", &label, value, "Gbit/s");
     }
     let pair = AlaggPair::start(alagg, bed, 2, dir)?;
-    results.add(
-        "alagg 2 links",
-        &label,
-        iperf(bed, 1, durations.tcp_secs)?,
-        "Gbit/s",
-    );
+    let value = median(runs, || iperf(bed, 1, secs))?;
+    results.add("alagg 2 links", &label, value, "Gbit/s");
     pair.check_alive()?;
     pair.stop();
     Ok(())
+}
+
+/// The median of `runs` measurements (at least one).
+fn median(runs: u32, mut measure: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
+    let mut values = (0..runs.max(1))
+        .map(|_| measure())
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    values.sort_by(f64::total_cmp);
+    Ok(values[values.len() / 2])
 }
 
 /// CPU, cores, kernel and the alagg revision, for the record.
