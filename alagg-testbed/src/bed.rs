@@ -113,9 +113,12 @@ pub struct Testbed {
     pub a: Netns,
     /// Host B.
     pub b: Netns,
-    /// The wire between them: one bridge per link, and the impairments.
+    /// The wire between them: one bridge per link, and the impairments (empty on a bed from
+    /// [`Testbed::new_direct`]).
     pub wire: Netns,
     links: usize,
+    /// Links go through the wire's bridges (and can be impaired); false: plain veth pairs.
+    bridged: bool,
 }
 
 impl Testbed {
@@ -126,7 +129,44 @@ impl Testbed {
         let a = Netns::new(&format!("{tag}-a"))?;
         let b = Netns::new(&format!("{tag}-b"))?;
         let wire = Netns::new(&format!("{tag}-wire"))?;
-        Testbed { a, b, wire, links }.build()
+        Testbed {
+            a,
+            b,
+            wire,
+            links,
+            bridged: true,
+        }
+        .build()
+    }
+
+    /// Like [`Testbed::new`], but each link is one plain veth pair from host A to host B, with
+    /// no bridge between (the cheapest wire there is, for measuring alagg rather than the
+    /// wire). Such links cannot be impaired: [`Testbed::set_loss`] and the like fail.
+    pub fn new_direct(tag: &str, links: usize) -> Result<Testbed> {
+        check_links(links)?;
+        let a = Netns::new(&format!("{tag}-a"))?;
+        let b = Netns::new(&format!("{tag}-b"))?;
+        let wire = Netns::new(&format!("{tag}-wire"))?;
+        let bed = Testbed {
+            a,
+            b,
+            wire,
+            links,
+            bridged: false,
+        };
+        for link in 0..links {
+            veth(
+                &bed.a,
+                &bed.interface(link),
+                &format_mac(Testbed::mac(Host::A, link)),
+                &bed.b,
+                &bed.interface(link),
+                &format_mac(Testbed::mac(Host::B, link)),
+            )?;
+        }
+        bed.add_service_addresses()?;
+        bed.wait_for_carrier(0..links)?;
+        Ok(bed)
     }
 
     /// Makes a bed in the namespaces with the fixed names [`Testbed::named_namespaces`]`(prefix)`,
@@ -138,7 +178,14 @@ impl Testbed {
         let a = Netns::named(&a)?;
         let b = Netns::named(&b)?;
         let wire = Netns::named(&wire)?;
-        Testbed { a, b, wire, links }.build()
+        Testbed {
+            a,
+            b,
+            wire,
+            links,
+            bridged: true,
+        }
+        .build()
     }
 
     /// The names of host A's, host B's and the wire's namespaces of a bed made by
@@ -229,13 +276,19 @@ impl Testbed {
             );
         }
         self.wire.exec("nft", &[&nft])?;
+        self.add_service_addresses()?;
+        self.wait_for_carrier(0..self.links)?;
+        Ok(self)
+    }
+
+    /// Each host's service addresses on its `lo`.
+    fn add_service_addresses(&self) -> Result<()> {
         for host in [Host::A, Host::B] {
             let netns = self.host(host);
             netns.ip(&["addr", "add", &format!("{}/32", host.v4()), "dev", "lo"])?;
             netns.ip(&["addr", "add", &format!("{}/128", host.v6()), "dev", "lo"])?;
         }
-        self.wait_for_carrier(0..self.links)?;
-        Ok(self)
+        Ok(())
     }
 
     /// The host's namespace.
@@ -269,7 +322,7 @@ impl Testbed {
     /// Drops `percent` % (0 to 100) of the frames on link `link`, independently in each
     /// direction, replacing the previous loss of that link; 0 removes it.
     pub fn set_loss(&self, link: usize, percent: u8) -> Result<()> {
-        self.check_link(link)?;
+        self.check_impairable(link)?;
         if percent > 100 {
             return Err(invalid(format!(
                 "loss of {percent} % on link {link}: at most 100"
@@ -297,7 +350,7 @@ impl Testbed {
     /// egress, with a 10 ms burst and at most 50 ms of queue), replacing the previous limit;
     /// 0 removes it.
     pub fn set_rate(&self, link: usize, mbit: u32) -> Result<()> {
-        self.check_link(link)?;
+        self.check_impairable(link)?;
         for host in [Host::A, Host::B] {
             let port = port(host, link);
             if mbit == 0 {
@@ -334,7 +387,7 @@ impl Testbed {
     /// Cuts link `link`: every frame on it is dropped in the wire, both ways, while both hosts
     /// keep carrier (silence, as a real WAN path fails). Loss and rate settings are kept.
     pub fn cut(&self, link: usize) -> Result<()> {
-        self.check_link(link)?;
+        self.check_impairable(link)?;
         self.wire.exec(
             "nft",
             &[&format!(
@@ -348,7 +401,7 @@ impl Testbed {
     /// Cuts link `link` by setting both wire ports down, so both hosts see their `link<link>`
     /// lose carrier.
     pub fn cut_carrier(&self, link: usize) -> Result<()> {
-        self.check_link(link)?;
+        self.check_impairable(link)?;
         for host in [Host::A, Host::B] {
             self.wire.ip(&["link", "set", &port(host, link), "down"])?;
         }
@@ -358,7 +411,7 @@ impl Testbed {
     /// Undoes [`Testbed::cut`] and [`Testbed::cut_carrier`] on link `link`, and returns once
     /// the link has carrier again. Loss and rate settings are untouched.
     pub fn heal(&self, link: usize) -> Result<()> {
-        self.check_link(link)?;
+        self.check_impairable(link)?;
         self.wire
             .exec("nft", &[&format!("flush chain bridge {TABLE} cut{link}")])?;
         for host in [Host::A, Host::B] {
@@ -419,6 +472,17 @@ impl Testbed {
         Ok((write(Host::A)?, write(Host::B)?))
     }
 
+    fn check_impairable(&self, link: usize) -> Result<()> {
+        if !self.bridged {
+            return Err(invalid(
+                "the links of a bed from Testbed::new_direct are plain veth pairs and cannot be \
+                 impaired: use Testbed::new"
+                    .to_owned(),
+            ));
+        }
+        self.check_link(link)
+    }
+
     fn check_link(&self, link: usize) -> Result<()> {
         if link < self.links {
             Ok(())
@@ -443,6 +507,7 @@ impl Testbed {
                     &self.wire,
                     links
                         .clone()
+                        .filter(|_| self.bridged)
                         .flat_map(|l| [port(Host::A, l), port(Host::B, l), format!("br{l}")])
                         .collect::<Vec<_>>(),
                 ),

@@ -314,3 +314,39 @@ fn a_named_bed_persists_until_removed_and_a_half_made_one_leaves_nothing() {
     }
     drop(guard);
 }
+
+#[test]
+fn a_direct_bed_joins_the_hosts_with_plain_veth_pairs_that_cannot_be_impaired() {
+    require_root();
+    let bed = Testbed::new_direct("direct", 2).unwrap();
+    for link in 0..2 {
+        let interface = bed.interface(link);
+        for (host, n) in [(Host::A, 1), (Host::B, 2)] {
+            bed.host(host)
+                .ip(&[
+                    "addr",
+                    "add",
+                    &format!("{}/24", v4(link, n)),
+                    "dev",
+                    &interface,
+                ])
+                .unwrap();
+        }
+        // A's link is B's link's veth peer: no bridge, nothing in the wire namespace.
+        let shown = bed.a.ip(&["-d", "link", "show", &interface]).unwrap();
+        assert!(shown.contains("veth"), "{shown}");
+        assert_link_works(&bed, link, "on a direct bed");
+    }
+    assert!(
+        bed.wire
+            .ip(&["-o", "link", "show"])
+            .unwrap()
+            .lines()
+            .count()
+            <= 1
+    );
+    let error = bed.set_loss(0, 10).unwrap_err().to_string();
+    assert!(error.contains("cannot be impaired"), "{error}");
+    assert!(bed.cut(1).is_err());
+    assert!(bed.set_rate(0, 100).is_err());
+}

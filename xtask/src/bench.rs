@@ -9,7 +9,10 @@
 //!   UDP only);
 //! - `mptcp N links`: kernel MPTCP (`mptcpize`, iperf3) with a subflow per link, the tool many
 //!   users would pick instead (TCP only; it stripes instead of duplicating);
-//! - `alagg N link(s)`: `alagg up` on both hosts over the first N links, redundant mode.
+//! - `alagg N link(s)`: `alagg up` on both hosts over the first N links, redundant mode;
+//! - `veth: ...`: direct, the steal loop and alagg on two links again, on a second bed whose
+//!   links are plain veth pairs with no bridge between ([`Testbed::new_direct`]): the cheapest
+//!   wire, so closer to what alagg itself costs.
 //!
 //! Workloads: UDP datagrams of 64, 512 and 1400 bytes sent as fast as one sender thread can
 //! (`sendmmsg`), counted by a receiver thread (`recvmmsg`) on host B, as packets per second
@@ -144,7 +147,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     {
         let steal = Steal::start(&alagg, &bed.a)?;
         for size in UDP_SIZES {
-            let sent = udp_send(&bed, size, durations.udp)?;
+            udp_send(&bed, size, durations.udp)?;
             let stolen = steal.count_since_last()?;
             results.add(
                 "nfqueue steal",
@@ -152,7 +155,6 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                 stolen as f64 / durations.udp.as_secs_f64(),
                 "pps",
             );
-            let _ = sent;
         }
     }
     drop(direct);
@@ -201,6 +203,38 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         bed.set_loss(link, 0)?;
     }
     drop(bed);
+
+    println!(
+        "\n-- plain veth pairs, no bridge: the cheapest wire, closer to what alagg itself costs"
+    );
+    let vbed = Testbed::new_direct("benchv", 2).context("building the plain-veth bed")?;
+    {
+        let _direct = DirectPath::new(&vbed)?;
+        measure_all(&vbed, "veth: direct", &durations, &mut results, None)?;
+        let steal = Steal::start(&alagg, &vbed.a)?;
+        for size in UDP_SIZES {
+            udp_send(&vbed, size, durations.udp)?;
+            let stolen = steal.count_since_last()?;
+            results.add(
+                "veth: nfqueue steal",
+                &format!("udp {size} B"),
+                stolen as f64 / durations.udp.as_secs_f64(),
+                "pps",
+            );
+        }
+    }
+    {
+        let pair = AlaggPair::start(&alagg, &vbed, 2, &dir)?;
+        measure_all(
+            &vbed,
+            "veth: alagg 2 links",
+            &durations,
+            &mut results,
+            Some(&pair),
+        )?;
+        pair.stop();
+    }
+    drop(vbed);
 
     let table = markdown(&results, &environment, quick, started.elapsed());
     println!("\n{table}");
@@ -930,7 +964,7 @@ fn ping(bed: &Testbed, count: u32) -> anyhow::Result<(f64, f64)> {
 }
 
 /// The results as a Markdown table (one row per workload, one column per configuration), with
-/// alagg on two links as a ratio of the baselines.
+/// alagg on two links as a ratio of the baselines measured on the same wire.
 fn markdown(
     results: &Results,
     environment: &[(&str, String)],
@@ -964,14 +998,22 @@ fn markdown(
     for config in &configs {
         let _ = write!(out, " {config} |");
     }
+    let ratios: [(&str, &str); 5] = [
+        ("alagg 2 links", "direct"),
+        ("alagg 2 links", "nfqueue steal"),
+        ("alagg 2 links", "mptcp 2 links"),
+        ("veth: alagg 2 links", "veth: direct"),
+        ("veth: alagg 2 links", "veth: nfqueue steal"),
+    ];
+    for (top, bottom) in ratios {
+        let _ = write!(out, " {top} / {bottom} |");
+    }
+    out.push('\n');
     let _ = writeln!(
         out,
-        " alagg 2 links / direct | alagg 2 links / nfqueue steal | alagg 2 links / mptcp 2 links |"
-    );
-    let _ = writeln!(
-        out,
-        "|---|---|{}---|---|---|",
-        "---:|".repeat(configs.len())
+        "|---|---|{}{}",
+        "---:|".repeat(configs.len()),
+        "---:|".repeat(ratios.len())
     );
     for (workload, unit) in &workloads {
         let _ = write!(out, "| {workload} | {unit} |");
@@ -983,9 +1025,8 @@ fn markdown(
                 None => out.push_str(" |"),
             }
         }
-        let alagg = results.get("alagg 2 links", workload);
-        for base in ["direct", "nfqueue steal", "mptcp 2 links"] {
-            match (alagg, results.get(base, workload)) {
+        for (top, bottom) in ratios {
+            match (results.get(top, workload), results.get(bottom, workload)) {
                 (Some(a), Some(b)) if b > 0.0 => {
                     let _ = write!(out, " {:.2} |", a / b);
                 }
