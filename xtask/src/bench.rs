@@ -104,6 +104,46 @@ impl Results {
     }
 }
 
+/// Draws the charts again from `target/bench/results.json`, without measuring.
+pub fn replot() -> anyhow::Result<()> {
+    let dir = root().join("target").join("bench");
+    let path = dir.join("results.json");
+    let text = fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (run `cargo xtask bench` first)", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut results = Results::default();
+    for figure in json
+        .get("figures")
+        .and_then(serde_json::Value::as_array)
+        .with_context(|| format!("no figures in {}", path.display()))?
+    {
+        let field = |name: &str| figure.get(name).and_then(serde_json::Value::as_str);
+        let (Some(config), Some(workload), Some(unit), Some(value)) = (
+            field("config"),
+            field("workload"),
+            field("unit"),
+            figure.get("value").and_then(serde_json::Value::as_f64),
+        ) else {
+            bail!("a figure in {} lacks a field: {figure}", path.display());
+        };
+        let unit = match unit {
+            "pps" => "pps",
+            "Gbit/s" => "Gbit/s",
+            _ => "us",
+        };
+        results.figures.push(Figure {
+            config: config.to_owned(),
+            workload: workload.to_owned(),
+            value,
+            unit,
+        });
+    }
+    let written = plots(&results, &dir)?;
+    println!("plots: {}", written.join(", "));
+    Ok(())
+}
+
 /// Runs the benchmarks.
 pub fn run(quick: bool) -> anyhow::Result<()> {
     if !alagg_testbed::is_root() {

@@ -65,6 +65,9 @@ enum Task {
         /// Shorter runs (about a minute) for a quick look; figures are noisier.
         #[arg(long)]
         quick: bool,
+        /// Only draw the charts again from target/bench/results.json.
+        #[arg(long, conflicts_with = "quick")]
+        replot: bool,
     },
     /// Attach the XDP program to interfaces and show its counters: `alagg attach`.
     Attach {
@@ -81,7 +84,8 @@ fn main() -> anyhow::Result<()> {
         Task::Build { release } => build(release).map(|_| ()),
         Task::Test { no_fuzz } => test::run(!no_fuzz),
         Task::Demo => demo::run(),
-        Task::Bench { quick } => bench::run(quick),
+        Task::Bench { replot: true, .. } => bench::replot(),
+        Task::Bench { quick, .. } => bench::run(quick),
         Task::Run { args } => run_alagg(&args),
         Task::Testbed { action } => testbed::run(action),
         Task::Attach { interfaces } => {

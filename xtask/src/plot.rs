@@ -28,7 +28,7 @@ pub fn load_font() -> anyhow::Result<()> {
     .map_err(|_| anyhow!("{FONT} is not a font plotters can read"))
 }
 
-const PALETTE: [RGBColor; 8] = [
+const PALETTE: [RGBColor; 12] = [
     RGBColor(0x4c, 0x72, 0xb0),
     RGBColor(0xdd, 0x84, 0x52),
     RGBColor(0x55, 0xa8, 0x68),
@@ -37,6 +37,10 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(0x93, 0x78, 0x60),
     RGBColor(0xda, 0x8b, 0xc3),
     RGBColor(0x8c, 0x8c, 0x8c),
+    RGBColor(0xcc, 0xb9, 0x74),
+    RGBColor(0x64, 0xb5, 0xcd),
+    RGBColor(0x2f, 0x4b, 0x7c),
+    RGBColor(0xa0, 0x5d, 0x56),
 ];
 
 /// Draws `bars` grouped by workload (in `workloads` order) into a PNG at `path`.
@@ -47,18 +51,30 @@ pub fn grouped_bars(
     workloads: &[&str],
     bars: &[Bar<'_>],
 ) -> anyhow::Result<()> {
+    // Colours follow a configuration's place among all bars, so one configuration has the
+    // same colour in every chart.
+    let mut every: Vec<&str> = Vec::new();
     let mut configs: Vec<&str> = Vec::new();
     for &(config, workload, _) in bars {
+        if !every.contains(&config) {
+            every.push(config);
+        }
         if workloads.contains(&workload) && !configs.contains(&config) {
             configs.push(config);
         }
     }
+    let colour = |config: &str| {
+        let index = every.iter().position(|c| *c == config).unwrap_or(0);
+        PALETTE[index % PALETTE.len()]
+    };
     let max = bars
         .iter()
         .filter(|(_, w, _)| workloads.contains(w))
         .map(|&(_, _, v)| v)
         .fold(0.0, f64::max);
-    let top = if max > 0.0 { max * 1.18 } else { 1.0 };
+    // Headroom above the tallest bar for the legend, which grows with the configurations.
+    let headroom = 1.1 + 0.08 * configs.len() as f64;
+    let top = if max > 0.0 { max * headroom } else { 1.0 };
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         let root = BitMapBackend::new(path, (1100, 520)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -73,12 +89,13 @@ pub fn grouped_bars(
             .configure_mesh()
             .disable_x_mesh()
             .x_labels(0)
+            .y_label_formatter(&|v| short(*v))
             .y_desc(unit)
             .label_style(("sans-serif", 14))
             .draw()?;
         let width = 0.8 / configs.len().max(1) as f64;
         for (c, config) in configs.iter().enumerate() {
-            let color = PALETTE[c % PALETTE.len()];
+            let color = colour(config);
             let mine: Vec<(f64, f64)> = workloads
                 .iter()
                 .enumerate()
