@@ -184,19 +184,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     measure_all(&bed, "direct", &durations, &mut results, None)?;
 
     println!("\n-- nfqueue steal: the capture ceiling (alagg's capture loop, nothing sent)");
-    {
-        let steal = Steal::start(&alagg, &bed.a)?;
-        for size in UDP_SIZES {
-            udp_send(&bed, size, durations.udp)?;
-            let stolen = steal.count_since_last()?;
-            results.add(
-                "nfqueue steal",
-                &format!("udp {size} B"),
-                stolen as f64 / durations.udp.as_secs_f64(),
-                "pps",
-            );
-        }
-    }
+    steal_pps(&alagg, &bed, "nfqueue steal", &durations, &mut results)?;
     drop(direct);
 
     for links in 2..=LINKS {
@@ -251,17 +239,13 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     {
         let _direct = DirectPath::new(&vbed)?;
         measure_all(&vbed, "veth: direct", &durations, &mut results, None)?;
-        let steal = Steal::start(&alagg, &vbed.a)?;
-        for size in UDP_SIZES {
-            udp_send(&vbed, size, durations.udp)?;
-            let stolen = steal.count_since_last()?;
-            results.add(
-                "veth: nfqueue steal",
-                &format!("udp {size} B"),
-                stolen as f64 / durations.udp.as_secs_f64(),
-                "pps",
-            );
-        }
+        steal_pps(
+            &alagg,
+            &vbed,
+            "veth: nfqueue steal",
+            &durations,
+            &mut results,
+        )?;
     }
     {
         let pair = AlaggPair::start(&alagg, &vbed, 2, &dir)?;
@@ -346,6 +330,29 @@ fn plots(results: &Results, dir: &Path) -> anyhow::Result<Vec<String>> {
         written.push(path.display().to_string());
     }
     Ok(written)
+}
+
+/// UDP packets per second the bare capture loop (`alagg steal` on A) takes, for each size. The
+/// direct path's route must be in place.
+fn steal_pps(
+    alagg: &Path,
+    bed: &Testbed,
+    config: &str,
+    durations: &Durations,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let steal = Steal::start(alagg, &bed.a)?;
+    for size in UDP_SIZES {
+        udp_send(bed, size, durations.udp)?;
+        let stolen = steal.count_since_last()?;
+        results.add(
+            config,
+            &format!("udp {size} B"),
+            stolen as f64 / durations.udp.as_secs_f64(),
+            "pps",
+        );
+    }
+    Ok(())
 }
 
 /// The workloads every unimpaired configuration runs.
