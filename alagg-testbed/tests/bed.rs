@@ -12,36 +12,28 @@ fn require_root() {
     );
 }
 
-/// A bed whose hosts have test addresses on each link: `198.18.20<i>.1/24` and
-/// `fd00:a1a9:200:<i>::1/64` on `A:link<i>`, `.2` and `::2` on `B:link<i>`.
+/// A bed whose hosts have test addresses on each link (see [`add_link_addresses`]).
 fn bed_with_link_addresses(tag: &str, links: usize) -> Testbed {
     require_root();
     let bed = Testbed::new(tag, links).unwrap();
-    for link in 0..links {
+    add_link_addresses(&bed);
+    bed
+}
+
+/// Gives the hosts test addresses on each link: `198.18.20<i>.1/24` and
+/// `fd00:a1a9:200:<i>::1/64` on `A:link<i>`, `.2` and `::2` on `B:link<i>`.
+fn add_link_addresses(bed: &Testbed) {
+    for link in 0..bed.links() {
         for (host, n) in [(Host::A, 1), (Host::B, 2)] {
             let netns = bed.host(host);
             let interface = bed.interface(link);
-            netns
-                .ip(&[
-                    "addr",
-                    "add",
-                    &format!("{}/24", v4(link, n)),
-                    "dev",
-                    &interface,
-                ])
-                .unwrap();
-            netns
-                .ip(&[
-                    "addr",
-                    "add",
-                    &format!("{}/64", v6(link, n)),
-                    "dev",
-                    &interface,
-                ])
-                .unwrap();
+            for address in [format!("{}/24", v4(link, n)), format!("{}/64", v6(link, n))] {
+                netns
+                    .ip(&["addr", "add", &address, "dev", &interface])
+                    .unwrap();
+            }
         }
     }
-    bed
 }
 
 fn v4(link: usize, n: u8) -> String {
@@ -319,19 +311,9 @@ fn a_named_bed_persists_until_removed_and_a_half_made_one_leaves_nothing() {
 fn a_direct_bed_joins_the_hosts_with_plain_veth_pairs_that_cannot_be_impaired() {
     require_root();
     let bed = Testbed::new_direct("direct", 2).unwrap();
+    add_link_addresses(&bed);
     for link in 0..2 {
         let interface = bed.interface(link);
-        for (host, n) in [(Host::A, 1), (Host::B, 2)] {
-            bed.host(host)
-                .ip(&[
-                    "addr",
-                    "add",
-                    &format!("{}/24", v4(link, n)),
-                    "dev",
-                    &interface,
-                ])
-                .unwrap();
-        }
         // A's link is B's link's veth peer: no bridge, nothing in the wire namespace.
         let shown = bed.a.ip(&["-d", "link", "show", &interface]).unwrap();
         assert!(shown.contains("veth"), "{shown}");

@@ -509,6 +509,12 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
     }
 }
 
+/// Checks an interface name given outside a file (such as `alagg status --tun`) the way the
+/// configuration checks `[tun] name`; the error says what is wrong.
+pub fn check_interface_name(name: &str) -> Result<(), String> {
+    check_ifname("", name).map_err(|invalid| invalid.message)
+}
+
 /// Checks an interface name the way the kernel does (`dev_valid_name`, `net/core/dev.c`).
 fn check_ifname(key: &str, name: &str) -> Result<(), Invalid> {
     if name.is_empty() {

@@ -360,26 +360,39 @@ fn remove_stale(path: &Path) -> Result<(), ControlError> {
 
 /// The server thread: accepts and answers connections in turn until `stop`.
 fn serve(listener: &UnixListener, stop: &AtomicBool, snapshot: &dyn Fn() -> Snapshot) {
-    for stream in listener.incoming() {
+    serve_in_turn(listener.incoming(), stop, "control socket", |stream| {
+        answer(stream, snapshot)
+    });
+}
+
+/// The accept loop of alagg's small servers (this control socket, [`crate::metrics`]): takes
+/// the connections of `incoming` one at a time and hands each to `answer`, until `stop` is set
+/// (the owner then connects once to wake the loop). A failed client is logged at debug level; a
+/// failed accept (EMFILE and the like) is logged and paced, so it never spins.
+pub(crate) fn serve_in_turn<S>(
+    incoming: impl Iterator<Item = io::Result<S>>,
+    stop: &AtomicBool,
+    what: &str,
+    mut answer: impl FnMut(S) -> io::Result<()>,
+) {
+    for stream in incoming {
         if stop.load(SeqCst) {
             return;
         }
         match stream {
             Ok(stream) => {
-                if let Err(error) = answer(stream, snapshot) {
-                    tracing::debug!(%error, "control socket client");
+                if let Err(error) = answer(stream) {
+                    tracing::debug!(%error, "{what} client");
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "control socket accept");
-                // EMFILE and the like: do not spin.
+                tracing::warn!(%error, "{what} accept");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
 }
 
-/// Reads one request line from `stream` and writes the one-line answer.
 fn answer(stream: UnixStream, snapshot: &dyn Fn() -> Snapshot) -> io::Result<()> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;

@@ -1061,6 +1061,12 @@ fn capture_loop(
             }
             let t = now(start);
             for index in 0..batch.len() {
+                if let Some(packet) = batch.get(index) {
+                    counters.captured.fetch_add(1, Relaxed);
+                    counters
+                        .captured_bytes
+                        .fetch_add(packet.payload.len() as u64, Relaxed);
+                }
                 if batch.csum_not_ready(index)
                     && !batch
                         .payload_mut(index)
@@ -1115,7 +1121,8 @@ fn capture_loop(
     }
 }
 
-/// Encapsulates one captured packet and stages its frames on the links the scheduler picks.
+/// Encapsulates one captured (and counted) packet and stages its frames on the links the
+/// scheduler picks.
 fn send_packet(
     packet: &Packet<'_>,
     sender: &mut Sender,
@@ -1126,10 +1133,6 @@ fn send_packet(
     t: Timestamp,
 ) {
     let payload = packet.payload;
-    counters.captured.fetch_add(1, Relaxed);
-    counters
-        .captured_bytes
-        .fetch_add(payload.len() as u64, Relaxed);
     if payload.is_empty() || packet.truncated {
         counters.capture_dropped.fetch_add(1, Relaxed);
         return;

@@ -379,7 +379,10 @@ fn up(path: &Path) -> anyhow::Result<()> {
 fn status(config: Option<&Path>, tun: Option<String>, json: bool) -> anyhow::Result<()> {
     let tun = match (config, tun) {
         (Some(path), _) => Config::load(path)?.tun.name,
-        (None, Some(tun)) => tun,
+        (None, Some(tun)) => {
+            config::check_interface_name(&tun).map_err(|e| anyhow::anyhow!("--tun: {e}"))?;
+            tun
+        }
         (None, None) => config::DEFAULT_TUN_NAME.to_owned(),
     };
     let snapshot = control::query(&control::socket_path(&tun))?;

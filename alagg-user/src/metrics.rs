@@ -112,23 +112,9 @@ impl Drop for MetricsServer {
 
 /// The server thread: accepts and answers connections in turn until `stop`.
 fn serve(listener: &TcpListener, stop: &AtomicBool, snapshot: &dyn Fn() -> Snapshot) {
-    for stream in listener.incoming() {
-        if stop.load(SeqCst) {
-            return;
-        }
-        match stream {
-            Ok(stream) => {
-                if let Err(error) = answer(stream, snapshot) {
-                    tracing::debug!(%error, "metrics client");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "metrics accept");
-                // EMFILE and the like: do not spin.
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
+    crate::control::serve_in_turn(listener.incoming(), stop, "metrics", |stream| {
+        answer(stream, snapshot)
+    });
 }
 
 /// What a request head asks for.

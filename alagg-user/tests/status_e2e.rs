@@ -211,4 +211,10 @@ fn status_without_an_instance_says_so() {
         "{message}"
     );
     assert!(message.contains("alagg up --config"), "{message}");
+    // A name no interface can have is refused before any path is built from it.
+    let error = ns
+        .exec(ALAGG, &["status", "--tun", "../etc"])
+        .expect_err("a bad name");
+    assert!(error.to_string().contains("--tun"), "{error}");
+    assert!(error.to_string().contains("'/'"), "{error}");
 }

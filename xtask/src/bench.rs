@@ -213,22 +213,15 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         pair.stop();
     }
 
-    println!("\n-- every link limited to {RATE_MBIT} Mbit/s");
-    for link in 0..LINKS {
-        bed.set_rate(link, RATE_MBIT)?;
-    }
-    impaired(&alagg, &bed, &dir, &durations, &mut results, "rate")?;
-    for link in 0..LINKS {
-        bed.set_rate(link, 0)?;
-    }
-
-    println!("\n-- every link drops {LOSS_PERCENT} % of its frames at random");
-    for link in 0..LINKS {
-        bed.set_loss(link, LOSS_PERCENT)?;
-    }
-    impaired(&alagg, &bed, &dir, &durations, &mut results, "loss")?;
-    for link in 0..LINKS {
-        bed.set_loss(link, 0)?;
+    for impairment in [Impairment::Rate, Impairment::Loss] {
+        println!("\n-- every link {}", impairment.describe());
+        for link in 0..LINKS {
+            impairment.apply(&bed, link, true)?;
+        }
+        impaired(&alagg, &bed, &dir, &durations, &mut results, impairment)?;
+        for link in 0..LINKS {
+            impairment.apply(&bed, link, false)?;
+        }
     }
     drop(bed);
 
@@ -295,8 +288,8 @@ fn plots(results: &Results, dir: &Path) -> anyhow::Result<Vec<String>> {
         .iter()
         .map(|f| (f.config.as_str(), f.workload.as_str(), f.value))
         .collect();
-    let rate = format!("tcp 1 flow, {RATE_MBIT} Mbit/s links");
-    let loss = format!("tcp 1 flow, {LOSS_PERCENT} % loss");
+    let rate = Impairment::Rate.workload();
+    let loss = Impairment::Loss.workload();
     let charts: [(&str, &str, &str, Vec<&str>); 4] = [
         (
             "tcp.png",
@@ -400,6 +393,41 @@ fn measure_all(
     Ok(())
 }
 
+/// What the impaired-link measurements do to every link.
+#[derive(Clone, Copy, Debug)]
+enum Impairment {
+    /// A [`RATE_MBIT`] rate limit.
+    Rate,
+    /// [`LOSS_PERCENT`] random loss.
+    Loss,
+}
+
+impl Impairment {
+    fn describe(self) -> String {
+        match self {
+            Impairment::Rate => format!("limited to {RATE_MBIT} Mbit/s"),
+            Impairment::Loss => format!("drops {LOSS_PERCENT} % of its frames at random"),
+        }
+    }
+
+    /// The workload's name in the results.
+    fn workload(self) -> String {
+        match self {
+            Impairment::Rate => format!("tcp 1 flow, {RATE_MBIT} Mbit/s links"),
+            Impairment::Loss => format!("tcp 1 flow, {LOSS_PERCENT} % loss"),
+        }
+    }
+
+    /// Puts the impairment on `link`, or takes it off.
+    fn apply(self, bed: &Testbed, link: usize, on: bool) -> anyhow::Result<()> {
+        match self {
+            Impairment::Rate => bed.set_rate(link, if on { RATE_MBIT } else { 0 })?,
+            Impairment::Loss => bed.set_loss(link, if on { LOSS_PERCENT } else { 0 })?,
+        }
+        Ok(())
+    }
+}
+
 /// One TCP flow over `direct` and over alagg on two links, on impaired links.
 fn impaired(
     alagg: &Path,
@@ -407,12 +435,9 @@ fn impaired(
     dir: &Path,
     durations: &Durations,
     results: &mut Results,
-    scenario: &str,
+    impairment: Impairment,
 ) -> anyhow::Result<()> {
-    let label = match scenario {
-        "rate" => format!("tcp 1 flow, {RATE_MBIT} Mbit/s links"),
-        _ => format!("tcp 1 flow, {LOSS_PERCENT} % loss"),
-    };
+    let label = impairment.workload();
     let runs = durations.impaired_runs;
     let secs = durations.tcp_secs;
     {

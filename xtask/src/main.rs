@@ -42,8 +42,9 @@ enum Task {
         #[arg(long)]
         no_fuzz: bool,
     },
-    /// The main job on a built-in default: two test hosts joined by a link, alagg's XDP program
-    /// steering alagg frames while ordinary traffic passes. Needs root.
+    /// The main job on a built-in default: two test hosts joined by three links, `alagg up` on
+    /// both, ping, a TCP transfer, `alagg status`, a link cut and lossy links with nothing lost.
+    /// Needs root.
     Demo,
     /// Build (release) and run `alagg` with the given arguments, e.g. `cargo xtask run -- --help`.
     Run {
