@@ -526,7 +526,7 @@ impl<'a> DirectPath<'a> {
             ])?;
         }
         // The first packets must not wait for ARP.
-        bed.a.exec("ping", &["-c", "1", "-W", "2", DIRECT_B])?;
+        resolve(&bed.a, DIRECT_B)?;
         Ok(this)
     }
 }
@@ -541,6 +541,17 @@ impl Drop for DirectPath<'_> {
             let _ = ns.ip(&["addr", "del", &format!("{here}/30"), "dev", &link]);
         }
     }
+}
+
+/// Pings `address` from `ns` until one echo comes back (at most 10 tries), so that neighbour
+/// resolution is done before a measurement; a lossy link may drop a few.
+fn resolve(ns: &Netns, address: &str) -> anyhow::Result<()> {
+    ns.exec(
+        "ping",
+        &["-c", "10", "-i", "0.1", "-W", "1", "-w", "5", "-A", address],
+    )
+    .map(|_| ())
+    .with_context(|| format!("no echo from {address} in 10 tries"))
 }
 
 /// `alagg steal` on host A with an iptables rule queueing UDP to B's service address to it.
@@ -966,10 +977,7 @@ impl<'a> Mptcp<'a> {
             ])?;
         }
         for link in 0..links {
-            bed.a.exec(
-                "ping",
-                &["-c", "1", "-W", "2", &Self::address(Host::B, link)],
-            )?;
+            resolve(&bed.a, &Self::address(Host::B, link))?;
         }
         Ok(this)
     }
