@@ -53,8 +53,9 @@ use crate::reorder::{ReorderBuffer, ReorderConfig};
 use crate::seq::{SeqCheck, SeqWindow};
 use crate::stats::{RxStats, TxStats};
 use crate::wire::{
-    DATA_HEADER_LEN, ETH_HDR_LEN, EthernetRepr, FRAGMENT_HEADER_LEN, FragmentLayout, FragmentRepr,
-    Frame, Kind, LinkId, ProbeRepr, Repr, WireError,
+    BUNDLE_ENTRY_HEADER_LEN, BUNDLE_HEADER_LEN, BundleEntries, BundleRepr, DATA_HEADER_LEN,
+    ETH_HDR_LEN, EthernetRepr, FRAGMENT_HEADER_LEN, FragmentLayout, FragmentRepr, Frame, Kind,
+    LinkId, ProbeRepr, Repr, WireError,
 };
 
 /// Sizing and timing of a [`Receiver`].
@@ -192,6 +193,19 @@ pub enum RxOutcome {
         /// Packet sequence number.
         seq: u64,
     },
+    /// A bundle of `count` packets numbered from `seq`, of which `accepted` were first copies
+    /// (each delivered, held or late like a data frame's packet); the others were duplicates or
+    /// too old.
+    Bundle {
+        /// Sending link.
+        link: LinkId,
+        /// Sequence number of the bundle's first packet.
+        seq: u64,
+        /// Packets in the bundle.
+        count: u16,
+        /// Packets of which this was the first copy.
+        accepted: u16,
+    },
     /// A keepalive / probe; the datapath answers or measures with it.
     Probe {
         /// Sending link.
@@ -323,21 +337,51 @@ impl Receiver {
                 self.stats.probes += 1;
                 RxOutcome::Probe { link, seq, probe }
             }
-            Kind::Data => {
-                if payload.len() > self.max_packet_len {
-                    self.stats.oversized += 1;
-                    return RxOutcome::Refused { link, seq };
-                }
-                match self.window.check_and_mark(seq) {
-                    SeqCheck::Fresh => {
-                        let order = self.reorder.push(seq, payload, now, &mut deliver);
-                        RxOutcome::Accepted { link, seq, order }
+            Kind::Data => self.on_packet(link, seq, payload, now, &mut deliver),
+            Kind::Fragment(frag) => self.on_fragment(link, seq, &frag, payload, now, &mut deliver),
+            Kind::Bundle(BundleRepr { count }) => {
+                self.stats.bundles += 1;
+                let mut accepted = 0;
+                // Parsing checked that the entries are exactly `count` packets.
+                for (packet_seq, packet) in (0..)
+                    .map(|i| seq.wrapping_add(i))
+                    .zip(BundleEntries::new(payload))
+                {
+                    let outcome = self.on_packet(link, packet_seq, packet, now, &mut deliver);
+                    if let RxOutcome::Accepted { .. } = outcome {
+                        accepted += 1;
                     }
-                    SeqCheck::Duplicate => RxOutcome::Duplicate { link, seq },
-                    SeqCheck::TooOld => RxOutcome::TooOld { link, seq },
+                }
+                RxOutcome::Bundle {
+                    link,
+                    seq,
+                    count,
+                    accepted,
                 }
             }
-            Kind::Fragment(frag) => self.on_fragment(link, seq, &frag, payload, now, &mut deliver),
+        }
+    }
+
+    /// One whole packet, from a data frame or a bundle.
+    fn on_packet<F: FnMut(&[u8])>(
+        &mut self,
+        link: LinkId,
+        seq: u64,
+        packet: &[u8],
+        now: Timestamp,
+        deliver: &mut F,
+    ) -> RxOutcome {
+        if packet.len() > self.max_packet_len {
+            self.stats.oversized += 1;
+            return RxOutcome::Refused { link, seq };
+        }
+        match self.window.check_and_mark(seq) {
+            SeqCheck::Fresh => {
+                let order = self.reorder.push(seq, packet, now, deliver);
+                RxOutcome::Accepted { link, seq, order }
+            }
+            SeqCheck::Duplicate => RxOutcome::Duplicate { link, seq },
+            SeqCheck::TooOld => RxOutcome::TooOld { link, seq },
         }
     }
 
@@ -493,6 +537,165 @@ impl Sender {
             payload_len: 0,
             kind: Kind::Probe(probe),
         }
+    }
+}
+
+/// Packs packets captured together into one [`crate::wire::FrameType::Bundle`] frame, so a
+/// burst of small packets costs the links one frame instead of one each. It never waits for
+/// packets: the caller pushes what it has at hand (one capture batch) and seals the bundle when
+/// the next packet does not fit or the batch ends.
+///
+/// ```
+/// # use alagg_proto::{Bundler, Sender};
+/// # use alagg_proto::wire::{EthernetRepr, MacAddr, DEFAULT_ETHERTYPE};
+/// let eth = EthernetRepr { dst: MacAddr([2, 0, 0, 0, 0, 2]), src: MacAddr([2, 0, 0, 0, 0, 1]),
+///                          ethertype: DEFAULT_ETHERTYPE };
+/// let (mut sender, mut bundler) = (Sender::new(7), Bundler::new());
+/// for packet in [&[0x45u8; 60][..], &[0x45; 80][..]] {
+///     if !bundler.push(packet, 1500) {
+///         // Full (or the packet is too large for any bundle): seal, send, push again.
+///     }
+/// }
+/// let sealed = bundler.seal(&mut sender).expect("two packets");
+/// let mut umem_frame = [0u8; 2048];
+/// let len = sealed.emit_ethernet(0, &eth, &mut umem_frame).expect("fits");
+/// assert_eq!(len, 14 + 24 + 2 + 60 + 2 + 80);
+/// bundler.clear();
+/// assert_eq!(sender.next_seq(), 2);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Bundler {
+    /// The entries: each packet after its 2-byte length.
+    entries: Vec<u8>,
+    count: u16,
+    /// The MTU the bundle is being built for (0 while empty).
+    mtu: usize,
+}
+
+impl Bundler {
+    /// An empty bundler.
+    pub fn new() -> Self {
+        Bundler::default()
+    }
+
+    /// Whether a packet of `len` bytes can travel in a bundle on links of `mtu` bytes at all.
+    pub const fn bundleable(len: usize, mtu: usize) -> bool {
+        len > 0
+            && len <= u16::MAX as usize
+            && BUNDLE_HEADER_LEN + BUNDLE_ENTRY_HEADER_LEN + len <= mtu
+    }
+
+    /// Adds `packet` if it fits the bundle being built for links of `mtu` bytes; `false` if it
+    /// does not (the bundle is full, was started for another MTU, or the packet is not
+    /// [`Bundler::bundleable`]): seal and clear, then push again, or send it on its own.
+    pub fn push(&mut self, packet: &[u8], mtu: usize) -> bool {
+        let fits = Bundler::bundleable(packet.len(), mtu)
+            && (self.count == 0 || self.mtu == mtu)
+            && self.count < u16::MAX
+            && BUNDLE_HEADER_LEN + self.entries.len() + BUNDLE_ENTRY_HEADER_LEN + packet.len()
+                <= mtu.min(BUNDLE_HEADER_LEN + usize::from(u16::MAX));
+        if fits {
+            // Bounded by u16::MAX in `bundleable`.
+            self.entries
+                .extend_from_slice(&(packet.len() as u16).to_be_bytes());
+            self.entries.extend_from_slice(packet);
+            self.count += 1;
+            self.mtu = mtu;
+        }
+        fits
+    }
+
+    /// Packets in the bundle.
+    pub fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    /// Whether the bundle is empty.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Numbers the bundle's packets (consecutively) and returns its frame, to be emitted once
+    /// per chosen link; `None` if empty. A bundle of one packet is sent as a plain data frame.
+    /// Call [`Bundler::clear`] after emitting.
+    pub fn seal(&self, sender: &mut Sender) -> Option<SealedBundle<'_>> {
+        if self.count == 0 {
+            return None;
+        }
+        let seq = sender.next_seq;
+        sender.next_seq = seq.wrapping_add(u64::from(self.count));
+        sender.stats.packets += u64::from(self.count);
+        if self.count > 1 {
+            sender.stats.bundles += 1;
+            sender.stats.bundled += u64::from(self.count);
+        }
+        Some(SealedBundle {
+            epoch: sender.epoch,
+            seq,
+            count: self.count,
+            entries: &self.entries,
+        })
+    }
+
+    /// Empties the bundle, keeping its memory.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.count = 0;
+        self.mtu = 0;
+    }
+}
+
+/// A numbered bundle, ready to emit ([`Bundler::seal`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SealedBundle<'a> {
+    epoch: u32,
+    seq: u64,
+    count: u16,
+    entries: &'a [u8],
+}
+
+impl SealedBundle<'_> {
+    /// Sequence number of the first packet.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Packets in the bundle.
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// The frame's header on `link`, and its payload.
+    fn frame(&self, link: LinkId) -> (Repr, &[u8]) {
+        let (kind, payload) = if self.count == 1 {
+            (Kind::Data, &self.entries[BUNDLE_ENTRY_HEADER_LEN..])
+        } else {
+            (Kind::Bundle(BundleRepr { count: self.count }), self.entries)
+        };
+        let repr = Repr {
+            link_id: link,
+            epoch: self.epoch,
+            seq: self.seq,
+            // Bounded by u16::MAX in `Bundler::push`.
+            payload_len: payload.len() as u16,
+            kind,
+        };
+        (repr, payload)
+    }
+
+    /// Writes the frame for `link`, preceded by the Ethernet header `eth`, into `out`. Returns
+    /// the frame length.
+    #[inline]
+    pub fn emit_ethernet(
+        &self,
+        link: LinkId,
+        eth: &EthernetRepr,
+        out: &mut [u8],
+    ) -> Result<usize, WireError> {
+        eth.emit(out)?;
+        let (repr, payload) = self.frame(link);
+        let n = repr.emit_with_payload(payload, &mut out[ETH_HDR_LEN..])?;
+        Ok(ETH_HDR_LEN + n)
     }
 }
 
@@ -702,6 +905,84 @@ mod tests {
         );
         assert_eq!(rx.next_deadline(), None);
         assert_eq!(tx.stats().fragments, 45);
+    }
+
+    /// The bundle of `packets` on `link`, numbered by `tx` (bytes after the Ethernet header).
+    fn bundle_frame(tx: &mut Sender, packets: &[Vec<u8>], link: LinkId) -> Vec<u8> {
+        let mut bundler = Bundler::new();
+        for p in packets {
+            assert!(bundler.push(p, 1500));
+        }
+        let sealed = bundler.seal(tx).unwrap();
+        let eth = EthernetRepr {
+            dst: crate::wire::MacAddr([2, 0, 0, 0, 0, 2]),
+            src: crate::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+            ethertype: crate::wire::DEFAULT_ETHERTYPE,
+        };
+        let mut out = [0u8; ETH_HDR_LEN + 1500];
+        let n = sealed.emit_ethernet(link, &eth, &mut out).unwrap();
+        out[ETH_HDR_LEN..n].to_vec()
+    }
+
+    #[test]
+    fn bundles_deliver_each_packet_once_and_fill_gaps() {
+        let mut tx = Sender::new(1);
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        let f0 = packet_frame(&mut tx, 0);
+        let small: Vec<Vec<u8>> = (1..=3).map(|seq| packet(seq, 40 + seq as usize)).collect();
+        let b0 = bundle_frame(&mut tx, &small, 0);
+        let b1 = bundle_frame(&mut Sender::with_first_seq(1, 1), &small, 1);
+        let f4 = packet_frame(&mut tx, 0);
+        assert_eq!(tx.next_seq(), 5);
+        assert_eq!((tx.stats().bundles, tx.stats().bundled), (1, 3));
+        rx.on_frame(&f0, t(0), sink.f());
+        // 4 arrives before the bundle carrying 1..=3: held, then released by the bundle.
+        rx.on_frame(&f4, t(0), sink.f());
+        assert_eq!(sink.0.len(), 1);
+        assert_eq!(
+            rx.on_frame(&b0, t(1), sink.f()),
+            RxOutcome::Bundle {
+                link: 0,
+                seq: 1,
+                count: 3,
+                accepted: 3
+            }
+        );
+        // The copy from the other link: every packet a duplicate.
+        assert_eq!(
+            rx.on_frame(&b1, t(1), sink.f()),
+            RxOutcome::Bundle {
+                link: 1,
+                seq: 1,
+                count: 3,
+                accepted: 0
+            }
+        );
+        let seqs: Vec<u8> = sink.0.iter().map(|p| p[7]).collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4]);
+        assert_eq!(sink.0[2], small[1]);
+        let s = rx.stats();
+        assert_eq!((s.bundles, s.dedup.passed, s.dedup.discarded), (2, 5, 3));
+        assert_eq!(rx.held(), 0);
+    }
+
+    #[test]
+    fn a_bundle_of_one_is_a_data_frame() {
+        let mut tx = Sender::new(1);
+        let frame = bundle_frame(&mut tx, &[packet(0, 100)], 0);
+        assert_eq!(frame.len(), DATA_HEADER_LEN + 100);
+        assert_eq!(frame[1], 1);
+        assert_eq!(tx.stats().bundles, 0);
+        let mut bundler = Bundler::new();
+        // Too large for a bundle, and no mixing of MTUs within one.
+        assert!(!bundler.push(&[0; 1500 - BUNDLE_HEADER_LEN - 1], 1500));
+        assert!(bundler.push(&[0; 100], 1500));
+        assert!(!bundler.push(&[0; 100], 1400));
+        assert!(!bundler.push(&[], 1500));
+        assert_eq!(bundler.len(), 1);
+        bundler.clear();
+        assert!(bundler.is_empty() && bundler.seal(&mut tx).is_none());
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub mod time;
 pub mod wire;
 
 pub use engine::{
-    ConfigError, Order, Plan, PlanError, Receiver, ReceiverConfig, RxOutcome, Sender,
+    Bundler, ConfigError, Order, Plan, PlanError, Receiver, ReceiverConfig, RxOutcome,
+    SealedBundle, Sender,
 };
 pub use frag::{Fragmenter, Reassembler};
 pub use reorder::ReorderBuffer;

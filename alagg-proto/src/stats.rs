@@ -142,6 +142,8 @@ pub struct RxStats {
     pub oversized: u64,
     /// Probe frames.
     pub probes: u64,
+    /// Bundle frames (each carrying several packets, counted in the stages below).
+    pub bundles: u64,
     /// Times the peer's epoch changed (the peer restarted).
     pub epoch_changes: u64,
     /// Frames of the peer's previous epoch, dropped (in flight across a restart).
@@ -163,6 +165,10 @@ pub struct TxStats {
     pub fragmented: u64,
     /// Fragments planned (per packet, not per link).
     pub fragments: u64,
+    /// Bundle frames planned (per bundle, not per link).
+    pub bundles: u64,
+    /// Packets sent in bundles.
+    pub bundled: u64,
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ pub const DATA_HEADER_LEN: usize = BASE_HEADER_LEN;
 pub const FRAGMENT_HEADER_LEN: usize = field::FRAG_COUNT.end;
 /// Header length of a [`FrameType::Probe`] frame.
 pub const PROBE_HEADER_LEN: usize = field::ECHO_DELAY.end;
+/// Header length of a [`FrameType::Bundle`] frame.
+pub const BUNDLE_HEADER_LEN: usize = field::BUNDLE_RESERVED.end;
+/// Bytes before each packet in a bundle's payload: its length.
+pub const BUNDLE_ENTRY_HEADER_LEN: usize = 2;
 /// Most fragments one packet may be cut into (an implementation limit of v1 receivers).
 pub const MAX_FRAGMENTS: usize = 256;
 
@@ -51,6 +55,9 @@ pub enum WireError {
     /// Fragment fields that do not describe the canonical layout (`docs/PROTOCOL.md`).
     #[error("inconsistent fragment fields")]
     BadFragment,
+    /// A bundle whose entries do not exactly fill its payload, or number other than its count.
+    #[error("inconsistent bundle entries")]
+    BadBundle,
     /// The output buffer is too small for what was asked to be emitted.
     #[error("output buffer too small")]
     BufferTooSmall,
@@ -83,6 +90,10 @@ mod field {
     pub const ECHO_TIME: Field = 28..36;
     pub const ECHO_DELAY: Field = 36..44;
 
+    // Bundle extension.
+    pub const BUNDLE_COUNT: Field = 20..22;
+    pub const BUNDLE_RESERVED: Field = 22..24;
+
     // Ethernet II header (IEEE 802.3 clause 3.2).
     pub const ETH_DST: Field = 0..6;
     pub const ETH_SRC: Field = 6..12;
@@ -98,6 +109,8 @@ pub enum FrameType {
     Fragment,
     /// Keepalive / link probe with timestamps; not part of the data sequence.
     Probe,
+    /// Several whole IP packets with consecutive sequence numbers.
+    Bundle,
     /// A type this receiver does not know; value 0 is reserved and never sent.
     Unknown(u8),
 }
@@ -108,6 +121,7 @@ impl From<u8> for FrameType {
             1 => FrameType::Data,
             2 => FrameType::Fragment,
             3 => FrameType::Probe,
+            4 => FrameType::Bundle,
             other => FrameType::Unknown(other),
         }
     }
@@ -119,6 +133,7 @@ impl From<FrameType> for u8 {
             FrameType::Data => 1,
             FrameType::Fragment => 2,
             FrameType::Probe => 3,
+            FrameType::Bundle => 4,
             FrameType::Unknown(other) => other,
         }
     }
@@ -131,6 +146,7 @@ impl FrameType {
             FrameType::Data | FrameType::Unknown(_) => DATA_HEADER_LEN,
             FrameType::Fragment => FRAGMENT_HEADER_LEN,
             FrameType::Probe => PROBE_HEADER_LEN,
+            FrameType::Bundle => BUNDLE_HEADER_LEN,
         }
     }
 }
@@ -258,6 +274,11 @@ impl<T: AsRef<[u8]>> Frame<T> {
         read_u16(self.buffer.as_ref(), field::FRAG_COUNT)
     }
 
+    /// Bundle: number of packets in the bundle.
+    pub fn bundle_count(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::BUNDLE_COUNT)
+    }
+
     /// Probe: the sender's clock when it sent this probe, in nanoseconds.
     pub fn tx_time(&self) -> u64 {
         read_u64(self.buffer.as_ref(), field::TX_TIME)
@@ -354,6 +375,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     /// Sets the fragment count.
     pub fn set_frag_count(&mut self, v: u16) {
         self.set_u16(field::FRAG_COUNT, v);
+    }
+
+    /// Sets the bundle's packet count (and clears the reserved field after it).
+    pub fn set_bundle_count(&mut self, v: u16) {
+        self.set_u16(field::BUNDLE_COUNT, v);
+        self.set_u16(field::BUNDLE_RESERVED, 0);
     }
 
     /// Sets the probe's transmit time.
@@ -464,6 +491,56 @@ pub struct ProbeRepr {
     pub echo_delay: u64,
 }
 
+/// Fields of a [`FrameType::Bundle`] frame beyond the base header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BundleRepr {
+    /// Number of packets in the bundle, at least 1.
+    pub count: u16,
+}
+
+/// The packets of a bundle's payload: each a 2-byte big-endian length, then that many bytes.
+/// Yields the packets; stops at the first entry that does not fit (never panics). For a payload
+/// [`Repr::parse`] accepted, it yields exactly `count` non-empty packets.
+#[derive(Clone, Debug)]
+pub struct BundleEntries<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> BundleEntries<'a> {
+    /// The entries of `payload`.
+    pub const fn new(payload: &'a [u8]) -> Self {
+        BundleEntries { rest: payload }
+    }
+
+    /// Whether `payload` holds exactly `count` non-empty entries and nothing else.
+    pub fn check(payload: &[u8], count: u16) -> Result<(), WireError> {
+        let mut entries = BundleEntries::new(payload);
+        let mut seen = 0u32;
+        for packet in entries.by_ref() {
+            if packet.is_empty() {
+                return Err(WireError::BadBundle);
+            }
+            seen += 1;
+        }
+        if count == 0 || seen != u32::from(count) || !entries.rest.is_empty() {
+            return Err(WireError::BadBundle);
+        }
+        Ok(())
+    }
+}
+
+impl<'a> Iterator for BundleEntries<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let (len, rest) = self.rest.split_first_chunk::<BUNDLE_ENTRY_HEADER_LEN>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        let packet = rest.get(..len)?;
+        self.rest = &rest[len..];
+        Some(packet)
+    }
+}
+
 /// What an alagg frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -473,6 +550,9 @@ pub enum Kind {
     Fragment(FragmentRepr),
     /// A keepalive / probe.
     Probe(ProbeRepr),
+    /// Several whole packets, numbered `seq`, `seq + 1`, ...; the payload is their
+    /// [`BundleEntries`].
+    Bundle(BundleRepr),
 }
 
 /// A parsed, validated alagg header.
@@ -517,6 +597,11 @@ impl Repr {
                 echo_time: frame.echo_time(),
                 echo_delay: frame.echo_delay(),
             }),
+            FrameType::Bundle => {
+                let count = frame.bundle_count();
+                BundleEntries::check(frame.payload(), count)?;
+                Kind::Bundle(BundleRepr { count })
+            }
             FrameType::Unknown(t) => return Err(WireError::UnknownType(t)),
         };
         Ok(Repr {
@@ -534,6 +619,7 @@ impl Repr {
             Kind::Data => FrameType::Data,
             Kind::Fragment(_) => FrameType::Fragment,
             Kind::Probe(_) => FrameType::Probe,
+            Kind::Bundle(_) => FrameType::Bundle,
         }
     }
 
@@ -577,6 +663,7 @@ impl Repr {
                 frame.set_echo_time(p.echo_time);
                 frame.set_echo_delay(p.echo_delay);
             }
+            Kind::Bundle(b) => frame.set_bundle_count(b.count),
         }
         Ok(header_len)
     }
@@ -785,6 +872,65 @@ mod tests {
         assert_eq!(frame.echo_time(), u64::MAX);
         assert_eq!(frame.echo_delay(), 5);
         assert_eq!(Repr::parse(&frame).unwrap(), repr);
+    }
+
+    /// A bundle frame of `count` (claimed) packets with these entries.
+    fn bundle_bytes(count: u16, entries: &[u8]) -> Vec<u8> {
+        let repr = Repr {
+            link_id: 1,
+            epoch: 9,
+            seq: 100,
+            payload_len: entries.len() as u16,
+            kind: Kind::Bundle(BundleRepr { count }),
+        };
+        let mut buf = vec![0u8; BUNDLE_HEADER_LEN + entries.len()];
+        repr.emit_with_payload(entries, &mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn bundle_round_trip() {
+        let entries = [0, 3, 1, 2, 3, 0, 1, 9];
+        let buf = bundle_bytes(2, &entries);
+        assert_eq!(&buf[..2], &[VERSION, 4]);
+        assert_eq!(&buf[20..24], &[0, 2, 0, 0]);
+        let frame = Frame::new_checked(&buf[..]).unwrap();
+        assert_eq!(frame.bundle_count(), 2);
+        let repr = Repr::parse(&frame).unwrap();
+        assert_eq!(repr.kind, Kind::Bundle(BundleRepr { count: 2 }));
+        let packets: Vec<&[u8]> = BundleEntries::new(frame.payload()).collect();
+        assert_eq!(packets, [&[1u8, 2, 3][..], &[9][..]]);
+    }
+
+    #[test]
+    fn inconsistent_bundles_are_rejected() {
+        let bad: &[(u16, &[u8])] = &[
+            (0, &[]),                 // no packet
+            (0, &[0, 1, 7]),          // count says none
+            (2, &[0, 1, 7]),          // one entry short
+            (1, &[0, 1, 7, 0, 1, 8]), // one entry too many
+            (1, &[0, 2, 7]),          // entry runs past the payload
+            (1, &[0, 1, 7, 0]),       // a stray byte after the last entry
+            (2, &[0, 0, 0, 1, 7]),    // an empty packet
+        ];
+        for &(count, entries) in bad {
+            let buf = bundle_bytes(count, entries);
+            let frame = Frame::new_checked(&buf[..]).unwrap();
+            assert_eq!(
+                Repr::parse(&frame),
+                Err(WireError::BadBundle),
+                "{count} {entries:?}"
+            );
+        }
+        // Shorter than the bundle header: refused before any field is read.
+        let buf = bundle_bytes(1, &[0, 1, 7]);
+        let mut short = buf[..BUNDLE_HEADER_LEN - 1].to_vec();
+        short[field::HEADER_LEN] = BASE_HEADER_LEN as u8;
+        short[field::PAYLOAD_LEN.end - 1] = 0;
+        assert_eq!(
+            Frame::new_checked(&short[..]).err(),
+            Some(WireError::BadHeaderLen)
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@
 
 use std::path::PathBuf;
 
-use alagg_proto::Sender;
 use alagg_proto::wire::{DEFAULT_ETHERTYPE, EthernetRepr, MacAddr, ProbeRepr};
+use alagg_proto::{Bundler, Sender};
 
 const MTU: usize = 1500;
 
@@ -58,6 +58,18 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     };
     tx.probe(0, 7, p).emit(&mut probe[14..]).unwrap();
 
+    let mut bundler = Bundler::new();
+    for len in [40, 60, 28] {
+        assert!(bundler.push(&packet(len), MTU));
+    }
+    let mut bundle = vec![0u8; 14 + MTU];
+    let n = bundler
+        .seal(&mut tx)
+        .unwrap()
+        .emit_ethernet(1, &eth(), &mut bundle)
+        .unwrap();
+    bundle.truncate(n);
+
     // Receive: two links, duplicates, a reordered pair, a fragmented packet with a copy, a
     // gap that expires, and a restart with a new epoch.
     let mut tx = Sender::new(1);
@@ -78,6 +90,25 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     record(&mut rx_in, 0, &p1[0]);
     record(&mut rx_in, 1, &p4[0]);
     record(&mut rx_in, 100, &probe);
+    // A bundle on both links, after a data frame its first packet was reordered behind.
+    let bundled = {
+        let mut b = Bundler::new();
+        for len in [30, 50] {
+            assert!(b.push(&packet(len), 256));
+        }
+        let mut out = vec![0u8; 14 + 256];
+        let n = b
+            .seal(&mut tx)
+            .unwrap()
+            .emit_ethernet(0, &eth(), &mut out)
+            .unwrap();
+        out.truncate(n);
+        out
+    };
+    let after = frames(&mut tx, 40, 1, 256);
+    record(&mut rx_in, 1, &after[0]);
+    record(&mut rx_in, 0, &bundled);
+    record(&mut rx_in, 1, &bundled);
     let mut restarted = Sender::new(2);
     for f in frames(&mut restarted, 80, 1, 256) {
         record(&mut rx_in, 1, &f);
@@ -88,6 +119,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         ("parse", "fragment-first.bin", frag[0].clone()),
         ("parse", "fragment-last.bin", frag[frag.len() - 1].clone()),
         ("parse", "probe.bin", probe),
+        ("parse", "bundle.bin", bundle),
         ("receive", "stream.bin", rx_in),
     ]
 }

@@ -8,9 +8,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use alagg_proto::wire::{FragmentLayout, FragmentRepr, Frame, Kind, ProbeRepr, Repr};
+use alagg_proto::wire::{
+    ETH_HDR_LEN, EthernetRepr, FragmentLayout, FragmentRepr, Frame, Kind, MacAddr, ProbeRepr, Repr,
+};
 use alagg_proto::{
-    Order, Receiver, ReceiverConfig, RxOutcome, Sender, SeqCheck, SeqWindow, Timestamp,
+    Bundler, Order, Receiver, ReceiverConfig, RxOutcome, Sender, SeqCheck, SeqWindow, Timestamp,
 };
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -61,6 +63,7 @@ struct Scenario {
     loss_pct: u64,
     dup_pct: u64,
     frag_pct: u64,
+    bundle_pct: u64,
     first_seq: u64,
     seed: u64,
 }
@@ -72,16 +75,18 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         0u64..40,
         0u64..30,
         0u64..20,
+        0u64..50,
         any::<u64>(),
         any::<u64>(),
     )
         .prop_map(
-            |(packets, links, loss_pct, dup_pct, frag_pct, first_seq, seed)| Scenario {
+            |(packets, links, loss_pct, dup_pct, frag_pct, bundle_pct, first_seq, seed)| Scenario {
                 packets,
                 links,
                 loss_pct,
                 dup_pct,
                 frag_pct,
+                bundle_pct,
                 first_seq: if seed % 4 == 0 {
                     u64::MAX - (seed % 300)
                 } else {
@@ -93,6 +98,11 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 }
 
 const MTU: usize = 1500;
+const ETH: EthernetRepr = EthernetRepr {
+    dst: MacAddr([2, 0, 0, 0, 0, 2]),
+    src: MacAddr([2, 0, 0, 0, 0, 1]),
+    ethertype: alagg_proto::wire::DEFAULT_ETHERTYPE,
+};
 const SPACING_NS: u64 = 10_000;
 const MAX_BASE_DELAY_NS: u64 = 500_000;
 const MAX_JITTER_NS: u64 = 1_000_000;
@@ -113,22 +123,56 @@ fn run(s: &Scenario) -> (Vec<u64>, HashSet<u64>, Receiver) {
     let mut arrivals = Vec::new();
     let mut survivors = HashSet::new();
     let mut sent = Vec::new();
-    for i in 0..s.packets {
-        let len = if rng.percent(s.frag_pct) {
-            1500 + rng.below(64_000) as usize
+    let mut bundler = Bundler::new();
+    let mut i = 0;
+    while i < s.packets {
+        // A unit: one packet (maybe fragmented), or after the first a bundle of small ones.
+        let first = tx.next_seq();
+        let frames: Vec<Vec<Vec<u8>>> = if i > 0 && rng.percent(s.bundle_pct) {
+            let count = (2 + rng.below(20) as usize).min(s.packets - i);
+            for k in 0..count {
+                let len = 8 + rng.below(52) as usize; // 20 of these fit one MTU
+                assert!(bundler.push(&packet(first.wrapping_add(k as u64), len), MTU));
+            }
+            let sealed = bundler.seal(&mut tx).unwrap();
+            let frames = (0..s.links)
+                .map(|link| {
+                    let mut buf = vec![0u8; ETH_HDR_LEN + MTU];
+                    let n = sealed.emit_ethernet(link as u16, &ETH, &mut buf).unwrap();
+                    vec![buf[ETH_HDR_LEN..n].to_vec()]
+                })
+                .collect();
+            bundler.clear();
+            frames
         } else {
-            20 + rng.below(1460) as usize
+            let len = if rng.percent(s.frag_pct) {
+                1500 + rng.below(64_000) as usize
+            } else {
+                20 + rng.below(1460) as usize
+            };
+            let pkt = packet(first, len);
+            let plan = tx.plan(len, MTU).unwrap();
+            (0..s.links)
+                .map(|link| {
+                    (0..plan.frame_count())
+                        .map(|f| {
+                            let mut buf = vec![0u8; MTU];
+                            let n = plan.emit(f, link as u16, &pkt, &mut buf).unwrap();
+                            buf.truncate(n);
+                            buf
+                        })
+                        .collect()
+                })
+                .collect()
         };
-        let seq = tx.next_seq();
-        let pkt = packet(seq, len);
-        let plan = tx.plan(len, MTU).unwrap();
+        let unit: Vec<u64> = (0..tx.next_seq().wrapping_sub(first))
+            .map(|k| first.wrapping_add(k))
+            .collect();
         let send_at = i as u64 * SPACING_NS;
-        let mut fragment_survives = vec![false; plan.frame_count()];
+        let mut fragment_survives = vec![false; frames[0].len()];
         for (link, delay) in base.iter().enumerate() {
             for (f, survives) in fragment_survives.iter_mut().enumerate() {
-                let mut buf = vec![0u8; MTU];
-                let n = plan.emit(f, link as u16, &pkt, &mut buf).unwrap();
-                buf.truncate(n);
+                let buf = frames[link][f].clone();
                 // The receiver syncs on the first packet it sees, so packets reordered before it
                 // would be late by design: the stream's first packet arrives alone, first.
                 let copies = if i == 0 {
@@ -156,9 +200,10 @@ fn run(s: &Scenario) -> (Vec<u64>, HashSet<u64>, Receiver) {
             }
         }
         if fragment_survives.iter().all(|&x| x) {
-            survivors.insert(seq);
+            survivors.extend(unit.iter().copied());
         }
-        sent.push(seq);
+        i += unit.len();
+        sent.extend(unit);
     }
     arrivals.sort_by_key(|a| (a.at, a.order));
 

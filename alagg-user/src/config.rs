@@ -163,11 +163,24 @@ impl Capture {
 }
 
 /// `[scheduler]`: which links each packet is sent on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
     /// The policy. Default `redundant`.
     pub mode: SchedulerMode,
+    /// Pack small packets captured together into one frame per link (a bundle). Never waits
+    /// for packets; saves per-frame work on both hosts. Default `true`; turn it off only for a
+    /// peer running an alagg from before bundles.
+    pub bundle: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            mode: SchedulerMode::default(),
+            bundle: true,
+        }
+    }
 }
 
 /// How packets are spread over the links.
@@ -995,6 +1008,17 @@ impl fmt::Display for Plan<'_> {
             f,
             "  scheduler {scheduler}{}: every packet on every link that is up",
             default_note(&scheduler, &SchedulerMode::default()),
+        )?;
+        let bundle = config.scheduler.bundle;
+        writeln!(
+            f,
+            "  bundling {}{}",
+            if bundle {
+                "on: small packets captured together share one frame per link"
+            } else {
+                "off: one frame per packet"
+            },
+            default_note(&bundle, &SchedulerConfig::default().bundle),
         )?;
         for (i, link) in config.links.iter().enumerate() {
             let io = match link.io {

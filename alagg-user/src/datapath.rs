@@ -38,7 +38,8 @@ use std::{
 use crossbeam_queue::ArrayQueue;
 
 use alagg_proto::{
-    LinkState, Receiver, ReceiverConfig, Redundant, RxOutcome, Scheduler, Sender, Timestamp,
+    Bundler, LinkSet, LinkState, Receiver, ReceiverConfig, Redundant, RxOutcome, Scheduler, Sender,
+    Timestamp,
     stats::RxStats,
     wire::{ETH_HDR_LEN, EthernetRepr, MacAddr},
 };
@@ -101,6 +102,8 @@ pub struct DatapathConfig {
     pub queue_max_len: u32,
     /// Engine settings.
     pub receiver: ReceiverConfig,
+    /// Pack small packets captured together into one frame per link.
+    pub bundle: bool,
     /// Pin the capture and receive threads to cores.
     pub pin: bool,
     /// Cores to pin to, in order (capture, receive); `None`: the first ones.
@@ -524,19 +527,21 @@ impl Datapath {
             let core = cores.first().copied();
             let sender = Sender::new(random_epoch());
             let control = Arc::clone(&control);
+            let bundler = config.bundle.then(Bundler::new);
             thread::Builder::new()
                 .name("alagg-capture".into())
                 .spawn(move || {
                     pin(core);
-                    capture_loop(
-                        queues,
+                    let tx = Transmit {
                         sender,
-                        tx_halves,
+                        scheduler: Redundant,
+                        links: tx_halves,
                         link_states,
-                        &counters,
-                        &control,
-                        &stop,
-                    );
+                        bundler,
+                        bundle_links: LinkSet::EMPTY,
+                        counters: &counters,
+                    };
+                    capture_loop(queues, tx, &control, &stop);
                 })
                 .map_err(|e| UpError::Thread("capture", e))?
         };
@@ -949,8 +954,14 @@ fn receive_loop(
                         return;
                     }
                     let outcome = receiver.on_frame(&frame[ETH_HDR_LEN..], t, &mut deliver);
-                    if let RxOutcome::Accepted { .. } = outcome {
-                        link_counters.first.fetch_add(1, Relaxed);
+                    match outcome {
+                        RxOutcome::Accepted { .. } => {
+                            link_counters.first.fetch_add(1, Relaxed);
+                        }
+                        RxOutcome::Bundle { accepted, .. } => {
+                            link_counters.first.fetch_add(u64::from(accepted), Relaxed);
+                        }
+                        _ => {}
                     }
                 });
                 if let Ok(n) = result {
@@ -1008,15 +1019,12 @@ impl CaptureQueue {
 
 fn capture_loop(
     mut queues: Vec<CaptureQueue>,
-    mut sender: Sender,
-    mut links: Vec<TxLink>,
-    mut link_states: Vec<LinkState>,
-    counters: &Counters,
+    mut tx: Transmit<'_>,
     control: &LinkControl,
     stop: &AtomicBool,
 ) {
+    let counters = tx.counters;
     let start = Instant::now();
-    let mut scheduler = Redundant;
     let mut seen_generation = 0;
     let mut last_error: Option<Instant> = None;
     // Errors are logged at most once a second: a broken queue must not flood the log.
@@ -1053,9 +1061,9 @@ fn capture_loop(
             if generation != seen_generation {
                 seen_generation = generation;
                 while let Some((index, xsk, eth)) = control.new_tx.pop() {
-                    links[index] = TxLink { io: xsk, eth };
+                    tx.links[index] = TxLink { io: xsk, eth };
                 }
-                for (state, usable) in link_states.iter_mut().zip(&control.usable) {
+                for (state, usable) in tx.link_states.iter_mut().zip(&control.usable) {
                     state.usable = usable.load(Relaxed);
                 }
             }
@@ -1079,23 +1087,16 @@ fn capture_loop(
                 let Some(packet) = batch.get(index) else {
                     break;
                 };
-                send_packet(
-                    &packet,
-                    &mut sender,
-                    &mut scheduler,
-                    &mut links,
-                    &link_states,
-                    counters,
-                    t,
-                );
+                tx.packet(&packet, t);
             }
+            tx.seal_bundle();
             // Stolen, the whole batch at once: alagg carries these packets from here.
             if let Some(last) = batch.last_id() {
                 if let Err(error) = queue.verdict_batch(last, Verdict::Drop) {
                     report(&error);
                 }
             }
-            for (link, link_counters) in links.iter_mut().zip(&counters.links) {
+            for (link, link_counters) in tx.links.iter_mut().zip(&counters.links) {
                 match link.io.flush() {
                     Ok(0) => {}
                     Ok(dropped) => {
@@ -1121,48 +1122,95 @@ fn capture_loop(
     }
 }
 
-/// Encapsulates one captured (and counted) packet and stages its frames on the links the
-/// scheduler picks.
-fn send_packet(
-    packet: &Packet<'_>,
-    sender: &mut Sender,
-    scheduler: &mut Redundant,
-    links: &mut [TxLink],
-    link_states: &[LinkState],
-    counters: &Counters,
-    t: Timestamp,
-) {
-    let payload = packet.payload;
-    if payload.is_empty() || packet.truncated {
-        counters.capture_dropped.fetch_add(1, Relaxed);
-        return;
-    }
-    let chosen = scheduler.select(payload.len(), link_states, t);
-    let plan = chosen
-        .min_mtu(link_states)
-        .and_then(|mtu| sender.plan(payload.len(), mtu).ok());
-    let Some(plan) = plan else {
-        counters.capture_dropped.fetch_add(1, Relaxed);
-        return;
-    };
-    for index in chosen.iter() {
-        let (link, state) = (&mut links[index], &link_states[index]);
-        let link_counters = &counters.links[index];
-        for i in 0..plan.frame_count() {
-            let mut len = 0;
-            let staged = link.io.stage(|buf| {
-                len = plan
-                    .emit_ethernet(i, state.id, &link.eth, payload, buf)
-                    .unwrap_or(0);
-                len
-            });
-            if staged {
-                link_counters.tx_frames.fetch_add(1, Relaxed);
-                link_counters.tx_bytes.fetch_add(len as u64, Relaxed);
-            } else {
-                link_counters.tx_dropped.fetch_add(1, Relaxed);
+/// The transmit side of the capture thread: numbering, scheduling, bundling, and the links'
+/// transmit halves.
+struct Transmit<'a> {
+    sender: Sender,
+    scheduler: Redundant,
+    links: Vec<TxLink>,
+    link_states: Vec<LinkState>,
+    /// Small packets of the current capture batch waiting to share a frame, when bundling.
+    bundler: Option<Bundler>,
+    /// The links the bundle being built goes to.
+    bundle_links: LinkSet,
+    counters: &'a Counters,
+}
+
+impl Transmit<'_> {
+    /// Encapsulates one captured (and counted) packet and stages its frames on the links the
+    /// scheduler picks; a small one joins the bundle being built instead, which goes out
+    /// (numbered before this packet) when it is full or [`Transmit::seal_bundle`] is called.
+    fn packet(&mut self, packet: &Packet<'_>, t: Timestamp) {
+        let payload = packet.payload;
+        if payload.is_empty() || packet.truncated {
+            self.counters.capture_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        let chosen = self.scheduler.select(payload.len(), &self.link_states, t);
+        let Some(mtu) = chosen.min_mtu(&self.link_states) else {
+            self.counters.capture_dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        if self.bundler.is_some() && Bundler::bundleable(payload.len(), mtu) {
+            let same_links = chosen == self.bundle_links;
+            if same_links && self.bundler.as_mut().is_some_and(|b| b.push(payload, mtu)) {
+                return;
+            }
+            self.seal_bundle();
+            self.bundle_links = chosen;
+            if self.bundler.as_mut().is_some_and(|b| b.push(payload, mtu)) {
+                return;
             }
         }
+        // Sent on its own, after whatever was bundled before it, so numbers follow capture order.
+        self.seal_bundle();
+        let Ok(plan) = self.sender.plan(payload.len(), mtu) else {
+            self.counters.capture_dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        for index in chosen.iter() {
+            let (link, state) = (&mut self.links[index], &self.link_states[index]);
+            for i in 0..plan.frame_count() {
+                stage(&mut link.io, &self.counters.links[index], |buf| {
+                    plan.emit_ethernet(i, state.id, &link.eth, payload, buf)
+                });
+            }
+        }
+    }
+
+    /// Numbers the bundle being built and stages its frame on its links.
+    fn seal_bundle(&mut self) {
+        let Some(bundler) = self.bundler.as_mut() else {
+            return;
+        };
+        if let Some(sealed) = bundler.seal(&mut self.sender) {
+            for index in self.bundle_links.iter() {
+                let (link, state) = (&mut self.links[index], &self.link_states[index]);
+                stage(&mut link.io, &self.counters.links[index], |buf| {
+                    sealed.emit_ethernet(state.id, &link.eth, buf)
+                });
+            }
+        }
+        bundler.clear();
+    }
+}
+
+/// Stages one frame, written by `emit`, on `link`, and counts it.
+fn stage(
+    link: &mut LinkTx,
+    counters: &LinkCounters,
+    emit: impl FnOnce(&mut [u8]) -> Result<usize, alagg_proto::wire::WireError>,
+) {
+    let mut len = 0;
+    let staged = link.stage(|buf| {
+        len = emit(buf).unwrap_or(0);
+        len
+    });
+    if staged {
+        counters.tx_frames.fetch_add(1, Relaxed);
+        counters.tx_bytes.fetch_add(len as u64, Relaxed);
+    } else {
+        counters.tx_dropped.fetch_add(1, Relaxed);
     }
 }
 

@@ -266,6 +266,7 @@ fn datapath_config(config: &Config) -> DatapathConfig {
         },
         queue_max_len: config.capture.queue_max_len,
         receiver,
+        bundle: config.scheduler.bundle,
         pin: config.cpu.pin,
         cores: config.cpu.cores.clone(),
     }
@@ -360,13 +361,14 @@ fn up(path: &Path) -> anyhow::Result<()> {
     println!(
         "summary: captured={captured} delivered={delivered} duplicates={} too_old={} \
          reordered={} lost={} malformed={} rejected_source={rejected_source} \
-         rejected_malformed={rejected_malformed} epoch_changes={} links={}",
+         rejected_malformed={rejected_malformed} epoch_changes={} bundles={} links={}",
         stats.dedup.discarded,
         stats.dedup.rogue,
         stats.reorder.reordered,
         stats.reorder.lost,
         stats.malformed + stats.bad_version + stats.unknown_type,
         stats.epoch_changes,
+        stats.bundles,
         per_link.join(";"),
     );
     tracing::info!("alagg stopped");

@@ -159,6 +159,8 @@ pub struct EngineSnapshot {
     pub oversized: u64,
     /// Probe frames.
     pub probes: u64,
+    /// Bundle frames (several packets each).
+    pub bundles: u64,
     /// Times the peer restarted (its epoch changed).
     pub epoch_changes: u64,
     /// Frames of the peer's previous epoch, dropped.
@@ -209,6 +211,7 @@ impl From<&RxStats> for EngineSnapshot {
             unknown_type: stats.unknown_type,
             oversized: stats.oversized,
             probes: stats.probes,
+            bundles: stats.bundles,
             epoch_changes: stats.epoch_changes,
             stale_epoch: stats.stale_epoch,
             hold_histogram: stats
@@ -422,6 +425,12 @@ const ENGINE_ROWS: &[EngineRow] = &[
         |e| e.oversized,
     ),
     ("probes", "probes", "Probe frames received.", |e| e.probes),
+    (
+        "bundles",
+        "bundles",
+        "Bundle frames received (several packets each).",
+        |e| e.bundles,
+    ),
     (
         "peer restarts",
         "epoch_changes",
@@ -1339,11 +1348,12 @@ mod tests {
                 evicted: 23,
                 rejected: 24,
             },
+            bundles: 25,
         };
         let engine = EngineSnapshot::from(&stats);
         // Every field is distinct, and every row shows one: nothing is dropped or swapped twice.
         let values: BTreeSet<u64> = ENGINE_ROWS.iter().map(|row| (row.3)(&engine)).collect();
-        assert_eq!(values, (1..=24).collect());
+        assert_eq!(values, (1..=25).collect());
         assert_eq!(engine.out_of_order, 13);
         assert_eq!(engine.reassembled, 21);
     }

@@ -50,6 +50,11 @@ const STEAL_QUEUE: &str = "7";
 /// Addresses of link 0 for the direct path (RFC 2544 benchmarking range).
 const DIRECT_A: &str = "198.18.200.1";
 const DIRECT_B: &str = "198.18.200.2";
+/// [`AlaggPair::start`]: the testbed's configuration as it is.
+const DEFAULTS: (&str, &str) = ("", "");
+/// [`AlaggPair::start`]: one frame per packet, as before bundles.
+const UNBUNDLED: (&str, &str) = ("-unbundled", "\n[scheduler]\nbundle = false\n");
+
 /// UDP port of the pps workload.
 const UDP_PORT: u16 = 5300;
 /// UDP payload sizes.
@@ -208,10 +213,20 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     for links in 1..=LINKS {
         let name = format!("alagg {links} link{}", if links == 1 { "" } else { "s" });
         println!("\n-- {name}: alagg up on both hosts, redundant");
-        let pair = AlaggPair::start(&alagg, &bed, links, &dir)?;
+        let pair = AlaggPair::start(&alagg, &bed, links, &dir, DEFAULTS)?;
         measure_all(&bed, &name, &durations, &mut results, Some(&pair))?;
         pair.stop();
     }
+    println!("\n-- alagg 2 links without bundles: the baseline bundling is measured against");
+    let pair = AlaggPair::start(&alagg, &bed, 2, &dir, UNBUNDLED)?;
+    measure_all(
+        &bed,
+        "alagg 2 links, unbundled",
+        &durations,
+        &mut results,
+        Some(&pair),
+    )?;
+    pair.stop();
 
     for impairment in [Impairment::Rate, Impairment::Loss] {
         println!("\n-- every link {}", impairment.describe());
@@ -241,7 +256,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         )?;
     }
     {
-        let pair = AlaggPair::start(&alagg, &vbed, 2, &dir)?;
+        let pair = AlaggPair::start(&alagg, &vbed, 2, &dir, DEFAULTS)?;
         measure_all(
             &vbed,
             "veth: alagg 2 links",
@@ -450,7 +465,7 @@ fn impaired(
         let value = median(runs, || mptcp.iperf(1, secs))?;
         results.add("mptcp 2 links", &label, value, "Gbit/s");
     }
-    let pair = AlaggPair::start(alagg, bed, 2, dir)?;
+    let pair = AlaggPair::start(alagg, bed, 2, dir, DEFAULTS)?;
     let value = median(runs, || iperf(bed, 1, secs))?;
     results.add("alagg 2 links", &label, value, "Gbit/s");
     pair.check_alive()?;
@@ -666,14 +681,22 @@ struct AlaggPair {
 }
 
 impl AlaggPair {
-    fn start(alagg: &Path, bed: &Testbed, links: usize, dir: &Path) -> anyhow::Result<Self> {
+    /// alagg on both hosts over the first `links` links, with `extra` appended to the testbed's
+    /// configuration (more TOML tables; `tag` names the files written for it).
+    fn start(
+        alagg: &Path,
+        bed: &Testbed,
+        links: usize,
+        dir: &Path,
+        (tag, extra): (&str, &str),
+    ) -> anyhow::Result<Self> {
         let mut pair = Self {
             children: Vec::new(),
         };
         for host in [Host::A, Host::B] {
-            let config = dir.join(format!("{}-{links}.toml", host.letter()));
-            fs::write(&config, bed.config_with_links(host, links))?;
-            let log = dir.join(format!("{}-{links}.log", host.letter()));
+            let config = dir.join(format!("{}-{links}{tag}.toml", host.letter()));
+            fs::write(&config, bed.config_with_links(host, links) + extra)?;
+            let log = dir.join(format!("{}-{links}{tag}.log", host.letter()));
             let out = fs::File::create(&log)?;
             let child = bed
                 .host(host)

@@ -150,8 +150,19 @@ impl Pair {
     }
 
     pub fn up(&self, links: u8) -> (Alagg, Alagg) {
-        let a = Alagg::start(&self.a, &self.config(0xa, links), self.dir.join("a.log"));
-        let b = Alagg::start(&self.b, &self.config(0xb, links), self.dir.join("b.log"));
+        self.up_with(links, "")
+    }
+
+    /// Like [`Pair::up`], with `extra` (more TOML tables) appended to both configurations.
+    pub fn up_with(&self, links: u8, extra: &str) -> (Alagg, Alagg) {
+        let config = |host| {
+            let path = self.config(host, links);
+            let text = fs::read_to_string(&path).unwrap() + extra;
+            fs::write(&path, text).unwrap();
+            path
+        };
+        let a = Alagg::start(&self.a, &config(0xa), self.dir.join("a.log"));
+        let b = Alagg::start(&self.b, &config(0xb), self.dir.join("b.log"));
         (a, b)
     }
 }
