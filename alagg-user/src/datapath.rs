@@ -108,6 +108,12 @@ pub struct DatapathConfig {
     pub pin: bool,
     /// Cores to pin to, in order (capture, receive); `None`: the first ones.
     pub cores: Option<Vec<usize>>,
+    /// How long each worker keeps looking at its queue or rings (yielding the CPU in between)
+    /// after its last packet before it sleeps in `poll(2)`. While traffic flows the workers
+    /// then rarely sleep, so the kernel need not wake them for every burst: a wake-up (an IPI
+    /// to another core, dear in a VM) costs more than a short spin; longer spins keep sparse
+    /// traffic's latency low at the cost of CPU.
+    pub busy_poll: Duration,
 }
 
 /// Errors starting the datapath. Each names what failed and where.
@@ -209,11 +215,6 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 pub const CAPTURE_BATCH: usize = 64;
 /// Longest an idle worker waits before it looks at the stop flag again.
 pub const IDLE_WAKEUP: Duration = Duration::from_millis(100);
-/// How long the receive thread keeps looking at its rings (in user space, yielding the CPU in
-/// between) after its last frame before it sleeps in `poll(2)`. While traffic flows it then
-/// rarely sleeps, so the kernel's XDP path need not wake it for every burst: a wake-up (an IPI
-/// to another core, dear in a VM) costs the sending side more than this short spin costs.
-pub const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
 
 /// What the caller's thread tells the workers about links: whether each may carry traffic, and
 /// replacement sockets for a link whose interface disappeared and came back. Lock-free: the
@@ -504,6 +505,7 @@ impl Datapath {
             let stop = Arc::clone(&stop);
             let destinations = config.destinations.clone();
             let core = cores.get(1).copied();
+            let busy_poll = config.busy_poll;
             let control = Arc::clone(&control);
             thread::Builder::new()
                 .name("alagg-rx".into())
@@ -516,7 +518,7 @@ impl Datapath {
                         &destinations,
                         &counters,
                         &control,
-                        &stop,
+                        (&stop, busy_poll),
                     )
                 })
                 .map_err(|e| UpError::Thread("receive", e))?
@@ -528,6 +530,7 @@ impl Datapath {
             let sender = Sender::new(random_epoch());
             let control = Arc::clone(&control);
             let bundler = config.bundle.then(Bundler::new);
+            let busy_poll = config.busy_poll;
             thread::Builder::new()
                 .name("alagg-capture".into())
                 .spawn(move || {
@@ -541,7 +544,7 @@ impl Datapath {
                         bundle_links: LinkSet::EMPTY,
                         counters: &counters,
                     };
-                    capture_loop(queues, tx, &control, &stop);
+                    capture_loop(queues, tx, &control, (&stop, busy_poll));
                 })
                 .map_err(|e| UpError::Thread("capture", e))?
         };
@@ -871,7 +874,7 @@ fn receive_loop(
     destinations: &[IpNet],
     counters: &Counters,
     control: &LinkControl,
-    stop: &AtomicBool,
+    (stop, busy_poll): (&AtomicBool, Duration),
 ) -> RxStats {
     let start = Instant::now();
     let mut published = start;
@@ -978,7 +981,7 @@ fn receive_loop(
             }
         }
         if got > 0 {
-            busy_until = Instant::now() + SPIN_BEFORE_SLEEP;
+            busy_until = Instant::now() + busy_poll;
         } else if spinning {
             thread::yield_now();
         }
@@ -1021,10 +1024,11 @@ fn capture_loop(
     mut queues: Vec<CaptureQueue>,
     mut tx: Transmit<'_>,
     control: &LinkControl,
-    stop: &AtomicBool,
+    (stop, busy_poll): (&AtomicBool, Duration),
 ) {
     let counters = tx.counters;
     let start = Instant::now();
+    let mut busy_until = start;
     let mut seen_generation = 0;
     let mut last_error: Option<Instant> = None;
     // Errors are logged at most once a second: a broken queue must not flood the log.
@@ -1114,7 +1118,13 @@ fn capture_loop(
         }
         counters.capture_overruns.store(overruns, Relaxed);
         counters.capture_errors.store(errors, Relaxed);
-        if received == 0 {
+        // Right after traffic, look at the queues again (a non-blocking receive) and let other
+        // threads run in between; otherwise sleep in poll(2).
+        if received > 0 {
+            busy_until = Instant::now() + busy_poll;
+        } else if Instant::now() < busy_until {
+            thread::yield_now();
+        } else {
             let ms = i32::try_from(IDLE_WAKEUP.as_millis()).unwrap_or(100);
             // SAFETY: `fds` is a valid array of pollfd of the length passed.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };

@@ -269,6 +269,7 @@ fn datapath_config(config: &Config) -> DatapathConfig {
         bundle: config.scheduler.bundle,
         pin: config.cpu.pin,
         cores: config.cpu.cores.clone(),
+        busy_poll: config.cpu.busy_poll(),
     }
 }
 
