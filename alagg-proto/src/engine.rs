@@ -44,7 +44,9 @@
 //! epoch back.
 
 use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use core::time::Duration;
+use std::sync::Arc;
 
 use crate::Timestamp;
 use crate::frag::{FragOutcome, Reassembler, ReassemblyConfig};
@@ -451,11 +453,14 @@ pub enum PlanError {
     },
 }
 
-/// Numbers outgoing packets and plans their frames. One per peer.
+/// Numbers outgoing packets and plans their frames. One per peer, or one per capture worker
+/// with a shared number space ([`Sender::shared`]).
 #[derive(Clone, Debug)]
 pub struct Sender {
     epoch: u32,
     next_seq: u64,
+    /// The number space shared with other senders of this peer, if any; `next_seq` is unused.
+    shared: Option<Arc<AtomicU64>>,
     stats: TxStats,
 }
 
@@ -471,7 +476,31 @@ impl Sender {
         Sender {
             epoch,
             next_seq: first_seq,
+            shared: None,
             stats: TxStats::default(),
+        }
+    }
+
+    /// A sender that takes its numbers from `next`, shared with the other senders of the same
+    /// epoch (capture workers on several cores): each number goes to exactly one packet, so the
+    /// receiver sees one stream. Packets of different senders interleave in number order only
+    /// as far as their transmission does; the receiver's reordering covers the rest.
+    pub fn shared(epoch: u32, next: Arc<AtomicU64>) -> Self {
+        Sender {
+            shared: Some(next),
+            ..Sender::new(epoch)
+        }
+    }
+
+    /// Takes `count` consecutive numbers; returns the first.
+    fn take_seqs(&mut self, count: u64) -> u64 {
+        match &self.shared {
+            Some(next) => next.fetch_add(count, Relaxed),
+            None => {
+                let first = self.next_seq;
+                self.next_seq = first.wrapping_add(count);
+                first
+            }
         }
     }
 
@@ -480,9 +509,12 @@ impl Sender {
         self.epoch
     }
 
-    /// The number the next packet gets.
+    /// The number the next packet gets (with a shared number space: unless another sender
+    /// takes it first).
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.shared
+            .as_ref()
+            .map_or(self.next_seq, |next| next.load(Relaxed))
     }
 
     /// Counters.
@@ -517,8 +549,7 @@ impl Sender {
             self.stats.fragments += u64::from(layout.count());
             Some(layout)
         };
-        let seq = self.next_seq;
-        self.next_seq = self.next_seq.wrapping_add(1);
+        let seq = self.take_seqs(1);
         self.stats.packets += 1;
         Ok(Plan {
             epoch: self.epoch,
@@ -622,8 +653,7 @@ impl Bundler {
         if self.count == 0 {
             return None;
         }
-        let seq = sender.next_seq;
-        sender.next_seq = seq.wrapping_add(u64::from(self.count));
+        let seq = sender.take_seqs(u64::from(self.count));
         sender.stats.packets += u64::from(self.count);
         if self.count > 1 {
             sender.stats.bundles += 1;
@@ -965,6 +995,35 @@ mod tests {
         let s = rx.stats();
         assert_eq!((s.bundles, s.dedup.passed, s.dedup.discarded), (2, 5, 3));
         assert_eq!(rx.held(), 0);
+    }
+
+    #[test]
+    fn senders_sharing_a_number_space_make_one_stream() {
+        let next = Arc::new(AtomicU64::new(1000));
+        let (mut w0, mut w1) = (
+            Sender::shared(9, Arc::clone(&next)),
+            Sender::shared(9, Arc::clone(&next)),
+        );
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        // Worker 0 numbers a packet and a bundle, worker 1 two packets in between; worker 1's
+        // frames reach the link first.
+        let a = packet_frame(&mut w0, 0);
+        let b = packet_frame(&mut w1, 1);
+        let small: Vec<Vec<u8>> = (0..2).map(|i| packet(100 + i, 30)).collect();
+        let c = bundle_frame(&mut w0, &small, 0);
+        let d = packet_frame(&mut w1, 1);
+        assert_eq!(next.load(Relaxed), 1005, "five numbers taken");
+        for frame in [&a, &b, &d, &c] {
+            rx.on_frame(frame, t(0), sink.f());
+        }
+        assert_eq!(sink.0.len(), 5);
+        let s = rx.stats();
+        assert_eq!((s.dedup.passed, s.reorder.lost, s.reorder.late), (5, 0, 0));
+        assert_eq!(
+            s.reorder.reordered, 1,
+            "d waited for the bundle numbered before it"
+        );
     }
 
     #[test]

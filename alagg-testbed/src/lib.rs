@@ -10,7 +10,7 @@ pub mod netns;
 pub mod raw;
 
 pub use bed::{A_V4, A_V6, B_V4, B_V6, Host, Testbed};
-pub use netns::{Netns, veth};
+pub use netns::{Netns, veth, veth_with_queues};
 pub use raw::RawSocket;
 
 /// A command the testbed ran failed.

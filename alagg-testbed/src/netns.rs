@@ -169,9 +169,43 @@ fn kill_processes(name: &str) {
 /// Joins `a`'s interface `a_if` (MAC `a_mac`) and `b`'s interface `b_if` (MAC `b_mac`) with a
 /// veth pair, both up. The pair goes away with either namespace.
 pub fn veth(a: &Netns, a_if: &str, a_mac: &str, b: &Netns, b_if: &str, b_mac: &str) -> Result<()> {
+    veth_with_queues(a, (a_if, a_mac), b, (b_if, b_mac), 1)
+}
+
+/// Like [`veth`], with `queues` receive and transmit queues on each end (for AF_XDP sockets on
+/// several queues).
+pub fn veth_with_queues(
+    a: &Netns,
+    (a_if, a_mac): (&str, &str),
+    b: &Netns,
+    (b_if, b_mac): (&str, &str),
+    queues: u32,
+) -> Result<()> {
+    let queues = queues.max(1).to_string();
     a.ip(&[
-        "link", "add", "name", a_if, "address", a_mac, "type", "veth", "peer", "name", b_if,
-        "address", b_mac, "netns", &b.name,
+        "link",
+        "add",
+        "name",
+        a_if,
+        "address",
+        a_mac,
+        "numtxqueues",
+        &queues,
+        "numrxqueues",
+        &queues,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "address",
+        b_mac,
+        "numtxqueues",
+        &queues,
+        "numrxqueues",
+        &queues,
+        "netns",
+        &b.name,
     ])?;
     a.ip(&["link", "set", a_if, "up"])?;
     b.ip(&["link", "set", b_if, "up"])?;

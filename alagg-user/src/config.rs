@@ -125,7 +125,8 @@ pub struct Capture {
     pub destinations: Vec<IpNet>,
     /// First NFQUEUE number. Default 0.
     pub queue: u16,
-    /// Number of NFQUEUE queues, `queue..queue + queues`, one capture worker each. Default 1.
+    /// Number of NFQUEUE queues, `queue..queue + queues`, one capture worker (a thread with
+    /// its own AF_XDP socket per link) each; the kernel spreads flows over them. Default 1.
     pub queues: u16,
     /// Let packets pass uncaptured, on the normal route, when no alagg listens on the queue or
     /// its queue is full, instead of dropping them (`--queue-bypass`, `NFQA_CFG_F_FAIL_OPEN`).
@@ -133,11 +134,35 @@ pub struct Capture {
     pub fail_open: bool,
     /// Most packets the kernel holds for alagg per queue (`NFQA_CFG_QUEUE_MAXLEN`). Default 4096.
     pub queue_max_len: u32,
-    /// Capture TCP whole, as the stack built it (GSO packets of up to 64 KiB), on one more queue
-    /// ([`Capture::gso_queue`]); alagg fragments those packets itself and completes their
+    /// Capture TCP whole, as the stack built it (GSO packets of up to 64 KiB), on queues of
+    /// its own, one per worker ([`Capture::gso_queue`]); alagg fragments those packets itself and completes their
     /// checksums, so far fewer packets cross NFQUEUE per byte. Other traffic is captured
     /// segment by segment. Default true.
     pub gso: bool,
+    /// How the kernel spreads packets over several queues. Default `flow`.
+    pub spread: Spread,
+}
+
+/// `capture.spread`: which of several queues a packet goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// `flow`: by a hash of the packet's addresses (`--queue-balance`), so each pair of hosts
+    /// stays on one worker and its packets keep their order; one pair uses one worker.
+    #[default]
+    Flow,
+    /// `cpu`: by the CPU that sent the packet (`--queue-cpu-fanout`), so even one pair of
+    /// hosts uses every worker; a flow whose sender moves between CPUs may be reordered.
+    Cpu,
+}
+
+impl fmt::Display for Spread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Spread::Flow => "flow",
+            Spread::Cpu => "cpu",
+        })
+    }
 }
 
 impl Default for Capture {
@@ -149,6 +174,7 @@ impl Default for Capture {
             fail_open: true,
             queue_max_len: 4096,
             gso: true,
+            spread: Spread::Flow,
         }
     }
 }
@@ -159,8 +185,9 @@ impl Capture {
         self.queue..=self.queue.saturating_add(self.queues.saturating_sub(1))
     }
 
-    /// The NFQUEUE number TCP is captured on whole when `gso` is on: the one after
-    /// [`Capture::queue_numbers`]. Valid after [`Config::validate`].
+    /// The first NFQUEUE number TCP is captured on whole when `gso` is on: the one after
+    /// [`Capture::queue_numbers`]; there are `queues` of them, one per worker. Valid after
+    /// [`Config::validate`].
     pub fn gso_queue(&self) -> Option<u16> {
         self.gso.then(|| self.queue.saturating_add(self.queues))
     }
@@ -715,8 +742,8 @@ impl Config {
             }
         }
         check_range("capture.queues", capture.queues, &(1..=MAX_QUEUES))?;
-        // With gso, TCP takes one more queue after the others.
-        let used = u32::from(capture.queues) + u32::from(capture.gso);
+        // With gso, TCP takes as many queues again after the others.
+        let used = u32::from(capture.queues) * (1 + u32::from(capture.gso));
         let last = u32::from(capture.queue) + used - 1;
         if last > u32::from(u16::MAX) {
             return Err(invalid(
@@ -726,7 +753,7 @@ impl Config {
                      at most {}",
                     capture.queue,
                     if capture.gso {
-                        " (the last for TCP, gso = true)"
+                        " (the second half for TCP, gso = true)"
                     } else {
                         ""
                     },
@@ -1003,10 +1030,33 @@ impl fmt::Display for Plan<'_> {
         for net in &capture.destinations {
             writeln!(f, "    {net}")?;
         }
-        if let Some(tcp) = capture.gso_queue() {
+        if capture.queues > 1 {
             writeln!(
                 f,
-                "  TCP on NFQUEUE {tcp}, whole as the stack built it (GSO, up to 64 KiB), \
+                "  {} capture workers, one per queue, each with its own AF_XDP socket per link \
+                 (on the interface's queue of the worker's number); one sequence space",
+                capture.queues
+            )?;
+            writeln!(
+                f,
+                "  packets spread over the queues by {}{}",
+                match capture.spread {
+                    Spread::Flow => "a hash of their addresses (each host pair on one worker)",
+                    Spread::Cpu => "the CPU that sent them",
+                },
+                default_note(&capture.spread, &defaults.spread),
+            )?;
+        }
+        if let Some(tcp) = capture.gso_queue() {
+            let last = tcp.saturating_add(capture.queues - 1);
+            let queues = if last == tcp {
+                tcp.to_string()
+            } else {
+                format!("{tcp}..={last}")
+            };
+            writeln!(
+                f,
+                "  TCP on NFQUEUE {queues}, whole as the stack built it (GSO, up to 64 KiB), \
                  fragmented by alagg{}",
                 default_note(&capture.gso, &defaults.gso),
             )?;
@@ -1589,7 +1639,13 @@ peer_mac = "02:00:00:00:02:02"
                 "the TCP queue past 65535",
                 BASE.replace("[capture]", "[capture]\nqueue = 65535"),
                 "capture.queue",
-                &["65535..=65536", "the last for TCP", "at most 65534"],
+                &["65535..=65536", "the second half for TCP", "at most 65534"],
+            ),
+            (
+                "the TCP queues of two workers past 65535",
+                BASE.replace("[capture]", "[capture]\nqueue = 65533\nqueues = 2"),
+                "capture.queue",
+                &["65533..=65536", "at most 65532"],
             ),
             (
                 "tun mtu too small",

@@ -2,12 +2,16 @@
 //! (the peer's XDP program and AF_XDP sockets) → dedup, reorder, reassembly → TUN delivery.
 //!
 //! Threads and what each owns (no lock on the per-packet path):
-//! - the capture thread: the NFQUEUE socket, the [`Sender`], the scheduler and the transmit half
-//!   of every link's AF_XDP socket. It takes up to [`CAPTURE_BATCH`] packets per `recvmmsg(2)`,
-//!   stages their frames on the links, steals the whole batch with one verdict
-//!   (`NFQNL_MSG_VERDICT_BATCH`, drop) and flushes the links' tx rings; when the queue is empty
-//!   it waits in `poll(2)` for at most [`IDLE_WAKEUP`], so it sees a stop request promptly;
-//! - the receive thread: the receive half of every link's socket, the [`Receiver`] and the TUN
+//! - a capture thread per NFQUEUE queue (`capture.queues` workers): its NFQUEUE sockets (the
+//!   queue and, with GSO, its TCP queue), a [`Sender`] drawing numbers from the one sequence
+//!   space all workers share (an atomic counter), the scheduler, a [`Bundler`] and the transmit
+//!   half of its own socket on every link (AF_XDP on the interface's queue of the worker's
+//!   number). It takes up to [`CAPTURE_BATCH`] packets per `recvmmsg(2)`, stages their frames on
+//!   the links (small ones bundled), steals the whole batch with one verdict
+//!   (`NFQNL_MSG_VERDICT_BATCH`, drop) and flushes the links' tx rings; after the last packet it
+//!   keeps looking for `busy_poll`, then waits in `poll(2)` for at most [`IDLE_WAKEUP`], so it
+//!   sees a stop request promptly;
+//! - the receive thread: the receive half of every link's sockets, the [`Receiver`] and the TUN
 //!   device. It polls all links, drops frames not from the link's configured peer MAC, runs the
 //!   engine and writes deliverable packets whose source is in the configured destinations;
 //! - the caller's thread: starts and stops the others, watches the links ([`Datapath::monitor`])
@@ -224,8 +228,9 @@ struct LinkControl {
     /// Bumped after every change below, so a worker checks one number per packet.
     generation: AtomicU64,
     usable: Vec<AtomicBool>,
-    new_tx: ArrayQueue<(usize, LinkTx, EthernetRepr)>,
-    new_rx: ArrayQueue<(usize, LinkRx)>,
+    /// Per capture worker.
+    new_tx: Vec<ArrayQueue<(usize, LinkTx, EthernetRepr)>>,
+    new_rx: ArrayQueue<(usize, Vec<LinkRx>)>,
 }
 
 /// What the monitor last saw of a link's interface.
@@ -265,7 +270,7 @@ pub struct Datapath {
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
     receive: Option<JoinHandle<RxStats>>,
-    capture: Option<JoinHandle<()>>,
+    capture: Vec<JoinHandle<()>>,
     host: HostSetup,
     steering: Option<XdpSteering>,
     tun: Option<Tun>,
@@ -441,23 +446,33 @@ impl Datapath {
         } else {
             None
         };
+        let workers = usize::from(config.queue.count.max(1));
         let mut rx_halves = Vec::new();
-        let mut tx_halves = Vec::new();
+        let mut tx_halves: Vec<Vec<TxLink>> = (0..workers).map(|_| Vec::new()).collect();
         for (i, (link, host)) in config.links.iter().zip(&hosts).enumerate() {
-            let (rx, tx) = open_link(steering.as_mut(), i, link, config.ethertype, xsk_config)?;
-            rx_halves.push(RxLink {
-                io: rx,
+            let (rx, tx) = open_link(
+                steering.as_mut(),
+                i,
+                link,
+                config.ethertype,
+                (xsk_config, workers),
+            )?;
+            rx_halves.extend(rx.into_iter().map(|io| RxLink {
+                link: i,
+                io,
                 peer_mac: link.peer_mac,
                 ethertype: config.ethertype,
-            });
-            tx_halves.push(TxLink {
-                io: tx,
-                eth: EthernetRepr {
-                    dst: MacAddr(link.peer_mac),
-                    src: MacAddr(host.mac),
-                    ethertype: config.ethertype,
-                },
-            });
+            }));
+            for (worker, io) in tx_halves.iter_mut().zip(tx) {
+                worker.push(TxLink {
+                    io,
+                    eth: EthernetRepr {
+                        dst: MacAddr(link.peer_mac),
+                        src: MacAddr(host.mac),
+                        ethertype: config.ethertype,
+                    },
+                });
+            }
         }
 
         host.prepare_tun(tun.name(), tun_mtu, config.tun_address)?;
@@ -468,7 +483,9 @@ impl Datapath {
         let control = Arc::new(LinkControl {
             generation: AtomicU64::new(0),
             usable: config.links.iter().map(|_| AtomicBool::new(true)).collect(),
-            new_tx: ArrayQueue::new(config.links.len().max(1)),
+            new_tx: (0..workers)
+                .map(|_| ArrayQueue::new(config.links.len().max(1)))
+                .collect(),
             new_rx: ArrayQueue::new(config.links.len().max(1)),
         });
         let counters = Arc::new(Counters {
@@ -487,16 +504,21 @@ impl Datapath {
             fail_open: config.queue.bypass,
             ..QueueOptions::default()
         };
-        let mut queues = vec![CaptureQueue::new(NfQueue::open(
-            config.queue.first,
-            &options,
-        )?)];
-        if let Some(tcp) = config.queue.tcp {
-            let gso = QueueOptions {
-                gso: true,
-                ..options
-            };
-            queues.push(CaptureQueue::new(NfQueue::open(tcp, &gso)?));
+        // Worker `w` takes queue `first + w` and, with GSO, TCP's queue `tcp + w`.
+        let mut worker_queues = Vec::new();
+        for w in 0..config.queue.count.max(1) {
+            let mut queues = vec![CaptureQueue::new(NfQueue::open(
+                config.queue.first + w,
+                &options,
+            )?)];
+            if let Some(tcp) = config.queue.tcp {
+                let gso = QueueOptions {
+                    gso: true,
+                    ..options
+                };
+                queues.push(CaptureQueue::new(NfQueue::open(tcp + w, &gso)?));
+            }
+            worker_queues.push(queues);
         }
 
         let receive = {
@@ -504,7 +526,7 @@ impl Datapath {
             let counters = Arc::clone(&counters);
             let stop = Arc::clone(&stop);
             let destinations = config.destinations.clone();
-            let core = cores.get(1).copied();
+            let core = cores.get(workers).copied();
             let busy_poll = config.busy_poll;
             let control = Arc::clone(&control);
             thread::Builder::new()
@@ -523,38 +545,49 @@ impl Datapath {
                 })
                 .map_err(|e| UpError::Thread("receive", e))?
         };
-        let capture = {
+        // One number space for all workers: the peer sees one stream.
+        let epoch = random_epoch();
+        let next_seq = Arc::new(AtomicU64::new(0));
+        let mut capture = Vec::new();
+        for (w, (queues, links)) in worker_queues.into_iter().zip(tx_halves).enumerate() {
             let counters = Arc::clone(&counters);
             let stop = Arc::clone(&stop);
-            let core = cores.first().copied();
-            let sender = Sender::new(random_epoch());
+            let core = cores.get(w).copied();
+            let sender = Sender::shared(epoch, Arc::clone(&next_seq));
             let control = Arc::clone(&control);
             let bundler = config.bundle.then(Bundler::new);
             let busy_poll = config.busy_poll;
-            thread::Builder::new()
-                .name("alagg-capture".into())
+            let link_states = link_states.clone();
+            let name = if workers == 1 {
+                "alagg-capture".to_owned()
+            } else {
+                format!("alagg-capture{w}")
+            };
+            let handle = thread::Builder::new()
+                .name(name)
                 .spawn(move || {
                     pin(core);
                     let tx = Transmit {
                         sender,
                         scheduler: Redundant,
-                        links: tx_halves,
+                        links,
                         link_states,
                         bundler,
                         bundle_links: LinkSet::EMPTY,
                         counters: &counters,
                     };
-                    capture_loop(queues, tx, &control, (&stop, busy_poll));
+                    capture_loop(w, queues, tx, &control, (&stop, busy_poll));
                 })
-                .map_err(|e| UpError::Thread("capture", e))?
-        };
+                .map_err(|e| UpError::Thread("capture", e))?;
+            capture.push(handle);
+        }
 
         // Capture last: from here on, traffic to the destinations is stolen by alagg.
         let mut datapath = Self {
             counters,
             stop,
             receive: Some(receive),
-            capture: Some(capture),
+            capture,
             host,
             steering,
             tun: Some(tun),
@@ -619,10 +652,19 @@ impl Datapath {
             };
             if let Some(ifindex) = ifindex.filter(|&i| i != link.ifindex) {
                 // A new interface under the old name: set it up like at start.
-                match reopen_link(self.steering.as_mut(), index, &link.plan, self.ethertype) {
+                let workers = self.control.new_tx.len();
+                match reopen_link(
+                    self.steering.as_mut(),
+                    index,
+                    &link.plan,
+                    self.ethertype,
+                    workers,
+                ) {
                     Ok((rx, tx, eth)) => {
                         let _ = self.control.new_rx.push((index, rx));
-                        let _ = self.control.new_tx.push((index, tx, eth));
+                        for (queue, tx) in self.control.new_tx.iter().zip(tx) {
+                            let _ = queue.push((index, tx, eth));
+                        }
                         self.control.generation.fetch_add(1, Release);
                         link.ifindex = ifindex;
                         tracing::info!(
@@ -667,11 +709,12 @@ impl Datapath {
         self.links.iter().map(|l| l.status).collect()
     }
 
-    /// Whether both worker threads still run. One that ended (a bug: they only end when told
+    /// Whether every worker thread still runs. One that ended (a bug: they only end when told
     /// to) makes the datapath useless; the caller should stop and report it.
     pub fn workers_alive(&self) -> bool {
         self.receive.as_ref().is_some_and(|h| !h.is_finished())
-            && self.capture.as_ref().is_some_and(|h| !h.is_finished())
+            && !self.capture.is_empty()
+            && self.capture.iter().all(|h| !h.is_finished())
     }
 
     /// Stops and tears down; returns the receive engine's final counters.
@@ -698,7 +741,9 @@ impl Datapath {
             }
         }
         // The capture thread wakes at least every IDLE_WAKEUP to see the stop flag.
-        let _ = self.capture.take().map(JoinHandle::join);
+        for handle in self.capture.drain(..) {
+            let _ = handle.join();
+        }
         self.tun = None;
         stats
     }
@@ -723,29 +768,70 @@ fn interface_carries(interface: &str) -> bool {
 
 /// Opens a link's sockets: for XDP, attaches the program to its interface and registers a new
 /// AF_XDP socket; for AF_PACKET, a packet socket.
+/// Opens a link's sockets for `workers` capture workers: the receive halves (for the receive
+/// thread) and one transmit half per worker, in worker order. For XDP, attaches the program to
+/// the link's interface and opens an AF_XDP socket per worker, on the interface's queue of the
+/// worker's number; for AF_PACKET, one packet socket receives and the other workers' only send.
 fn open_link(
     steering: Option<&mut XdpSteering>,
     index: usize,
     plan: &LinkPlan,
     ethertype: u16,
-    xsk_config: XskConfig,
-) -> Result<(LinkRx, LinkTx), UpError> {
+    (xsk_config, workers): (XskConfig, usize),
+) -> Result<(Vec<LinkRx>, Vec<LinkTx>), UpError> {
+    let (mut rx_halves, mut tx_halves) = (Vec::new(), Vec::new());
     match plan.io {
         LinkIo::Packet => {
             let (rx, tx) = PacketSocket::open(&plan.interface, ethertype)?.split();
-            Ok((LinkRx::Packet(rx), LinkTx::Packet(tx)))
+            rx_halves.push(LinkRx::Packet(rx));
+            tx_halves.push(LinkTx::Packet(tx));
+            for _ in 1..workers {
+                tx_halves.push(LinkTx::Packet(PacketSocket::open_tx_only(&plan.interface)?));
+            }
         }
         LinkIo::Xdp => {
             let steering =
                 steering.ok_or(UpError::Thread("monitor", io::ErrorKind::NotFound.into()))?;
+            let queues = interface_queues(&plan.interface);
+            if workers > queues {
+                return Err(UpError::Link {
+                    interface: plan.interface.clone(),
+                    message: format!(
+                        "capture.queues = {workers} needs an AF_XDP socket per capture worker,                          each on a queue of its own, but the interface has {queues} queue(s):                          lower capture.queues, raise the interface's queues (`ethtool -L`), or                          use io = \"af_packet\" on this link"
+                    ),
+                });
+            }
             let id = index as u32;
             steering.attach(&plan.interface, id, ethertype, plan.xdp_mode)?;
-            let socket = XskSocket::open(&plan.interface, 0, xsk_config)?;
-            steering.register_socket(id, 0, socket.fd())?;
-            let (rx, tx) = socket.split();
-            Ok((LinkRx::Xsk(rx), LinkTx::Xsk(tx)))
+            for queue in 0..workers as u32 {
+                let socket = XskSocket::open(&plan.interface, queue, xsk_config)?;
+                steering.register_socket(id, queue, socket.fd())?;
+                let (rx, tx) = socket.split();
+                rx_halves.push(LinkRx::Xsk(rx));
+                tx_halves.push(LinkTx::Xsk(tx));
+            }
         }
     }
+    Ok((rx_halves, tx_halves))
+}
+
+/// The number of queues of `interface` an AF_XDP socket can use for both receiving and
+/// sending (the smaller of its rx and tx queue counts; 1 if unreadable).
+pub fn interface_queues(interface: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(format!("/sys/class/net/{interface}/queues")) else {
+        return 1;
+    };
+    let (mut rx, mut tx) = (0, 0);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("rx-") {
+            rx += 1;
+        } else if name.starts_with("tx-") {
+            tx += 1;
+        }
+    }
+    rx.min(tx).max(1)
 }
 
 /// Opens a link's sockets again on its (new) interface.
@@ -754,13 +840,20 @@ fn reopen_link(
     index: usize,
     plan: &LinkPlan,
     ethertype: u16,
-) -> Result<(LinkRx, LinkTx, EthernetRepr), UpError> {
+    workers: usize,
+) -> Result<(Vec<LinkRx>, Vec<LinkTx>, EthernetRepr), UpError> {
     let host = link_host(&plan.interface)?;
     if let Some(steering) = steering.as_deref_mut() {
         // The old attachment died with the old interface; forget it.
         let _ = steering.detach(&plan.interface);
     }
-    let (rx, tx) = open_link(steering, index, plan, ethertype, XskConfig::default())?;
+    let (rx, tx) = open_link(
+        steering,
+        index,
+        plan,
+        ethertype,
+        (XskConfig::default(), workers),
+    )?;
     let eth = EthernetRepr {
         dst: MacAddr(plan.peer_mac),
         src: MacAddr(host.mac),
@@ -789,8 +882,10 @@ fn pin(core: Option<usize>) {
     }
 }
 
-/// The receive half of one link.
+/// A receive half of one link (a link has one per capture worker with AF_XDP).
 struct RxLink {
+    /// The link's index.
+    link: usize,
     io: LinkRx,
     peer_mac: [u8; 6],
     ethertype: u16,
@@ -879,14 +974,7 @@ fn receive_loop(
     let start = Instant::now();
     let mut published = start;
     let mut busy_until = start;
-    let mut fds: Vec<libc::pollfd> = links
-        .iter()
-        .map(|l| libc::pollfd {
-            fd: l.io.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut fds = poll_fds(&links);
     let mut deliver = |packet: &[u8]| match ip::admit(packet, destinations) {
         Ok(packet) => {
             if tun.write(packet).is_ok() {
@@ -906,9 +994,19 @@ fn receive_loop(
         }
     };
     while !stop.load(Relaxed) {
-        while let Some((index, xsk)) = control.new_rx.pop() {
-            fds[index].fd = xsk.fd();
-            links[index].io = xsk;
+        while let Some((index, sockets)) = control.new_rx.pop() {
+            let Some(old) = links.iter().find(|l| l.link == index) else {
+                continue;
+            };
+            let (peer_mac, ethertype) = (old.peer_mac, old.ethertype);
+            links.retain(|l| l.link != index);
+            links.extend(sockets.into_iter().map(|io| RxLink {
+                link: index,
+                io,
+                peer_mac,
+                ethertype,
+            }));
+            fds = poll_fds(&links);
         }
         // Right after traffic, look at the rings directly (no syscall) and let other threads
         // run in between; otherwise sleep in poll(2) until a frame or the next deadline.
@@ -940,7 +1038,7 @@ fn receive_loop(
             if fds[index].fd < 0 {
                 continue;
             }
-            let link_counters = &counters.links[index];
+            let link_counters = &counters.links[link.link];
             let (peer_mac, ethertype) = (link.peer_mac, link.ethertype);
             // Drain this link's ring in batches.
             loop {
@@ -998,6 +1096,18 @@ fn receive_loop(
     stats
 }
 
+/// A `poll(2)` entry for each receive half.
+fn poll_fds(links: &[RxLink]) -> Vec<libc::pollfd> {
+    links
+        .iter()
+        .map(|l| libc::pollfd {
+            fd: l.io.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect()
+}
+
 fn publish(counters: &Counters, stats: RxStats) {
     *counters
         .engine
@@ -1021,6 +1131,7 @@ impl CaptureQueue {
 }
 
 fn capture_loop(
+    worker: usize,
     mut queues: Vec<CaptureQueue>,
     mut tx: Transmit<'_>,
     control: &LinkControl,
@@ -1029,6 +1140,7 @@ fn capture_loop(
     let counters = tx.counters;
     let start = Instant::now();
     let mut busy_until = start;
+    let mut reported = (0, 0);
     let mut seen_generation = 0;
     let mut last_error: Option<Instant> = None;
     // Errors are logged at most once a second: a broken queue must not flood the log.
@@ -1064,8 +1176,8 @@ fn capture_loop(
             let generation = control.generation.load(Acquire);
             if generation != seen_generation {
                 seen_generation = generation;
-                while let Some((index, xsk, eth)) = control.new_tx.pop() {
-                    tx.links[index] = TxLink { io: xsk, eth };
+                while let Some((index, io, eth)) = control.new_tx[worker].pop() {
+                    tx.links[index] = TxLink { io, eth };
                 }
                 for (state, usable) in tx.link_states.iter_mut().zip(&control.usable) {
                     state.usable = usable.load(Relaxed);
@@ -1110,14 +1222,20 @@ fn capture_loop(
                 }
             }
         }
+        // The counters are shared with the other workers: add what is new since last time.
         let (mut overruns, mut errors) = (0, 0);
         for CaptureQueue { queue, .. } in &queues {
             let seen = queue.counters();
             overruns += seen.enobufs;
             errors += seen.malformed + seen.kernel_errors;
         }
-        counters.capture_overruns.store(overruns, Relaxed);
-        counters.capture_errors.store(errors, Relaxed);
+        counters
+            .capture_overruns
+            .fetch_add(overruns - reported.0, Relaxed);
+        counters
+            .capture_errors
+            .fetch_add(errors - reported.1, Relaxed);
+        reported = (overruns, errors);
         // Right after traffic, look at the queues again (a non-blocking receive) and let other
         // threads run in between; otherwise sleep in poll(2).
         if received > 0 {

@@ -65,9 +65,23 @@ pub struct QueueSpec {
     pub count: u16,
     /// Accept (instead of drop) packets while no alagg is bound to the queue.
     pub bypass: bool,
-    /// The queue TCP goes to (handed over whole, GSO) before the rule for everything else;
-    /// `None`: TCP shares the other queues.
+    /// With several queues, pick the queue by the sending CPU (`--queue-cpu-fanout`) instead
+    /// of by a hash of the addresses.
+    pub cpu_fanout: bool,
+    /// The first of the `count` queues TCP goes to (handed over whole, GSO) before the rule for
+    /// everything else; `None`: TCP shares the other queues.
     pub tcp: Option<u16>,
+}
+
+/// The NFQUEUE target's options for `count` queues from `first`: `--queue-num`, or
+/// `--queue-balance` (flows hashed over the queues) for more than one.
+fn queue_target(first: u16, count: u16) -> [String; 2] {
+    if count > 1 {
+        let last = first.saturating_add(count - 1);
+        ["--queue-balance".into(), format!("{first}:{last}")]
+    } else {
+        ["--queue-num".into(), first.to_string()]
+    }
 }
 
 /// The changes made to the host, undone in reverse order on [`HostSetup::teardown`] or drop.
@@ -298,22 +312,15 @@ impl HostSetup {
             for net in nets {
                 let net = net.to_string();
                 if let Some(tcp) = queue.tcp {
-                    let tcp = tcp.to_string();
+                    let tcp = queue_target(tcp, queue.count);
                     let mut rule = vec![
-                        "-w",
-                        "-t",
-                        "mangle",
-                        "-A",
-                        &chain,
-                        "-d",
-                        &net,
-                        "-p",
-                        "tcp",
-                        "-j",
+                        "-w", "-t", "mangle", "-A", &chain, "-d", &net, "-p", "tcp", "-j",
                         "NFQUEUE",
-                        "--queue-num",
-                        &tcp,
                     ];
+                    rule.extend(tcp.iter().map(String::as_str));
+                    if queue.cpu_fanout && queue.count > 1 {
+                        rule.push("--queue-cpu-fanout");
+                    }
                     if queue.bypass {
                         rule.push("--queue-bypass");
                     }
@@ -322,14 +329,10 @@ impl HostSetup {
                 let mut rule = vec![
                     "-w", "-t", "mangle", "-A", &chain, "-d", &net, "-j", "NFQUEUE",
                 ];
-                let balance;
-                let first = queue.first.to_string();
-                if queue.count > 1 {
-                    let last = queue.first.saturating_add(queue.count - 1);
-                    balance = format!("{}:{last}", queue.first);
-                    rule.extend(["--queue-balance", &balance]);
-                } else {
-                    rule.extend(["--queue-num", &first]);
+                let target = queue_target(queue.first, queue.count);
+                rule.extend(target.iter().map(String::as_str));
+                if queue.cpu_fanout && queue.count > 1 {
+                    rule.push("--queue-cpu-fanout");
                 }
                 if queue.bypass {
                     rule.push("--queue-bypass");

@@ -218,14 +218,6 @@ fn require_root() -> anyhow::Result<()> {
 }
 
 /// What of a configuration this version cannot run yet, as an error naming the key.
-fn unsupported(config: &Config, path: &Path) -> anyhow::Result<()> {
-    let file = path.display();
-    if config.capture.queues > 1 {
-        bail!("{file}: capture.queues > 1 is not available in this version; use 1");
-    }
-    Ok(())
-}
-
 fn datapath_config(config: &Config) -> DatapathConfig {
     let links = config
         .links
@@ -262,6 +254,7 @@ fn datapath_config(config: &Config) -> DatapathConfig {
             first: config.capture.queue,
             count: config.capture.queues,
             bypass: config.capture.fail_open,
+            cpu_fanout: config.capture.spread == config::Spread::Cpu,
             tcp: config.capture.gso_queue(),
         },
         queue_max_len: config.capture.queue_max_len,
@@ -275,7 +268,6 @@ fn datapath_config(config: &Config) -> DatapathConfig {
 
 fn up(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    unsupported(&config, path)?;
     require_root()?;
     let signals = TermSignals::block().context("blocking SIGINT/SIGTERM")?;
     for (i, link) in config.links.iter().enumerate() {
@@ -506,9 +498,6 @@ fn check(path: &Path) -> anyhow::Result<()> {
         config.plan()
     );
     let mut problems = Vec::new();
-    if let Err(error) = unsupported(&config, path) {
-        problems.push(error.to_string());
-    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         problems.push("not running as root: `alagg up` needs root (CAP_NET_ADMIN, CAP_BPF)".into());
@@ -524,7 +513,17 @@ fn check(path: &Path) -> anyhow::Result<()> {
                 "link {}: interface is down (`ip link set {} up`)",
                 link.interface, link.interface
             )),
-            Ok(_) => {}
+            Ok(_) => {
+                let queues = alagg::datapath::interface_queues(&link.interface);
+                let workers = usize::from(config.capture.queues);
+                if link.io == IoMode::Xdp && workers > queues {
+                    problems.push(format!(
+                        "link {}: capture.queues = {workers} needs a queue per capture worker, \
+                         the interface has {queues} (`ethtool -L`, or io = \"af_packet\")",
+                        link.interface
+                    ));
+                }
+            }
         }
     }
     if !Path::new("/dev/net/tun").exists() {

@@ -60,77 +60,91 @@ pub struct PacketSocket {
 impl PacketSocket {
     /// Opens a packet socket on `interface` for frames of `ethertype`.
     pub fn open(interface: &str, ethertype: u16) -> Result<Self, PacketError> {
-        let io_error = |what| {
-            let interface = interface.to_owned();
-            move |source| PacketError::Io {
-                interface,
-                what,
-                source,
-            }
-        };
-        let name = CString::new(interface).map_err(|_| PacketError::NoInterface {
+        let fd = bound_socket(interface, ethertype)?;
+        let tx_fd = fd.try_clone().map_err(|source| PacketError::Io {
             interface: interface.to_owned(),
+            what: "duplicating the descriptor",
+            source,
         })?;
-        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(PacketError::NoInterface {
-                interface: interface.to_owned(),
-            });
-        }
-        let protocol = ethertype.to_be();
-        // SAFETY: socket(2) takes no pointers; the result is checked below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(protocol),
-            )
-        };
-        if raw < 0 {
-            return Err(io_error("creating the socket (needs CAP_NET_RAW)")(
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // Best effort: each only makes the socket faster or quieter.
-        let _ = set_option(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
-        let _ = set_option(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
-        if set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECV_BUFFER).is_err() {
-            let _ = set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RECV_BUFFER);
-        }
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value before the fields are set.
-        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = protocol;
-        address.sll_ifindex = ifindex as i32;
-        // SAFETY: `address` is a valid sockaddr_ll of the length passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const address).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io_error("binding to the interface")(
-                io::Error::last_os_error(),
-            ));
-        }
-        let tx_fd = fd
-            .try_clone()
-            .map_err(io_error("duplicating the descriptor"))?;
         Ok(Self {
             rx: PacketRx::new(fd),
             tx: PacketTx::new(tx_fd),
         })
     }
 
+    /// A transmit half alone: a packet socket on `interface` that receives nothing (protocol
+    /// 0), for a capture worker other than the one whose socket receives the link's frames.
+    pub fn open_tx_only(interface: &str) -> Result<PacketTx, PacketError> {
+        Ok(PacketTx::new(bound_socket(interface, 0)?))
+    }
+
     /// The receive and transmit halves.
     pub fn split(self) -> (PacketRx, PacketTx) {
         (self.rx, self.tx)
     }
+}
+
+/// A packet socket bound to `interface`, receiving frames of `ethertype` (0: none).
+fn bound_socket(interface: &str, ethertype: u16) -> Result<OwnedFd, PacketError> {
+    let io_error = |what| {
+        let interface = interface.to_owned();
+        move |source| PacketError::Io {
+            interface,
+            what,
+            source,
+        }
+    };
+    let name = CString::new(interface).map_err(|_| PacketError::NoInterface {
+        interface: interface.to_owned(),
+    })?;
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(PacketError::NoInterface {
+            interface: interface.to_owned(),
+        });
+    }
+    let protocol = ethertype.to_be();
+    // SAFETY: socket(2) takes no pointers; the result is checked below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            i32::from(protocol),
+        )
+    };
+    if raw < 0 {
+        return Err(io_error("creating the socket (needs CAP_NET_RAW)")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // Best effort: each only makes the socket faster or quieter.
+    let _ = set_option(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1);
+    let _ = set_option(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
+    if set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECV_BUFFER).is_err() {
+        let _ = set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RECV_BUFFER);
+    }
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value before the fields are set.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = protocol;
+    address.sll_ifindex = ifindex as i32;
+    // SAFETY: `address` is a valid sockaddr_ll of the length passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&raw const address).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io_error("binding to the interface")(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(fd)
 }
 
 fn set_option(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {

@@ -112,6 +112,11 @@ fn bad_configurations_fail_clearly_and_leave_nothing() {
             "[capture]\ndestinations = [\"198.18.100.0/24\", \"198.18.100.2/32\"]\n[[link]]\ninterface = \"link0\"\npeer_mac = \"02:a1:a9:00:0b:00\"\n",
             "overlap",
         ),
+        (
+            "more capture workers than the XDP link has queues",
+            "[capture]\ndestinations = [\"198.18.100.2/32\"]\nqueues = 2\n[[link]]\ninterface = \"link0\"\npeer_mac = \"02:a1:a9:00:0b:00\"\n",
+            "the interface has 1 queue(s)",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = pair.dir.join("bad.toml");

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alagg_testbed::{Netns, veth};
+use alagg_testbed::{Netns, veth_with_queues};
 
 pub const ALAGG: &str = env!("CARGO_BIN_EXE_alagg");
 
@@ -107,6 +107,11 @@ pub struct Pair {
 
 impl Pair {
     pub fn new(tag: &str, links: u8) -> Self {
+        Pair::with_queues(tag, links, 1)
+    }
+
+    /// Like [`Pair::new`], with `queues` receive and transmit queues on every link's ends.
+    pub fn with_queues(tag: &str, links: u8, queues: u32) -> Self {
         assert!(
             alagg_testbed::is_root(),
             "this test makes namespaces, TUN devices, iptables rules and XDP attachments: \
@@ -116,7 +121,8 @@ impl Pair {
         let b = Netns::new(&format!("{tag}-b")).unwrap();
         for link in 0..links {
             let name = format!("link{link}");
-            veth(&a, &name, &mac(0xa, link), &b, &name, &mac(0xb, link)).unwrap();
+            let (mac_a, mac_b) = (mac(0xa, link), mac(0xb, link));
+            veth_with_queues(&a, (&name, &mac_a), &b, (&name, &mac_b), queues).unwrap();
         }
         for (ns, v4, v6) in [(&a, A4, A6), (&b, B4, B6)] {
             ns.ip(&["addr", "add", &format!("{v4}/32"), "dev", "lo"])
@@ -155,9 +161,14 @@ impl Pair {
 
     /// Like [`Pair::up`], with `extra` (more TOML tables) appended to both configurations.
     pub fn up_with(&self, links: u8, extra: &str) -> (Alagg, Alagg) {
+        self.up_edited(links, |text| text + extra)
+    }
+
+    /// Like [`Pair::up`], with both configurations' text passed through `edit` first.
+    pub fn up_edited(&self, links: u8, edit: impl Fn(String) -> String) -> (Alagg, Alagg) {
         let config = |host| {
             let path = self.config(host, links);
-            let text = fs::read_to_string(&path).unwrap() + extra;
+            let text = edit(fs::read_to_string(&path).unwrap());
             fs::write(&path, text).unwrap();
             path
         };
