@@ -92,7 +92,14 @@ fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
     let mut text = fs::read_to_string(&config_b).unwrap();
     text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     fs::write(&config_b, text).unwrap();
-    let a = Alagg::start(&pair.a, &pair.config(0xa, 2), pair.dir.join("a.log"));
+    // One frame per datagram on every link, so frame and packet counters can be compared.
+    let config_a = pair.config(0xa, 2);
+    let unbundled = "\n[scheduler]\nbundle = false\n";
+    for path in [&config_a, &config_b] {
+        let text = fs::read_to_string(path).unwrap() + unbundled;
+        fs::write(path, text).unwrap();
+    }
+    let a = Alagg::start(&pair.a, &config_a, pair.dir.join("a.log"));
     let b = Alagg::start(&pair.b, &config_b, pair.dir.join("b.log"));
 
     // Idle: both links up, nothing captured yet.
