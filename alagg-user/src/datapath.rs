@@ -278,6 +278,10 @@ pub struct Datapath {
     control: Arc<LinkControl>,
     ethertype: u16,
     started: Instant,
+    /// alagg frames the XDP program found no socket for, as last seen (`None` before the first
+    /// look: frames passed while the sockets were being opened do not count), and when that was
+    /// last warned about.
+    no_socket: (Option<u64>, Option<Instant>),
 }
 
 /// Copies the shared counters into a [`Snapshot`].
@@ -484,9 +488,9 @@ impl Datapath {
             generation: AtomicU64::new(0),
             usable: config.links.iter().map(|_| AtomicBool::new(true)).collect(),
             new_tx: (0..workers)
-                .map(|_| ArrayQueue::new(config.links.len().max(1)))
+                .map(|_| ArrayQueue::new(4 * config.links.len().max(1)))
                 .collect(),
-            new_rx: ArrayQueue::new(config.links.len().max(1)),
+            new_rx: ArrayQueue::new(4 * config.links.len().max(1)),
         });
         let counters = Arc::new(Counters {
             links: config
@@ -551,7 +555,7 @@ impl Datapath {
         let mut capture = Vec::new();
         for (w, (queues, links)) in worker_queues.into_iter().zip(tx_halves).enumerate() {
             let counters = Arc::clone(&counters);
-            let stop = Arc::clone(&stop);
+            let worker_stop = Arc::clone(&stop);
             let core = cores.get(w).copied();
             let sender = Sender::shared(epoch, Arc::clone(&next_seq));
             let control = Arc::clone(&control);
@@ -563,23 +567,31 @@ impl Datapath {
             } else {
                 format!("alagg-capture{w}")
             };
-            let handle = thread::Builder::new()
-                .name(name)
-                .spawn(move || {
-                    pin(core);
-                    let tx = Transmit {
-                        sender,
-                        scheduler: Redundant,
-                        links,
-                        link_states,
-                        bundler,
-                        bundle_links: LinkSet::EMPTY,
-                        counters: &counters,
-                    };
-                    capture_loop(w, queues, tx, &control, (&stop, busy_poll));
-                })
-                .map_err(|e| UpError::Thread("capture", e))?;
-            capture.push(handle);
+            let handle = thread::Builder::new().name(name).spawn(move || {
+                pin(core);
+                let tx = Transmit {
+                    sender,
+                    scheduler: Redundant,
+                    links,
+                    link_states,
+                    bundler,
+                    bundle_links: LinkSet::EMPTY,
+                    counters: &counters,
+                };
+                capture_loop(w, queues, tx, &control, (&worker_stop, busy_poll));
+            });
+            match handle {
+                Ok(handle) => capture.push(handle),
+                Err(error) => {
+                    // Stop what already runs before the host changes are undone.
+                    stop.store(true, Relaxed);
+                    let _ = receive.join();
+                    for handle in capture {
+                        let _ = handle.join();
+                    }
+                    return Err(UpError::Thread("capture", error));
+                }
+            }
         }
 
         // Capture last: from here on, traffic to the destinations is stolen by alagg.
@@ -603,6 +615,7 @@ impl Datapath {
             control,
             ethertype: config.ethertype,
             started: Instant::now(),
+            no_socket: (None, None),
         };
         let tun_name = config.tun_name.clone();
         datapath
@@ -661,9 +674,10 @@ impl Datapath {
                     workers,
                 ) {
                     Ok((rx, tx, eth)) => {
-                        let _ = self.control.new_rx.push((index, rx));
+                        // The newest sockets win: an older replacement still queued is stale.
+                        drop(self.control.new_rx.force_push((index, rx)));
                         for (queue, tx) in self.control.new_tx.iter().zip(tx) {
-                            let _ = queue.push((index, tx, eth));
+                            drop(queue.force_push((index, tx, eth)));
                         }
                         self.control.generation.fetch_add(1, Release);
                         link.ifindex = ifindex;
@@ -700,6 +714,7 @@ impl Datapath {
             }
         }
         if let Some(Ok(xdp)) = self.steering.as_ref().map(XdpSteering::counters) {
+            self.warn_no_socket(&xdp);
             *self
                 .counters
                 .xdp
@@ -707,6 +722,29 @@ impl Datapath {
                 .unwrap_or_else(PoisonError::into_inner) = xdp.to_vec();
         }
         self.links.iter().map(|l| l.status).collect()
+    }
+
+    /// Warns (at most once a minute) when alagg frames arrived on an interface queue with no
+    /// AF_XDP socket: the kernel got them, so they are lost to alagg. The usual cause is a peer
+    /// with more capture workers (on virtual links, its worker `w`'s frames arrive on queue `w`).
+    fn warn_no_socket(&mut self, xdp: &[(Action, Counter)]) {
+        let frames: u64 = xdp
+            .iter()
+            .filter(|(action, _)| *action == Action::PassedNoSocket)
+            .map(|(_, counter)| counter.packets)
+            .sum();
+        let (seen, warned) = self.no_socket;
+        let seen = seen.unwrap_or(frames);
+        if frames > seen && warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            tracing::warn!(
+                frames = frames - seen,
+                "alagg frames arrived on an interface queue that has no AF_XDP socket and were \
+                 lost; set the same capture.queues on both hosts"
+            );
+            self.no_socket = (Some(frames), Some(Instant::now()));
+        } else {
+            self.no_socket.0 = Some(frames);
+        }
     }
 
     /// Whether every worker thread still runs. One that ended (a bug: they only end when told
@@ -766,8 +804,6 @@ fn interface_carries(interface: &str) -> bool {
     flags & libc::IFF_UP as u32 != 0 && carrier.trim() == "1"
 }
 
-/// Opens a link's sockets: for XDP, attaches the program to its interface and registers a new
-/// AF_XDP socket; for AF_PACKET, a packet socket.
 /// Opens a link's sockets for `workers` capture workers: the receive halves (for the receive
 /// thread) and one transmit half per worker, in worker order. For XDP, attaches the program to
 /// the link's interface and opens an AF_XDP socket per worker, on the interface's queue of the
@@ -797,7 +833,10 @@ fn open_link(
                 return Err(UpError::Link {
                     interface: plan.interface.clone(),
                     message: format!(
-                        "capture.queues = {workers} needs an AF_XDP socket per capture worker,                          each on a queue of its own, but the interface has {queues} queue(s):                          lower capture.queues, raise the interface's queues (`ethtool -L`), or                          use io = \"af_packet\" on this link"
+                        "capture.queues = {workers} needs an AF_XDP socket per capture worker, \
+                         each on a queue of its own, but the interface has {queues} queue(s): \
+                         lower capture.queues, raise the interface's queues (`ethtool -L`), or \
+                         use io = \"af_packet\" on this link"
                     ),
                 });
             }
@@ -999,6 +1038,13 @@ fn receive_loop(
                 continue;
             };
             let (peer_mac, ethertype) = (old.peer_mac, old.ethertype);
+            // Sockets of other links that failed stay out of the poll set.
+            let failed: Vec<usize> = links
+                .iter()
+                .zip(&fds)
+                .filter(|(l, pollfd)| l.link != index && pollfd.fd < 0)
+                .map(|(l, _)| l.link)
+                .collect();
             links.retain(|l| l.link != index);
             links.extend(sockets.into_iter().map(|io| RxLink {
                 link: index,
@@ -1007,6 +1053,11 @@ fn receive_loop(
                 ethertype,
             }));
             fds = poll_fds(&links);
+            for (link, pollfd) in links.iter().zip(&mut fds) {
+                if failed.contains(&link.link) {
+                    pollfd.fd = -pollfd.fd.abs() - 1;
+                }
+            }
         }
         // Right after traffic, look at the rings directly (no syscall) and let other threads
         // run in between; otherwise sleep in poll(2) until a frame or the next deadline.
@@ -1159,6 +1210,18 @@ fn capture_loop(
         })
         .collect();
     while !stop.load(Relaxed) {
+        // Link changes from the monitor, looked at every turn (one atomic load), so a worker
+        // whose queue stays empty still drops a dead link's socket promptly.
+        let generation = control.generation.load(Acquire);
+        if generation != seen_generation {
+            seen_generation = generation;
+            while let Some((index, io, eth)) = control.new_tx[worker].pop() {
+                tx.links[index] = TxLink { io, eth };
+            }
+            for (state, usable) in tx.link_states.iter_mut().zip(&control.usable) {
+                state.usable = usable.load(Relaxed);
+            }
+        }
         let mut received = 0;
         for CaptureQueue { queue, batch } in &mut queues {
             let n = match queue.recv_batch(batch) {
@@ -1173,16 +1236,6 @@ fn capture_loop(
             }
             received += n;
             counters.capture_batches.fetch_add(1, Relaxed);
-            let generation = control.generation.load(Acquire);
-            if generation != seen_generation {
-                seen_generation = generation;
-                while let Some((index, io, eth)) = control.new_tx[worker].pop() {
-                    tx.links[index] = TxLink { io, eth };
-                }
-                for (state, usable) in tx.link_states.iter_mut().zip(&control.usable) {
-                    state.usable = usable.load(Relaxed);
-                }
-            }
             let t = now(start);
             for index in 0..batch.len() {
                 if let Some(packet) = batch.get(index) {

@@ -217,7 +217,6 @@ fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What of a configuration this version cannot run yet, as an error naming the key.
 fn datapath_config(config: &Config) -> DatapathConfig {
     let links = config
         .links

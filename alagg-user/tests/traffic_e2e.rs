@@ -230,6 +230,46 @@ fn two_capture_workers_carry_udp_and_tcp_intact() {
 }
 
 #[test]
+fn a_peer_with_more_capture_workers_is_warned_about() {
+    let _heavy = heavy();
+    let pair = Pair::with_queues("mqwarn", 2, 2);
+    // A runs two workers, B one: what A's second worker sends arrives on B's queue 1 (with
+    // native XDP; generic XDP on a veth sees every frame on queue 0), where B has no socket.
+    let config_a = pair.config(0xa, 2);
+    let config_b = pair.config(0xb, 2);
+    let mut text = std::fs::read_to_string(&config_b).unwrap();
+    for link in ["link0", "link1"] {
+        text = text.replace(
+            &format!("interface = \"{link}\"\n"),
+            &format!("interface = \"{link}\"\nxdp_mode = \"native\"\n"),
+        );
+    }
+    std::fs::write(&config_b, text).unwrap();
+    let text = std::fs::read_to_string(&config_a)
+        .unwrap()
+        .replace("[capture]\n", "[capture]\nqueues = 2\nspread = \"cpu\"\n");
+    std::fs::write(&config_a, text).unwrap();
+    let a = Alagg::start(&pair.a, &config_a, pair.dir.join("a.log"));
+    let b = Alagg::start(&pair.b, &config_b, pair.dir.join("b.log"));
+    let needle = "set the same capture.queues on both hosts";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut port = 5100;
+    while !b.log().contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never warned; queues of A: {:?}\nB:\n{}",
+            queued_per_queue(&pair.a),
+            b.log()
+        );
+        // Traffic from both of A's CPUs, so both of its workers send.
+        let _ = udp_numbered(&pair, port, 2_000, 64);
+        port += 1;
+    }
+    b.stop();
+    a.stop();
+}
+
+#[test]
 fn garbage_frames_are_counted_and_dropped_and_traffic_goes_on() {
     let pair = Pair::new("garbage", 2);
     let (a, b) = pair.up(2);
