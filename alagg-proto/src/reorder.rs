@@ -340,7 +340,7 @@ impl ReorderBuffer {
         if slot.store != Store::Empty && slot.seq == self.next {
             self.deliver_slot(idx, now, deliver);
         } else {
-            self.stats.lost += 1;
+            self.stats.lost = self.stats.lost.wrapping_add(1);
         }
         self.next = self.next.wrapping_add(1);
     }
@@ -538,7 +538,27 @@ mod tests {
         }
         assert_eq!(b.next_expected(), Some(seq - 3));
         // `next` passed 6 * 2^62 - 4 numbers, 5 of them held packets: the counter wraps once.
-        assert_eq!(b.stats().lost, (6u64 << 62).wrapping_sub(4 + 5));
+        let lost = (6u64 << 62).wrapping_sub(4 + 5);
+        assert_eq!(b.stats().lost, lost);
+    }
+
+    #[test]
+    fn gaps_given_up_one_by_one_wrap_the_lost_counter() {
+        // Found by the `receive` fuzz target (`fuzz/seeds/receive/regress-lost-counter-overflow.bin`):
+        // after huge jumps, the gaps before a held packet are given up one number at a time,
+        // and that count overflowed instead of wrapping like the bulk one.
+        let mut b = buffer(4);
+        push(&mut b, 0, t(0));
+        let mut seq = 0u64;
+        for jump in [(1 << 62) + 5, 1 << 62, 1 << 62, 1 << 62] {
+            seq = seq.wrapping_add(jump);
+            assert_eq!(push(&mut b, seq, t(0)).0, Order::Held);
+        }
+        // 2^64 + 5 numbers passed, less the 3 before the last held packet and the 4 held.
+        assert_eq!(b.stats().lost, u64::MAX - 1);
+        assert_eq!(poll(&mut b, t(10)), vec![seq as u8]);
+        assert_eq!(b.stats().lost, 1);
+        assert_eq!(b.held(), 0);
     }
 
     #[test]
