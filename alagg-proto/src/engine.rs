@@ -685,16 +685,6 @@ pub struct SealedBundle<'a> {
 }
 
 impl SealedBundle<'_> {
-    /// Sequence number of the first packet.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// Packets in the bundle.
-    pub fn count(&self) -> u16 {
-        self.count
-    }
-
     /// The frame's header on `link`, and its payload.
     fn frame(&self, link: LinkId) -> (Repr, &[u8]) {
         let (kind, payload) = if self.count == 1 {

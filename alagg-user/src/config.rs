@@ -742,6 +742,12 @@ impl Config {
             }
         }
         check_range("capture.queues", capture.queues, &(1..=MAX_QUEUES))?;
+        if capture.spread == Spread::Cpu && capture.queues == 1 {
+            return Err(invalid(
+                "capture.spread",
+                "spread = \"cpu\" has no effect with one queue: remove it, or raise queues",
+            ));
+        }
         // With gso, TCP takes as many queues again after the others.
         let used = u32::from(capture.queues) * (1 + u32::from(capture.gso));
         let last = u32::from(capture.queue) + used - 1;
@@ -1640,6 +1646,12 @@ peer_mac = "02:00:00:00:02:02"
                 BASE.replace("[capture]", "[capture]\nqueue = 65535"),
                 "capture.queue",
                 &["65535..=65536", "the second half for TCP", "at most 65534"],
+            ),
+            (
+                "spread with one queue",
+                BASE.replace("[capture]", "[capture]\nspread = \"cpu\""),
+                "capture.spread",
+                &["no effect", "raise queues"],
             ),
             (
                 "the TCP queues of two workers past 65535",

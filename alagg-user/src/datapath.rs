@@ -108,9 +108,9 @@ pub struct DatapathConfig {
     pub receiver: ReceiverConfig,
     /// Pack small packets captured together into one frame per link.
     pub bundle: bool,
-    /// Pin the capture and receive threads to cores.
+    /// Pin the capture workers and the receive thread to cores.
     pub pin: bool,
-    /// Cores to pin to, in order (capture, receive); `None`: the first ones.
+    /// Cores to pin to, in order (the capture workers, then receive); `None`: the first ones.
     pub cores: Option<Vec<usize>>,
     /// How long each worker keeps looking at its queue or rings (yielding the CPU in between)
     /// after its last packet before it sleeps in `poll(2)`. While traffic flows the workers
@@ -450,7 +450,8 @@ impl Datapath {
         } else {
             None
         };
-        let workers = usize::from(config.queue.count.max(1));
+        let worker_count = config.queue.count.max(1);
+        let workers = usize::from(worker_count);
         let mut rx_halves = Vec::new();
         let mut tx_halves: Vec<Vec<TxLink>> = (0..workers).map(|_| Vec::new()).collect();
         for (i, (link, host)) in config.links.iter().zip(&hosts).enumerate() {
@@ -510,7 +511,7 @@ impl Datapath {
         };
         // Worker `w` takes queue `first + w` and, with GSO, TCP's queue `tcp + w`.
         let mut worker_queues = Vec::new();
-        for w in 0..config.queue.count.max(1) {
+        for w in 0..worker_count {
             let mut queues = vec![CaptureQueue::new(NfQueue::open(
                 config.queue.first + w,
                 &options,

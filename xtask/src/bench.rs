@@ -801,13 +801,7 @@ fn udp_send(bed: &Testbed, size: usize, duration: Duration) -> anyhow::Result<u6
             iov_len: size,
         })
         .collect();
-    // SAFETY: mmsghdr is plain data; all-zero is a valid value (no name, no control).
-    let mut headers: Vec<libc::mmsghdr> =
-        (0..MMSG).map(|_| unsafe { std::mem::zeroed() }).collect();
-    for (header, iov) in headers.iter_mut().zip(iovecs.iter_mut()) {
-        header.msg_hdr.msg_iov = iov;
-        header.msg_hdr.msg_iovlen = 1;
-    }
+    let mut headers = mmsg_headers(&mut iovecs);
     let end = Instant::now() + duration;
     let mut sent = 0u64;
     while Instant::now() < end {
@@ -829,6 +823,21 @@ fn udp_send(bed: &Testbed, size: usize, duration: Duration) -> anyhow::Result<u6
         }
     }
     Ok(sent)
+}
+
+/// One `sendmmsg`/`recvmmsg` header per iovec, each naming its iovec alone (no address, no
+/// control data). The headers point into `iovecs`, which must outlive their use.
+fn mmsg_headers(iovecs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: mmsghdr is plain data; all-zero is a valid value (no name, no control).
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect()
 }
 
 /// [`udp_send`] with a receiver on B: (sent, received).
@@ -860,13 +869,7 @@ fn udp_pps(bed: &Testbed, size: usize, duration: Duration) -> anyhow::Result<(u6
                     iov_len: b.len(),
                 })
                 .collect();
-            // SAFETY: mmsghdr is plain data; all-zero is a valid value.
-            let mut headers: Vec<libc::mmsghdr> =
-                (0..MMSG).map(|_| unsafe { std::mem::zeroed() }).collect();
-            for (header, iov) in headers.iter_mut().zip(iovecs.iter_mut()) {
-                header.msg_hdr.msg_iov = iov;
-                header.msg_hdr.msg_iovlen = 1;
-            }
+            let mut headers = mmsg_headers(&mut iovecs);
             let mut received = 0u64;
             loop {
                 // SAFETY: `headers` holds MMSG valid headers whose iovecs point into
