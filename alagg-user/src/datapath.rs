@@ -27,12 +27,11 @@
 use std::{
     io,
     net::IpAddr,
-    os::fd::AsRawFd as _,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{
             AtomicBool, AtomicU8, AtomicU64,
-            Ordering::{Acquire, Relaxed, Release},
+            Ordering::{Relaxed, Release},
         },
     },
     thread::{self, JoinHandle},
@@ -41,9 +40,11 @@ use std::{
 
 use crossbeam_queue::ArrayQueue;
 
+mod worker;
+use worker::{Capture, CaptureQueue, LinkRx, LinkTx, Receive, RxLink, Transmit, TxLink};
+
 use alagg_proto::{
-    Bundler, LinkSet, LinkState, Receiver, ReceiverConfig, Redundant, RxOutcome, Scheduler, Sender,
-    Timestamp,
+    Bundler, LinkSet, LinkState, Receiver, ReceiverConfig, Redundant, Sender,
     stats::RxStats,
     wire::{ETH_HDR_LEN, EthernetRepr, MacAddr},
 };
@@ -53,13 +54,12 @@ use alagg_common::{Action, Counter};
 
 use crate::{
     host::{HostError, HostSetup, QueueSpec, Recovery, journal_path, recover},
-    ip,
-    nfqueue::{Batch, NfQueue, NfQueueError, Packet, QueueOptions, Verdict},
-    packet::{PacketError, PacketRx, PacketSocket, PacketTx},
+    nfqueue::{NfQueue, NfQueueError, QueueOptions},
+    packet::{PacketError, PacketSocket},
     report::{CaptureSnapshot, DeliverySnapshot, EngineSnapshot, LinkSnapshot, Snapshot},
     tun::{Tun, TunError},
     xdp::{AttachMode, XdpError, XdpSteering},
-    xsk::{XskConfig, XskError, XskRx, XskSocket, XskTx},
+    xsk::{XskConfig, XskError, XskSocket},
 };
 
 /// One link as the datapath needs it.
@@ -151,7 +151,7 @@ pub enum UpError {
     Queue(#[from] NfQueueError),
     /// A thread could not be started.
     #[error("starting the {0} thread failed: {1}")]
-    Thread(&'static str, io::Error),
+    Thread(String, io::Error),
     /// The engine settings are inconsistent.
     #[error("engine settings: {0}")]
     Engine(#[from] alagg_proto::ConfigError),
@@ -526,61 +526,64 @@ impl Datapath {
             worker_queues.push(queues);
         }
 
+        let shared = Shared {
+            counters: Arc::clone(&counters),
+            control: Arc::clone(&control),
+            stop: Arc::clone(&stop),
+            busy_poll: config.busy_poll,
+        };
+        // Cores in the order documented for `cpu.cores`: the capture workers, then receive.
         let receive = {
-            let tun = tun.try_clone().map_err(|e| UpError::Thread("receive", e))?;
-            let counters = Arc::clone(&counters);
-            let stop = Arc::clone(&stop);
+            let tun = tun
+                .try_clone()
+                .map_err(|e| UpError::Thread("receive".into(), e))?;
             let destinations = config.destinations.clone();
-            let core = cores.get(workers).copied();
-            let busy_poll = config.busy_poll;
-            let control = Arc::clone(&control);
-            thread::Builder::new()
-                .name("alagg-rx".into())
-                .spawn(move || {
-                    pin(core);
-                    receive_loop(
+            spawn_worker(
+                "alagg-rx",
+                cores.get(workers).copied(),
+                &shared,
+                move |counters, control, run| {
+                    let stage = Receive::new(
                         rx_halves,
                         receiver,
-                        &tun,
-                        &destinations,
-                        &counters,
-                        &control,
-                        (&stop, busy_poll),
-                    )
-                })
-                .map_err(|e| UpError::Thread("receive", e))?
+                        (tun, destinations),
+                        (counters, control),
+                    );
+                    worker::run(stage, run).finish()
+                },
+            )
+            .map_err(|e| UpError::Thread("receive".into(), e))?
         };
         // One number space for all workers: the peer sees one stream.
         let epoch = random_epoch();
         let next_seq = Arc::new(AtomicU64::new(0));
         let mut capture = Vec::new();
         for (w, (queues, links)) in worker_queues.into_iter().zip(tx_halves).enumerate() {
-            let counters = Arc::clone(&counters);
-            let worker_stop = Arc::clone(&stop);
-            let core = cores.get(w).copied();
             let sender = Sender::shared(epoch, Arc::clone(&next_seq));
-            let control = Arc::clone(&control);
             let bundler = config.bundle.then(Bundler::new);
-            let busy_poll = config.busy_poll;
             let link_states = link_states.clone();
             let name = if workers == 1 {
                 "alagg-capture".to_owned()
             } else {
                 format!("alagg-capture{w}")
             };
-            let handle = thread::Builder::new().name(name).spawn(move || {
-                pin(core);
-                let tx = Transmit {
-                    sender,
-                    scheduler: Redundant,
-                    links,
-                    link_states,
-                    bundler,
-                    bundle_links: LinkSet::EMPTY,
-                    counters: &counters,
-                };
-                capture_loop(w, queues, tx, &control, (&worker_stop, busy_poll));
-            });
+            let handle = spawn_worker(
+                &name,
+                cores.get(w).copied(),
+                &shared,
+                move |counters, control, run| {
+                    let tx = Transmit {
+                        sender,
+                        scheduler: Redundant,
+                        links,
+                        link_states,
+                        bundler,
+                        bundle_links: LinkSet::EMPTY,
+                        counters,
+                    };
+                    worker::run(Capture::new(w, queues, tx, control), run);
+                },
+            );
             match handle {
                 Ok(handle) => capture.push(handle),
                 Err(error) => {
@@ -590,7 +593,7 @@ impl Datapath {
                     for handle in capture {
                         let _ = handle.join();
                     }
-                    return Err(UpError::Thread("capture", error));
+                    return Err(UpError::Thread(name, error));
                 }
             }
         }
@@ -767,21 +770,22 @@ impl Datapath {
             tracing::warn!(%error, "teardown");
         }
         self.stop.store(true, Relaxed);
+        // Every worker wakes at least every IDLE_WAKEUP to see the stop flag; the receive
+        // thread drains its rings first.
         let stats = self
             .receive
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
+        for handle in self.capture.drain(..) {
+            let _ = handle.join();
+        }
         if let Some(mut steering) = self.steering.take() {
             for link in &self.links {
                 if let Err(error) = steering.detach(&link.plan.interface) {
                     tracing::warn!(%error, "detaching XDP");
                 }
             }
-        }
-        // The capture thread wakes at least every IDLE_WAKEUP to see the stop flag.
-        for handle in self.capture.drain(..) {
-            let _ = handle.join();
         }
         self.tun = None;
         stats
@@ -794,6 +798,32 @@ impl Drop for Datapath {
             self.shutdown();
         }
     }
+}
+
+/// What every worker thread shares.
+struct Shared {
+    counters: Arc<Counters>,
+    control: Arc<LinkControl>,
+    stop: Arc<AtomicBool>,
+    busy_poll: Duration,
+}
+
+/// Starts a worker thread named `name`, pinned to `core`, that runs `body` with the shared
+/// counters, the link control, and the stop flag with the busy-poll time.
+fn spawn_worker<T: Send + 'static>(
+    name: &str,
+    core: Option<usize>,
+    shared: &Shared,
+    body: impl FnOnce(&Counters, &LinkControl, (&AtomicBool, Duration)) -> T + Send + 'static,
+) -> io::Result<JoinHandle<T>> {
+    let counters = Arc::clone(&shared.counters);
+    let control = Arc::clone(&shared.control);
+    let stop = Arc::clone(&shared.stop);
+    let busy_poll = shared.busy_poll;
+    thread::Builder::new().name(name.to_owned()).spawn(move || {
+        pin(core);
+        body(&counters, &control, (&stop, busy_poll))
+    })
 }
 
 /// Whether `interface` is administratively up and has carrier.
@@ -827,8 +857,10 @@ fn open_link(
             }
         }
         LinkIo::Xdp => {
-            let steering =
-                steering.ok_or(UpError::Thread("monitor", io::ErrorKind::NotFound.into()))?;
+            let steering = steering.ok_or(UpError::Thread(
+                "monitor".into(),
+                io::ErrorKind::NotFound.into(),
+            ))?;
             let queues = interface_queues(&plan.interface);
             if workers > queues {
                 return Err(UpError::Link {
@@ -919,480 +951,6 @@ fn pin(core: Option<usize>) {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
             tracing::warn!(core = id, "could not pin thread to core");
         }
-    }
-}
-
-/// A receive half of one link (a link has one per capture worker with AF_XDP).
-struct RxLink {
-    /// The link's index.
-    link: usize,
-    io: LinkRx,
-    peer_mac: [u8; 6],
-    ethertype: u16,
-}
-
-/// The transmit half of one link.
-struct TxLink {
-    io: LinkTx,
-    eth: EthernetRepr,
-}
-
-/// Frames a link's receive half hands over per call at most (both kinds batch the same).
-const LINK_BATCH: usize = crate::xsk::BATCH;
-const _: () = assert!(crate::xsk::BATCH == crate::packet::BATCH);
-
-/// A link's receive half, whichever socket carries it.
-#[derive(Debug)]
-enum LinkRx {
-    Xsk(XskRx),
-    Packet(PacketRx),
-}
-
-/// Errors of a link's sockets on the hot path, logged by the workers.
-#[derive(Debug, thiserror::Error)]
-enum LinkIoError {
-    #[error(transparent)]
-    Xsk(#[from] XskError),
-    #[error("AF_PACKET: {0}")]
-    Packet(#[from] io::Error),
-}
-
-impl LinkRx {
-    fn fd(&self) -> std::os::fd::RawFd {
-        match self {
-            LinkRx::Xsk(xsk) => xsk.fd(),
-            LinkRx::Packet(packet) => packet.fd(),
-        }
-    }
-
-    /// Up to [`LINK_BATCH`] frames to `each`; how many.
-    fn recv(&mut self, each: impl FnMut(&[u8])) -> Result<usize, LinkIoError> {
-        Ok(match self {
-            LinkRx::Xsk(xsk) => xsk.recv(each)?,
-            LinkRx::Packet(packet) => packet.recv(each)?,
-        })
-    }
-}
-
-/// A link's transmit half, whichever socket carries it.
-#[derive(Debug)]
-enum LinkTx {
-    Xsk(XskTx),
-    Packet(PacketTx),
-}
-
-impl LinkTx {
-    fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
-        match self {
-            LinkTx::Xsk(xsk) => xsk.stage(write),
-            LinkTx::Packet(packet) => packet.stage(write),
-        }
-    }
-
-    /// Sends what is staged; returns the frames the device refused (dropped).
-    fn flush(&mut self) -> Result<usize, LinkIoError> {
-        match self {
-            LinkTx::Xsk(xsk) => xsk.flush().map(|_| 0).map_err(Into::into),
-            LinkTx::Packet(packet) => Ok(packet.flush()?.1),
-        }
-    }
-}
-
-fn now(start: Instant) -> Timestamp {
-    Timestamp::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn receive_loop(
-    mut links: Vec<RxLink>,
-    mut receiver: Receiver,
-    tun: &Tun,
-    destinations: &[IpNet],
-    counters: &Counters,
-    control: &LinkControl,
-    (stop, busy_poll): (&AtomicBool, Duration),
-) -> RxStats {
-    let start = Instant::now();
-    let mut published = start;
-    let mut busy_until = start;
-    let mut fds = poll_fds(&links);
-    let mut deliver = |packet: &[u8]| match ip::admit(packet, destinations) {
-        Ok(packet) => {
-            if tun.write(packet).is_ok() {
-                counters.delivered.fetch_add(1, Relaxed);
-                counters
-                    .delivered_bytes
-                    .fetch_add(packet.len() as u64, Relaxed);
-            } else {
-                counters.tun_errors.fetch_add(1, Relaxed);
-            }
-        }
-        Err(ip::Reject::Source) => {
-            counters.rejected_source.fetch_add(1, Relaxed);
-        }
-        Err(ip::Reject::Malformed) => {
-            counters.rejected_malformed.fetch_add(1, Relaxed);
-        }
-    };
-    while !stop.load(Relaxed) {
-        while let Some((index, sockets)) = control.new_rx.pop() {
-            let Some(old) = links.iter().find(|l| l.link == index) else {
-                continue;
-            };
-            let (peer_mac, ethertype) = (old.peer_mac, old.ethertype);
-            // Sockets of other links that failed stay out of the poll set.
-            let failed: Vec<usize> = links
-                .iter()
-                .zip(&fds)
-                .filter(|(l, pollfd)| l.link != index && pollfd.fd < 0)
-                .map(|(l, _)| l.link)
-                .collect();
-            links.retain(|l| l.link != index);
-            links.extend(sockets.into_iter().map(|io| RxLink {
-                link: index,
-                io,
-                peer_mac,
-                ethertype,
-            }));
-            fds = poll_fds(&links);
-            for (link, pollfd) in links.iter().zip(&mut fds) {
-                if failed.contains(&link.link) {
-                    pollfd.fd = -pollfd.fd.abs() - 1;
-                }
-            }
-        }
-        // Right after traffic, look at the rings directly (no syscall) and let other threads
-        // run in between; otherwise sleep in poll(2) until a frame or the next deadline.
-        let spinning = Instant::now() < busy_until;
-        if !spinning {
-            let timeout_ms = receiver.next_deadline().map_or(100, |deadline| {
-                let left = deadline.saturating_since(now(start));
-                i32::try_from(left.as_millis()).unwrap_or(100).min(100)
-            });
-            // SAFETY: `fds` is a valid array of pollfd of the length passed.
-            let ready =
-                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                tracing::error!(error = %io::Error::last_os_error(), "poll on AF_XDP sockets");
-                thread::sleep(Duration::from_millis(10));
-            }
-            for pollfd in &mut fds {
-                if pollfd.revents & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {
-                    // The interface went away under the socket: stop polling it until the
-                    // monitor hands over a new one.
-                    pollfd.fd = -pollfd.fd.abs() - 1;
-                }
-                pollfd.revents = 0;
-            }
-        }
-        let t = now(start);
-        let mut got = 0;
-        for (index, link) in links.iter_mut().enumerate() {
-            if fds[index].fd < 0 {
-                continue;
-            }
-            let link_counters = &counters.links[link.link];
-            let (peer_mac, ethertype) = (link.peer_mac, link.ethertype);
-            // Drain this link's ring in batches.
-            loop {
-                let result = link.io.recv(|frame| {
-                    link_counters.rx_frames.fetch_add(1, Relaxed);
-                    link_counters
-                        .rx_bytes
-                        .fetch_add(frame.len() as u64, Relaxed);
-                    if frame.len() < ETH_HDR_LEN
-                        || frame[6..12] != peer_mac
-                        || frame[12..14] != ethertype.to_be_bytes()
-                    {
-                        link_counters.rx_foreign.fetch_add(1, Relaxed);
-                        return;
-                    }
-                    let outcome = receiver.on_frame(&frame[ETH_HDR_LEN..], t, &mut deliver);
-                    match outcome {
-                        RxOutcome::Accepted { .. } => {
-                            link_counters.first.fetch_add(1, Relaxed);
-                        }
-                        RxOutcome::Bundle { accepted, .. } => {
-                            link_counters.first.fetch_add(u64::from(accepted), Relaxed);
-                        }
-                        _ => {}
-                    }
-                });
-                if let Ok(n) = result {
-                    got += n;
-                }
-                match result {
-                    Ok(n) if n == LINK_BATCH => continue,
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::warn!(%error, "AF_XDP receive");
-                        break;
-                    }
-                }
-            }
-        }
-        if got > 0 {
-            busy_until = Instant::now() + busy_poll;
-        } else if spinning {
-            thread::yield_now();
-        }
-        if receiver.next_deadline().is_some_and(|d| d <= now(start)) {
-            receiver.poll(now(start), &mut deliver);
-        }
-        if published.elapsed() >= PUBLISH_INTERVAL {
-            published = Instant::now();
-            publish(counters, receiver.stats());
-        }
-    }
-    let stats = receiver.stats();
-    publish(counters, stats);
-    stats
-}
-
-/// A `poll(2)` entry for each receive half.
-fn poll_fds(links: &[RxLink]) -> Vec<libc::pollfd> {
-    links
-        .iter()
-        .map(|l| libc::pollfd {
-            fd: l.io.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect()
-}
-
-fn publish(counters: &Counters, stats: RxStats) {
-    *counters
-        .engine
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = stats;
-}
-
-/// One NFQUEUE socket of the capture thread and its receive batch.
-struct CaptureQueue {
-    queue: NfQueue,
-    batch: Batch,
-}
-
-impl CaptureQueue {
-    fn new(queue: NfQueue) -> Self {
-        Self {
-            queue,
-            batch: Batch::new(CAPTURE_BATCH),
-        }
-    }
-}
-
-fn capture_loop(
-    worker: usize,
-    mut queues: Vec<CaptureQueue>,
-    mut tx: Transmit<'_>,
-    control: &LinkControl,
-    (stop, busy_poll): (&AtomicBool, Duration),
-) {
-    let counters = tx.counters;
-    let start = Instant::now();
-    let mut busy_until = start;
-    let mut reported = (0, 0);
-    let mut seen_generation = 0;
-    let mut last_error: Option<Instant> = None;
-    // Errors are logged at most once a second: a broken queue must not flood the log.
-    let mut report = |error: &dyn std::fmt::Display| {
-        if last_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            tracing::warn!(%error, "NFQUEUE");
-            last_error = Some(Instant::now());
-        }
-    };
-    let mut fds: Vec<libc::pollfd> = queues
-        .iter()
-        .map(|q| libc::pollfd {
-            fd: q.queue.fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    while !stop.load(Relaxed) {
-        // Link changes from the monitor, looked at every turn (one atomic load), so a worker
-        // whose queue stays empty still drops a dead link's socket promptly.
-        let generation = control.generation.load(Acquire);
-        if generation != seen_generation {
-            seen_generation = generation;
-            while let Some((index, io, eth)) = control.new_tx[worker].pop() {
-                tx.links[index] = TxLink { io, eth };
-            }
-            for (state, usable) in tx.link_states.iter_mut().zip(&control.usable) {
-                state.usable = usable.load(Relaxed);
-            }
-        }
-        let mut received = 0;
-        for CaptureQueue { queue, batch } in &mut queues {
-            let n = match queue.recv_batch(batch) {
-                Ok(n) => n,
-                Err(error) => {
-                    report(&error);
-                    0
-                }
-            };
-            if n == 0 {
-                continue;
-            }
-            received += n;
-            counters.capture_batches.fetch_add(1, Relaxed);
-            let t = now(start);
-            for index in 0..batch.len() {
-                if let Some(packet) = batch.get(index) {
-                    counters.captured.fetch_add(1, Relaxed);
-                    counters
-                        .captured_bytes
-                        .fetch_add(packet.payload.len() as u64, Relaxed);
-                }
-                if batch.csum_not_ready(index)
-                    && !batch
-                        .payload_mut(index)
-                        .is_some_and(ip::finish_transport_checksum)
-                {
-                    // A partial checksum alagg cannot complete: the peer would drop it anyway.
-                    counters.capture_dropped.fetch_add(1, Relaxed);
-                    continue;
-                }
-                let Some(packet) = batch.get(index) else {
-                    break;
-                };
-                tx.packet(&packet, t);
-            }
-            tx.seal_bundle();
-            // Stolen, the whole batch at once: alagg carries these packets from here.
-            if let Some(last) = batch.last_id() {
-                if let Err(error) = queue.verdict_batch(last, Verdict::Drop) {
-                    report(&error);
-                }
-            }
-            for (link, link_counters) in tx.links.iter_mut().zip(&counters.links) {
-                match link.io.flush() {
-                    Ok(0) => {}
-                    Ok(dropped) => {
-                        link_counters.tx_dropped.fetch_add(dropped as u64, Relaxed);
-                    }
-                    Err(error) => report(&format_args!("transmit: {error}")),
-                }
-            }
-        }
-        // The counters are shared with the other workers: add what is new since last time.
-        let (mut overruns, mut errors) = (0, 0);
-        for CaptureQueue { queue, .. } in &queues {
-            let seen = queue.counters();
-            overruns += seen.enobufs;
-            errors += seen.malformed + seen.kernel_errors;
-        }
-        counters
-            .capture_overruns
-            .fetch_add(overruns - reported.0, Relaxed);
-        counters
-            .capture_errors
-            .fetch_add(errors - reported.1, Relaxed);
-        reported = (overruns, errors);
-        // Right after traffic, look at the queues again (a non-blocking receive) and let other
-        // threads run in between; otherwise sleep in poll(2).
-        if received > 0 {
-            busy_until = Instant::now() + busy_poll;
-        } else if Instant::now() < busy_until {
-            thread::yield_now();
-        } else {
-            let ms = i32::try_from(IDLE_WAKEUP.as_millis()).unwrap_or(100);
-            // SAFETY: `fds` is a valid array of pollfd of the length passed.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        }
-    }
-}
-
-/// The transmit side of the capture thread: numbering, scheduling, bundling, and the links'
-/// transmit halves.
-struct Transmit<'a> {
-    sender: Sender,
-    scheduler: Redundant,
-    links: Vec<TxLink>,
-    link_states: Vec<LinkState>,
-    /// Small packets of the current capture batch waiting to share a frame, when bundling.
-    bundler: Option<Bundler>,
-    /// The links the bundle being built goes to.
-    bundle_links: LinkSet,
-    counters: &'a Counters,
-}
-
-impl Transmit<'_> {
-    /// Encapsulates one captured (and counted) packet and stages its frames on the links the
-    /// scheduler picks; a small one joins the bundle being built instead, which goes out
-    /// (numbered before this packet) when it is full or [`Transmit::seal_bundle`] is called.
-    fn packet(&mut self, packet: &Packet<'_>, t: Timestamp) {
-        let payload = packet.payload;
-        if payload.is_empty() || packet.truncated {
-            self.counters.capture_dropped.fetch_add(1, Relaxed);
-            return;
-        }
-        let chosen = self.scheduler.select(payload.len(), &self.link_states, t);
-        let Some(mtu) = chosen.min_mtu(&self.link_states) else {
-            self.counters.capture_dropped.fetch_add(1, Relaxed);
-            return;
-        };
-        if self.bundler.is_some() && Bundler::bundleable(payload.len(), mtu) {
-            let same_links = chosen == self.bundle_links;
-            if same_links && self.bundler.as_mut().is_some_and(|b| b.push(payload, mtu)) {
-                return;
-            }
-            self.seal_bundle();
-            self.bundle_links = chosen;
-            if self.bundler.as_mut().is_some_and(|b| b.push(payload, mtu)) {
-                return;
-            }
-        }
-        // Sent on its own, after whatever was bundled before it, so numbers follow capture order.
-        self.seal_bundle();
-        let Ok(plan) = self.sender.plan(payload.len(), mtu) else {
-            self.counters.capture_dropped.fetch_add(1, Relaxed);
-            return;
-        };
-        for index in chosen.iter() {
-            let (link, state) = (&mut self.links[index], &self.link_states[index]);
-            for i in 0..plan.frame_count() {
-                stage(&mut link.io, &self.counters.links[index], |buf| {
-                    plan.emit_ethernet(i, state.id, &link.eth, payload, buf)
-                });
-            }
-        }
-    }
-
-    /// Numbers the bundle being built and stages its frame on its links.
-    fn seal_bundle(&mut self) {
-        let Some(bundler) = self.bundler.as_mut() else {
-            return;
-        };
-        if let Some(sealed) = bundler.seal(&mut self.sender) {
-            for index in self.bundle_links.iter() {
-                let (link, state) = (&mut self.links[index], &self.link_states[index]);
-                stage(&mut link.io, &self.counters.links[index], |buf| {
-                    sealed.emit_ethernet(state.id, &link.eth, buf)
-                });
-            }
-        }
-        bundler.clear();
-    }
-}
-
-/// Stages one frame, written by `emit`, on `link`, and counts it.
-fn stage(
-    link: &mut LinkTx,
-    counters: &LinkCounters,
-    emit: impl FnOnce(&mut [u8]) -> Result<usize, alagg_proto::wire::WireError>,
-) {
-    let mut len = 0;
-    let staged = link.stage(|buf| {
-        len = emit(buf).unwrap_or(0);
-        len
-    });
-    if staged {
-        counters.tx_frames.fetch_add(1, Relaxed);
-        counters.tx_bytes.fetch_add(len as u64, Relaxed);
-    } else {
-        counters.tx_dropped.fetch_add(1, Relaxed);
     }
 }
 

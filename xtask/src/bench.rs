@@ -64,6 +64,23 @@ const UDP_PORT: u16 = 5300;
 const UDP_SIZES: [usize; 3] = [64, 512, 1400];
 /// Rate limit per link in the rate-limited scenario.
 const RATE_MBIT: u32 = 200;
+/// Every configuration a full run measures, for `--only`.
+const CONFIGS: [&str; 12] = [
+    "direct",
+    "nfqueue steal",
+    "mptcp 2 links",
+    "mptcp 3 links",
+    "alagg 1 link",
+    "alagg 2 links",
+    "alagg 3 links",
+    "alagg 2 links, unbundled",
+    "alagg 2 links, busy poll",
+    "veth: direct",
+    "veth: nfqueue steal",
+    "veth: alagg 2 links",
+];
+/// The configurations measured on impaired links.
+const IMPAIRED: [&str; 3] = ["direct", "mptcp 2 links", "alagg 2 links"];
 /// Loss per link in the lossy scenario.
 const LOSS_PERCENT: u8 = 5;
 
@@ -152,8 +169,30 @@ pub fn replot() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the benchmarks.
-pub fn run(quick: bool) -> anyhow::Result<()> {
+/// Which configurations a run measures: `--only` keeps those whose name contains its text.
+#[derive(Clone, Copy, Debug)]
+struct Selection<'a>(Option<&'a str>);
+
+impl Selection<'_> {
+    fn wants(self, config: &str) -> bool {
+        self.0.is_none_or(|text| config.contains(text))
+    }
+
+    fn wants_any(self, configs: &[&str]) -> bool {
+        configs.iter().any(|c| self.wants(c))
+    }
+}
+
+/// Runs the benchmarks: every configuration, or with `only` those whose name contains it.
+pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
+    let only = Selection(only);
+    if !only.wants_any(&CONFIGS) {
+        bail!(
+            "--only {:?} matches no configuration; they are: {}",
+            only.0.unwrap_or_default(),
+            CONFIGS.map(|c| format!("{c:?}")).join(", ")
+        );
+    }
     if !alagg_testbed::is_root() {
         bail!(
             "the benchmarks make network namespaces, iptables rules, TUN devices and XDP \
@@ -187,16 +226,25 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     fs::create_dir_all(&dir)?;
     let mut results = Results::default();
 
-    println!("\n-- direct: one link, plain routes, no aggregator");
-    let direct = DirectPath::new(&bed)?;
-    measure_all(&bed, "direct", &durations, &mut results, None)?;
-
-    println!("\n-- nfqueue steal: the capture ceiling (alagg's capture loop, nothing sent)");
-    steal_pps(&alagg, &bed, "nfqueue steal", &durations, &mut results)?;
-    drop(direct);
+    if only.wants_any(&["direct", "nfqueue steal"]) {
+        let _direct = DirectPath::new(&bed)?;
+        if only.wants("direct") {
+            println!("\n-- direct: one link, plain routes, no aggregator");
+            measure_all(&bed, "direct", &durations, &mut results, None)?;
+        }
+        if only.wants("nfqueue steal") {
+            println!(
+                "\n-- nfqueue steal: the capture ceiling (alagg's capture loop, nothing sent)"
+            );
+            steal_pps(&alagg, &bed, "nfqueue steal", &durations, &mut results)?;
+        }
+    }
 
     for links in 2..=LINKS {
         let name = format!("mptcp {links} links");
+        if !only.wants(&name) {
+            continue;
+        }
         println!("\n-- {name}: kernel MPTCP, a subflow per link (TCP only)");
         let mptcp = Mptcp::new(&bed, links)?;
         results.add(
@@ -215,70 +263,93 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
 
     for links in 1..=LINKS {
         let name = format!("alagg {links} link{}", if links == 1 { "" } else { "s" });
+        if !only.wants(&name) {
+            continue;
+        }
         println!("\n-- {name}: alagg up on both hosts, redundant");
         let pair = AlaggPair::start(&alagg, &bed, links, &dir, DEFAULTS)?;
         measure_all(&bed, &name, &durations, &mut results, Some(&pair))?;
         pair.stop();
     }
-    println!("\n-- alagg 2 links without bundles: the baseline bundling is measured against");
-    let pair = AlaggPair::start(&alagg, &bed, 2, &dir, UNBUNDLED)?;
-    measure_all(
-        &bed,
-        "alagg 2 links, unbundled",
-        &durations,
-        &mut results,
-        Some(&pair),
-    )?;
-    pair.stop();
-    println!(
-        "\n-- alagg 2 links, workers busy-polling for 10 ms after traffic: sparse traffic's latency"
-    );
-    let pair = AlaggPair::start(&alagg, &bed, 2, &dir, BUSY_POLL)?;
-    let (p50, p99) = ping(&bed, durations.pings)?;
-    pair.check_alive()?;
-    results.add("alagg 2 links, busy poll", "ping p50", p50, "us");
-    results.add("alagg 2 links, busy poll", "ping p99", p99, "us");
-    pair.stop();
-
-    for impairment in [Impairment::Rate, Impairment::Loss] {
-        println!("\n-- every link {}", impairment.describe());
-        for link in 0..LINKS {
-            impairment.apply(&bed, link, true)?;
-        }
-        impaired(&alagg, &bed, &dir, &durations, &mut results, impairment)?;
-        for link in 0..LINKS {
-            impairment.apply(&bed, link, false)?;
-        }
-    }
-    drop(bed);
-
-    println!(
-        "\n-- plain veth pairs, no bridge: the cheapest wire, closer to what alagg itself costs"
-    );
-    let vbed = Testbed::new_direct("benchv", 2).context("building the plain-veth bed")?;
-    {
-        let _direct = DirectPath::new(&vbed)?;
-        measure_all(&vbed, "veth: direct", &durations, &mut results, None)?;
-        steal_pps(
-            &alagg,
-            &vbed,
-            "veth: nfqueue steal",
-            &durations,
-            &mut results,
-        )?;
-    }
-    {
-        let pair = AlaggPair::start(&alagg, &vbed, 2, &dir, DEFAULTS)?;
+    if only.wants("alagg 2 links, unbundled") {
+        println!("\n-- alagg 2 links without bundles: the baseline bundling is measured against");
+        let pair = AlaggPair::start(&alagg, &bed, 2, &dir, UNBUNDLED)?;
         measure_all(
-            &vbed,
-            "veth: alagg 2 links",
+            &bed,
+            "alagg 2 links, unbundled",
             &durations,
             &mut results,
             Some(&pair),
         )?;
         pair.stop();
     }
-    drop(vbed);
+    if only.wants("alagg 2 links, busy poll") {
+        println!(
+            "\n-- alagg 2 links, workers busy-polling for 10 ms after traffic: sparse traffic's \
+             latency"
+        );
+        let pair = AlaggPair::start(&alagg, &bed, 2, &dir, BUSY_POLL)?;
+        let (p50, p99) = ping(&bed, durations.pings)?;
+        pair.check_alive()?;
+        results.add("alagg 2 links, busy poll", "ping p50", p50, "us");
+        results.add("alagg 2 links, busy poll", "ping p99", p99, "us");
+        pair.stop();
+    }
+
+    for impairment in [Impairment::Rate, Impairment::Loss] {
+        if !only.wants_any(&IMPAIRED) {
+            continue;
+        }
+        println!("\n-- every link {}", impairment.describe());
+        for link in 0..LINKS {
+            impairment.apply(&bed, link, true)?;
+        }
+        impaired(
+            &alagg,
+            &bed,
+            &dir,
+            (&durations, only),
+            &mut results,
+            impairment,
+        )?;
+        for link in 0..LINKS {
+            impairment.apply(&bed, link, false)?;
+        }
+    }
+    drop(bed);
+
+    if only.wants_any(&["veth: direct", "veth: nfqueue steal", "veth: alagg 2 links"]) {
+        println!(
+            "\n-- plain veth pairs, no bridge: the cheapest wire, closer to what alagg itself costs"
+        );
+        let vbed = Testbed::new_direct("benchv", 2).context("building the plain-veth bed")?;
+        if only.wants_any(&["veth: direct", "veth: nfqueue steal"]) {
+            let _direct = DirectPath::new(&vbed)?;
+            if only.wants("veth: direct") {
+                measure_all(&vbed, "veth: direct", &durations, &mut results, None)?;
+            }
+            if only.wants("veth: nfqueue steal") {
+                steal_pps(
+                    &alagg,
+                    &vbed,
+                    "veth: nfqueue steal",
+                    &durations,
+                    &mut results,
+                )?;
+            }
+        }
+        if only.wants("veth: alagg 2 links") {
+            let pair = AlaggPair::start(&alagg, &vbed, 2, &dir, DEFAULTS)?;
+            measure_all(
+                &vbed,
+                "veth: alagg 2 links",
+                &durations,
+                &mut results,
+                Some(&pair),
+            )?;
+            pair.stop();
+        }
+    }
 
     let table = markdown(&results, &environment, quick, started.elapsed());
     println!("\n{table}");
@@ -460,28 +531,31 @@ fn impaired(
     alagg: &Path,
     bed: &Testbed,
     dir: &Path,
-    durations: &Durations,
+    (durations, only): (&Durations, Selection<'_>),
     results: &mut Results,
     impairment: Impairment,
 ) -> anyhow::Result<()> {
     let label = impairment.workload();
     let runs = durations.impaired_runs;
     let secs = durations.tcp_secs;
-    {
+    let [direct, mptcp, alagg_2] = IMPAIRED;
+    if only.wants(direct) {
         let _direct = DirectPath::new(bed)?;
         let value = median(runs, || iperf(bed, 1, secs))?;
-        results.add("direct", &label, value, "Gbit/s");
+        results.add(direct, &label, value, "Gbit/s");
     }
-    {
-        let mptcp = Mptcp::new(bed, 2)?;
-        let value = median(runs, || mptcp.iperf(1, secs))?;
-        results.add("mptcp 2 links", &label, value, "Gbit/s");
+    if only.wants(mptcp) {
+        let bed_mptcp = Mptcp::new(bed, 2)?;
+        let value = median(runs, || bed_mptcp.iperf(1, secs))?;
+        results.add(mptcp, &label, value, "Gbit/s");
     }
-    let pair = AlaggPair::start(alagg, bed, 2, dir, DEFAULTS)?;
-    let value = median(runs, || iperf(bed, 1, secs))?;
-    results.add("alagg 2 links", &label, value, "Gbit/s");
-    pair.check_alive()?;
-    pair.stop();
+    if only.wants(alagg_2) {
+        let pair = AlaggPair::start(alagg, bed, 2, dir, DEFAULTS)?;
+        let value = median(runs, || iperf(bed, 1, secs))?;
+        results.add(alagg_2, &label, value, "Gbit/s");
+        pair.check_alive()?;
+        pair.stop();
+    }
     Ok(())
 }
 

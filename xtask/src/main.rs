@@ -67,8 +67,12 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Only draw the charts again from target/bench/results.json.
-        #[arg(long, conflicts_with = "quick")]
+        #[arg(long, conflicts_with_all = ["quick", "only"])]
         replot: bool,
+        /// Measure only the configurations whose name contains TEXT, e.g. "alagg 2 links" (also
+        /// matches its variants), "direct", "veth:". Tables and charts then show only those.
+        #[arg(long, value_name = "TEXT")]
+        only: Option<String>,
     },
     /// Attach the XDP program to interfaces and show its counters: `alagg attach`.
     Attach {
@@ -86,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { no_fuzz } => test::run(!no_fuzz),
         Task::Demo => demo::run(),
         Task::Bench { replot: true, .. } => bench::replot(),
-        Task::Bench { quick, .. } => bench::run(quick),
+        Task::Bench { quick, only, .. } => bench::run(quick, only.as_deref()),
         Task::Run { args } => run_alagg(&args),
         Task::Testbed { action } => testbed::run(action),
         Task::Attach { interfaces } => {
