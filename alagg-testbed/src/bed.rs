@@ -384,6 +384,30 @@ impl Testbed {
         Ok(())
     }
 
+    /// Sets the MTU of link `link` (68 to 65535): both hosts' interfaces and, on a bridged bed,
+    /// the wire's ports and bridge, so frames that large cross it.
+    pub fn set_mtu(&self, link: usize, mtu: u32) -> Result<()> {
+        self.check_link(link)?;
+        if !(68..=65535).contains(&mtu) {
+            return Err(invalid(format!("MTU {mtu} on link {link}: 68 to 65535")));
+        }
+        let mtu = mtu.to_string();
+        if self.bridged {
+            for device in [
+                port(Host::A, link),
+                port(Host::B, link),
+                format!("br{link}"),
+            ] {
+                self.wire.ip(&["link", "set", &device, "mtu", &mtu])?;
+            }
+        }
+        for host in [Host::A, Host::B] {
+            self.host(host)
+                .ip(&["link", "set", &self.interface(link), "mtu", &mtu])?;
+        }
+        Ok(())
+    }
+
     /// Cuts link `link`: every frame on it is dropped in the wire, both ways, while both hosts
     /// keep carrier (silence, as a real WAN path fails). Loss and rate settings are kept.
     pub fn cut(&self, link: usize) -> Result<()> {

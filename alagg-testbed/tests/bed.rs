@@ -332,3 +332,32 @@ fn a_direct_bed_joins_the_hosts_with_plain_veth_pairs_that_cannot_be_impaired() 
     assert!(bed.cut(1).is_err());
     assert!(bed.set_rate(0, 100).is_err());
 }
+
+#[test]
+fn a_raised_mtu_lets_large_frames_cross_one_link_only() {
+    let bed = bed_with_link_addresses("mtu", 2);
+    // An 8000-byte ICMP payload that must not be fragmented: it crosses only a link whose
+    // every hop (host ports, wire ports, bridge) takes it.
+    let big_ping = |link: usize| {
+        bed.a
+            .command("ping")
+            .args(["-n", "-q", "-c", "2", "-i", "0.05", "-W", "1"])
+            .args(["-M", "do", "-s", "8000", &v4(link, 2)])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!big_ping(0), "an 8000-byte ping crossed a 1500-byte link");
+    bed.set_mtu(0, 9000).unwrap();
+    assert!(
+        big_ping(0),
+        "an 8000-byte ping did not cross a 9000-byte link"
+    );
+    assert!(!big_ping(1), "link 1 took the MTU of link 0");
+    assert_link_works(&bed, 1, "beside a jumbo link");
+    for mtu in [0, 67, 65536] {
+        assert!(bed.set_mtu(0, mtu).is_err(), "MTU {mtu} accepted");
+    }
+    assert!(bed.set_mtu(2, 9000).is_err(), "a link the bed lacks");
+}

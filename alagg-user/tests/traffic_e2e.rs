@@ -99,6 +99,44 @@ fn a_50_mb_tcp_transfer_arrives_intact_both_ways() {
     }
 }
 
+#[test]
+fn jumbo_links_carry_tcp_intact_in_fewer_larger_frames() {
+    let _heavy = heavy();
+    let pair = Pair::new("jumbo", 2);
+    for ns in [&pair.a, &pair.b] {
+        for link in ["link0", "link1"] {
+            ns.ip(&["link", "set", link, "mtu", "9000"]).unwrap();
+        }
+    }
+    let (a, b) = pair.up(2);
+    // The TUN's MTU follows the links' up to what one AF_XDP frame holds (4096 bytes less
+    // headroom and headers), less alagg's header.
+    let tun = pair.b.ip(&["link", "show", "dev", "alagg0"]).unwrap();
+    let mtu: u32 = tun
+        .split_whitespace()
+        .skip_while(|word| *word != "mtu")
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no MTU in {tun}"));
+    assert!((3000..3826).contains(&mtu), "TUN MTU {mtu}: {tun}");
+    let len = 20 * MB;
+    let payload = data(len, 5);
+    let sent = <[u8; 32]>::from(Sha256::digest(&payload));
+    assert_eq!(tcp_transfer(&pair.a, &pair.b, B4, &payload), sent);
+    let log_b = b.stop();
+    let log_a = a.stop();
+    // 20 MB in frames of up to 3.8 KB: fewer than a third of the frames 1500-byte links need.
+    let frames = summary_link_value(&log_b, "link0", "rx");
+    assert!(
+        (len / 3826..len / 2500).contains(&(frames as usize)),
+        "{frames} frames for {len} bytes
+A:
+{log_a}
+B:
+{log_b}"
+    );
+}
+
 /// Sends numbered datagrams from A to B over two lossless links with `extra` configuration;
 /// checks each arrived exactly once and the second link's copies were discarded. Returns B's
 /// exit log.

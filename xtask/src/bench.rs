@@ -64,8 +64,12 @@ const UDP_PORT: u16 = 5300;
 const UDP_SIZES: [usize; 3] = [64, 512, 1400];
 /// Rate limit per link in the rate-limited scenario.
 const RATE_MBIT: u32 = 200;
+/// Link MTU of the jumbo-frame configuration. alagg's frames stop at what one AF_XDP frame
+/// holds, about 3.8 KB, so any MTU from there up measures the same.
+const JUMBO_MTU: u32 = 9000;
+const JUMBO_NAME: &str = "alagg 2 links, 9000 MTU";
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 12] = [
+const CONFIGS: [&str; 13] = [
     "direct",
     "nfqueue steal",
     "mptcp 2 links",
@@ -75,6 +79,7 @@ const CONFIGS: [&str; 12] = [
     "alagg 3 links",
     "alagg 2 links, unbundled",
     "alagg 2 links, busy poll",
+    JUMBO_NAME,
     "veth: direct",
     "veth: nfqueue steal",
     "veth: alagg 2 links",
@@ -294,6 +299,21 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         results.add("alagg 2 links, busy poll", "ping p50", p50, "us");
         results.add("alagg 2 links, busy poll", "ping p99", p99, "us");
         pair.stop();
+    }
+
+    if only.wants(JUMBO_NAME) {
+        println!(
+            "\n-- alagg 2 links with a {JUMBO_MTU}-byte MTU on the links: fewer, larger frames"
+        );
+        for link in 0..2 {
+            bed.set_mtu(link, JUMBO_MTU)?;
+        }
+        let pair = AlaggPair::start(&alagg, &bed, 2, &dir, DEFAULTS)?;
+        measure_all(&bed, JUMBO_NAME, &durations, &mut results, Some(&pair))?;
+        pair.stop();
+        for link in 0..2 {
+            bed.set_mtu(link, 1500)?;
+        }
     }
 
     for impairment in [Impairment::Rate, Impairment::Loss] {
@@ -1190,15 +1210,21 @@ fn markdown(
     for config in &configs {
         let _ = write!(out, " {config} |");
     }
-    let ratios: [(&str, &str); 6] = [
+    let ratios = [
         ("alagg 2 links", "direct"),
         ("alagg 2 links", "alagg 2 links, unbundled"),
+        (JUMBO_NAME, "alagg 2 links"),
         ("alagg 2 links", "nfqueue steal"),
         ("alagg 2 links", "mptcp 2 links"),
         ("veth: alagg 2 links", "veth: direct"),
         ("veth: alagg 2 links", "veth: nfqueue steal"),
     ];
-    for (top, bottom) in ratios {
+    // Only the ratios this run has both sides of (all of them but with --only).
+    let ratios: Vec<(&str, &str)> = ratios
+        .into_iter()
+        .filter(|(top, bottom)| configs.contains(top) && configs.contains(bottom))
+        .collect();
+    for (top, bottom) in &ratios {
         let _ = write!(out, " {top} / {bottom} |");
     }
     out.push('\n');
@@ -1218,7 +1244,7 @@ fn markdown(
                 None => out.push_str(" |"),
             }
         }
-        for (top, bottom) in ratios {
+        for &(top, bottom) in &ratios {
             match (results.get(top, workload), results.get(bottom, workload)) {
                 (Some(a), Some(b)) if b > 0.0 => {
                     let _ = write!(out, " {:.2} |", a / b);
