@@ -239,6 +239,10 @@ pub struct TunConfig {
     pub name: String,
     /// MTU of the device, 68..=65535; `None` leaves the choice to `alagg up`.
     pub mtu: Option<u32>,
+    /// Write consecutive UDP datagrams of one flow, received together, to the device as one
+    /// GSO packet that the kernel splits again (UDP receive offload; Linux 6.2 and later,
+    /// off by itself on older kernels). Default true.
+    pub coalesce: bool,
 }
 
 impl Default for TunConfig {
@@ -246,6 +250,7 @@ impl Default for TunConfig {
         TunConfig {
             name: DEFAULT_TUN_NAME.to_owned(),
             mtu: None,
+            coalesce: true,
         }
     }
 }
@@ -1149,6 +1154,15 @@ impl fmt::Display for Plan<'_> {
         match tun.mtu {
             Some(mtu) => writeln!(f, "{mtu}")?,
             None => writeln!(f, "chosen from the links (default)")?,
+        }
+        if tun.coalesce {
+            writeln!(
+                f,
+                "  UDP datagrams of one flow received together written as one GSO packet \
+                 (coalesce, default)"
+            )?;
+        } else {
+            writeln!(f, "  every packet written on its own (coalesce = false)")?;
         }
 
         writeln!(f, "cpu")?;

@@ -41,6 +41,7 @@ use std::{
 use crossbeam_queue::ArrayQueue;
 
 mod worker;
+use crate::coalesce::Coalescer;
 use worker::{Capture, CaptureQueue, LinkRx, LinkTx, Receive, RxLink, Transmit, TxLink};
 
 use alagg_proto::{
@@ -100,6 +101,9 @@ pub struct DatapathConfig {
     /// MTU of the TUN device and of the routes through it; `None`: the smallest link MTU less
     /// alagg's header.
     pub tun_mtu: Option<u32>,
+    /// Join consecutive UDP datagrams of a flow into one GSO write to the TUN
+    /// ([`crate::coalesce`]), where the kernel supports it.
+    pub coalesce: bool,
     /// NFQUEUE numbers and fail-open.
     pub queue: QueueSpec,
     /// Packets the kernel queues for alagg before fail-open (or drop) applies.
@@ -195,8 +199,10 @@ pub struct Counters {
     pub rejected_source: AtomicU64,
     /// Packets dropped because their IP header is not sane.
     pub rejected_malformed: AtomicU64,
-    /// TUN writes that failed.
+    /// Packets whose TUN write failed.
     pub tun_errors: AtomicU64,
+    /// Delivered packets that went to the TUN device coalesced with others into one GSO write.
+    pub coalesced: AtomicU64,
     /// NFQUEUE receives that handed out packets.
     pub capture_batches: AtomicU64,
     /// NFQUEUE receive-buffer overruns (`ENOBUFS`): the kernel lost packets (or, with fail-open,
@@ -429,7 +435,13 @@ impl Datapath {
         let receiver = Receiver::new(&config.receiver)?;
         // The TUN device first: while another alagg runs with this name, it holds the device
         // and this fails before anything else is touched.
-        let tun = Tun::create(&config.tun_name)?;
+        let coalesce = config.coalesce && crate::tun::gso_udp_supported();
+        if config.coalesce && !coalesce {
+            tracing::info!(
+                "UDP coalescing needs Linux 6.2 or later (GSO UDP through a TUN device); off"
+            );
+        }
+        let tun = Tun::create(&config.tun_name, coalesce)?;
         // Owning the device, this process is the only alagg for it: what a journal for it
         // records was left by one that died.
         let journal = journal_path(tun.name());
@@ -546,7 +558,7 @@ impl Datapath {
                     let stage = Receive::new(
                         rx_halves,
                         receiver,
-                        (tun, destinations),
+                        (tun, coalesce.then(Coalescer::new), destinations),
                         (counters, control),
                     );
                     worker::run(stage, run).finish()

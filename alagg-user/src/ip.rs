@@ -111,7 +111,7 @@ pub fn finish_transport_checksum(packet: &mut [u8]) -> bool {
 
 /// The sum of `bytes` as big-endian 16-bit words (an odd last byte padded with zero), not yet
 /// folded: a u64 holds the sum of any packet without overflow.
-fn sum_words(bytes: &[u8]) -> u64 {
+pub(crate) fn sum_words(bytes: &[u8]) -> u64 {
     let mut chunks = bytes.chunks_exact(8);
     let mut sum = 0u64;
     for chunk in &mut chunks {
@@ -133,7 +133,7 @@ fn sum_words(bytes: &[u8]) -> u64 {
 
 /// Folds a sum of 16-bit words (or of 32-bit words holding them) into 16 bits, end-around carry
 /// included (RFC 1071).
-fn fold(mut sum: u64) -> u16 {
+pub(crate) fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -249,6 +249,7 @@ fn datapath_config(config: &Config) -> DatapathConfig {
         tun_name: config.tun.name.clone(),
         tun_address: default_tun_address(),
         tun_mtu: config.tun.mtu,
+        coalesce: config.tun.coalesce,
         queue: QueueSpec {
             first: config.capture.queue,
             count: config.capture.queues,
@@ -332,6 +333,7 @@ fn up(path: &Path) -> anyhow::Result<()> {
     let counters = datapath.counters();
     let captured = counters.captured.load(Relaxed);
     let delivered = counters.delivered.load(Relaxed);
+    let coalesced = counters.coalesced.load(Relaxed);
     let rejected_source = counters.rejected_source.load(Relaxed);
     let rejected_malformed = counters.rejected_malformed.load(Relaxed);
     let per_link: Vec<String> = config
@@ -353,7 +355,8 @@ fn up(path: &Path) -> anyhow::Result<()> {
     println!(
         "summary: captured={captured} delivered={delivered} duplicates={} too_old={} \
          reordered={} lost={} malformed={} rejected_source={rejected_source} \
-         rejected_malformed={rejected_malformed} epoch_changes={} bundles={} links={}",
+         rejected_malformed={rejected_malformed} epoch_changes={} bundles={} \
+         coalesced={coalesced} links={}",
         stats.dedup.discarded,
         stats.dedup.rogue,
         stats.reorder.reordered,

@@ -109,6 +109,8 @@ pub struct DeliverySnapshot {
     pub rejected_malformed: u64,
     /// TUN writes that failed.
     pub tun_errors: u64,
+    /// Delivered packets that were coalesced with others into one GSO write.
+    pub coalesced: u64,
 }
 
 /// The receive engine's counters ([`RxStats`] flattened), and the reorder hold-time histogram.
@@ -273,6 +275,7 @@ impl From<&Counters> for DeliverySnapshot {
             rejected_source: counters.rejected_source.load(Relaxed),
             rejected_malformed: counters.rejected_malformed.load(Relaxed),
             tun_errors: counters.tun_errors.load(Relaxed),
+            coalesced: counters.coalesced.load(Relaxed),
         }
     }
 }
@@ -587,9 +590,10 @@ impl Snapshot {
             (
                 "delivered",
                 format!(
-                    "{} in {} packets",
+                    "{} in {} packets ({} coalesced into GSO writes)",
                     human_bytes(d.delivered_bytes),
-                    d.delivered
+                    d.delivered,
+                    d.coalesced
                 ),
             ),
             ("rejected source", d.rejected_source.to_string()),
@@ -671,7 +675,7 @@ impl Snapshot {
             );
         }
 
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 12] = [
             (
                 "captured_packets",
                 "Packets taken from NFQUEUE.",
@@ -726,6 +730,11 @@ impl Snapshot {
                 "tun_errors",
                 "TUN writes that failed.",
                 self.delivery.tun_errors,
+            ),
+            (
+                "coalesced_packets",
+                "Delivered packets coalesced with others into one GSO write to the TUN device.",
+                self.delivery.coalesced,
             ),
         ];
         for (name, help, value) in counters {

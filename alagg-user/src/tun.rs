@@ -1,6 +1,7 @@
 //! The TUN device through which received packets enter the local stack (`IFF_TUN | IFF_NO_PI`:
-//! each write is one bare IPv4 or IPv6 packet). Kernel reference: Documentation/networking/tuntap.rst,
-//! include/uapi/linux/if_tun.h.
+//! each write is one bare IPv4 or IPv6 packet; with `IFF_VNET_HDR` preceded by a
+//! `virtio_net_hdr`, which lets one write carry a GSO packet, see [`crate::coalesce`]). Kernel
+//! reference: Documentation/networking/tuntap.rst, include/uapi/linux/if_tun.h.
 //!
 //! The device is not persistent: it exists while this value holds its file descriptor, so a
 //! crashed alagg leaves no device (and no route through it) behind.
@@ -8,9 +9,11 @@
 use std::{
     ffi::CStr,
     fs::{File, OpenOptions},
-    io::{self, Write as _},
+    io::{self, IoSlice, Write as _},
     os::fd::{AsRawFd, RawFd},
 };
+
+use crate::coalesce::{PLAIN_HEADER, VNET_HDR_LEN};
 
 /// `TUNSETIFF` from include/uapi/linux/if_tun.h: `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -20,6 +23,8 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 pub struct Tun {
     file: File,
     name: String,
+    /// Every write starts with a `virtio_net_hdr` (`IFF_VNET_HDR`).
+    vnet: bool,
 }
 
 /// Errors opening or writing the TUN device.
@@ -43,9 +48,9 @@ pub enum TunError {
 }
 
 impl Tun {
-    /// Creates the TUN device `name` (`IFF_TUN | IFF_NO_PI`). The device is down; bring it up and
-    /// address it with the host setup.
-    pub fn create(name: &str) -> Result<Self, TunError> {
+    /// Creates the TUN device `name` (`IFF_TUN | IFF_NO_PI`, and `IFF_VNET_HDR` with `vnet`, for
+    /// [`Tun::write_gso`]). The device is down; bring it up and address it with the host setup.
+    pub fn create(name: &str, vnet: bool) -> Result<Self, TunError> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
             return Err(TunError::Name(name.to_owned()));
         }
@@ -59,7 +64,9 @@ impl Tun {
         for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
             *slot = byte as libc::c_char;
         }
-        request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        let vnet_flag = if vnet { libc::IFF_VNET_HDR } else { 0 };
+        request.ifr_ifru.ifru_flags =
+            (libc::IFF_TUN | libc::IFF_NO_PI | vnet_flag) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes an ifreq, which `request` is.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut request) };
         if rc < 0 {
@@ -72,7 +79,11 @@ impl Tun {
         let actual = unsafe { CStr::from_ptr(request.ifr_name.as_ptr()) }
             .to_string_lossy()
             .into_owned();
-        Ok(Self { file, name: actual })
+        Ok(Self {
+            file,
+            name: actual,
+            vnet,
+        })
     }
 
     /// The device's name.
@@ -82,7 +93,30 @@ impl Tun {
 
     /// Delivers one IP packet to the local stack.
     pub fn write(&self, packet: &[u8]) -> io::Result<()> {
-        (&self.file).write_all(packet)
+        if self.vnet {
+            self.write_with(&PLAIN_HEADER, packet)
+        } else {
+            (&self.file).write_all(packet)
+        }
+    }
+
+    /// Delivers a GSO packet announced by `header` (a `virtio_net_hdr`); only on a device made
+    /// with `vnet`. The kernel refuses (`EINVAL`) GSO kinds it does not know.
+    pub fn write_gso(&self, header: &[u8; VNET_HDR_LEN], packet: &[u8]) -> io::Result<()> {
+        if !self.vnet {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        self.write_with(header, packet)
+    }
+
+    /// One `writev(2)`: the header, then the packet. A TUN write takes all or nothing.
+    fn write_with(&self, header: &[u8; VNET_HDR_LEN], packet: &[u8]) -> io::Result<()> {
+        let written = (&self.file).write_vectored(&[IoSlice::new(header), IoSlice::new(packet)])?;
+        if written == VNET_HDR_LEN + packet.len() {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::WriteZero.into())
+        }
     }
 
     /// A second handle on the same device, for another thread.
@@ -90,12 +124,32 @@ impl Tun {
         Ok(Self {
             file: self.file.try_clone()?,
             name: self.name.clone(),
+            vnet: self.vnet,
         })
     }
 
     /// The file descriptor.
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+}
+
+/// Whether the running kernel takes GSO UDP packets (`VIRTIO_NET_HDR_GSO_UDP_L4`) written to a
+/// TUN device: Linux 6.2 and later.
+pub fn gso_udp_supported() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .is_ok_and(|release| at_least(&release, (6, 2)))
+}
+
+/// Whether a kernel release such as `6.18.4-foo` is at least `major.minor`.
+fn at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
     }
 }
 
@@ -107,9 +161,24 @@ mod tests {
     fn names_that_cannot_be_interface_names_are_refused() {
         for name in ["", "a-name-that-is-too-long", "nul\0"] {
             assert!(
-                matches!(Tun::create(name), Err(TunError::Name(_))),
+                matches!(Tun::create(name, false), Err(TunError::Name(_))),
                 "{name:?}"
             );
+        }
+    }
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        for (release, expected) in [
+            ("6.2.0", true),
+            ("6.18.44-fc-v595\n", true),
+            ("7.0", true),
+            ("6.1.90-generic", false),
+            ("5.15.0", false),
+            ("", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(at_least(release, (6, 2)), expected, "{release:?}");
         }
     }
 }

@@ -54,6 +54,8 @@ const DIRECT_B: &str = "198.18.200.2";
 const DEFAULTS: (&str, &str) = ("", "");
 /// [`AlaggPair::start`]: one frame per packet, as before bundles.
 const UNBUNDLED: (&str, &str) = ("-unbundled", "\n[scheduler]\nbundle = false\n");
+/// [`AlaggPair::start`]: every received packet written to the TUN on its own.
+const UNCOALESCED: (&str, &str) = ("-uncoalesced", "\n[tun]\ncoalesce = false\n");
 /// [`AlaggPair::start`]: workers poll 10 ms after their last packet, longer than the pings' 5 ms
 /// spacing, so a ping never waits for a thread to wake.
 const BUSY_POLL: (&str, &str) = ("-busy", "\n[cpu]\nbusy_poll_us = 10000\n");
@@ -69,7 +71,7 @@ const RATE_MBIT: u32 = 200;
 const JUMBO_MTU: u32 = 9000;
 const JUMBO_NAME: &str = "alagg 2 links, 9000 MTU";
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 13] = [
+const CONFIGS: [&str; 14] = [
     "direct",
     "nfqueue steal",
     "mptcp 2 links",
@@ -78,6 +80,7 @@ const CONFIGS: [&str; 13] = [
     "alagg 2 links",
     "alagg 3 links",
     "alagg 2 links, unbundled",
+    "alagg 2 links, uncoalesced",
     "alagg 2 links, busy poll",
     JUMBO_NAME,
     "veth: direct",
@@ -288,6 +291,15 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         )?;
         pair.stop();
     }
+    if only.wants("alagg 2 links, uncoalesced") {
+        println!(
+            "\n-- alagg 2 links without UDP coalescing: the baseline coalescing is measured against"
+        );
+        let pair = AlaggPair::start(&alagg, &bed, 2, &dir, UNCOALESCED)?;
+        measure_udp(&bed, "alagg 2 links, uncoalesced", &durations, &mut results)?;
+        pair.check_alive()?;
+        pair.stop();
+    }
     if only.wants("alagg 2 links, busy poll") {
         println!(
             "\n-- alagg 2 links, workers busy-polling for 10 ms after traffic: sparse traffic's \
@@ -474,22 +486,7 @@ fn measure_all(
     results: &mut Results,
     pair: Option<&AlaggPair>,
 ) -> anyhow::Result<()> {
-    for size in UDP_SIZES {
-        let (sent, received) = udp_pps(bed, size, durations.udp)?;
-        results.add(
-            config,
-            &format!("udp {size} B"),
-            received as f64 / durations.udp.as_secs_f64(),
-            "pps",
-        );
-        if sent > 0 && received * 2 < sent {
-            println!(
-                "  (offered {:.0} pps, delivered {:.1} %)",
-                sent as f64 / durations.udp.as_secs_f64(),
-                100.0 * received as f64 / sent as f64
-            );
-        }
-    }
+    measure_udp(bed, config, durations, results)?;
     results.add(
         config,
         "tcp 1 flow",
@@ -575,6 +572,32 @@ fn impaired(
         results.add(alagg_2, &label, value, "Gbit/s");
         pair.check_alive()?;
         pair.stop();
+    }
+    Ok(())
+}
+
+/// UDP packets per second delivered, for every size in [`UDP_SIZES`].
+fn measure_udp(
+    bed: &Testbed,
+    config: &str,
+    durations: &Durations,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    for size in UDP_SIZES {
+        let (sent, received) = udp_pps(bed, size, durations.udp)?;
+        results.add(
+            config,
+            &format!("udp {size} B"),
+            received as f64 / durations.udp.as_secs_f64(),
+            "pps",
+        );
+        if sent > 0 && received * 2 < sent {
+            println!(
+                "  (offered {:.0} pps, delivered {:.1} %)",
+                sent as f64 / durations.udp.as_secs_f64(),
+                100.0 * received as f64 / sent as f64
+            );
+        }
     }
     Ok(())
 }
@@ -1213,6 +1236,7 @@ fn markdown(
     let ratios = [
         ("alagg 2 links", "direct"),
         ("alagg 2 links", "alagg 2 links, unbundled"),
+        ("alagg 2 links", "alagg 2 links, uncoalesced"),
         (JUMBO_NAME, "alagg 2 links"),
         ("alagg 2 links", "nfqueue steal"),
         ("alagg 2 links", "mptcp 2 links"),

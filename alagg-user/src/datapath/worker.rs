@@ -25,6 +25,7 @@ use ipnet::IpNet;
 
 use super::{CAPTURE_BATCH, Counters, IDLE_WAKEUP, LinkControl, LinkCounters, PUBLISH_INTERVAL};
 use crate::{
+    coalesce::{Coalescer, Flushed, Offer},
     ip,
     nfqueue::{Batch, NfQueue, Packet, Verdict},
     packet::{PacketRx, PacketTx},
@@ -162,8 +163,7 @@ pub(super) struct Receive<'a> {
     /// descriptor (the kernel skips it) until the monitor hands over a replacement.
     fds: Vec<libc::pollfd>,
     receiver: Receiver,
-    tun: Tun,
-    destinations: Vec<IpNet>,
+    delivery: Delivery<'a>,
     counters: &'a Counters,
     control: &'a LinkControl,
     start: Instant,
@@ -174,7 +174,7 @@ impl<'a> Receive<'a> {
     pub(super) fn new(
         links: Vec<RxLink>,
         receiver: Receiver,
-        (tun, destinations): (Tun, Vec<IpNet>),
+        (tun, coalescer, destinations): (Tun, Option<Coalescer>, Vec<IpNet>),
         (counters, control): (&'a Counters, &'a LinkControl),
     ) -> Self {
         let start = Instant::now();
@@ -182,8 +182,12 @@ impl<'a> Receive<'a> {
             fds: poll_fds(&links),
             links,
             receiver,
-            tun,
-            destinations,
+            delivery: Delivery {
+                tun,
+                coalescer,
+                destinations,
+                counters,
+            },
             counters,
             control,
             start,
@@ -192,7 +196,8 @@ impl<'a> Receive<'a> {
     }
 
     /// The engine's final counters, published.
-    pub(super) fn finish(self) -> RxStats {
+    pub(super) fn finish(mut self) -> RxStats {
+        self.delivery.flush();
         let stats = self.receiver.stats();
         publish(self.counters, stats);
         stats
@@ -239,13 +244,12 @@ impl Stage for Receive<'_> {
             links,
             fds,
             receiver,
-            tun,
-            destinations,
+            delivery,
             counters,
             start,
             ..
         } = self;
-        let mut deliver = |packet: &[u8]| deliver(packet, tun, destinations, counters);
+        let mut deliver = |packet: &[u8]| delivery.packet(packet);
         let t = now(*start);
         let mut got = 0;
         for (link, pollfd) in links.iter_mut().zip(fds.iter()) {
@@ -295,6 +299,8 @@ impl Stage for Receive<'_> {
         if receiver.next_deadline().is_some_and(|d| d <= now(*start)) {
             receiver.poll(now(*start), &mut deliver);
         }
+        // What this turn delivered goes into the stack before the thread looks again or sleeps.
+        delivery.flush();
         if self.published.elapsed() >= PUBLISH_INTERVAL {
             self.published = Instant::now();
             publish(self.counters, self.receiver.stats());
@@ -328,25 +334,96 @@ impl Stage for Receive<'_> {
     }
 }
 
-/// Writes a packet the engine delivered to the TUN device if its source is one of the
-/// destinations and its IP header is sane; counts what became of it.
-fn deliver(packet: &[u8], tun: &Tun, destinations: &[IpNet], counters: &Counters) {
-    match ip::admit(packet, destinations) {
-        Ok(packet) => {
-            if tun.write(packet).is_ok() {
-                counters.delivered.fetch_add(1, Relaxed);
-                counters
-                    .delivered_bytes
-                    .fetch_add(packet.len() as u64, Relaxed);
-            } else {
-                counters.tun_errors.fetch_add(1, Relaxed);
+/// The delivery edge: admission, UDP coalescing and the TUN device.
+struct Delivery<'a> {
+    tun: Tun,
+    /// `None`: every packet is written on its own.
+    coalescer: Option<Coalescer>,
+    destinations: Vec<IpNet>,
+    counters: &'a Counters,
+}
+
+impl Delivery<'_> {
+    /// Takes a packet the engine delivered: written to the TUN device (now, or coalesced with
+    /// the next ones by [`Delivery::flush`]) if its source is one of the destinations and its
+    /// IP header is sane; counts what became of it.
+    fn packet(&mut self, packet: &[u8]) {
+        let packet = match ip::admit(packet, &self.destinations) {
+            Ok(packet) => packet,
+            Err(ip::Reject::Source) => {
+                self.counters.rejected_source.fetch_add(1, Relaxed);
+                return;
+            }
+            Err(ip::Reject::Malformed) => {
+                self.counters.rejected_malformed.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        let offer = self
+            .coalescer
+            .as_mut()
+            .map_or(Offer::Alone, |c| c.offer(packet));
+        match offer {
+            Offer::Taken => {}
+            Offer::Flush => {
+                self.flush();
+                // An empty coalescer takes any datagram it would have joined; without one
+                // (the kernel refused coalescing just now), the packet goes alone.
+                if let Some(coalescer) = self.coalescer.as_mut() {
+                    coalescer.offer(packet);
+                } else {
+                    let result = self.tun.write(packet);
+                    self.count(result, 1, packet.len());
+                }
+            }
+            Offer::Alone => {
+                // After what is waiting: packets enter the stack in the order they came.
+                self.flush();
+                let result = self.tun.write(packet);
+                self.count(result, 1, packet.len());
             }
         }
-        Err(ip::Reject::Source) => {
-            counters.rejected_source.fetch_add(1, Relaxed);
+    }
+
+    /// Writes what the coalescer holds.
+    fn flush(&mut self) {
+        let Some(coalescer) = self.coalescer.as_mut() else {
+            return;
+        };
+        let (result, packets, bytes) = match coalescer.flush() {
+            Flushed::Nothing => return,
+            Flushed::Plain(packet) => (self.tun.write(packet), 1, packet.len()),
+            Flushed::Gso {
+                header,
+                packet,
+                segments,
+                bytes,
+            } => {
+                let result = self.tun.write_gso(&header, packet);
+                if result.is_ok() {
+                    self.counters.coalesced.fetch_add(segments as u64, Relaxed);
+                }
+                (result, segments, bytes)
+            }
+        };
+        if let Err(error) = &result {
+            if error.raw_os_error() == Some(libc::EINVAL) && packets > 1 {
+                // A kernel that does not take GSO UDP from a TUN device after all.
+                tracing::warn!(%error, "the kernel refused a coalesced UDP packet; coalescing off");
+                self.coalescer = None;
+            }
         }
-        Err(ip::Reject::Malformed) => {
-            counters.rejected_malformed.fetch_add(1, Relaxed);
+        self.count(result, packets, bytes);
+    }
+
+    fn count(&self, result: io::Result<()>, packets: usize, bytes: usize) {
+        if result.is_ok() {
+            self.counters.delivered.fetch_add(packets as u64, Relaxed);
+            self.counters
+                .delivered_bytes
+                .fetch_add(bytes as u64, Relaxed);
+        } else {
+            self.counters.tun_errors.fetch_add(packets as u64, Relaxed);
         }
     }
 }

@@ -313,10 +313,32 @@ pub fn big_receive_buffer(socket: &std::net::UdpSocket) {
 /// how many times B's application received each one. The receiver stops after 500 ms of
 /// silence.
 pub fn udp_numbered(pair: &Pair, port: u16, count: u32, size: usize) -> Vec<u32> {
+    udp_numbered_between(pair, (A4, B4), port, count, size)
+}
+
+/// The bytes of datagram `seq`: its number, then a pattern that depends on it.
+fn numbered_datagram(seq: u32, size: usize) -> Vec<u8> {
+    let mut datagram: Vec<u8> = (0..size).map(|i| (i as u32 ^ seq) as u8).collect();
+    datagram[..4].copy_from_slice(&seq.to_be_bytes());
+    datagram
+}
+
+/// [`udp_numbered`] between the given addresses of A and B (IPv4 or IPv6); every datagram's
+/// content is checked too.
+pub fn udp_numbered_between(
+    pair: &Pair,
+    (from, to): (&str, &str),
+    port: u16,
+    count: u32,
+    size: usize,
+) -> Vec<u32> {
     assert!(size >= 4, "a datagram carries its 4-byte number");
+    let address = |ip: &str, port: u16| -> std::net::SocketAddr {
+        (ip.parse::<std::net::IpAddr>().expect("address"), port).into()
+    };
     let receiver = pair
         .b
-        .enter(|| std::net::UdpSocket::bind(format!("{B4}:{port}")).expect("bind"))
+        .enter(|| std::net::UdpSocket::bind(address(to, port)).expect("bind"))
         .expect("enter B");
     receiver
         .set_read_timeout(Some(Duration::from_millis(500)))
@@ -328,19 +350,24 @@ pub fn udp_numbered(pair: &Pair, port: u16, count: u32, size: usize) -> Vec<u32>
             let mut buf = [0u8; 2048];
             while let Ok(n) = receiver.recv(&mut buf) {
                 assert_eq!(n, size, "datagram length");
-                let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                assert!(seq < seen.len(), "a datagram number never sent: {seq}");
-                seen[seq] += 1;
+                let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                assert!(
+                    (seq as usize) < seen.len(),
+                    "a datagram number never sent: {seq}"
+                );
+                assert!(
+                    buf[..n] == numbered_datagram(seq, size),
+                    "datagram {seq} arrived altered"
+                );
+                seen[seq as usize] += 1;
             }
         });
         pair.a
             .enter(|| {
-                let socket = std::net::UdpSocket::bind(format!("{A4}:0")).expect("bind");
-                let mut datagram = vec![0u8; size];
+                let socket = std::net::UdpSocket::bind(address(from, 0)).expect("bind");
                 for seq in 0..count {
-                    datagram[..4].copy_from_slice(&seq.to_be_bytes());
                     socket
-                        .send_to(&datagram, format!("{B4}:{port}"))
+                        .send_to(&numbered_datagram(seq, size), address(to, port))
                         .expect("send");
                     if seq % 32 == 31 {
                         thread::sleep(Duration::from_micros(300));
