@@ -240,7 +240,7 @@ pub struct TunConfig {
     /// MTU of the device, 68..=65535; `None` leaves the choice to `alagg up`.
     pub mtu: Option<u32>,
     /// Write consecutive UDP datagrams of one flow, received together, to the device as one
-    /// GSO packet that the kernel splits again (UDP receive offload; Linux 6.2 and later,
+    /// GSO packet that the kernel splits again (UDP receive offload; Linux 6.9 and later,
     /// off by itself on older kernels). Default true.
     pub coalesce: bool,
 }

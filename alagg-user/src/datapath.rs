@@ -41,7 +41,7 @@ use std::{
 use crossbeam_queue::ArrayQueue;
 
 mod worker;
-use crate::coalesce::Coalescer;
+use crate::offload::Coalescer;
 use worker::{Capture, CaptureQueue, LinkRx, LinkTx, Receive, RxLink, Transmit, TxLink};
 
 use alagg_proto::{
@@ -438,10 +438,10 @@ impl Datapath {
         let coalesce = config.coalesce && crate::tun::gso_udp_supported();
         if config.coalesce && !coalesce {
             tracing::info!(
-                "UDP coalescing needs Linux 6.2 or later (GSO UDP through a TUN device); off"
+                "UDP coalescing needs Linux 6.9 or later (GSO UDP through a TUN device); off"
             );
         }
-        let tun = Tun::create(&config.tun_name, coalesce)?;
+        let tun = Tun::create(&config.tun_name)?;
         // Owning the device, this process is the only alagg for it: what a journal for it
         // records was left by one that died.
         let journal = journal_path(tun.name());
@@ -559,6 +559,7 @@ impl Datapath {
                         rx_halves,
                         receiver,
                         (tun, coalesce.then(Coalescer::new), destinations),
+                        tun_mtu as usize,
                         (counters, control),
                     );
                     worker::run(stage, run).finish()

@@ -14,13 +14,13 @@
 //! - [`tun`]: the TUN device packets are delivered through;
 //! - [`host`]: routes, iptables NFQUEUE rules and sysctls, undone in reverse order;
 //! - [`ip`]: sanity and source checks at the delivery edge;
-//! - [`coalesce`]: consecutive UDP datagrams of a flow joined into one GSO write to the TUN;
+//! - [`offload`]: the TUN's GSO offloads: large TCP announced with its segment size, and UDP
+//!   datagrams of a flow joined into one write;
 //! - [`datapath`]: the capture and receive threads that wire the edges to `alagg-proto`;
 //! - [`report`]: a snapshot of every counter, rendered for `alagg status` and for Prometheus;
 //! - [`control`]: the Unix control socket `alagg status` queries;
 //! - [`metrics`]: the optional Prometheus endpoint over HTTP.
 
-pub mod coalesce;
 pub mod config;
 pub mod control;
 pub mod datapath;
@@ -28,6 +28,7 @@ pub mod host;
 pub mod ip;
 pub mod metrics;
 pub mod nfqueue;
+pub mod offload;
 pub mod packet;
 pub mod report;
 pub mod signals;

@@ -107,7 +107,7 @@ pub struct DeliverySnapshot {
     pub rejected_source: u64,
     /// Packets dropped because their IP header is not sane.
     pub rejected_malformed: u64,
-    /// TUN writes that failed.
+    /// Packets whose TUN write failed.
     pub tun_errors: u64,
     /// Delivered packets that were coalesced with others into one GSO write.
     pub coalesced: u64,
@@ -728,7 +728,7 @@ impl Snapshot {
             ),
             (
                 "tun_errors",
-                "TUN writes that failed.",
+                "Packets whose TUN write failed.",
                 self.delivery.tun_errors,
             ),
             (

@@ -1,7 +1,8 @@
-//! The TUN device through which received packets enter the local stack (`IFF_TUN | IFF_NO_PI`:
-//! each write is one bare IPv4 or IPv6 packet; with `IFF_VNET_HDR` preceded by a
-//! `virtio_net_hdr`, which lets one write carry a GSO packet, see [`crate::coalesce`]). Kernel
-//! reference: Documentation/networking/tuntap.rst, include/uapi/linux/if_tun.h.
+//! The TUN device through which received packets enter the local stack
+//! (`IFF_TUN | IFF_NO_PI | IFF_VNET_HDR`: each write is a `virtio_net_hdr`, then one IPv4 or
+//! IPv6 packet, which the header may announce as GSO, see [`crate::offload`]). Kernel
+//! reference: Documentation/networking/tuntap.rst, include/uapi/linux/if_tun.h,
+//! include/uapi/linux/virtio_net.h.
 //!
 //! The device is not persistent: it exists while this value holds its file descriptor, so a
 //! crashed alagg leaves no device (and no route through it) behind.
@@ -13,7 +14,7 @@ use std::{
     os::fd::{AsRawFd, RawFd},
 };
 
-use crate::coalesce::{PLAIN_HEADER, VNET_HDR_LEN};
+use crate::offload::{PLAIN_HEADER, VNET_HDR_LEN};
 
 /// `TUNSETIFF` from include/uapi/linux/if_tun.h: `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -23,8 +24,6 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 pub struct Tun {
     file: File,
     name: String,
-    /// Every write starts with a `virtio_net_hdr` (`IFF_VNET_HDR`).
-    vnet: bool,
 }
 
 /// Errors opening or writing the TUN device.
@@ -48,9 +47,9 @@ pub enum TunError {
 }
 
 impl Tun {
-    /// Creates the TUN device `name` (`IFF_TUN | IFF_NO_PI`, and `IFF_VNET_HDR` with `vnet`, for
-    /// [`Tun::write_gso`]). The device is down; bring it up and address it with the host setup.
-    pub fn create(name: &str, vnet: bool) -> Result<Self, TunError> {
+    /// Creates the TUN device `name`. The device is down; bring it up and address it with the
+    /// host setup.
+    pub fn create(name: &str) -> Result<Self, TunError> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
             return Err(TunError::Name(name.to_owned()));
         }
@@ -64,9 +63,8 @@ impl Tun {
         for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
             *slot = byte as libc::c_char;
         }
-        let vnet_flag = if vnet { libc::IFF_VNET_HDR } else { 0 };
         request.ifr_ifru.ifru_flags =
-            (libc::IFF_TUN | libc::IFF_NO_PI | vnet_flag) as libc::c_short;
+            (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes an ifreq, which `request` is.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut request) };
         if rc < 0 {
@@ -79,11 +77,7 @@ impl Tun {
         let actual = unsafe { CStr::from_ptr(request.ifr_name.as_ptr()) }
             .to_string_lossy()
             .into_owned();
-        Ok(Self {
-            file,
-            name: actual,
-            vnet,
-        })
+        Ok(Self { file, name: actual })
     }
 
     /// The device's name.
@@ -93,26 +87,24 @@ impl Tun {
 
     /// Delivers one IP packet to the local stack.
     pub fn write(&self, packet: &[u8]) -> io::Result<()> {
-        if self.vnet {
-            self.write_with(&PLAIN_HEADER, packet)
-        } else {
-            (&self.file).write_all(packet)
-        }
+        self.write_parts(&PLAIN_HEADER, &[packet])
     }
 
-    /// Delivers a GSO packet announced by `header` (a `virtio_net_hdr`); only on a device made
-    /// with `vnet`. The kernel refuses (`EINVAL`) GSO kinds it does not know.
-    pub fn write_gso(&self, header: &[u8; VNET_HDR_LEN], packet: &[u8]) -> io::Result<()> {
-        if !self.vnet {
-            return Err(io::ErrorKind::Unsupported.into());
+    /// Delivers one packet, made of `parts` (at most four) in order, announced by `header` (a
+    /// `virtio_net_hdr`, which may say GSO), in one `writev(2)`. The kernel refuses (`EINVAL`)
+    /// a GSO kind it does not know.
+    pub fn write_parts(&self, header: &[u8; VNET_HDR_LEN], parts: &[&[u8]]) -> io::Result<()> {
+        let mut slices = [IoSlice::new(&[]); 5];
+        let Some(slots) = slices.get_mut(..=parts.len()) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        slots[0] = IoSlice::new(header);
+        for (slot, part) in slots[1..].iter_mut().zip(parts) {
+            *slot = IoSlice::new(part);
         }
-        self.write_with(header, packet)
-    }
-
-    /// One `writev(2)`: the header, then the packet. A TUN write takes all or nothing.
-    fn write_with(&self, header: &[u8; VNET_HDR_LEN], packet: &[u8]) -> io::Result<()> {
-        let written = (&self.file).write_vectored(&[IoSlice::new(header), IoSlice::new(packet)])?;
-        if written == VNET_HDR_LEN + packet.len() {
+        let written = (&self.file).write_vectored(slots)?;
+        // A TUN write takes all or nothing.
+        if written == slots.iter().map(|s| s.len()).sum::<usize>() {
             Ok(())
         } else {
             Err(io::ErrorKind::WriteZero.into())
@@ -124,7 +116,6 @@ impl Tun {
         Ok(Self {
             file: self.file.try_clone()?,
             name: self.name.clone(),
-            vnet: self.vnet,
         })
     }
 
@@ -134,11 +125,13 @@ impl Tun {
     }
 }
 
-/// Whether the running kernel takes GSO UDP packets (`VIRTIO_NET_HDR_GSO_UDP_L4`) written to a
-/// TUN device: Linux 6.2 and later.
+/// Whether GSO UDP packets (`VIRTIO_NET_HDR_GSO_UDP_L4`) written to a TUN device are safe on
+/// the running kernel: Linux 6.2 takes them, and from 6.9 on the kernel also splits those bound
+/// for a UDP tunnel socket (VXLAN, Geneve) instead of handing them over whole ("udp: do not
+/// accept non-tunnel GSO skbs landing in a tunnel").
 pub fn gso_udp_supported() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .is_ok_and(|release| at_least(&release, (6, 2)))
+        .is_ok_and(|release| at_least(&release, (6, 9)))
 }
 
 /// Whether a kernel release such as `6.18.4-foo` is at least `major.minor`.
@@ -161,7 +154,7 @@ mod tests {
     fn names_that_cannot_be_interface_names_are_refused() {
         for name in ["", "a-name-that-is-too-long", "nul\0"] {
             assert!(
-                matches!(Tun::create(name, false), Err(TunError::Name(_))),
+                matches!(Tun::create(name), Err(TunError::Name(_))),
                 "{name:?}"
             );
         }
@@ -170,15 +163,15 @@ mod tests {
     #[test]
     fn kernel_releases_compare_by_major_and_minor() {
         for (release, expected) in [
-            ("6.2.0", true),
+            ("6.9.0", true),
             ("6.18.44-fc-v595\n", true),
             ("7.0", true),
-            ("6.1.90-generic", false),
+            ("6.8.12-generic", false),
             ("5.15.0", false),
             ("", false),
             ("garbage", false),
         ] {
-            assert_eq!(at_least(release, (6, 2)), expected, "{release:?}");
+            assert_eq!(at_least(release, (6, 9)), expected, "{release:?}");
         }
     }
 }

@@ -37,7 +37,8 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Sends `payload` from `client` to a server in `server` at `address`; returns the SHA-256 the
-/// server computed over what it received.
+/// server computed over what it received. A transfer that stalls (takes over a minute, where
+/// it takes seconds) fails.
 fn tcp_transfer(client: &Netns, server: &Netns, address: &str, payload: &[u8]) -> [u8; 32] {
     let bind: SocketAddr = format!("{address}:5001")
         .parse()
@@ -54,7 +55,13 @@ fn tcp_transfer(client: &Netns, server: &Netns, address: &str, payload: &[u8]) -
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 256 * 1024];
             let mut total = 0;
+            let started = std::time::Instant::now();
             loop {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the transfer stalled: {total} of {} bytes in a minute",
+                    payload.len()
+                );
                 let n = stream.read(&mut buf).expect("read");
                 if n == 0 {
                     break;
@@ -97,6 +104,55 @@ fn a_50_mb_tcp_transfer_arrives_intact_both_ways() {
         assert!(summary_value(&log, "delivered") > 500, "{log}");
         assert!(summary_link_value(&log, "link0", "rx") > 30_000, "{log}");
     }
+}
+
+#[test]
+fn a_host_behind_the_peer_gets_tcp_through_it_at_full_segment_size() {
+    let _heavy = heavy();
+    let pair = Pair::new("fwd", 2);
+    // Host C on a LAN behind B (1500-byte MTU); B routes between alagg and the LAN.
+    let c = Netns::new("fwd-c").unwrap();
+    alagg_testbed::veth(&pair.b, "lan0", &mac(0xb, 9), &c, "lan0", &mac(0xc, 9)).unwrap();
+    for (ns, v4, v6) in [
+        (&pair.b, "198.18.150.1/24", "fd00:a1a9:150::1/64"),
+        (&c, "198.18.150.2/24", "fd00:a1a9:150::2/64"),
+    ] {
+        ns.ip(&["addr", "add", v4, "dev", "lan0"]).unwrap();
+        ns.ip(&["-6", "addr", "add", v6, "dev", "lan0", "nodad"])
+            .unwrap();
+    }
+    c.ip(&["route", "add", "default", "via", "198.18.150.1"])
+        .unwrap();
+    c.ip(&["-6", "route", "add", "default", "via", "fd00:a1a9:150::1"])
+        .unwrap();
+    for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+        pair.b.exec("sysctl", &["-qw", key]).unwrap();
+    }
+    // A sends C's network over the links; B already accepts A's addresses.
+    let (a, b) = pair.up_edited(2, |text| {
+        text.replace(
+            &format!("\"{B4}/32\""),
+            &format!("\"{B4}/32\", \"198.18.150.0/24\", \"fd00:a1a9:150::/64\""),
+        )
+    });
+    // TCP is captured whole (GSO) on A and put back together on B, up to 64 KiB a packet:
+    // B must forward it in segments that fit the LAN, or the transfer stalls.
+    for (address, seed) in [("198.18.150.2", 6), ("fd00:a1a9:150::2", 7)] {
+        let payload = data(20 * MB, seed);
+        let sent = <[u8; 32]>::from(Sha256::digest(&payload));
+        let received = tcp_transfer(&pair.a, &c, address, &payload);
+        assert_eq!(
+            received, sent,
+            "SHA-256 differs for the transfer to {address}"
+        );
+    }
+    let log_b = b.stop();
+    let log_a = a.stop();
+    assert_eq!(
+        summary_value(&log_b, "rejected_source"),
+        0,
+        "A:\n{log_a}\nB:\n{log_b}"
+    );
 }
 
 #[test]

@@ -25,9 +25,9 @@ use ipnet::IpNet;
 
 use super::{CAPTURE_BATCH, Counters, IDLE_WAKEUP, LinkControl, LinkCounters, PUBLISH_INTERVAL};
 use crate::{
-    coalesce::{Coalescer, Flushed, Offer},
     ip,
     nfqueue::{Batch, NfQueue, Packet, Verdict},
+    offload::{Coalescer, Flushed, Offer, tcp_segmentation},
     packet::{PacketRx, PacketTx},
     tun::Tun,
     xsk::{XskError, XskRx, XskTx},
@@ -175,6 +175,7 @@ impl<'a> Receive<'a> {
         links: Vec<RxLink>,
         receiver: Receiver,
         (tun, coalescer, destinations): (Tun, Option<Coalescer>, Vec<IpNet>),
+        tun_mtu: usize,
         (counters, control): (&'a Counters, &'a LinkControl),
     ) -> Self {
         let start = Instant::now();
@@ -184,6 +185,7 @@ impl<'a> Receive<'a> {
             receiver,
             delivery: Delivery {
                 tun,
+                tun_mtu,
                 coalescer,
                 destinations,
                 counters,
@@ -337,6 +339,8 @@ impl Stage for Receive<'_> {
 /// The delivery edge: admission, UDP coalescing and the TUN device.
 struct Delivery<'a> {
     tun: Tun,
+    /// Larger TCP packets are announced as GSO with segments that fit it.
+    tun_mtu: usize,
     /// `None`: every packet is written on its own.
     coalescer: Option<Coalescer>,
     destinations: Vec<IpNet>,
@@ -379,7 +383,14 @@ impl Delivery<'_> {
             Offer::Alone => {
                 // After what is waiting: packets enter the stack in the order they came.
                 self.flush();
-                let result = self.tun.write(packet);
+                let result = match tcp_segmentation(packet, self.tun_mtu) {
+                    Some(gso) => {
+                        let (before, after) = packet.split_at(gso.check_at);
+                        self.tun
+                            .write_parts(&gso.header, &[before, &gso.check, &after[2..]])
+                    }
+                    None => self.tun.write(packet),
+                };
                 self.count(result, 1, packet.len());
             }
         }
@@ -399,7 +410,7 @@ impl Delivery<'_> {
                 segments,
                 bytes,
             } => {
-                let result = self.tun.write_gso(&header, packet);
+                let result = self.tun.write_parts(&header, &[packet]);
                 if result.is_ok() {
                     self.counters.coalesced.fetch_add(segments as u64, Relaxed);
                 }

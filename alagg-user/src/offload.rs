@@ -1,15 +1,33 @@
-//! UDP coalescing at the TUN device, the receive offload the kernel does for NICs (UDP GRO):
-//! consecutive datagrams of one flow that the engine delivers together are written to the TUN
-//! as one GSO packet, announced by a `virtio_net_hdr` (`VIRTIO_NET_HDR_GSO_UDP_L4`, Linux 6.2
-//! and later), and the kernel splits it back into the original datagrams when it hands them
-//! to the socket. One `write(2)`, one pass through the IP layer and its netfilter hooks then
+//! Offloads at the TUN device, announced by a `virtio_net_hdr` before each packet written.
+//!
+//! **TCP segmentation.** TCP is captured whole (`capture.gso`): the peer reassembles packets
+//! of up to 64 KiB, larger than the TUN's MTU. Written as plain IP packets, the local stack
+//! takes them, but a host that forwards them (a gateway for the networks behind it) must not:
+//! with DF set they exceed the next link's MTU and are dropped. [`tcp_segmentation`] announces
+//! such a packet as GSO TCP with segments that fit the TUN's MTU, as a NIC's receive offload
+//! (GRO) would, and the kernel splits it where it has to.
+//!
+//! **UDP coalescing**, like the receive offload the kernel can do for NICs (UDP GRO), but for
+//! every flow, not only sockets that ask for it: consecutive datagrams of one flow that the
+//! engine delivers together are written to the TUN as one GSO packet, announced by a
+//! `virtio_net_hdr` (`VIRTIO_NET_HDR_GSO_UDP_L4`, Linux 6.2 and later), and the kernel splits
+//! it back into the original datagrams when it hands them to a socket or sends them on. One `write(2)`, one pass through the IP layer and its netfilter hooks then
 //! serve up to [`MAX_SEGMENTS`] datagrams.
 //!
-//! Datagrams join only where the split gives them back exactly: same addresses, ports and IP
-//! header fields (IPv4 without options or fragmentation, IPv6 without extension headers), the
-//! same payload size as the first, except a last shorter one, and a UDP checksum that
-//! verifies (the kernel computes new ones for the segments, so a corrupt datagram is never
-//! folded in; it goes alone and the stack drops it as before).
+//! Datagrams join only where the split gives them back as they came, under the rules of the
+//! kernel's own GRO: same addresses, ports and IP header fields (IPv4 without options or
+//! fragmentation, IPv6 without extension headers); the same payload size as the first, except
+//! a last shorter one; without DF, IPv4 identifications that count up by one (the split numbers
+//! the segments on from the first; with DF the identification means nothing, RFC 6864, and
+//! comes back renumbered); and checksums (IPv4 header, UDP) that verify. The kernel computes
+//! new checksums for the segments, so a corrupt datagram is never folded in: it goes alone and
+//! the stack drops it as before.
+//!
+//! What sees the GSO packet rather than the datagrams: netfilter on the way in (per-packet
+//! matches such as `-m length` or rate limits), tc and `tcpdump` on the TUN device. Sockets,
+//! and the links a forwarded packet leaves on, get the datagrams. Datagrams to a local VXLAN or
+//! Geneve endpoint reach it unsplit on kernels before 6.9, which is why coalescing waits for
+//! 6.9 ([`crate::tun::gso_udp_supported`]).
 //!
 //! Kernel reference: include/uapi/linux/virtio_net.h (the header),
 //! include/linux/virtio_net.h (`virtio_net_hdr_to_skb`), net/ipv4/udp_offload.c
@@ -22,7 +40,8 @@ use crate::ip::{fold, sum_words};
 pub const VNET_HDR_LEN: usize = 10;
 /// A vnet header that announces an ordinary packet: no offload.
 pub const PLAIN_HEADER: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
-/// Most datagrams in one GSO packet (the kernel's `UDP_MAX_SEGMENTS`).
+/// Most datagrams in one GSO packet (the kernel's `UDP_MAX_SEGMENTS`, 64 before Linux 6.11
+/// and 128 since; the kernel refuses a GSO write with more).
 pub const MAX_SEGMENTS: usize = 64;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is to be
@@ -30,6 +49,13 @@ pub const MAX_SEGMENTS: usize = 64;
 const F_NEEDS_CSUM: u8 = 1;
 /// `VIRTIO_NET_HDR_GSO_UDP_L4`.
 const GSO_UDP_L4: u8 = 5;
+/// `VIRTIO_NET_HDR_GSO_TCPV4`, `VIRTIO_NET_HDR_GSO_TCPV6` and the `VIRTIO_NET_HDR_GSO_ECN` bit.
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
+const GSO_ECN: u8 = 0x80;
+const TCP: u8 = 6;
+/// TCP's CWR flag, in the flags byte (offset 13).
+const TCP_CWR: u8 = 0x80;
 const UDP: u8 = 17;
 const UDP_HEADER_LEN: usize = 8;
 /// Largest IP packet (IPv4 total length; for IPv6 alagg keeps to the same bound).
@@ -73,6 +99,8 @@ struct Datagram {
     /// IPv4 (20) or IPv6 (40) header length.
     ip_header: usize,
     payload: usize,
+    /// IPv4 without DF: the identification, which must count up from the first datagram's.
+    id: Option<u16>,
 }
 
 /// Builds GSO packets out of consecutive datagrams of one flow.
@@ -86,6 +114,8 @@ pub struct Coalescer {
     segments: usize,
     /// A shorter datagram joined: it must be the last.
     closed: bool,
+    /// IPv4 without DF: the first datagram's identification.
+    first_id: Option<u16>,
 }
 
 impl Default for Coalescer {
@@ -103,6 +133,7 @@ impl Coalescer {
             segment: 0,
             segments: 0,
             closed: false,
+            first_id: None,
         }
     }
 
@@ -123,14 +154,19 @@ impl Coalescer {
             self.segment = datagram.payload;
             self.segments = 1;
             self.closed = false;
+            self.first_id = datagram.id;
             return Offer::Taken;
         }
+        let next_id = self
+            .first_id
+            .map(|id| id.wrapping_add(self.segments as u16));
         let headers = self.ip_header + UDP_HEADER_LEN;
         let joins = !self.closed
             && self.segments < MAX_SEGMENTS
             && datagram.ip_header == self.ip_header
             && datagram.payload <= self.segment
             && self.packet.len() + datagram.payload <= MAX_PACKET
+            && datagram.id == next_id
             && same_flow(&self.packet[..headers], &packet[..headers]);
         if !joins {
             return Offer::Flush;
@@ -167,14 +203,7 @@ impl Coalescer {
         packet[ip + 4..ip + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
         let partial = fold(pseudo + u64::from(UDP) + udp_len as u64);
         packet[ip + 6..ip + 8].copy_from_slice(&partial.to_be_bytes());
-        // struct virtio_net_hdr in the host's byte order (a legacy TUN's default).
-        let mut header = [0u8; VNET_HDR_LEN];
-        header[0] = F_NEEDS_CSUM;
-        header[1] = GSO_UDP_L4;
-        header[2..4].copy_from_slice(&((ip + UDP_HEADER_LEN) as u16).to_ne_bytes());
-        header[4..6].copy_from_slice(&(self.segment as u16).to_ne_bytes());
-        header[6..8].copy_from_slice(&(ip as u16).to_ne_bytes());
-        header[8..10].copy_from_slice(&6u16.to_ne_bytes());
+        let header = vnet_header(GSO_UDP_L4, (ip, UDP_HEADER_LEN), self.segment, 6);
         Flushed::Gso {
             header,
             packet: &self.packet,
@@ -184,28 +213,112 @@ impl Coalescer {
     }
 }
 
+/// A `struct virtio_net_hdr`, in the host's byte order (a legacy TUN's default), for a GSO
+/// packet of `gso_type` whose transport header starts after `ip` bytes and is `transport` bytes
+/// long, cut into `gso_size`-byte payloads, with its checksum field `csum_offset` bytes into
+/// the transport header to be completed (it holds the pseudo-header sum).
+fn vnet_header(
+    gso_type: u8,
+    (ip, transport): (usize, usize),
+    gso_size: usize,
+    csum_offset: u16,
+) -> [u8; VNET_HDR_LEN] {
+    let mut header = [0u8; VNET_HDR_LEN];
+    header[0] = F_NEEDS_CSUM;
+    header[1] = gso_type;
+    header[2..4].copy_from_slice(&((ip + transport) as u16).to_ne_bytes());
+    header[4..6].copy_from_slice(&(gso_size as u16).to_ne_bytes());
+    header[6..8].copy_from_slice(&(ip as u16).to_ne_bytes());
+    header[8..10].copy_from_slice(&csum_offset.to_ne_bytes());
+    header
+}
+
+/// How to write a TCP packet larger than the TUN's MTU as GSO: the vnet header, and the value
+/// its checksum field (at `check_at` in the packet) must hold instead, the pseudo-header sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpGso {
+    /// The `virtio_net_hdr` to write before the packet.
+    pub header: [u8; VNET_HDR_LEN],
+    /// Offset of the TCP checksum field in the packet.
+    pub check_at: usize,
+    /// What the field must hold.
+    pub check: [u8; 2],
+}
+
+/// For a TCP packet longer than `mtu` (a whole GSO packet the peer captured), how to announce
+/// it as GSO TCP whose segments fit `mtu`; `None` for anything else, or a packet whose
+/// checksum does not verify (written as it is, the stack drops it as before).
+pub fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
+    if packet.len() <= mtu {
+        return None;
+    }
+    let (ip, gso_type, pseudo) = match packet.first()? >> 4 {
+        4 => {
+            let ip = usize::from(packet[0] & 0x0f) * 4;
+            let header = packet.get(..ip.max(20))?;
+            let fragment = u16::from_be_bytes([header[6], header[7]]) & 0x3fff;
+            if ip < 20 || fragment != 0 || header[9] != TCP || fold(sum_words(header)) != 0xffff {
+                return None;
+            }
+            (ip, GSO_TCPV4, sum_words(&header[12..20]))
+        }
+        6 => {
+            if *packet.get(6)? != TCP {
+                return None;
+            }
+            (40, GSO_TCPV6, sum_words(packet.get(8..40)?))
+        }
+        _ => return None,
+    };
+    let tcp = packet.get(ip..)?;
+    let header = usize::from(tcp.get(12)? >> 4) * 4;
+    if header < 20 || tcp.len() <= header || ip + header >= mtu {
+        return None;
+    }
+    let pseudo = pseudo + u64::from(TCP) + tcp.len() as u64;
+    if fold(pseudo + sum_words(tcp)) != 0xffff {
+        return None;
+    }
+    let gso_type = if tcp[13] & TCP_CWR != 0 {
+        gso_type | GSO_ECN
+    } else {
+        gso_type
+    };
+    Some(TcpGso {
+        header: vnet_header(gso_type, (ip, header), mtu - ip - header, 16),
+        check_at: ip + 16,
+        check: fold(pseudo).to_be_bytes(),
+    })
+}
+
 /// The datagram's shape if it may be coalesced: UDP right after a plain IP header, lengths
 /// that agree, a payload, and a checksum that verifies.
 fn parse(packet: &[u8]) -> Option<Datagram> {
-    let (ip_header, pseudo) = match packet.first()? >> 4 {
+    let (ip_header, pseudo, id) = match packet.first()? >> 4 {
         4 => {
-            // No options, not a fragment (MF clear, offset zero), UDP.
-            let fragment = u16::from_be_bytes([*packet.get(6)?, *packet.get(7)?]) & 0x3fff;
-            if packet[0] != 0x45 || fragment != 0 || packet[9] != UDP {
-                return None;
-            }
-            if usize::from(u16::from_be_bytes([packet[2], packet[3]])) != packet.len() {
-                return None;
-            }
-            (20, sum_words(packet.get(12..20)?))
-        }
-        6 => {
-            if *packet.get(6)? != UDP
-                || usize::from(u16::from_be_bytes([packet[4], packet[5]])) + 40 != packet.len()
+            let header = packet.get(..20)?;
+            // No options, not a fragment (MF clear, offset zero), UDP, an intact header.
+            let fragment = u16::from_be_bytes([header[6], header[7]]) & 0x3fff;
+            if header[0] != 0x45
+                || fragment != 0
+                || header[9] != UDP
+                || usize::from(u16::from_be_bytes([header[2], header[3]])) != packet.len()
+                || fold(sum_words(header)) != 0xffff
             {
                 return None;
             }
-            (40, sum_words(packet.get(8..40)?))
+            let df = header[6] & 0x40 != 0;
+            let id = (!df).then(|| u16::from_be_bytes([header[4], header[5]]));
+            (20, sum_words(&header[12..20]), id)
+        }
+        6 => {
+            let header = packet.get(..40)?;
+            if header[6] != UDP
+                || usize::from(u16::from_be_bytes([header[4], header[5]])) + 40 != packet.len()
+            {
+                return None;
+            }
+            (40, sum_words(&header[8..40]), None)
         }
         _ => return None,
     };
@@ -222,6 +335,7 @@ fn parse(packet: &[u8]) -> Option<Datagram> {
     (fold(sum) == 0xffff).then_some(Datagram {
         ip_header,
         payload: udp_len - UDP_HEADER_LEN,
+        id,
     })
 }
 
@@ -242,6 +356,7 @@ fn same_flow(first: &[u8], next: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
     use crate::ip::finish_transport_checksum;
@@ -369,6 +484,34 @@ mod tests {
         assert_eq!(c.offer(&v4(&[2; 101], 2)), Offer::Flush);
     }
 
+    /// [`v4`] without DF.
+    fn v4_fragmentable(payload: &[u8], id: u16) -> Vec<u8> {
+        let mut p = v4(payload, id);
+        p[6] = 0;
+        p[10..12].fill(0);
+        let checksum = !fold(sum_words(&p[..20]));
+        p[10..12].copy_from_slice(&checksum.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn without_df_identifications_must_count_up_as_the_split_numbers_them() {
+        let mut c = Coalescer::new();
+        for id in [0xfffe, 0xffff, 0, 1] {
+            assert_eq!(
+                c.offer(&v4_fragmentable(&[1; 50], id)),
+                Offer::Taken,
+                "{id}"
+            );
+        }
+        assert_eq!(c.offer(&v4_fragmentable(&[1; 50], 7)), Offer::Flush);
+        assert_eq!(flushed_gso(&mut c).len(), 4);
+        // With DF (RFC 6864: the identification of an atomic datagram means nothing), any.
+        for id in [5, 5, 900] {
+            assert_eq!(c.offer(&v4(&[1; 50], id)), Offer::Taken);
+        }
+    }
+
     #[test]
     fn one_datagram_goes_as_it_came() {
         let mut c = Coalescer::new();
@@ -406,18 +549,110 @@ mod tests {
         tcp[9] = 6;
         let mut options = v4(&[1; 64], 3);
         options[0] = 0x46;
+        let mut bad_header = v4(&[1; 64], 3);
+        bad_header[10] ^= 1;
         for (name, packet) in [
             ("corrupt", corrupt),
             ("no checksum", unchecked),
             ("fragment", fragment),
             ("tcp", tcp),
             ("options", options),
+            ("bad IPv4 header checksum", bad_header),
             ("empty", v4(&[], 3)),
             ("truncated", first[..30].to_vec()),
         ] {
             assert_eq!(c.offer(&packet), Offer::Alone, "{name}");
         }
         assert_eq!(c.flush(), Flushed::Plain(&first));
+    }
+
+    /// An IPv4 or IPv6 TCP packet with `payload`, 12 bytes of options and the ACK (and `flags`)
+    /// set, checksummed.
+    fn tcp(v6: bool, payload: &[u8], flags: u8) -> Vec<u8> {
+        let mut p = if v6 {
+            let mut p = vec![0x60, 0, 0, 0, 0, 0, TCP, 64];
+            p.extend_from_slice(&[0xfd; 16]);
+            p.extend_from_slice(&[0xfe; 16]);
+            p
+        } else {
+            let mut p = vec![
+                0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, TCP, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+            ];
+            let total = 20 + 32 + payload.len();
+            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            let checksum = !fold(sum_words(&p));
+            p[10..12].copy_from_slice(&checksum.to_be_bytes());
+            p
+        };
+        if v6 {
+            p[4..6].copy_from_slice(&((32 + payload.len()) as u16).to_be_bytes());
+        }
+        let mut th = vec![0u8; 32];
+        th[..4].copy_from_slice(&[0x13, 0x88, 0xc3, 0x50]);
+        th[12] = 8 << 4;
+        th[13] = 0x10 | flags;
+        p.extend_from_slice(&th);
+        p.extend_from_slice(payload);
+        assert!(finish_transport_checksum(&mut p));
+        p
+    }
+
+    #[test]
+    fn tcp_larger_than_the_mtu_is_announced_as_gso_that_fits_it() {
+        for (v6, ip, gso_type) in [(false, 20, GSO_TCPV4), (true, 40, GSO_TCPV6)] {
+            let packet = tcp(v6, &[9; 10_000], 0);
+            let gso = tcp_segmentation(&packet, 1480).unwrap();
+            let h = gso.header;
+            assert_eq!(h[..2], [F_NEEDS_CSUM, gso_type]);
+            assert_eq!(u16::from_ne_bytes([h[2], h[3]]), ip + 32);
+            // Every segment, headers included, fits the MTU.
+            assert_eq!(
+                usize::from(u16::from_ne_bytes([h[4], h[5]])),
+                1480 - ip as usize - 32
+            );
+            assert_eq!(u16::from_ne_bytes([h[6], h[7]]), ip);
+            assert_eq!(u16::from_ne_bytes([h[8], h[9]]), 16);
+            assert_eq!(gso.check_at, usize::from(ip) + 16);
+            // The field holds the pseudo-header sum: with the field zeroed, the packet's
+            // transport sum completes it to the full checksum the packet had.
+            let mut zeroed = packet.clone();
+            zeroed[gso.check_at..gso.check_at + 2].fill(0);
+            let data = fold(sum_words(&zeroed[usize::from(ip)..]));
+            let full = !fold(u64::from(u16::from_be_bytes(gso.check)) + u64::from(data));
+            assert_eq!(full.to_be_bytes(), packet[gso.check_at..gso.check_at + 2]);
+            // CWR asks for the ECN bit.
+            let cwr = tcp(v6, &[9; 10_000], TCP_CWR);
+            assert_eq!(
+                tcp_segmentation(&cwr, 1480).unwrap().header[1],
+                gso_type | GSO_ECN
+            );
+        }
+    }
+
+    #[test]
+    fn only_whole_intact_tcp_over_the_mtu_is_segmented() {
+        let packet = tcp(false, &[9; 3000], 0);
+        assert_eq!(
+            tcp_segmentation(&packet, packet.len()),
+            None,
+            "fits the MTU"
+        );
+        assert!(tcp_segmentation(&packet, packet.len() - 1).is_some());
+        let mut corrupt = packet.clone();
+        corrupt[100] ^= 1;
+        assert_eq!(tcp_segmentation(&corrupt, 1480), None, "bad checksum");
+        let mut bad_header = packet.clone();
+        bad_header[8] ^= 1;
+        assert_eq!(
+            tcp_segmentation(&bad_header, 1480),
+            None,
+            "bad IPv4 header checksum"
+        );
+        assert_eq!(tcp_segmentation(&v4(&[1; 3000], 1), 1480), None, "UDP");
+        assert_eq!(tcp_segmentation(&packet, 52), None, "no room for a payload");
+        for len in 0..60 {
+            assert_eq!(tcp_segmentation(&packet[..len], 10), None, "{len} bytes");
+        }
     }
 
     #[test]
