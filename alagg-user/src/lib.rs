@@ -14,6 +14,7 @@
 //! - [`tun`]: the TUN device packets are delivered through;
 //! - [`host`]: routes, iptables NFQUEUE rules and sysctls, undone in reverse order;
 //! - [`ip`]: sanity and source checks at the delivery edge;
+//! - [`pmtu`]: the MTU of the route to a destination, for forwarded TCP's segment size;
 //! - [`offload`]: the TUN's GSO offloads: large TCP announced with its segment size, and UDP
 //!   datagrams of a flow joined into one write;
 //! - [`datapath`]: the capture and receive threads that wire the edges to `alagg-proto`;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod nfqueue;
 pub mod offload;
 pub mod packet;
+pub mod pmtu;
 pub mod report;
 pub mod signals;
 pub mod tun;

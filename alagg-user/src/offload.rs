@@ -4,8 +4,12 @@
 //! of up to 64 KiB, larger than the TUN's MTU. Written as plain IP packets, the local stack
 //! takes them, but a host that forwards them (a gateway for the networks behind it) must not:
 //! with DF set they exceed the next link's MTU and are dropped. [`tcp_segmentation`] announces
-//! such a packet as GSO TCP with segments that fit the TUN's MTU, as a NIC's receive offload
-//! (GRO) would, and the kernel splits it where it has to.
+//! such a packet as GSO TCP with segments that fit a given MTU (the caller gives the smaller of
+//! the TUN's and the route's to the destination, [`crate::pmtu`]), and the kernel splits it
+//! where it has to. NFQUEUE does not say what segment size the sender used, so the segments
+//! are cut anew; a packet whose CWR flag is set is left whole, because the split would clear
+//! that flag on all but the first segment, which Accurate ECN (RFC 9768) reads as part of a
+//! counter.
 //!
 //! **UDP coalescing**, like the receive offload the kernel can do for NICs (UDP GRO), but for
 //! every flow, not only sockets that ask for it: consecutive datagrams of one flow that the
@@ -49,13 +53,16 @@ pub const MAX_SEGMENTS: usize = 64;
 const F_NEEDS_CSUM: u8 = 1;
 /// `VIRTIO_NET_HDR_GSO_UDP_L4`.
 const GSO_UDP_L4: u8 = 5;
-/// `VIRTIO_NET_HDR_GSO_TCPV4`, `VIRTIO_NET_HDR_GSO_TCPV6` and the `VIRTIO_NET_HDR_GSO_ECN` bit.
+/// `VIRTIO_NET_HDR_GSO_TCPV4` and `VIRTIO_NET_HDR_GSO_TCPV6`.
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
-const GSO_ECN: u8 = 0x80;
 const TCP: u8 = 6;
-/// TCP's CWR flag, in the flags byte (offset 13).
-const TCP_CWR: u8 = 0x80;
+/// TCP flags (byte 13 of the header) that keep a packet whole: CWR (see the module
+/// documentation), URG, RST and SYN (which the split would copy to every segment).
+const TCP_KEEP_WHOLE: u8 = 0x80 | 0x20 | 0x04 | 0x02;
+/// The smallest segment payload alagg cuts (the kernel's `TCP_MIN_MSS`): below, the packet goes
+/// whole rather than as thousands of segments.
+const TCP_MIN_MSS: usize = 88;
 const UDP: u8 = 17;
 const UDP_HEADER_LEN: usize = 8;
 /// Largest IP packet (IPv4 total length; for IPv6 alagg keeps to the same bound).
@@ -213,6 +220,16 @@ impl Coalescer {
     }
 }
 
+/// Whether an IP packet (sane header, [`crate::ip::check`]) carries TCP right after its fixed
+/// header.
+pub fn is_tcp(packet: &[u8]) -> bool {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.get(9) == Some(&TCP),
+        Some(6) => packet.get(6) == Some(&TCP),
+        _ => false,
+    }
+}
+
 /// A `struct virtio_net_hdr`, in the host's byte order (a legacy TUN's default), for a GSO
 /// packet of `gso_type` whose transport header starts after `ip` bytes and is `transport` bytes
 /// long, cut into `gso_size`-byte payloads, with its checksum field `csum_offset` bytes into
@@ -272,18 +289,17 @@ pub fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
     };
     let tcp = packet.get(ip..)?;
     let header = usize::from(tcp.get(12)? >> 4) * 4;
-    if header < 20 || tcp.len() <= header || ip + header >= mtu {
+    if header < 20
+        || tcp.len() <= header
+        || ip + header + TCP_MIN_MSS > mtu
+        || tcp[13] & TCP_KEEP_WHOLE != 0
+    {
         return None;
     }
     let pseudo = pseudo + u64::from(TCP) + tcp.len() as u64;
     if fold(pseudo + sum_words(tcp)) != 0xffff {
         return None;
     }
-    let gso_type = if tcp[13] & TCP_CWR != 0 {
-        gso_type | GSO_ECN
-    } else {
-        gso_type
-    };
     Some(TcpGso {
         header: vnet_header(gso_type, (ip, header), mtu - ip - header, 16),
         check_at: ip + 16,
@@ -620,12 +636,10 @@ mod tests {
             let data = fold(sum_words(&zeroed[usize::from(ip)..]));
             let full = !fold(u64::from(u16::from_be_bytes(gso.check)) + u64::from(data));
             assert_eq!(full.to_be_bytes(), packet[gso.check_at..gso.check_at + 2]);
-            // CWR asks for the ECN bit.
-            let cwr = tcp(v6, &[9; 10_000], TCP_CWR);
-            assert_eq!(
-                tcp_segmentation(&cwr, 1480).unwrap().header[1],
-                gso_type | GSO_ECN
-            );
+            // CWR, SYN, RST and URG keep a packet whole.
+            for flag in [0x80, 0x20, 0x04, 0x02] {
+                assert_eq!(tcp_segmentation(&tcp(v6, &[9; 10_000], flag), 1480), None);
+            }
         }
     }
 
@@ -649,7 +663,12 @@ mod tests {
             "bad IPv4 header checksum"
         );
         assert_eq!(tcp_segmentation(&v4(&[1; 3000], 1), 1480), None, "UDP");
-        assert_eq!(tcp_segmentation(&packet, 52), None, "no room for a payload");
+        assert_eq!(
+            tcp_segmentation(&packet, 52 + 87),
+            None,
+            "segments below TCP_MIN_MSS"
+        );
+        assert!(tcp_segmentation(&packet, 52 + 88).is_some());
         for len in 0..60 {
             assert_eq!(tcp_segmentation(&packet[..len], 10), None, "{len} bytes");
         }

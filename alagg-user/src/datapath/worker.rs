@@ -27,8 +27,9 @@ use super::{CAPTURE_BATCH, Counters, IDLE_WAKEUP, LinkControl, LinkCounters, PUB
 use crate::{
     ip,
     nfqueue::{Batch, NfQueue, Packet, Verdict},
-    offload::{Coalescer, Flushed, Offer, tcp_segmentation},
+    offload::{Coalescer, Flushed, Offer, is_tcp, tcp_segmentation},
     packet::{PacketRx, PacketTx},
+    pmtu::PathMtu,
     tun::Tun,
     xsk::{XskError, XskRx, XskTx},
 };
@@ -186,6 +187,8 @@ impl<'a> Receive<'a> {
             delivery: Delivery {
                 tun,
                 tun_mtu,
+                path_mtu: PathMtu::new(),
+                tcp_gso: true,
                 coalescer,
                 destinations,
                 counters,
@@ -336,11 +339,18 @@ impl Stage for Receive<'_> {
     }
 }
 
+/// IPv4's minimum MTU (RFC 791): no route is smaller, so no smaller TCP packet needs cutting.
+const MIN_MTU: usize = 576;
+
 /// The delivery edge: admission, UDP coalescing and the TUN device.
 struct Delivery<'a> {
     tun: Tun,
     /// Larger TCP packets are announced as GSO with segments that fit it.
     tun_mtu: usize,
+    /// Route MTUs of destinations (forwarded TCP is cut to fit the route on).
+    path_mtu: PathMtu,
+    /// Large TCP goes as GSO (until the kernel refuses it).
+    tcp_gso: bool,
     /// `None`: every packet is written on its own.
     coalescer: Option<Coalescer>,
     destinations: Vec<IpNet>,
@@ -383,17 +393,34 @@ impl Delivery<'_> {
             Offer::Alone => {
                 // After what is waiting: packets enter the stack in the order they came.
                 self.flush();
-                let result = match tcp_segmentation(packet, self.tun_mtu) {
-                    Some(gso) => {
-                        let (before, after) = packet.split_at(gso.check_at);
-                        self.tun
-                            .write_parts(&gso.header, &[before, &gso.check, &after[2..]])
-                    }
-                    None => self.tun.write(packet),
-                };
+                let result = self.write_alone(packet);
                 self.count(result, 1, packet.len());
             }
         }
+    }
+
+    /// Writes one packet; TCP that does not fit the route on (the TUN's MTU, or a smaller one
+    /// to a forwarded destination) goes as GSO with segments that do.
+    fn write_alone(&mut self, packet: &[u8]) -> io::Result<()> {
+        if self.tcp_gso && packet.len() > MIN_MTU && is_tcp(packet) {
+            let route = ip::destination(packet).and_then(|d| self.path_mtu.get(d));
+            let mtu = route.map_or(self.tun_mtu, |m| m.min(self.tun_mtu));
+            if let Some(gso) = tcp_segmentation(packet, mtu) {
+                let (before, after) = packet.split_at(gso.check_at);
+                let result = self
+                    .tun
+                    .write_parts(&gso.header, &[before, &gso.check, &after[2..]]);
+                match result {
+                    Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                        // A kernel that refuses GSO TCP from a TUN after all: whole from now on.
+                        tracing::warn!(%error, "the kernel refused a GSO TCP packet; sending TCP whole");
+                        self.tcp_gso = false;
+                    }
+                    result => return result,
+                }
+            }
+        }
+        self.tun.write(packet)
     }
 
     /// Writes what the coalescer holds.
