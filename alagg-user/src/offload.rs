@@ -7,9 +7,10 @@
 //! such a packet as GSO TCP with segments that fit a given MTU (the caller gives the smaller of
 //! the TUN's and the route's to the destination, [`crate::pmtu`]), and the kernel splits it
 //! where it has to. NFQUEUE does not say what segment size the sender used, so the segments
-//! are cut anew; a packet whose CWR flag is set is left whole, because the split would clear
-//! that flag on all but the first segment, which Accurate ECN (RFC 9768) reads as part of a
-//! counter.
+//! are cut anew. A packet whose CWR flag is set is cut here instead ([`split_tcp`]): the
+//! kernel's split would clear that flag on all but the first segment, which Accurate ECN
+//! (RFC 9768) reads as part of a counter; kept on every segment, classic ECN (RFC 3168) sees
+//! a repeated CWR, which changes nothing.
 //!
 //! **UDP coalescing**, like the receive offload the kernel can do for NICs (UDP GRO), but for
 //! every flow, not only sockets that ask for it: consecutive datagrams of one flow that the
@@ -57,9 +58,12 @@ const GSO_UDP_L4: u8 = 5;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
 const TCP: u8 = 6;
-/// TCP flags (byte 13 of the header) that keep a packet whole: CWR (see the module
-/// documentation), URG, RST and SYN (which the split would copy to every segment).
-const TCP_KEEP_WHOLE: u8 = 0x80 | 0x20 | 0x04 | 0x02;
+/// TCP flags (byte 13 of the header) that keep a packet whole: URG, RST and SYN (which the split
+/// would copy to every segment; the stack never sends such packets larger than the MTU).
+const TCP_KEEP_WHOLE: u8 = 0x20 | 0x04 | 0x02;
+/// CWR, FIN and PSH, in the same byte.
+const TCP_CWR: u8 = 0x80;
+const TCP_FIN_PSH: u8 = 0x01 | 0x08;
 /// The smallest segment payload alagg cuts (the kernel's `TCP_MIN_MSS`): below, the packet goes
 /// whole rather than as thousands of segments.
 const TCP_MIN_MSS: usize = 88;
@@ -260,6 +264,8 @@ pub struct TcpGso {
     pub check_at: usize,
     /// What the field must hold.
     pub check: [u8; 2],
+    /// CWR is set: cut the packet with [`split_tcp`] rather than let the kernel do it.
+    pub cwr: bool,
 }
 
 /// For a TCP packet longer than `mtu` (a whole GSO packet the peer captured), how to announce
@@ -304,7 +310,57 @@ pub fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
         header: vnet_header(gso_type, (ip, header), mtu - ip - header, 16),
         check_at: ip + 16,
         check: fold(pseudo).to_be_bytes(),
+        cwr: tcp[13] & TCP_CWR != 0,
     })
+}
+
+/// Cuts a TCP packet that [`tcp_segmentation`] accepted into the segments its `gso` header
+/// describes, here rather than in the kernel: every segment keeps every flag of the packet
+/// (CWR included) but FIN and PSH, which only the last keeps; sequence numbers, lengths, IPv4
+/// identifications (counting up) and checksums are set per segment. Each segment is built in
+/// `scratch` and handed to `each`; the first error stops the cut.
+pub fn split_tcp<E>(
+    packet: &[u8],
+    gso: &TcpGso,
+    scratch: &mut Vec<u8>,
+    mut each: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let field = |at: usize| usize::from(u16::from_ne_bytes([gso.header[at], gso.header[at + 1]]));
+    let (headers, mss, ip) = (field(2), field(4), field(6));
+    let Some(payload) = packet.get(headers..) else {
+        return Ok(());
+    };
+    let count = payload.len().div_ceil(mss.max(1));
+    for (i, chunk) in payload.chunks(mss.max(1)).enumerate() {
+        scratch.clear();
+        scratch.extend_from_slice(&packet[..headers]);
+        scratch.extend_from_slice(chunk);
+        let len = scratch.len();
+        if packet[0] >> 4 == 4 {
+            scratch[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            let id = u16::from_be_bytes([scratch[4], scratch[5]]).wrapping_add(i as u16);
+            scratch[4..6].copy_from_slice(&id.to_be_bytes());
+            scratch[10..12].fill(0);
+            let checksum = !fold(sum_words(&scratch[..ip]));
+            scratch[10..12].copy_from_slice(&checksum.to_be_bytes());
+        } else {
+            scratch[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+        }
+        let seq = u32::from_be_bytes([
+            scratch[ip + 4],
+            scratch[ip + 5],
+            scratch[ip + 6],
+            scratch[ip + 7],
+        ])
+        .wrapping_add((i * mss) as u32);
+        scratch[ip + 4..ip + 8].copy_from_slice(&seq.to_be_bytes());
+        if i + 1 < count {
+            scratch[ip + 13] &= !TCP_FIN_PSH;
+        }
+        crate::ip::finish_transport_checksum(scratch);
+        each(scratch)?;
+    }
+    Ok(())
 }
 
 /// The datagram's shape if it may be coalesced: UDP right after a plain IP header, lengths
@@ -636,10 +692,55 @@ mod tests {
             let data = fold(sum_words(&zeroed[usize::from(ip)..]));
             let full = !fold(u64::from(u16::from_be_bytes(gso.check)) + u64::from(data));
             assert_eq!(full.to_be_bytes(), packet[gso.check_at..gso.check_at + 2]);
-            // CWR, SYN, RST and URG keep a packet whole.
-            for flag in [0x80, 0x20, 0x04, 0x02] {
+            // SYN, RST and URG keep a packet whole; CWR asks for the cut done here.
+            for flag in [0x20, 0x04, 0x02] {
                 assert_eq!(tcp_segmentation(&tcp(v6, &[9; 10_000], flag), 1480), None);
             }
+            assert!(!gso.cwr);
+            let cwr = tcp(v6, &[9; 10_000], TCP_CWR);
+            assert!(tcp_segmentation(&cwr, 1480).unwrap().cwr);
+        }
+    }
+
+    #[test]
+    fn a_cwr_packet_is_cut_here_keeping_cwr_on_every_segment() {
+        for v6 in [false, true] {
+            let payload: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+            let packet = tcp(v6, &payload, TCP_CWR | TCP_FIN_PSH);
+            let gso = tcp_segmentation(&packet, 1480).unwrap();
+            let ip = if v6 { 40 } else { 20 };
+            let mut segments = Vec::new();
+            split_tcp(&packet, &gso, &mut Vec::new(), |s: &[u8]| {
+                segments.push(s.to_vec());
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            let mss = 1480 - ip - 32;
+            assert_eq!(segments.len(), 5000usize.div_ceil(mss));
+            let mut joined = Vec::new();
+            for (i, s) in segments.iter().enumerate() {
+                assert!(s.len() <= 1480);
+                // A sane header of the right length, and checksums that verify.
+                assert_eq!(crate::ip::check(s).map(|(_, p)| p.len()), Ok(s.len()));
+                let mut again = s.clone();
+                assert!(finish_transport_checksum(&mut again));
+                assert_eq!(again, *s, "segment {i}'s TCP checksum");
+                if !v6 {
+                    assert_eq!(fold(sum_words(&s[..20])), 0xffff, "IPv4 header checksum");
+                    assert_eq!(u16::from_be_bytes([s[4], s[5]]), 1 + i as u16, "IPv4 id");
+                }
+                let seq = u32::from_be_bytes([s[ip + 4], s[ip + 5], s[ip + 6], s[ip + 7]]);
+                assert_eq!(seq, (i * mss) as u32);
+                let last = i + 1 == segments.len();
+                assert_eq!(s[ip + 13] & TCP_CWR, TCP_CWR, "CWR on segment {i}");
+                assert_eq!(
+                    s[ip + 13] & TCP_FIN_PSH != 0,
+                    last,
+                    "FIN/PSH on segment {i}"
+                );
+                joined.extend_from_slice(&s[ip + 32..]);
+            }
+            assert_eq!(joined, payload);
         }
     }
 

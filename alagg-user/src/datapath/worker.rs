@@ -27,7 +27,7 @@ use super::{CAPTURE_BATCH, Counters, IDLE_WAKEUP, LinkControl, LinkCounters, PUB
 use crate::{
     ip,
     nfqueue::{Batch, NfQueue, Packet, Verdict},
-    offload::{Coalescer, Flushed, Offer, is_tcp, tcp_segmentation},
+    offload::{Coalescer, Flushed, Offer, is_tcp, split_tcp, tcp_segmentation},
     packet::{PacketRx, PacketTx},
     pmtu::PathMtu,
     tun::Tun,
@@ -189,6 +189,7 @@ impl<'a> Receive<'a> {
                 tun_mtu,
                 path_mtu: PathMtu::new(),
                 tcp_gso: true,
+                scratch: Vec::new(),
                 coalescer,
                 destinations,
                 counters,
@@ -351,6 +352,8 @@ struct Delivery<'a> {
     path_mtu: PathMtu,
     /// Large TCP goes as GSO (until the kernel refuses it).
     tcp_gso: bool,
+    /// Where [`split_tcp`] builds segments.
+    scratch: Vec<u8>,
     /// `None`: every packet is written on its own.
     coalescer: Option<Coalescer>,
     destinations: Vec<IpNet>,
@@ -406,6 +409,12 @@ impl Delivery<'_> {
             let route = ip::destination(packet).and_then(|d| self.path_mtu.get(d));
             let mtu = route.map_or(self.tun_mtu, |m| m.min(self.tun_mtu));
             if let Some(gso) = tcp_segmentation(packet, mtu) {
+                if gso.cwr {
+                    let tun = &self.tun;
+                    return split_tcp(packet, &gso, &mut self.scratch, |segment| {
+                        tun.write(segment)
+                    });
+                }
                 let (before, after) = packet.split_at(gso.check_at);
                 let result = self
                     .tun
