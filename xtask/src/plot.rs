@@ -28,7 +28,7 @@ pub fn load_font() -> anyhow::Result<()> {
     .map_err(|_| anyhow!("{FONT} is not a font plotters can read"))
 }
 
-const PALETTE: [RGBColor; 12] = [
+const PALETTE: [RGBColor; 16] = [
     RGBColor(0x4c, 0x72, 0xb0),
     RGBColor(0xdd, 0x84, 0x52),
     RGBColor(0x55, 0xa8, 0x68),
@@ -41,6 +41,10 @@ const PALETTE: [RGBColor; 12] = [
     RGBColor(0x64, 0xb5, 0xcd),
     RGBColor(0x2f, 0x4b, 0x7c),
     RGBColor(0xa0, 0x5d, 0x56),
+    RGBColor(0x17, 0xbe, 0xcf),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x2c, 0x6e, 0x3f),
+    RGBColor(0x5b, 0x2c, 0x6f),
 ];
 
 /// Draws `bars` grouped by workload (in `workloads` order) into a PNG at `path`.
