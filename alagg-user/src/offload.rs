@@ -7,7 +7,7 @@
 //! such a packet as GSO TCP with segments that fit a given MTU (the caller gives the smaller of
 //! the TUN's and the route's to the destination, [`crate::pmtu`]), and the kernel splits it
 //! where it has to. NFQUEUE does not say what segment size the sender used, so the segments
-//! are cut anew. A packet whose CWR flag is set is cut here instead ([`split_tcp`]): the
+//! are cut anew. A packet whose CWR flag is set is cut here instead ([`split_gso`]): the
 //! kernel's split would clear that flag on all but the first segment, which Accurate ECN
 //! (RFC 9768) reads as part of a counter; kept on every segment, classic ECN (RFC 3168) sees
 //! a repeated CWR, which changes nothing.
@@ -264,7 +264,7 @@ pub struct TcpGso {
     pub check_at: usize,
     /// What the field must hold.
     pub check: [u8; 2],
-    /// CWR is set: cut the packet with [`split_tcp`] rather than let the kernel do it.
+    /// CWR is set: cut the packet with [`split_gso`] rather than let the kernel do it.
     pub cwr: bool,
 }
 
@@ -314,19 +314,21 @@ pub fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
     })
 }
 
-/// Cuts a TCP packet that [`tcp_segmentation`] accepted into the segments its `gso` header
-/// describes, here rather than in the kernel: every segment keeps every flag of the packet
-/// (CWR included) but FIN and PSH, which only the last keeps; sequence numbers, lengths, IPv4
-/// identifications (counting up) and checksums are set per segment. Each segment is built in
-/// `scratch` and handed to `each`; the first error stops the cut.
-pub fn split_tcp<E>(
+/// Cuts a GSO packet this module built (TCP from [`tcp_segmentation`], UDP from a
+/// [`Coalescer`]) into the segments its vnet `header` describes, here rather than in the
+/// kernel, with the kernel's rules: lengths, IPv4 identifications (counting up from the
+/// first), checksums and TCP sequence numbers per segment; TCP flags all kept (CWR included,
+/// see the module documentation) but FIN and PSH, which only the last keeps. Each segment is
+/// built in `scratch` and handed to `each`; the first error stops the cut.
+pub fn split_gso<E>(
     packet: &[u8],
-    gso: &TcpGso,
+    header: &[u8; VNET_HDR_LEN],
     scratch: &mut Vec<u8>,
     mut each: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
-    let field = |at: usize| usize::from(u16::from_ne_bytes([gso.header[at], gso.header[at + 1]]));
+    let field = |at: usize| usize::from(u16::from_ne_bytes([header[at], header[at + 1]]));
     let (headers, mss, ip) = (field(2), field(4), field(6));
+    let udp = header[1] == GSO_UDP_L4;
     let Some(payload) = packet.get(headers..) else {
         return Ok(());
     };
@@ -346,16 +348,20 @@ pub fn split_tcp<E>(
         } else {
             scratch[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
         }
-        let seq = u32::from_be_bytes([
-            scratch[ip + 4],
-            scratch[ip + 5],
-            scratch[ip + 6],
-            scratch[ip + 7],
-        ])
-        .wrapping_add((i * mss) as u32);
-        scratch[ip + 4..ip + 8].copy_from_slice(&seq.to_be_bytes());
-        if i + 1 < count {
-            scratch[ip + 13] &= !TCP_FIN_PSH;
+        if udp {
+            scratch[ip + 4..ip + 6].copy_from_slice(&((len - ip) as u16).to_be_bytes());
+        } else {
+            let seq = u32::from_be_bytes([
+                scratch[ip + 4],
+                scratch[ip + 5],
+                scratch[ip + 6],
+                scratch[ip + 7],
+            ])
+            .wrapping_add((i * mss) as u32);
+            scratch[ip + 4..ip + 8].copy_from_slice(&seq.to_be_bytes());
+            if i + 1 < count {
+                scratch[ip + 13] &= !TCP_FIN_PSH;
+            }
         }
         crate::ip::finish_transport_checksum(scratch);
         each(scratch)?;
@@ -545,6 +551,38 @@ mod tests {
     }
 
     #[test]
+    fn a_coalesced_packet_cut_here_gives_back_the_datagrams() {
+        for ipv6 in [false, true] {
+            let datagrams: Vec<Vec<u8>> = (0..4u16)
+                .map(|i| {
+                    let payload = vec![i as u8; if i == 3 { 30 } else { 100 }];
+                    if ipv6 {
+                        v6(&payload)
+                    } else {
+                        v4(&payload, 7 + i)
+                    }
+                })
+                .collect();
+            let mut c = Coalescer::new();
+            for d in &datagrams {
+                assert_eq!(c.offer(d), Offer::Taken);
+            }
+            let Flushed::Gso { header, packet, .. } = c.flush() else {
+                panic!("no GSO packet");
+            };
+            let mut cut = Vec::new();
+            split_gso(packet, &header, &mut Vec::new(), |s: &[u8]| {
+                cut.push(s.to_vec());
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            // DF is set on these IPv4 datagrams: their ids come back numbered from the first,
+            // as the kernel's split numbers them; everything else is as sent.
+            assert_eq!(cut, datagrams, "IPv6: {ipv6}");
+        }
+    }
+
+    #[test]
     fn a_shorter_datagram_ends_the_packet() {
         let mut c = Coalescer::new();
         assert_eq!(c.offer(&v4(&[1; 100], 1)), Offer::Taken);
@@ -710,7 +748,7 @@ mod tests {
             let gso = tcp_segmentation(&packet, 1480).unwrap();
             let ip = if v6 { 40 } else { 20 };
             let mut segments = Vec::new();
-            split_tcp(&packet, &gso, &mut Vec::new(), |s: &[u8]| {
+            split_gso(&packet, &gso.header, &mut Vec::new(), |s: &[u8]| {
                 segments.push(s.to_vec());
                 Ok::<(), ()>(())
             })

@@ -27,7 +27,7 @@ use super::{CAPTURE_BATCH, Counters, IDLE_WAKEUP, LinkControl, LinkCounters, PUB
 use crate::{
     ip,
     nfqueue::{Batch, NfQueue, Packet, Verdict},
-    offload::{Coalescer, Flushed, Offer, is_tcp, split_tcp, tcp_segmentation},
+    offload::{Coalescer, Flushed, Offer, is_tcp, split_gso, tcp_segmentation},
     packet::{PacketRx, PacketTx},
     pmtu::PathMtu,
     tun::Tun,
@@ -352,7 +352,7 @@ struct Delivery<'a> {
     path_mtu: PathMtu,
     /// Large TCP goes as GSO (until the kernel refuses it).
     tcp_gso: bool,
-    /// Where [`split_tcp`] builds segments.
+    /// Where [`split_gso`] builds segments.
     scratch: Vec<u8>,
     /// `None`: every packet is written on its own.
     coalescer: Option<Coalescer>,
@@ -411,7 +411,7 @@ impl Delivery<'_> {
             if let Some(gso) = tcp_segmentation(packet, mtu) {
                 if gso.cwr {
                     let tun = &self.tun;
-                    return split_tcp(packet, &gso, &mut self.scratch, |segment| {
+                    return split_gso(packet, &gso.header, &mut self.scratch, |segment| {
                         tun.write(segment)
                     });
                 }
@@ -437,6 +437,7 @@ impl Delivery<'_> {
         let Some(coalescer) = self.coalescer.as_mut() else {
             return;
         };
+        let mut refused = false;
         let (result, packets, bytes) = match coalescer.flush() {
             Flushed::Nothing => return,
             Flushed::Plain(packet) => (self.tun.write(packet), 1, packet.len()),
@@ -446,19 +447,28 @@ impl Delivery<'_> {
                 segments,
                 bytes,
             } => {
-                let result = self.tun.write_parts(&header, &[packet]);
-                if result.is_ok() {
-                    self.counters.coalesced.fetch_add(segments as u64, Relaxed);
+                let mut result = self.tun.write_parts(&header, &[packet]);
+                match &result {
+                    Ok(()) => {
+                        self.counters.coalesced.fetch_add(segments as u64, Relaxed);
+                    }
+                    Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                        // A kernel that does not take GSO UDP from a TUN device after all: these
+                        // datagrams are cut here and sent alone, and so is everything after.
+                        tracing::warn!(%error, "the kernel refused a coalesced UDP packet; coalescing off");
+                        refused = true;
+                        let tun = &self.tun;
+                        result = split_gso(packet, &header, &mut self.scratch, |datagram| {
+                            tun.write(datagram)
+                        });
+                    }
+                    Err(_) => {}
                 }
                 (result, segments, bytes)
             }
         };
-        if let Err(error) = &result {
-            if error.raw_os_error() == Some(libc::EINVAL) && packets > 1 {
-                // A kernel that does not take GSO UDP from a TUN device after all.
-                tracing::warn!(%error, "the kernel refused a coalesced UDP packet; coalescing off");
-                self.coalescer = None;
-            }
+        if refused {
+            self.coalescer = None;
         }
         self.count(result, packets, bytes);
     }
