@@ -7,13 +7,16 @@
 //!   space all workers share (an atomic counter), the scheduler, a [`Bundler`] and the transmit
 //!   half of its own socket on every link (AF_XDP on the interface's queue of the worker's
 //!   number). It takes up to [`CAPTURE_BATCH`] packets per `recvmmsg(2)`, stages their frames on
-//!   the links (small ones bundled), steals the whole batch with one verdict
-//!   (`NFQNL_MSG_VERDICT_BATCH`, drop) and flushes the links' tx rings; after the last packet it
-//!   keeps looking for `busy_poll`, then waits in `poll(2)` for at most [`IDLE_WAKEUP`], so it
-//!   sees a stop request promptly;
+//!   the links (small ones bundled), flushes the usable links' tx rings, then steals the whole
+//!   batch with one verdict (`NFQNL_MSG_VERDICT_BATCH`, drop);
 //! - the receive thread: the receive half of every link's sockets, the [`Receiver`] and the TUN
 //!   device. It polls all links, drops frames not from the link's configured peer MAC, runs the
-//!   engine and writes deliverable packets whose source is in the configured destinations;
+//!   engine and writes deliverable packets whose source is in the configured destinations
+//!   (with the TUN's offloads, [`crate::offload`]).
+//!
+//! Each worker runs its stage in `worker::run`: after its last packet it keeps looking for
+//! `busy_poll`, then sleeps in `ppoll(2)` until its sockets have work, a reorder gap's deadline
+//! comes, or at most [`IDLE_WAKEUP`], so it sees a stop request promptly.
 //! - the caller's thread: starts and stops the others, watches the links ([`Datapath::monitor`])
 //!   and reads the shared counters ([`Datapath::snapshot_source`]).
 //!
@@ -21,8 +24,10 @@
 //! copied into a mutex every [`PUBLISH_INTERVAL`] (never per packet), and the XDP program's by
 //! the monitor, so a status query never reaches into a worker.
 //!
-//! Shutdown order: capture rules first (no new packets are queued), then both workers stop and
-//! are joined (the receive thread drains first), then XDP is detached and the TUN closed.
+//! Shutdown order: capture rules first (no new packets are queued), then the workers stop and
+//! are joined (the receive thread first; it finishes its turn and writes what it coalesced;
+//! packets still held for reordering are not delivered), then XDP is detached and the TUN
+//! closed.
 
 use std::{
     io,
@@ -102,7 +107,7 @@ pub struct DatapathConfig {
     /// alagg's header.
     pub tun_mtu: Option<u32>,
     /// Join consecutive UDP datagrams of a flow into one GSO write to the TUN
-    /// ([`crate::coalesce`]), where the kernel supports it.
+    /// ([`crate::offload`]), where the kernel supports it.
     pub coalesce: bool,
     /// NFQUEUE numbers and fail-open.
     pub queue: QueueSpec,
@@ -784,7 +789,7 @@ impl Datapath {
         }
         self.stop.store(true, Relaxed);
         // Every worker wakes at least every IDLE_WAKEUP to see the stop flag; the receive
-        // thread drains its rings first.
+        // thread is joined first, for the engine's final counters.
         let stats = self
             .receive
             .take()

@@ -17,7 +17,7 @@
 //! - Packets are handed out in the order the kernel queued them, which is the order of their
 //!   ids, so [`NfQueue::verdict_batch`] with the last id of a batch settles exactly that batch
 //!   and any packet before it that was lost on the way (counted in `malformed`).
-//! - Nothing read from the socket is trusted: [`parse_datagram`] bounds-checks every length and
+//! - Nothing read from the socket is trusted: `parse_datagram` bounds-checks every length and
 //!   skips (and counts) what does not parse; it never panics.
 //! - No allocation per packet: [`Batch`] is reused; it records ids and payload ranges only.
 //! - Configuration happens once, in [`NfQueue::open`], in one acknowledged request; packets that

@@ -143,11 +143,26 @@ pub(super) fn run<S: Stage>(mut stage: S, (stop, busy_poll): (&AtomicBool, Durat
             continue;
         }
         let (fds, timeout) = stage.sleep_on();
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `fds` is a valid array of pollfd of the length passed.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        // To the nanosecond (ppoll(2)): a gap's deadline is kept, neither rounded nor spun
+        // towards; never longer than IDLE_WAKEUP, so the stop flag is seen.
+        let timeout = timeout.min(IDLE_WAKEUP);
+        let timespec = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            // Below 10^9: fits a c_long everywhere.
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `fds` is a valid array of pollfd of the length passed; `timespec` is a valid
+        // timespec; a null signal mask leaves the mask as it is.
+        let ready = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                &timespec,
+                std::ptr::null(),
+            )
+        };
         if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            tracing::error!(error = %io::Error::last_os_error(), "poll");
+            tracing::error!(error = %io::Error::last_os_error(), "poll on the worker's sockets");
             thread::sleep(Duration::from_millis(10));
         }
         stage.woke();
@@ -296,7 +311,7 @@ impl Stage for Receive<'_> {
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "AF_XDP receive");
+                        tracing::warn!(%error, "link receive");
                         break;
                     }
                 }
@@ -314,25 +329,28 @@ impl Stage for Receive<'_> {
         got
     }
 
-    /// Sleeps on every link socket that has not failed until the engine's next deadline
-    /// (rounded up to whole milliseconds, `poll(2)`'s unit: waking early would spin).
+    /// Sleeps on every link socket that has not failed until the engine's next deadline.
     fn sleep_on(&mut self) -> (&mut [libc::pollfd], Duration) {
         let timeout = self
             .receiver
             .next_deadline()
             .map_or(IDLE_WAKEUP, |deadline| {
-                let left = deadline.saturating_since(now(self.start));
-                let ms = u64::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
-                Duration::from_millis(ms).min(IDLE_WAKEUP)
+                deadline.saturating_since(now(self.start))
             });
         (&mut self.fds, timeout)
     }
 
     /// A socket whose interface went away stops being polled until the monitor hands over a
-    /// new one.
+    /// new one. A packet socket's `POLLERR` is not that: it reports its interface going down
+    /// (`ENETDOWN`), and the next receive clears it; the socket works again once the interface
+    /// is up, under the same index, so no replacement would come.
     fn woke(&mut self) {
-        for pollfd in &mut self.fds {
-            if pollfd.revents & (libc::POLLERR | libc::POLLNVAL | libc::POLLHUP) != 0 {
+        for (link, pollfd) in self.links.iter().zip(&mut self.fds) {
+            let mut fatal = libc::POLLNVAL | libc::POLLHUP;
+            if matches!(link.io, LinkRx::Xsk(_)) {
+                fatal |= libc::POLLERR;
+            }
+            if pollfd.revents & fatal != 0 {
                 pollfd.fd = -pollfd.fd.abs() - 1;
             }
             pollfd.revents = 0;
@@ -565,8 +583,8 @@ impl<'a> Capture<'a> {
 
 impl Stage for Capture<'_> {
     /// Takes link changes from the monitor, then one batch from each queue: stages its frames
-    /// on the links, steals it with one verdict and flushes the links. Returns the packets
-    /// taken.
+    /// on the links, flushes the usable links and steals the batch with one verdict. Returns
+    /// the packets taken.
     fn turn(&mut self) -> usize {
         // Link changes from the monitor, looked at every turn (one atomic load), so a worker
         // whose queue stays empty still drops a dead link's socket promptly.
@@ -632,8 +650,17 @@ impl Stage for Capture<'_> {
                 tx.packet(&packet, t);
             }
             tx.seal_bundle();
-            // The frames first, the verdict after: its syscall does not delay them.
-            for (link, link_counters) in tx.links.iter_mut().zip(&counters.links) {
+            // The frames first, the verdict after: its syscall does not delay them. A link that
+            // is not usable is not kicked (frames left on its ring wait until it is again).
+            let links = tx
+                .links
+                .iter_mut()
+                .zip(&tx.link_states)
+                .zip(&counters.links);
+            for ((link, state), link_counters) in links {
+                if !state.usable {
+                    continue;
+                }
                 match link.io.flush() {
                     Ok(0) => {}
                     Ok(dropped) => {
