@@ -382,6 +382,15 @@ fn link_host(interface: &str) -> Result<LinkHost, UpError> {
     Ok(LinkHost { mac, mtu })
 }
 
+/// The Ethernet header of a link's frames: from this host's MAC on it to the peer's.
+fn ethernet(plan: &LinkPlan, host: &LinkHost, ethertype: u16) -> EthernetRepr {
+    EthernetRepr {
+        dst: MacAddr(plan.peer_mac),
+        src: MacAddr(host.mac),
+        ethertype,
+    }
+}
+
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
@@ -488,11 +497,7 @@ impl Datapath {
             for (worker, io) in tx_halves.iter_mut().zip(tx) {
                 worker.push(TxLink {
                     io,
-                    eth: EthernetRepr {
-                        dst: MacAddr(link.peer_mac),
-                        src: MacAddr(host.mac),
-                        ethertype: config.ethertype,
-                    },
+                    eth: ethernet(link, host, config.ethertype),
                 });
             }
         }
@@ -944,12 +949,7 @@ fn reopen_link(
         ethertype,
         (XskConfig::default(), workers),
     )?;
-    let eth = EthernetRepr {
-        dst: MacAddr(plan.peer_mac),
-        src: MacAddr(host.mac),
-        ethertype,
-    };
-    Ok((rx, tx, eth))
+    Ok((rx, tx, ethernet(plan, &host, ethertype)))
 }
 
 fn pick_cores(config: &DatapathConfig) -> Vec<usize> {
