@@ -148,6 +148,12 @@ fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
         got.render_text()
     );
     assert_eq!(got.delivery.rejected_source, 0);
+    // Datagrams of the bursts that arrived together went to the TUN a few to a write.
+    assert!(
+        got.delivery.coalesced > 0 && got.delivery.coalesced <= got.delivery.delivered,
+        "{}",
+        got.render_text()
+    );
     // The XDP program's counters (refreshed twice a second): every copy was steered.
     wait_status(
         &pair.b,
@@ -171,6 +177,7 @@ fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
         "discarded duplicates",
         "first copies",
         "capture (NFQUEUE)",
+        "coalesced into GSO writes",
     ] {
         assert!(shown.contains(needle), "no {needle:?} in:\n{shown}");
     }
@@ -179,6 +186,7 @@ fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
     let (status, body) = http_get(&pair.b, port, "/metrics");
     assert!(status.contains("200"), "{status}\n{body}");
     assert!(sample(&body, "alagg_delivered_packets_total") >= n as f64);
+    assert!(sample(&body, "alagg_coalesced_packets_total") >= got.delivery.coalesced as f64);
     assert!(sample(&body, "alagg_engine_discarded_total") >= n as f64);
     assert_eq!(sample(&body, "alagg_link_up{link=\"link0\"}"), 1.0);
     assert!(sample(&body, "alagg_reorder_hold_seconds_count") >= 0.0);
