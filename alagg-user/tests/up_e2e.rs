@@ -204,31 +204,41 @@ fn a_link_that_goes_down_or_disappears_is_skipped_and_picked_up_again() {
     b.stop();
 }
 
-#[test]
-fn an_af_packet_link_set_down_and_up_receives_again() {
-    let pair = Pair::new("pktdown", 2);
+/// Sets link0 down and up on A, then link1 down: traffic must then flow over link0 alone, both
+/// ways, with the links' sockets of the given `io` kind.
+fn a_link_set_down_and_up_carries_traffic_again(tag: &str, io: &str) {
+    let pair = Pair::new(tag, 2);
     let (a, b) = pair.up_edited(2, |text| {
-        text.replace("[[link]]\n", "[[link]]\nio = \"af_packet\"\n")
+        text.replace("[[link]]\n", &format!("[[link]]\nio = \"{io}\"\n"))
     });
     let ping_ok = |what: &str| {
         let out = ping(&pair.a, &["-c", "5", "-i", "0.05", "-W", "2", B4]);
-        assert!(out.contains(" 0% packet loss"), "{what}:\n{out}");
+        assert!(out.contains(" 0% packet loss"), "{io}, {what}:\n{out}");
     };
     ping_ok("both links");
-    // Down and up on A's side: its packet socket on link0 reports an error (ENETDOWN) in
-    // between, and must be read again afterwards.
+    // Down and up on A's side (a packet socket on the link reports ENETDOWN in between); the
+    // link's sockets must be read again afterwards.
     pair.a.ip(&["link", "set", "link0", "down"]).unwrap();
     wait_for_log(&a, "link down");
     ping_ok("link0 down");
     pair.a.ip(&["link", "set", "link0", "up"]).unwrap();
     wait_for_log(&a, "link up");
-    // Now only link0 carries traffic, both ways.
+    // Now only link0 carries traffic. The monitor looks once a second.
     pair.a.ip(&["link", "set", "link1", "down"]).unwrap();
-    // The monitor looks once a second.
     thread::sleep(Duration::from_millis(1200));
     ping_ok("only link0, after its down and up");
     a.stop();
     b.stop();
+}
+
+#[test]
+fn an_af_packet_link_set_down_and_up_receives_again() {
+    a_link_set_down_and_up_carries_traffic_again("pktdown", "af_packet");
+}
+
+#[test]
+fn an_xdp_link_set_down_and_up_receives_again() {
+    a_link_set_down_and_up_carries_traffic_again("xdpdown", "xdp");
 }
 
 fn wait_for_log(alagg: &Alagg, needle: &str) {
