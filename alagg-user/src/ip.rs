@@ -68,27 +68,11 @@ pub fn finish_transport_checksum(packet: &mut [u8]) -> bool {
         return false;
     };
     let total = trimmed.len();
-    let (start, protocol, mut sum) = match packet[0] >> 4 {
-        4 => {
-            let ihl = usize::from(packet[0] & 0x0f) * 4;
-            let protocol = packet[9];
-            let length = (total - ihl) as u64;
-            (
-                ihl,
-                protocol,
-                sum_words(&packet[12..20]) + u64::from(protocol) + length,
-            )
-        }
-        _ => {
-            let protocol = packet[6];
-            let length = (total - 40) as u64;
-            (
-                40,
-                protocol,
-                sum_words(&packet[8..40]) + u64::from(protocol) + length,
-            )
-        }
+    let (start, protocol) = match packet[0] >> 4 {
+        4 => (usize::from(packet[0] & 0x0f) * 4, packet[9]),
+        _ => (40, packet[6]),
     };
+    let mut sum = pseudo_header_sum(packet, protocol, total - start);
     let field = match protocol {
         TCP => start + 16,
         UDP => start + 6,
@@ -107,6 +91,36 @@ pub fn finish_transport_checksum(packet: &mut [u8]) -> bool {
     }
     packet[field..field + 2].copy_from_slice(&checksum.to_be_bytes());
     true
+}
+
+/// The sum, not yet folded, of the pseudo-header of a `length`-byte transport segment of
+/// `protocol` in `packet` (RFC 793 / RFC 768 for IPv4, RFC 8200 section 8.1 for IPv6): its
+/// addresses, the protocol and the length. `packet` holds at least the fixed IP header.
+pub(crate) fn pseudo_header_sum(packet: &[u8], protocol: u8, length: usize) -> u64 {
+    let addresses = if packet[0] >> 4 == 4 {
+        &packet[12..20]
+    } else {
+        &packet[8..40]
+    };
+    sum_words(addresses) + u64::from(protocol) + length as u64
+}
+
+/// Sets the length of an IP packet (`packet` holds at least its fixed header): IPv4's total
+/// length, then its header checksum anew over `header_len` bytes; IPv6's payload length.
+pub(crate) fn set_length(packet: &mut [u8], header_len: usize, total: usize) {
+    if packet[0] >> 4 == 4 {
+        packet[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        packet[10..12].fill(0);
+        let checksum = !fold(sum_words(&packet[..header_len]));
+        packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+    } else {
+        packet[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+    }
+}
+
+/// Whether an IPv4 header's checksum verifies.
+pub(crate) fn ipv4_header_intact(header: &[u8]) -> bool {
+    fold(sum_words(header)) == 0xffff
 }
 
 /// The sum of `bytes` as big-endian 16-bit words (an odd last byte padded with zero), not yet

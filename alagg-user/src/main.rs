@@ -543,11 +543,10 @@ fn check(path: &Path) -> anyhow::Result<()> {
         }
     }
     if config.tun.coalesce && !alagg::tun::gso_udp_supported() {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         println!(
             "note: UDP coalescing (tun.coalesce) needs Linux 6.9 or later; on this kernel ({}) \
              every packet is written to the TUN alone",
-            release.trim()
+            alagg::tun::kernel_release()
         );
     }
     if problems.is_empty() {

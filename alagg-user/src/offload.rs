@@ -39,7 +39,7 @@
 //! (`__udp_gso_segment`, which recomputes lengths and checksums per segment).
 #![deny(unsafe_code)]
 
-use crate::ip::{fold, sum_words};
+use crate::ip::{fold, ipv4_header_intact, pseudo_header_sum, set_length, sum_words};
 
 /// Length of `struct virtio_net_hdr`, the TUN's default vnet header size.
 pub const VNET_HDR_LEN: usize = 10;
@@ -148,11 +148,6 @@ impl Coalescer {
         }
     }
 
-    /// Datagrams waiting.
-    pub fn pending(&self) -> usize {
-        self.segments
-    }
-
     /// Offers an IP packet (already admitted: sane header, allowed source).
     pub fn offer(&mut self, packet: &[u8]) -> Offer {
         let Some(datagram) = parse(packet) else {
@@ -201,18 +196,9 @@ impl Coalescer {
         let (ip, total) = (self.ip_header, self.packet.len());
         let udp_len = total - ip;
         let packet = &mut self.packet;
-        let pseudo = if ip == 20 {
-            packet[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            packet[10..12].fill(0);
-            let checksum = !fold(sum_words(&packet[..20]));
-            packet[10..12].copy_from_slice(&checksum.to_be_bytes());
-            sum_words(&packet[12..20])
-        } else {
-            packet[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-            sum_words(&packet[8..40])
-        };
+        set_length(packet, ip, total);
         packet[ip + 4..ip + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        let partial = fold(pseudo + u64::from(UDP) + udp_len as u64);
+        let partial = fold(pseudo_header_sum(packet, UDP, udp_len));
         packet[ip + 6..ip + 8].copy_from_slice(&partial.to_be_bytes());
         let header = vnet_header(GSO_UDP_L4, (ip, UDP_HEADER_LEN), self.segment, 6);
         Flushed::Gso {
@@ -275,21 +261,21 @@ pub fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
     if packet.len() <= mtu {
         return None;
     }
-    let (ip, gso_type, pseudo) = match packet.first()? >> 4 {
+    let (ip, gso_type) = match packet.first()? >> 4 {
         4 => {
             let ip = usize::from(packet[0] & 0x0f) * 4;
             let header = packet.get(..ip.max(20))?;
             let fragment = u16::from_be_bytes([header[6], header[7]]) & 0x3fff;
-            if ip < 20 || fragment != 0 || header[9] != TCP || fold(sum_words(header)) != 0xffff {
+            if ip < 20 || fragment != 0 || header[9] != TCP || !ipv4_header_intact(header) {
                 return None;
             }
-            (ip, GSO_TCPV4, sum_words(&header[12..20]))
+            (ip, GSO_TCPV4)
         }
         6 => {
-            if *packet.get(6)? != TCP {
+            if packet.len() < 40 || packet[6] != TCP {
                 return None;
             }
-            (40, GSO_TCPV6, sum_words(packet.get(8..40)?))
+            (40, GSO_TCPV6)
         }
         _ => return None,
     };
@@ -302,7 +288,7 @@ pub fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
     {
         return None;
     }
-    let pseudo = pseudo + u64::from(TCP) + tcp.len() as u64;
+    let pseudo = pseudo_header_sum(packet, TCP, tcp.len());
     if fold(pseudo + sum_words(tcp)) != 0xffff {
         return None;
     }
@@ -339,15 +325,10 @@ pub fn split_gso<E>(
         scratch.extend_from_slice(chunk);
         let len = scratch.len();
         if packet[0] >> 4 == 4 {
-            scratch[2..4].copy_from_slice(&(len as u16).to_be_bytes());
             let id = u16::from_be_bytes([scratch[4], scratch[5]]).wrapping_add(i as u16);
             scratch[4..6].copy_from_slice(&id.to_be_bytes());
-            scratch[10..12].fill(0);
-            let checksum = !fold(sum_words(&scratch[..ip]));
-            scratch[10..12].copy_from_slice(&checksum.to_be_bytes());
-        } else {
-            scratch[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
         }
+        set_length(scratch, ip, len);
         if udp {
             scratch[ip + 4..ip + 6].copy_from_slice(&((len - ip) as u16).to_be_bytes());
         } else {
@@ -372,7 +353,7 @@ pub fn split_gso<E>(
 /// The datagram's shape if it may be coalesced: UDP right after a plain IP header, lengths
 /// that agree, a payload, and a checksum that verifies.
 fn parse(packet: &[u8]) -> Option<Datagram> {
-    let (ip_header, pseudo, id) = match packet.first()? >> 4 {
+    let (ip_header, id) = match packet.first()? >> 4 {
         4 => {
             let header = packet.get(..20)?;
             // No options, not a fragment (MF clear, offset zero), UDP, an intact header.
@@ -381,13 +362,13 @@ fn parse(packet: &[u8]) -> Option<Datagram> {
                 || fragment != 0
                 || header[9] != UDP
                 || usize::from(u16::from_be_bytes([header[2], header[3]])) != packet.len()
-                || fold(sum_words(header)) != 0xffff
+                || !ipv4_header_intact(header)
             {
                 return None;
             }
             let df = header[6] & 0x40 != 0;
             let id = (!df).then(|| u16::from_be_bytes([header[4], header[5]]));
-            (20, sum_words(&header[12..20]), id)
+            (20, id)
         }
         6 => {
             let header = packet.get(..40)?;
@@ -396,7 +377,7 @@ fn parse(packet: &[u8]) -> Option<Datagram> {
             {
                 return None;
             }
-            (40, sum_words(&header[8..40]), None)
+            (40, None)
         }
         _ => return None,
     };
@@ -409,7 +390,7 @@ fn parse(packet: &[u8]) -> Option<Datagram> {
     {
         return None;
     }
-    let sum = pseudo + u64::from(UDP) + udp_len as u64 + sum_words(udp);
+    let sum = pseudo_header_sum(packet, UDP, udp_len) + sum_words(udp);
     (fold(sum) == 0xffff).then_some(Datagram {
         ip_header,
         payload: udp_len - UDP_HEADER_LEN,
@@ -449,6 +430,12 @@ mod tests {
         p[4..6].copy_from_slice(&id.to_be_bytes());
         let checksum = !fold(sum_words(&p));
         p[10..12].copy_from_slice(&checksum.to_be_bytes());
+        with_udp(p, payload)
+    }
+
+    /// `p` (an IP header) followed by a UDP header from port 1000 to 2000 and `payload`,
+    /// checksummed.
+    fn with_udp(mut p: Vec<u8>, payload: &[u8]) -> Vec<u8> {
         p.extend_from_slice(&1000u16.to_be_bytes());
         p.extend_from_slice(&2000u16.to_be_bytes());
         p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
@@ -469,13 +456,7 @@ mod tests {
         destination[15] = 2;
         p.extend_from_slice(&source);
         p.extend_from_slice(&destination);
-        p.extend_from_slice(&1000u16.to_be_bytes());
-        p.extend_from_slice(&2000u16.to_be_bytes());
-        p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        p.extend_from_slice(&[0, 0]);
-        p.extend_from_slice(payload);
-        assert!(finish_transport_checksum(&mut p));
-        p
+        with_udp(p, payload)
     }
 
     /// What the kernel's split gives back from a GSO packet: each segment's payload, with the
@@ -544,7 +525,6 @@ mod tests {
             for (i, p) in payloads.iter().enumerate() {
                 assert_eq!(c.offer(&make(p, i as u16)), Offer::Taken);
             }
-            assert_eq!(c.pending(), 5);
             assert_eq!(flushed_gso(&mut c), payloads);
             assert_eq!(c.flush(), Flushed::Nothing);
         }

@@ -130,8 +130,14 @@ impl Tun {
 /// for a UDP tunnel socket (VXLAN, Geneve) instead of handing them over whole ("udp: do not
 /// accept non-tunnel GSO skbs landing in a tunnel").
 pub fn gso_udp_supported() -> bool {
+    at_least(&kernel_release(), (6, 9))
+}
+
+/// The running kernel's release (`uname -r`), empty if unreadable.
+pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .is_ok_and(|release| at_least(&release, (6, 9)))
+        .map(|release| release.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Whether a kernel release such as `6.18.4-foo` is at least `major.minor`.

@@ -398,25 +398,21 @@ impl Delivery<'_> {
             .coalescer
             .as_mut()
             .map_or(Offer::Alone, |c| c.offer(packet));
-        match offer {
-            Offer::Taken => {}
-            Offer::Flush => {
-                self.flush();
-                // An empty coalescer takes any datagram it would have joined; without one
-                // (the kernel refused coalescing just now), the packet goes alone.
-                if let Some(coalescer) = self.coalescer.as_mut() {
-                    coalescer.offer(packet);
-                } else {
-                    let result = self.tun.write(packet);
-                    self.count(result, 1, packet.len());
-                }
-            }
-            Offer::Alone => {
-                // After what is waiting: packets enter the stack in the order they came.
-                self.flush();
-                let result = self.write_alone(packet);
-                self.count(result, 1, packet.len());
-            }
+        if offer == Offer::Taken {
+            return;
+        }
+        // What is waiting goes first: packets enter the stack in the order they came. Then an
+        // empty coalescer takes a datagram it could not join to the others; anything else (or
+        // all, if the kernel refused coalescing just now) goes alone.
+        self.flush();
+        let taken = offer == Offer::Flush
+            && self
+                .coalescer
+                .as_mut()
+                .is_some_and(|c| c.offer(packet) == Offer::Taken);
+        if !taken {
+            let result = self.write_alone(packet);
+            self.count(result, 1, packet.len());
         }
     }
 
