@@ -684,9 +684,65 @@ impl Repr {
     }
 }
 
-/// A 48-bit IEEE 802 MAC address.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+/// A 48-bit IEEE 802 MAC address. Parsed from six two-digit hexadecimal bytes separated by `:`
+/// or `-` (either case); shown as lower-case `02:00:00:00:01:02`.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// The bytes, in transmission order.
+    pub const fn octets(self) -> [u8; 6] {
+        self.0
+    }
+
+    /// Whether the group bit (the least significant bit of the first byte) is set: multicast or
+    /// broadcast (IEEE 802, clause 8.2).
+    pub const fn is_multicast(self) -> bool {
+        self.0[0] & 1 == 1
+    }
+
+    /// Whether this is `ff:ff:ff:ff:ff:ff`.
+    pub const fn is_broadcast(self) -> bool {
+        matches!(self.0, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+    }
+
+    /// Whether this is `00:00:00:00:00:00`.
+    pub const fn is_zero(self) -> bool {
+        matches!(self.0, [0, 0, 0, 0, 0, 0])
+    }
+}
+
+/// A string that is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{input:?} is not a MAC address: write six two-digit hexadecimal bytes such as 02:00:00:00:01:02"
+)]
+pub struct ParseMacAddrError {
+    /// The rejected text.
+    pub input: String,
+}
+
+impl core::str::FromStr for MacAddr {
+    type Err = ParseMacAddrError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || ParseMacAddrError { input: text.into() };
+        let separator = if text.contains('-') { '-' } else { ':' };
+        let mut octets = [0u8; 6];
+        let mut parts = text.split(separator);
+        for octet in &mut octets {
+            let part = parts.next().ok_or_else(error)?;
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(error());
+            }
+            *octet = u8::from_str_radix(part, 16).map_err(|_| error())?;
+        }
+        if parts.next().is_some() {
+            return Err(error());
+        }
+        Ok(MacAddr(octets))
+    }
+}
 
 impl fmt::Debug for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

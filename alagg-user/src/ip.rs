@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 /// Why a received packet is not delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reject {
+pub(crate) enum Reject {
     /// Not IPv4 or IPv6, too short, or lengths that do not add up.
     Malformed,
     /// The source address is outside the configured destinations.
@@ -18,7 +18,7 @@ pub enum Reject {
 
 /// The source address of a sane IPv4/IPv6 packet, and the packet trimmed to the length its
 /// header states (real NICs pad short frames; the header, not the frame, says how long it is).
-pub fn check(packet: &[u8]) -> Result<(IpAddr, &[u8]), Reject> {
+pub(crate) fn check(packet: &[u8]) -> Result<(IpAddr, &[u8]), Reject> {
     match packet.first().map(|b| b >> 4) {
         Some(4) => {
             if packet.len() < 20 {
@@ -63,7 +63,7 @@ const UDP: u8 = 17;
 /// RFC 8200 section 8.1 for IPv6) and the whole transport segment, whatever the field held.
 /// Returns false (and leaves the packet alone) when the packet is not a sane IPv4/IPv6 packet
 /// carrying TCP or UDP directly after its fixed header.
-pub fn finish_transport_checksum(packet: &mut [u8]) -> bool {
+pub(crate) fn finish_transport_checksum(packet: &mut [u8]) -> bool {
     let Ok((_, trimmed)) = check(packet) else {
         return false;
     };
@@ -155,7 +155,7 @@ pub(crate) fn fold(mut sum: u64) -> u16 {
 }
 
 /// [`check`], then the source must lie in one of `allowed`.
-pub fn admit<'a>(packet: &'a [u8], allowed: &[IpNet]) -> Result<&'a [u8], Reject> {
+pub(crate) fn admit<'a>(packet: &'a [u8], allowed: &[IpNet]) -> Result<&'a [u8], Reject> {
     let (source, packet) = check(packet)?;
     if allowed.iter().any(|net| net.contains(&source)) {
         Ok(packet)
@@ -165,7 +165,7 @@ pub fn admit<'a>(packet: &'a [u8], allowed: &[IpNet]) -> Result<&'a [u8], Reject
 }
 
 /// The destination address of an IPv4/IPv6 packet, if its header is long enough.
-pub fn destination(packet: &[u8]) -> Option<IpAddr> {
+pub(crate) fn destination(packet: &[u8]) -> Option<IpAddr> {
     match packet.first().map(|b| b >> 4) {
         Some(4) if packet.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(
             packet[16], packet[17], packet[18], packet[19],

@@ -3,37 +3,34 @@
 //! Packets for configured destinations are captured with NFQUEUE, wrapped in alagg's link
 //! protocol (`alagg-proto`) and sent over every link; the peer's XDP program steers them into
 //! AF_XDP sockets, and the receive path drops duplicates, restores order and delivers them
-//! through a TUN device. This library holds the I/O edges, each named after the kernel concept it
-//! wraps and each owning its file descriptors:
-//! - [`xdp`]: the XDP program loader and its maps;
-//! - [`xsk`]: AF_XDP sockets and their UMEM;
-//! - [`packet`]: AF_PACKET sockets, the link I/O for NICs without XDP;
-//! - [`nfqueue`]: the nfnetlink_queue socket packets are captured from, batched both ways;
-//! - [`signals`]: SIGINT/SIGTERM collected synchronously;
-//! - [`config`]: the TOML configuration, validated, and the plan `alagg check` shows;
-//! - [`tun`]: the TUN device packets are delivered through;
-//! - [`host`]: routes, iptables NFQUEUE rules and sysctls, undone in reverse order;
-//! - [`ip`]: sanity and source checks at the delivery edge;
-//! - [`pmtu`]: the MTU of the route to a destination, for forwarded TCP's segment size;
-//! - [`offload`]: the TUN's GSO offloads: large TCP announced with its segment size, and UDP
-//!   datagrams of a flow joined into one write;
-//! - [`datapath`]: the capture and receive threads that wire the edges to `alagg-proto`;
-//! - [`report`]: a snapshot of every counter, rendered for `alagg status` and for Prometheus;
-//! - [`control`]: the Unix control socket `alagg status` queries;
-//! - [`metrics`]: the optional Prometheus endpoint over HTTP.
+//! through a TUN device. The modules follow a packet's path (see `docs/ARCHITECTURE.md`):
+//! - [`capture`]: the capture stage, reading NFQUEUE (`capture::nfqueue`);
+//! - [`engine`]: the transmit and receive stages around `alagg-proto`;
+//! - [`link`]: the links' sockets, AF_XDP (`link::xsk`, with the XDP program, `link::xdp`) or
+//!   AF_PACKET (`link::packet`);
+//! - [`deliver`]: the delivery stage: admission, the TUN's offloads, the TUN device;
+//! - [`runtime`]: the only place that wires stages together: start and stop, the worker loop,
+//!   the link monitor;
+//!
+//! and beside them [`config`] (the TOML file and the plan), [`ops`] (counters as `alagg status`
+//! and Prometheus show them, the control socket, the metrics endpoint), [`host`] (routes,
+//! capture rules, the undo journal, signals) and [`cli`] (the commands). Shared leaves, which
+//! import nothing else from the crate: [`counters`], [`port`] (the traits stages talk through),
+//! [`ip`] (IP header arithmetic), [`sys`] (raw system calls), [`netdev`] (interface look-ups).
+//!
+//! Items are `pub(crate)` unless the binary or the integration tests need them.
 
+pub(crate) mod capture;
+pub mod cli;
 pub mod config;
-pub mod control;
-pub mod datapath;
-pub mod host;
-pub mod ip;
-pub mod metrics;
-pub mod nfqueue;
-pub mod offload;
-pub mod packet;
-pub mod pmtu;
-pub mod report;
-pub mod signals;
-pub mod tun;
-pub mod xdp;
-pub mod xsk;
+pub(crate) mod counters;
+pub(crate) mod deliver;
+pub(crate) mod engine;
+pub(crate) mod host;
+pub(crate) mod ip;
+pub mod link;
+pub(crate) mod netdev;
+pub mod ops;
+pub(crate) mod port;
+pub(crate) mod runtime;
+pub(crate) mod sys;

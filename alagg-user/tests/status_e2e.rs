@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alagg::report::Snapshot;
+use alagg::ops::snapshot::Snapshot;
 use alagg_testbed::Netns;
 use common::*;
 

@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use alagg::{
-    xdp::{AttachMode, XdpSteering},
-    xsk::{XskConfig, XskSocket},
+    link::xdp::{XdpMode, XdpSteering},
+    link::xsk::{XskConfig, XskSocket},
 };
 use alagg_common::{Action, DEFAULT_ETHERTYPE};
 use alagg_testbed::{Netns, RawSocket, veth};
@@ -80,9 +80,9 @@ fn xdp_steers_alagg_frames_to_the_socket_and_passes_everything_else() {
     a.enter(|| {
         let mut steering = XdpSteering::load().expect("load the XDP program");
         let mode = steering
-            .attach("eth0", 0, DEFAULT_ETHERTYPE, AttachMode::Native)
+            .attach("eth0", 0, DEFAULT_ETHERTYPE, XdpMode::Native)
             .expect("attach in native mode on veth");
-        assert_eq!(mode, AttachMode::Native);
+        assert_eq!(mode, XdpMode::Native);
         let observer = RawSocket::open("eth0", DEFAULT_ETHERTYPE).expect("observer on A");
         let other_observer = RawSocket::open("eth0", OTHER_ETHERTYPE).expect("observer on A");
 
@@ -185,7 +185,7 @@ fn attaching_to_a_missing_interface_names_it() {
     a.enter(|| {
         let mut steering = XdpSteering::load().expect("load");
         let error = steering
-            .attach("nosuch0", 0, DEFAULT_ETHERTYPE, AttachMode::Auto)
+            .attach("nosuch0", 0, DEFAULT_ETHERTYPE, XdpMode::Auto)
             .expect_err("attaching to a missing interface must fail");
         assert!(error.to_string().contains("nosuch0"), "{error}");
     })
@@ -201,7 +201,7 @@ fn dropping_the_loader_detaches_the_program() {
     a.enter(|| {
         let mut steering = XdpSteering::load().expect("load");
         steering
-            .attach("eth0", 0, DEFAULT_ETHERTYPE, AttachMode::Auto)
+            .attach("eth0", 0, DEFAULT_ETHERTYPE, XdpMode::Auto)
             .expect("attach");
         assert!(
             a.ip(&["link", "show", "eth0"])

@@ -16,14 +16,16 @@ use std::{
 
 use ipnet::IpNet;
 
+pub(crate) mod signals;
+
 /// A host change that failed, with the command and what it printed.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("`{command}` failed: {message}")]
-pub struct HostError {
+pub(crate) struct HostError {
     /// The command line.
-    pub command: String,
+    pub(crate) command: String,
     /// Its stderr, or why it could not start.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// IP family of a destination, and the iptables binary for it.
@@ -58,19 +60,19 @@ impl Family {
 
 /// How the NFQUEUE rules hand packets to alagg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueSpec {
+pub(crate) struct QueueSpec {
     /// First queue number.
-    pub first: u16,
+    pub(crate) first: u16,
     /// Number of queues (`--queue-balance first:first+count-1` when more than one).
-    pub count: u16,
+    pub(crate) count: u16,
     /// Accept (instead of drop) packets while no alagg is bound to the queue.
-    pub bypass: bool,
+    pub(crate) bypass: bool,
     /// With several queues, pick the queue by the sending CPU (`--queue-cpu-fanout`) instead
     /// of by a hash of the addresses.
-    pub cpu_fanout: bool,
+    pub(crate) cpu_fanout: bool,
     /// The first of the `count` queues TCP goes to (handed over whole, GSO) before the rule for
     /// everything else; `None`: TCP shares the other queues.
-    pub tcp: Option<u16>,
+    pub(crate) tcp: Option<u16>,
 }
 
 /// The NFQUEUE target's options for `count` queues from `first`: `--queue-num`, or
@@ -88,23 +90,23 @@ fn queue_target(first: u16, count: u16) -> [String; 2] {
 /// With a journal, the undo commands are also kept in a file (rewritten after every change), so
 /// that `alagg down` can undo what a killed instance left.
 #[derive(Default)]
-pub struct HostSetup {
+pub(crate) struct HostSetup {
     undo: Vec<Vec<String>>,
     journal: Option<PathBuf>,
 }
 
 /// Where `alagg up` keeps the undo journal for TUN device `tun`.
-pub fn journal_path(tun: &str) -> PathBuf {
+pub(crate) fn journal_path(tun: &str) -> PathBuf {
     run_dir().join(format!("{tun}.undo"))
 }
 
 /// alagg's runtime directory.
-pub const RUN_DIR: &str = "/run/alagg";
+pub(crate) const RUN_DIR: &str = "/run/alagg";
 
 /// The runtime directory of this network namespace: [`RUN_DIR`] in the host's own namespace,
 /// `RUN_DIR/net-<inode>` in any other, so that instances in different namespaces (which may
 /// use the same TUN name) never share state.
-pub fn run_dir() -> PathBuf {
+pub(crate) fn run_dir() -> PathBuf {
     let ours = std::fs::read_link("/proc/self/ns/net").ok();
     let init = std::fs::read_link("/proc/1/ns/net").ok();
     match ours {
@@ -125,7 +127,7 @@ const SEP: char = '\u{1f}';
 
 /// What [`recover`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Recovery {
+pub(crate) enum Recovery {
     /// No journal: nothing was left behind.
     Clean,
     /// The journal's owner is still running.
@@ -143,7 +145,7 @@ pub enum Recovery {
 }
 
 /// Undoes what a dead `alagg up` recorded in `journal`, unless its owner still runs.
-pub fn recover(journal: &Path) -> Result<Recovery, HostError> {
+pub(crate) fn recover(journal: &Path) -> Result<Recovery, HostError> {
     let text = match std::fs::read_to_string(journal) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Recovery::Clean),
@@ -188,13 +190,13 @@ impl fmt::Debug for HostSetup {
 
 impl HostSetup {
     /// Nothing changed yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Nothing changed yet; every change will be journaled in `path` (its directory is made,
     /// root-only).
-    pub fn with_journal(path: PathBuf) -> Result<Self, HostError> {
+    pub(crate) fn with_journal(path: PathBuf) -> Result<Self, HostError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .and_then(|()| {
@@ -244,7 +246,12 @@ impl HostSetup {
     /// (`__fib_validate_source`, net/ipv4/fib_frontend.c), so the device gets `address` with
     /// scope link: enough for the filter, and never chosen as the source of traffic to the
     /// destinations, which keeps the host's own addresses (RFC 1812 source selection).
-    pub fn prepare_tun(&mut self, tun: &str, mtu: u32, address: IpNet) -> Result<(), HostError> {
+    pub(crate) fn prepare_tun(
+        &mut self,
+        tun: &str,
+        mtu: u32,
+        address: IpNet,
+    ) -> Result<(), HostError> {
         run(
             "ip",
             &["link", "set", "dev", tun, "mtu", &mtu.to_string(), "up"],
@@ -264,7 +271,12 @@ impl HostSetup {
     }
 
     /// Routes `destination` through `tun` with `mtu`.
-    pub fn route(&mut self, destination: &IpNet, tun: &str, mtu: u32) -> Result<(), HostError> {
+    pub(crate) fn route(
+        &mut self,
+        destination: &IpNet,
+        tun: &str,
+        mtu: u32,
+    ) -> Result<(), HostError> {
         let family = Family::of(destination);
         let net = destination.to_string();
         let mtu = mtu.to_string();
@@ -290,7 +302,7 @@ impl HostSetup {
     }
 
     /// Installs the NFQUEUE rules that capture traffic to `destinations` leaving through `tun`.
-    pub fn capture(
+    pub(crate) fn capture(
         &mut self,
         tun: &str,
         destinations: &[IpNet],
@@ -354,7 +366,7 @@ impl HostSetup {
     /// Removes the capture rules a killed alagg left for `tun` (its chain and the jump to it).
     /// Only called once this process owns the TUN device, so no live instance uses them.
     /// Returns whether there were any.
-    pub fn remove_stale_capture(&mut self, tun: &str) -> bool {
+    pub(crate) fn remove_stale_capture(&mut self, tun: &str) -> bool {
         let chain = chain_name(tun);
         let mut found = false;
         for family in [Family::V4, Family::V6] {
@@ -382,7 +394,7 @@ impl HostSetup {
     }
 
     /// Undoes every change, newest first. Returns the failures (already-gone state is not one).
-    pub fn teardown(&mut self) -> Vec<HostError> {
+    pub(crate) fn teardown(&mut self) -> Vec<HostError> {
         let mut errors = Vec::new();
         while let Some(command) = self.undo.pop() {
             let Some((program, args)) = command.split_first() else {
@@ -411,13 +423,13 @@ impl Drop for HostSetup {
 }
 
 /// alagg's iptables chain for `tun` (iptables allows 28 characters; TUN names are at most 15).
-pub fn chain_name(tun: &str) -> String {
+pub(crate) fn chain_name(tun: &str) -> String {
     format!("ALAGG-{tun}")
 }
 
 /// The address to give the TUN device when the configuration names none: a link-local /32
 /// (RFC 3927) that never leaves the host.
-pub fn default_tun_address() -> IpNet {
+pub(crate) fn default_tun_address() -> IpNet {
     IpNet::new(IpAddr::from([169, 254, 88, 1]), 32).unwrap_or_default()
 }
 

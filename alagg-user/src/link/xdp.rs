@@ -9,10 +9,8 @@
 
 use std::{
     collections::HashMap as StdHashMap,
-    ffi::CString,
     fmt,
     os::fd::{AsRawFd, RawFd},
-    path::Path,
 };
 
 use alagg_common::{
@@ -22,7 +20,7 @@ use alagg_common::{
 use aya::{
     Ebpf, EbpfError,
     maps::{HashMap, MapData, MapError, PerCpuArray, XskMap},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{ProgramError, Xdp, XdpMode as AyaMode, xdp::XdpLinkId},
 };
 
 /// The XDP object built by `build.rs`, empty when built with `ALAGG_SKIP_EBPF=1`.
@@ -74,26 +72,32 @@ pub enum XdpError {
     },
 }
 
-/// Which XDP mode to attach in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AttachMode {
-    /// On a NIC (an interface backed by a device), native (driver) mode, falling back to
-    /// generic mode when the driver has no XDP support. On a virtual interface (veth and the
+/// How the XDP program is attached to a link (`XDP_FLAGS_*`, `include/uapi/linux/if_link.h`):
+/// `link.xdp_mode` in the configuration, `--mode` of `alagg attach`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// `auto`: on a NIC (an interface backed by a device), native (driver) mode, falling back
+    /// to generic mode when the driver has no XDP support. On a virtual interface (veth and the
     /// like, with no device behind it), generic mode first: there native XDP is emulated in
     /// software too, and veth's copies every frame into a page pool before running the program
     /// (one TCP flow over two veth links measured about 25 % faster in generic mode).
     #[default]
     Auto,
-    /// Native (driver) mode only.
+    /// `native`: in the driver only (`XDP_FLAGS_DRV_MODE`); fails where unsupported.
     Native,
-    /// Generic (skb) mode: works on every interface, slower.
+    /// `generic`: on the kernel's socket buffers (`XDP_FLAGS_SKB_MODE`); works everywhere, slower.
     Generic,
 }
 
-/// Whether `interface` is virtual: no device behind it in sysfs (`/sys/class/net/X/device`).
-fn is_virtual(interface: &str) -> bool {
-    let dir = Path::new("/sys/class/net").join(interface);
-    dir.exists() && !dir.join("device").exists()
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        })
+    }
 }
 
 /// An interface the program is attached to.
@@ -101,7 +105,7 @@ fn is_virtual(interface: &str) -> bool {
 struct Attached {
     ifindex: u32,
     link: XdpLinkId,
-    mode: XdpMode,
+    mode: AyaMode,
 }
 
 /// alagg's XDP program, loaded, with its maps.
@@ -159,8 +163,8 @@ impl XdpSteering {
         interface: &str,
         link: u32,
         ethertype: u16,
-        mode: AttachMode,
-    ) -> Result<AttachMode, XdpError> {
+        mode: XdpMode,
+    ) -> Result<XdpMode, XdpError> {
         let ifindex = ifindex(interface)?;
         let xsk_base = slot(link, 0)?;
         let config = LinkConfig {
@@ -175,11 +179,13 @@ impl XdpSteering {
                 source,
             })?;
         let program = self.program()?;
-        let attempts: &[XdpMode] = match mode {
-            AttachMode::Auto if is_virtual(interface) => &[XdpMode::Skb, XdpMode::Driver],
-            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
-            AttachMode::Native => &[XdpMode::Driver],
-            AttachMode::Generic => &[XdpMode::Skb],
+        let attempts: &[AyaMode] = match mode {
+            XdpMode::Auto if crate::netdev::is_virtual(interface) => {
+                &[AyaMode::Skb, AyaMode::Driver]
+            }
+            XdpMode::Auto => &[AyaMode::Driver, AyaMode::Skb],
+            XdpMode::Native => &[AyaMode::Driver],
+            XdpMode::Generic => &[AyaMode::Skb],
         };
         let mut last_error = None;
         for &xdp_mode in attempts {
@@ -193,10 +199,10 @@ impl XdpSteering {
                             mode: xdp_mode,
                         },
                     );
-                    return Ok(if xdp_mode == XdpMode::Skb {
-                        AttachMode::Generic
+                    return Ok(if xdp_mode == AyaMode::Skb {
+                        XdpMode::Generic
                     } else {
-                        AttachMode::Native
+                        XdpMode::Native
                     });
                 }
                 Err(error) => last_error = Some(error),
@@ -226,12 +232,12 @@ impl XdpSteering {
     }
 
     /// The interfaces the program is attached to, with the mode of each.
-    pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+    pub fn attached(&self) -> impl Iterator<Item = (&str, XdpMode)> {
         self.attached.iter().map(|(name, a)| {
-            let mode = if a.mode == XdpMode::Skb {
-                AttachMode::Generic
+            let mode = if a.mode == AyaMode::Skb {
+                XdpMode::Generic
             } else {
-                AttachMode::Native
+                XdpMode::Native
             };
             (name.as_str(), mode)
         })
@@ -313,16 +319,9 @@ fn slot(link: u32, queue: u32) -> Result<u32, XdpError> {
 }
 
 /// The ifindex of `interface` in the calling thread's network namespace.
-pub fn ifindex(interface: &str) -> Result<u32, XdpError> {
-    let name =
-        CString::new(interface).map_err(|_| XdpError::UnknownInterface(interface.to_owned()))?;
-    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        Err(XdpError::UnknownInterface(interface.to_owned()))
-    } else {
-        Ok(index)
-    }
+fn ifindex(interface: &str) -> Result<u32, XdpError> {
+    crate::netdev::ifindex(interface)
+        .ok_or_else(|| XdpError::UnknownInterface(interface.to_owned()))
 }
 
 #[cfg(test)]

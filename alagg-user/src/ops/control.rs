@@ -34,7 +34,7 @@ use std::{
     time::Duration,
 };
 
-use crate::report::Snapshot;
+use super::{serve::serve_in_turn, snapshot::Snapshot};
 
 /// How long either side waits for the other to read or write.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
@@ -363,34 +363,6 @@ fn serve(listener: &UnixListener, stop: &AtomicBool, snapshot: &dyn Fn() -> Snap
     serve_in_turn(listener.incoming(), stop, "control socket", |stream| {
         answer(stream, snapshot)
     });
-}
-
-/// The accept loop of alagg's small servers (this control socket, [`crate::metrics`]): takes
-/// the connections of `incoming` one at a time and hands each to `answer`, until `stop` is set
-/// (the owner then connects once to wake the loop). A failed client is logged at debug level; a
-/// failed accept (EMFILE and the like) is logged and paced, so it never spins.
-pub(crate) fn serve_in_turn<S>(
-    incoming: impl Iterator<Item = io::Result<S>>,
-    stop: &AtomicBool,
-    what: &str,
-    mut answer: impl FnMut(S) -> io::Result<()>,
-) {
-    for stream in incoming {
-        if stop.load(SeqCst) {
-            return;
-        }
-        match stream {
-            Ok(stream) => {
-                if let Err(error) = answer(stream) {
-                    tracing::debug!(%error, "{what} client");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "{what} accept");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
 }
 
 fn answer(stream: UnixStream, snapshot: &dyn Fn() -> Snapshot) -> io::Result<()> {

@@ -39,15 +39,12 @@
 //! (`__udp_gso_segment`, which recomputes lengths and checksums per segment).
 #![deny(unsafe_code)]
 
+use super::tun::VNET_HDR_LEN;
 use crate::ip::{fold, ipv4_header_intact, pseudo_header_sum, set_length, sum_words};
 
-/// Length of `struct virtio_net_hdr`, the TUN's default vnet header size.
-pub const VNET_HDR_LEN: usize = 10;
-/// A vnet header that announces an ordinary packet: no offload.
-pub const PLAIN_HEADER: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 /// Most datagrams in one GSO packet (the kernel's `UDP_MAX_SEGMENTS`, 64 before Linux 6.11
 /// and 128 since; the kernel refuses a GSO write with more).
-pub const MAX_SEGMENTS: usize = 64;
+pub(crate) const MAX_SEGMENTS: usize = 64;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is to be
 /// completed over the pseudo-header sum already there.
@@ -74,7 +71,7 @@ const MAX_PACKET: usize = 65_535;
 
 /// What a datagram is to a [`Coalescer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Offer {
+pub(crate) enum Offer {
     /// Taken: it started a new GSO packet or joined the one being built.
     Taken,
     /// A UDP datagram that cannot join the packet being built: flush, then offer it again.
@@ -86,10 +83,10 @@ pub enum Offer {
 
 /// What [`Coalescer::flush`] hands back to be written to the TUN device.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Flushed<'a> {
+pub(crate) enum Flushed<'a> {
     /// Nothing was waiting.
     Nothing,
-    /// One datagram, as it came: written with [`PLAIN_HEADER`].
+    /// One datagram, as it came: written with [`super::tun::PLAIN_HEADER`].
     Plain(&'a [u8]),
     /// Several datagrams as one GSO packet, with its vnet header.
     Gso {
@@ -116,7 +113,7 @@ struct Datagram {
 
 /// Builds GSO packets out of consecutive datagrams of one flow.
 #[derive(Debug)]
-pub struct Coalescer {
+pub(crate) struct Coalescer {
     /// The packet being built: the first datagram, then the other payloads.
     packet: Vec<u8>,
     ip_header: usize,
@@ -137,7 +134,7 @@ impl Default for Coalescer {
 
 impl Coalescer {
     /// An empty coalescer.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             packet: Vec::with_capacity(MAX_PACKET),
             ip_header: 0,
@@ -149,7 +146,7 @@ impl Coalescer {
     }
 
     /// Offers an IP packet (already admitted: sane header, allowed source).
-    pub fn offer(&mut self, packet: &[u8]) -> Offer {
+    pub(crate) fn offer(&mut self, packet: &[u8]) -> Offer {
         let Some(datagram) = parse(packet) else {
             return Offer::Alone;
         };
@@ -186,7 +183,7 @@ impl Coalescer {
     /// Hands out what was built, and starts afresh. Several datagrams come as one GSO packet
     /// whose headers give the whole length, and whose UDP checksum field holds the
     /// pseudo-header sum the kernel completes per segment.
-    pub fn flush(&mut self) -> Flushed<'_> {
+    pub(crate) fn flush(&mut self) -> Flushed<'_> {
         let segments = std::mem::take(&mut self.segments);
         match segments {
             0 => return Flushed::Nothing,
@@ -212,7 +209,7 @@ impl Coalescer {
 
 /// Whether an IP packet (sane header, [`crate::ip::check`]) carries TCP right after its fixed
 /// header.
-pub fn is_tcp(packet: &[u8]) -> bool {
+pub(crate) fn is_tcp(packet: &[u8]) -> bool {
     match packet.first().map(|b| b >> 4) {
         Some(4) => packet.get(9) == Some(&TCP),
         Some(6) => packet.get(6) == Some(&TCP),
@@ -243,21 +240,21 @@ fn vnet_header(
 /// How to write a TCP packet larger than the TUN's MTU as GSO: the vnet header, and the value
 /// its checksum field (at `check_at` in the packet) must hold instead, the pseudo-header sum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpGso {
+pub(crate) struct TcpGso {
     /// The `virtio_net_hdr` to write before the packet.
-    pub header: [u8; VNET_HDR_LEN],
+    pub(crate) header: [u8; VNET_HDR_LEN],
     /// Offset of the TCP checksum field in the packet.
-    pub check_at: usize,
+    pub(crate) check_at: usize,
     /// What the field must hold.
-    pub check: [u8; 2],
+    pub(crate) check: [u8; 2],
     /// CWR is set: cut the packet with [`split_gso`] rather than let the kernel do it.
-    pub cwr: bool,
+    pub(crate) cwr: bool,
 }
 
 /// For a TCP packet longer than `mtu` (a whole GSO packet the peer captured), how to announce
 /// it as GSO TCP whose segments fit `mtu`; `None` for anything else, or a packet whose
 /// checksum does not verify (written as it is, the stack drops it as before).
-pub fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
+pub(crate) fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
     if packet.len() <= mtu {
         return None;
     }
@@ -306,7 +303,7 @@ pub fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
 /// first), checksums and TCP sequence numbers per segment; TCP flags all kept (CWR included,
 /// see the module documentation) but FIN and PSH, which only the last keeps. Each segment is
 /// built in `scratch` and handed to `each`; the first error stops the cut.
-pub fn split_gso<E>(
+pub(crate) fn split_gso<E>(
     packet: &[u8],
     header: &[u8; VNET_HDR_LEN],
     scratch: &mut Vec<u8>,

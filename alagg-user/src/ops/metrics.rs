@@ -21,20 +21,20 @@ use std::{
     time::Duration,
 };
 
-use crate::report::Snapshot;
+use super::{serve::serve_in_turn, snapshot::Snapshot};
 
 /// Longest request head read; longer heads are answered 431.
-pub const MAX_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
 
 /// How long a client may take to send its request head, and to take the answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The content type of the Prometheus text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Metrics endpoint failures.
 #[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
+pub(crate) enum MetricsError {
     /// The address could not be listened on.
     #[error(
         "[metrics] listen = \"{addr}\": cannot listen: {source}; choose a free address and port"
@@ -52,7 +52,7 @@ pub enum MetricsError {
 
 /// A running metrics endpoint. Dropping it stops the thread.
 #[derive(Debug)]
-pub struct MetricsServer {
+pub(crate) struct MetricsServer {
     local: SocketAddr,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -61,7 +61,7 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Listens on `addr` (port 0 picks a free port; see [`MetricsServer::local_addr`]) and
     /// answers scrapes with `snapshot()`.
-    pub fn start(
+    pub(crate) fn start(
         addr: SocketAddr,
         snapshot: impl Fn() -> Snapshot + Send + 'static,
     ) -> Result<MetricsServer, MetricsError> {
@@ -85,7 +85,8 @@ impl MetricsServer {
     }
 
     /// The address actually listened on.
-    pub fn local_addr(&self) -> SocketAddr {
+    #[cfg(test)]
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local
     }
 }
@@ -112,7 +113,7 @@ impl Drop for MetricsServer {
 
 /// The server thread: accepts and answers connections in turn until `stop`.
 fn serve(listener: &TcpListener, stop: &AtomicBool, snapshot: &dyn Fn() -> Snapshot) {
-    crate::control::serve_in_turn(listener.incoming(), stop, "metrics", |stream| {
+    serve_in_turn(listener.incoming(), stop, "metrics", |stream| {
         answer(stream, snapshot)
     });
 }
@@ -226,7 +227,7 @@ mod tests {
     use std::net::Shutdown;
 
     use super::*;
-    use crate::report::LinkSnapshot;
+    use crate::ops::snapshot::LinkSnapshot;
 
     fn server() -> MetricsServer {
         MetricsServer::start("127.0.0.1:0".parse().unwrap(), || Snapshot {

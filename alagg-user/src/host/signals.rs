@@ -6,14 +6,14 @@ use std::{io, mem::MaybeUninit, time::Duration};
 
 /// SIGINT and SIGTERM, blocked for this thread and every thread it spawns afterwards.
 #[derive(Debug)]
-pub struct TermSignals {
+pub(crate) struct TermSignals {
     set: libc::sigset_t,
 }
 
 impl TermSignals {
     /// Blocks SIGINT and SIGTERM in the calling thread. Call it before spawning threads so that
     /// they inherit the mask and no signal is delivered to them.
-    pub fn block() -> io::Result<Self> {
+    pub(crate) fn block() -> io::Result<Self> {
         let mut set = MaybeUninit::<libc::sigset_t>::uninit();
         // SAFETY: sigemptyset initialises the set it is given; sigaddset and pthread_sigmask
         // get a pointer to that initialised set and valid signal numbers.
@@ -32,7 +32,7 @@ impl TermSignals {
     }
 
     /// Waits up to `timeout` for SIGINT or SIGTERM; returns the signal number if one came.
-    pub fn wait(&self, timeout: Duration) -> Option<i32> {
+    pub(crate) fn wait(&self, timeout: Duration) -> Option<i32> {
         let timeout = libc::timespec {
             tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
             tv_nsec: timeout.subsec_nanos().into(),

@@ -18,19 +18,19 @@ const CAPACITY: usize = 4096;
 
 /// Route MTUs by destination, looked up on demand.
 #[derive(Debug, Default)]
-pub struct PathMtu {
+pub(crate) struct PathMtu {
     cache: HashMap<IpAddr, (Option<usize>, Instant)>,
 }
 
 impl PathMtu {
     /// An empty cache.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The MTU of the route to `destination`; `None` when there is no route (or the kernel
     /// would not say).
-    pub fn get(&mut self, destination: IpAddr) -> Option<usize> {
+    pub(crate) fn get(&mut self, destination: IpAddr) -> Option<usize> {
         let now = Instant::now();
         if let Some(&(mtu, at)) = self.cache.get(&destination) {
             if now.duration_since(at) < FRESH_FOR {
@@ -47,7 +47,7 @@ impl PathMtu {
 }
 
 /// Asks the kernel for the MTU of the route to `destination`.
-pub fn route_mtu(destination: IpAddr) -> io::Result<usize> {
+pub(crate) fn route_mtu(destination: IpAddr) -> io::Result<usize> {
     let (local, level, option): (IpAddr, _, _) = match destination {
         IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED.into(), libc::IPPROTO_IP, libc::IP_MTU),
         IpAddr::V6(_) => (

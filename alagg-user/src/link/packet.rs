@@ -11,16 +11,15 @@
 //! them with one `sendmmsg(2)` per [`BATCH`]. No allocation per frame.
 
 use std::{
-    ffi::CString,
     fmt, io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
 
 /// Frames per `recvmmsg`/`sendmmsg`.
-pub const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 
 /// The longest frame a slot holds: an Ethernet frame of a 9000-byte jumbo MTU, and then some.
-pub const MAX_FRAME: usize = SLOT;
+pub(crate) const MAX_FRAME: usize = SLOT;
 
 /// Bytes per frame slot.
 const SLOT: usize = 9216;
@@ -30,7 +29,7 @@ const RECV_BUFFER: i32 = 8 << 20;
 
 /// AF_PACKET failures, each naming the interface.
 #[derive(Debug, thiserror::Error)]
-pub enum PacketError {
+pub(crate) enum PacketError {
     /// The interface does not exist.
     #[error("AF_PACKET on {interface}: no such interface (check `ip link`)")]
     NoInterface {
@@ -52,14 +51,14 @@ pub enum PacketError {
 
 /// A packet socket bound to one interface and ethertype.
 #[derive(Debug)]
-pub struct PacketSocket {
+pub(crate) struct PacketSocket {
     rx: PacketRx,
     tx: PacketTx,
 }
 
 impl PacketSocket {
     /// Opens a packet socket on `interface` for frames of `ethertype`.
-    pub fn open(interface: &str, ethertype: u16) -> Result<Self, PacketError> {
+    pub(crate) fn open(interface: &str, ethertype: u16) -> Result<Self, PacketError> {
         let fd = bound_socket(interface, ethertype)?;
         let tx_fd = fd.try_clone().map_err(|source| PacketError::Io {
             interface: interface.to_owned(),
@@ -74,12 +73,12 @@ impl PacketSocket {
 
     /// A transmit half alone: a packet socket on `interface` that receives nothing (protocol
     /// 0), for a capture worker other than the one whose socket receives the link's frames.
-    pub fn open_tx_only(interface: &str) -> Result<PacketTx, PacketError> {
+    pub(crate) fn open_tx_only(interface: &str) -> Result<PacketTx, PacketError> {
         Ok(PacketTx::new(bound_socket(interface, 0)?))
     }
 
     /// The receive and transmit halves.
-    pub fn split(self) -> (PacketRx, PacketTx) {
+    pub(crate) fn split(self) -> (PacketRx, PacketTx) {
         (self.rx, self.tx)
     }
 }
@@ -94,16 +93,9 @@ fn bound_socket(interface: &str, ethertype: u16) -> Result<OwnedFd, PacketError>
             source,
         }
     };
-    let name = CString::new(interface).map_err(|_| PacketError::NoInterface {
+    let ifindex = crate::netdev::ifindex(interface).ok_or_else(|| PacketError::NoInterface {
         interface: interface.to_owned(),
     })?;
-    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(PacketError::NoInterface {
-            interface: interface.to_owned(),
-        });
-    }
     let protocol = ethertype.to_be();
     // SAFETY: socket(2) takes no pointers; the result is checked below.
     let raw = unsafe {
@@ -148,21 +140,7 @@ fn bound_socket(interface: &str, ethertype: u16) -> Result<OwnedFd, PacketError>
 }
 
 fn set_option(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: a valid socket and a c_int option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&raw const value).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::sys::set_int_option(fd.as_raw_fd(), level, name, value)
 }
 
 /// Preallocated slots and the `mmsghdr`s that point into them, for one batch.
@@ -224,7 +202,7 @@ unsafe impl Send for Slots {}
 
 /// The receive half of a [`PacketSocket`].
 #[derive(Debug)]
-pub struct PacketRx {
+pub(crate) struct PacketRx {
     fd: OwnedFd,
     slots: Slots,
 }
@@ -238,13 +216,13 @@ impl PacketRx {
     }
 
     /// The socket, for `poll(2)`.
-    pub fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
     /// Hands up to [`BATCH`] received frames to `each` (whole Ethernet frames), with one
     /// `recvmmsg(2)` that does not block. Returns how many frames were read.
-    pub fn recv(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<usize> {
         for (header, iov) in self.slots.headers.iter_mut().zip(self.slots.iovecs.iter()) {
             header.msg_len = 0;
             header.msg_hdr.msg_flags = 0;
@@ -281,7 +259,7 @@ impl PacketRx {
 
 /// The transmit half of a [`PacketSocket`].
 #[derive(Debug)]
-pub struct PacketTx {
+pub(crate) struct PacketTx {
     fd: OwnedFd,
     slots: Slots,
     staged: usize,
@@ -298,7 +276,7 @@ impl PacketTx {
 
     /// Writes one frame through `write`, which gets a slot and returns the length it wrote
     /// (0: nothing to send). A full batch is sent at once. Returns whether a frame was staged.
-    pub fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
+    pub(crate) fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
         if self.staged == BATCH {
             let _ = self.flush();
             if self.staged == BATCH {
@@ -318,7 +296,7 @@ impl PacketTx {
     /// Sends every staged frame (one `sendmmsg(2)`, repeated while it makes progress). Frames
     /// the device does not take (its queue full, the interface down) are dropped: returns
     /// `(sent, dropped)`.
-    pub fn flush(&mut self) -> io::Result<(usize, usize)> {
+    pub(crate) fn flush(&mut self) -> io::Result<(usize, usize)> {
         let total = self.staged;
         let mut sent = 0;
         let mut result = Ok(());

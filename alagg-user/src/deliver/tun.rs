@@ -1,6 +1,6 @@
 //! The TUN device through which received packets enter the local stack
 //! (`IFF_TUN | IFF_NO_PI | IFF_VNET_HDR`: each write is a `virtio_net_hdr`, then one IPv4 or
-//! IPv6 packet, which the header may announce as GSO, see [`crate::offload`]). Kernel
+//! IPv6 packet, which the header may announce as GSO, see [`super::offload`]). Kernel
 //! reference: Documentation/networking/tuntap.rst, include/uapi/linux/if_tun.h,
 //! include/uapi/linux/virtio_net.h.
 //!
@@ -11,24 +11,40 @@ use std::{
     ffi::CStr,
     fs::{File, OpenOptions},
     io::{self, IoSlice, Write as _},
-    os::fd::{AsRawFd, RawFd},
+    os::fd::AsRawFd,
 };
 
-use crate::offload::{PLAIN_HEADER, VNET_HDR_LEN};
+/// Bytes of a `virtio_net_hdr` (include/uapi/linux/virtio_net.h), before every packet.
+pub(crate) const VNET_HDR_LEN: usize = 10;
+/// The header of a packet written as it is: no GSO, no checksum to complete.
+pub(crate) const PLAIN_HEADER: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+
+/// Where the delivery stage writes packets: the TUN device, or a test's memory.
+pub(crate) trait TunWrite {
+    /// Delivers one packet, made of `parts` (at most four) in order, announced by `header` (a
+    /// `virtio_net_hdr`, which may say GSO). The kernel refuses (`EINVAL`) a GSO kind it does
+    /// not know.
+    fn write_parts(&self, header: &[u8; VNET_HDR_LEN], parts: &[&[u8]]) -> io::Result<()>;
+
+    /// Delivers one IP packet as it is.
+    fn write(&self, packet: &[u8]) -> io::Result<()> {
+        self.write_parts(&PLAIN_HEADER, &[packet])
+    }
+}
 
 /// `TUNSETIFF` from include/uapi/linux/if_tun.h: `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 /// An open TUN device.
 #[derive(Debug)]
-pub struct Tun {
+pub(crate) struct Tun {
     file: File,
     name: String,
 }
 
 /// Errors opening or writing the TUN device.
 #[derive(Debug, thiserror::Error)]
-pub enum TunError {
+pub(crate) enum TunError {
     /// `/dev/net/tun` could not be opened.
     #[error("opening /dev/net/tun failed: {0} (is the tun module loaded, and are you root?)")]
     Open(#[source] io::Error),
@@ -49,7 +65,7 @@ pub enum TunError {
 impl Tun {
     /// Creates the TUN device `name`. The device is down; bring it up and address it with the
     /// host setup.
-    pub fn create(name: &str) -> Result<Self, TunError> {
+    pub(crate) fn create(name: &str) -> Result<Self, TunError> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
             return Err(TunError::Name(name.to_owned()));
         }
@@ -81,19 +97,21 @@ impl Tun {
     }
 
     /// The device's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    /// Delivers one IP packet to the local stack.
-    pub fn write(&self, packet: &[u8]) -> io::Result<()> {
-        self.write_parts(&PLAIN_HEADER, &[packet])
+    /// A second handle on the same device, for another thread.
+    pub(crate) fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+            name: self.name.clone(),
+        })
     }
+}
 
-    /// Delivers one packet, made of `parts` (at most four) in order, announced by `header` (a
-    /// `virtio_net_hdr`, which may say GSO), in one `writev(2)`. The kernel refuses (`EINVAL`)
-    /// a GSO kind it does not know.
-    pub fn write_parts(&self, header: &[u8; VNET_HDR_LEN], parts: &[&[u8]]) -> io::Result<()> {
+impl TunWrite for Tun {
+    fn write_parts(&self, header: &[u8; VNET_HDR_LEN], parts: &[&[u8]]) -> io::Result<()> {
         let mut slices = [IoSlice::new(&[]); 5];
         let Some(slots) = slices.get_mut(..=parts.len()) else {
             return Err(io::ErrorKind::InvalidInput.into());
@@ -110,31 +128,18 @@ impl Tun {
             Err(io::ErrorKind::WriteZero.into())
         }
     }
-
-    /// A second handle on the same device, for another thread.
-    pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self {
-            file: self.file.try_clone()?,
-            name: self.name.clone(),
-        })
-    }
-
-    /// The file descriptor.
-    pub fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
 }
 
 /// Whether GSO UDP packets (`VIRTIO_NET_HDR_GSO_UDP_L4`) written to a TUN device are safe on
 /// the running kernel: Linux 6.2 takes them, and from 6.9 on the kernel also splits those bound
 /// for a UDP tunnel socket (VXLAN, Geneve) instead of handing them over whole ("udp: do not
 /// accept non-tunnel GSO skbs landing in a tunnel").
-pub fn gso_udp_supported() -> bool {
+pub(crate) fn gso_udp_supported() -> bool {
     at_least(&kernel_release(), (6, 9))
 }
 
 /// The running kernel's release (`uname -r`), empty if unreadable.
-pub fn kernel_release() -> String {
+pub(crate) fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|release| release.trim().to_owned())
         .unwrap_or_default()

@@ -23,6 +23,9 @@ use std::{
 };
 
 use alagg_common::DEFAULT_ETHERTYPE;
+pub use alagg_proto::wire::MacAddr;
+
+pub use crate::link::{IoMode, xdp::XdpMode};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{
     Deserialize, Deserializer,
@@ -299,6 +302,7 @@ pub struct LinkConfig {
     /// Local interface name. Required.
     pub interface: String,
     /// The peer's MAC address on this link: unicast, not zero. Required.
+    #[serde(deserialize_with = "de_mac")]
     pub peer_mac: MacAddr,
     /// How frames are sent and received. Default `xdp`.
     #[serde(default)]
@@ -313,49 +317,6 @@ pub struct LinkConfig {
 
 fn default_weight() -> u32 {
     1
-}
-
-/// How a link's frames are sent and received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IoMode {
-    /// `xdp`: AF_XDP sockets, with the XDP program steering received frames to them.
-    #[default]
-    Xdp,
-    /// `af_packet`: AF_PACKET sockets, for NICs or virtual devices where XDP does not work.
-    AfPacket,
-}
-
-impl fmt::Display for IoMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            IoMode::Xdp => "xdp",
-            IoMode::AfPacket => "af_packet",
-        })
-    }
-}
-
-/// How the XDP program is attached to a link (`XDP_FLAGS_*`, `include/uapi/linux/if_link.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// `auto`: native where the driver supports it, generic otherwise.
-    #[default]
-    Auto,
-    /// `native`: in the driver only (`XDP_FLAGS_DRV_MODE`); fails where unsupported.
-    Native,
-    /// `generic`: on the kernel's socket buffers (`XDP_FLAGS_SKB_MODE`); works everywhere, slower.
-    Generic,
-}
-
-impl fmt::Display for XdpMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            XdpMode::Auto => "auto",
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        })
-    }
 }
 
 /// `[cpu]`: where worker threads run.
@@ -406,86 +367,10 @@ impl Default for MetricsConfig {
     }
 }
 
-/// An Ethernet MAC address. Parsed from six two-digit hexadecimal bytes separated by `:` or `-`
-/// (either case); shown as lower-case `02:00:00:00:01:02`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// The bytes, in transmission order.
-    pub const fn octets(self) -> [u8; 6] {
-        self.0
-    }
-
-    /// Whether the group bit (the least significant bit of the first byte) is set: multicast or
-    /// broadcast (IEEE 802, clause 8.2).
-    pub const fn is_multicast(self) -> bool {
-        self.0[0] & 1 == 1
-    }
-
-    /// Whether this is `ff:ff:ff:ff:ff:ff`.
-    pub const fn is_broadcast(self) -> bool {
-        matches!(self.0, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
-    }
-
-    /// Whether this is `00:00:00:00:00:00`.
-    pub const fn is_zero(self) -> bool {
-        matches!(self.0, [0, 0, 0, 0, 0, 0])
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MacAddr({self})")
-    }
-}
-
-/// A string that is not a MAC address.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{input:?} is not a MAC address: write six two-digit hexadecimal bytes such as 02:00:00:00:01:02"
-)]
-pub struct ParseMacAddrError {
-    /// The rejected text.
-    pub input: String,
-}
-
-impl FromStr for MacAddr {
-    type Err = ParseMacAddrError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || ParseMacAddrError {
-            input: text.to_owned(),
-        };
-        let separator = if text.contains('-') { '-' } else { ':' };
-        let mut octets = [0u8; 6];
-        let mut parts = text.split(separator);
-        for octet in &mut octets {
-            let part = parts.next().ok_or_else(error)?;
-            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(error());
-            }
-            *octet = u8::from_str_radix(part, 16).map_err(|_| error())?;
-        }
-        if parts.next().is_some() {
-            return Err(error());
-        }
-        Ok(MacAddr(octets))
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(de::Error::custom)
-    }
+/// `link.peer_mac`: a MAC address string ([`MacAddr`]'s `FromStr`).
+fn de_mac<'de, D: Deserializer<'de>>(deserializer: D) -> Result<MacAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(de::Error::custom)
 }
 
 /// `capture.destinations`: a list of networks, where a bare address stands for itself alone.

@@ -1,0 +1,72 @@
+//! `alagg check`: validate a configuration and this host, and print the plan.
+
+use std::path::Path;
+
+use anyhow::bail;
+
+use crate::config::{Config, IoMode};
+
+/// Validates the configuration at `path` and this host, and prints what `up` would do.
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!(
+        "{} is valid. alagg up would:\n{}",
+        path.display(),
+        config.plan()
+    );
+    let mut problems = Vec::new();
+    if !crate::sys::is_root() {
+        problems.push("not running as root: `alagg up` needs root (CAP_NET_ADMIN, CAP_BPF)".into());
+    }
+    for link in &config.links {
+        let dir = format!("/sys/class/net/{}", link.interface);
+        match std::fs::read_to_string(format!("{dir}/operstate")) {
+            Err(_) => problems.push(format!(
+                "link {}: no such interface (check `ip link`)",
+                link.interface
+            )),
+            Ok(state) if state.trim() == "down" => problems.push(format!(
+                "link {}: interface is down (`ip link set {} up`)",
+                link.interface, link.interface
+            )),
+            Ok(_) => {
+                let queues = crate::netdev::queues(&link.interface);
+                let workers = usize::from(config.capture.queues);
+                if link.io == IoMode::Xdp && workers > queues {
+                    problems.push(format!(
+                        "link {}: capture.queues = {workers} needs a queue per capture worker, \
+                         the interface has {queues} (`ethtool -L`, or io = \"af_packet\")",
+                        link.interface
+                    ));
+                }
+            }
+        }
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        problems.push("/dev/net/tun is missing: load the tun module".into());
+    }
+    for tool in ["ip", "iptables", "ip6tables"] {
+        let found = std::process::Command::new(tool)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            problems.push(format!(
+                "`{tool}` is not installed (Debian: iproute2, iptables)"
+            ));
+        }
+    }
+    if config.tun.coalesce && !crate::deliver::tun::gso_udp_supported() {
+        println!(
+            "note: UDP coalescing (tun.coalesce) needs Linux 6.9 or later; on this kernel ({}) \
+             every packet is written to the TUN alone",
+            crate::deliver::tun::kernel_release()
+        );
+    }
+    if problems.is_empty() {
+        println!("host: ready");
+        Ok(())
+    } else {
+        bail!("the host is not ready:\n  {}", problems.join("\n  "))
+    }
+}

@@ -1,0 +1,166 @@
+//! `alagg up`: the aggregator in the foreground until SIGINT or SIGTERM.
+
+use std::{path::Path, sync::atomic::Ordering::Relaxed, time::Duration};
+
+use alagg_proto::ReceiverConfig;
+use anyhow::{Context as _, bail};
+
+use crate::{
+    config::{self, Config},
+    host::{QueueSpec, default_tun_address, signals::TermSignals},
+    link::LinkPlan,
+    ops::{control::ControlServer, metrics::MetricsServer},
+    runtime::{Datapath, DatapathConfig},
+};
+
+/// What the runtime runs with, from a validated configuration.
+fn datapath_config(config: &Config) -> DatapathConfig {
+    let links = config
+        .links
+        .iter()
+        .map(|link| LinkPlan {
+            interface: link.interface.clone(),
+            peer_mac: link.peer_mac,
+            xdp_mode: link.xdp_mode,
+            io: link.io,
+        })
+        .collect();
+    let protocol = &config.protocol;
+    let receiver = ReceiverConfig {
+        dedup_window: protocol.dedup_window as usize,
+        reorder_capacity: protocol.reorder_capacity as usize,
+        hold_time: protocol.hold(),
+        ..ReceiverConfig::default()
+    };
+    DatapathConfig {
+        links,
+        destinations: config.capture.destinations.clone(),
+        ethertype: protocol.ethertype,
+        tun_name: config.tun.name.clone(),
+        tun_address: default_tun_address(),
+        tun_mtu: config.tun.mtu,
+        coalesce: config.tun.coalesce,
+        queue: QueueSpec {
+            first: config.capture.queue,
+            count: config.capture.queues,
+            bypass: config.capture.fail_open,
+            cpu_fanout: config.capture.spread == config::Spread::Cpu,
+            tcp: config.capture.gso_queue(),
+        },
+        queue_max_len: config.capture.queue_max_len,
+        receiver,
+        bundle: config.scheduler.bundle,
+        pin: config.cpu.pin,
+        cores: config.cpu.cores.clone(),
+        busy_poll: config.cpu.busy_poll(),
+    }
+}
+
+/// Runs the aggregator with the configuration at `path` until SIGINT or SIGTERM, then tears
+/// down and prints a one-line summary of the counters.
+pub fn up(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    super::require_root()?;
+    let signals = TermSignals::block().context("blocking SIGINT/SIGTERM")?;
+    for (i, link) in config.links.iter().enumerate() {
+        tracing::info!(
+            link = i,
+            interface = link.interface,
+            peer_mac = %link.peer_mac,
+            io = ?link.io,
+            xdp_mode = ?link.xdp_mode,
+            "plan: link"
+        );
+    }
+    let destinations: Vec<String> = config
+        .capture
+        .destinations
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(
+        destinations = destinations.join(","),
+        scheduler = ?config.scheduler.mode,
+        queue = config.capture.queue,
+        fail_open = config.capture.fail_open,
+        hold_ms = config.protocol.hold_ms,
+        "plan: capture"
+    );
+    let mut datapath = Datapath::start(&datapath_config(&config))
+        .with_context(|| format!("starting alagg with {}", path.display()))?;
+    let shown_path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let snapshot = datapath.snapshot_source(&shown_path.display().to_string());
+    let socket = crate::ops::control::socket_path(&config.tun.name);
+    let _control = ControlServer::start(&socket, snapshot)
+        .with_context(|| format!("opening the control socket {}", socket.display()))?;
+    let _metrics = match config.metrics {
+        Some(metrics) => Some(
+            MetricsServer::start(
+                metrics.listen,
+                datapath.snapshot_source(&shown_path.display().to_string()),
+            )
+            .with_context(|| format!("{}: [metrics]", path.display()))?,
+        ),
+        None => None,
+    };
+    let links: Vec<&str> = config.links.iter().map(|l| l.interface.as_str()).collect();
+    tracing::info!(
+        links = links.join(","),
+        destinations = config.capture.destinations.len(),
+        tun = config.tun.name,
+        control = %socket.display(),
+        "alagg is up"
+    );
+    // Links are looked at twice a second: down, gone and back are acted on and logged once.
+    let mut failed = false;
+    while signals.wait(Duration::from_millis(500)).is_none() {
+        datapath.monitor();
+        if !datapath.workers_alive() {
+            tracing::error!("a worker thread stopped unexpectedly; shutting down");
+            failed = true;
+            break;
+        }
+    }
+    tracing::info!("stopping");
+    let counters = datapath.counters();
+    let captured = counters.captured.load(Relaxed);
+    let delivered = counters.delivered.load(Relaxed);
+    let coalesced = counters.coalesced.load(Relaxed);
+    let rejected_source = counters.rejected_source.load(Relaxed);
+    let rejected_malformed = counters.rejected_malformed.load(Relaxed);
+    let per_link: Vec<String> = config
+        .links
+        .iter()
+        .zip(&counters.links)
+        .map(|(link, c)| {
+            format!(
+                "{}:tx={},rx={},first={},foreign={}",
+                link.interface,
+                c.tx_frames.load(Relaxed),
+                c.rx_frames.load(Relaxed),
+                c.first.load(Relaxed),
+                c.rx_foreign.load(Relaxed)
+            )
+        })
+        .collect();
+    let stats = datapath.stop();
+    println!(
+        "summary: captured={captured} delivered={delivered} duplicates={} too_old={} \
+         reordered={} lost={} malformed={} rejected_source={rejected_source} \
+         rejected_malformed={rejected_malformed} epoch_changes={} bundles={} \
+         coalesced={coalesced} links={}",
+        stats.dedup.discarded,
+        stats.dedup.rogue,
+        stats.reorder.reordered,
+        stats.reorder.lost,
+        stats.malformed + stats.bad_version + stats.unknown_type,
+        stats.epoch_changes,
+        stats.bundles,
+        per_link.join(";"),
+    );
+    tracing::info!("alagg stopped");
+    if failed {
+        bail!("alagg stopped because a worker thread failed (see the log above)");
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! The receive stage: the receive half of every link's sockets ([`FrameRx`]) and the
+//! [`Receiver`]. It drops frames not from the link's configured peer MAC or not of alagg's
+//! ethertype, runs the engine (dedup, reorder, reassembly) and hands what it delivers, in order,
+//! to the delivery stage ([`Inbound`]).
+
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+
+use alagg_proto::{
+    Receiver, RxOutcome, Timestamp,
+    stats::RxStats,
+    wire::{ETH_HDR_LEN, MacAddr},
+};
+
+use crate::{
+    counters::Counters,
+    port::{BATCH, FrameRx, Inbound, LinkControl},
+};
+
+/// How often the engine's counters are published to the shared counters.
+pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A receive half of one link (a link has one per capture worker with AF_XDP).
+#[derive(Debug)]
+pub(crate) struct RxLink<R> {
+    /// The link's index.
+    pub(crate) link: usize,
+    pub(crate) io: R,
+    pub(crate) peer_mac: MacAddr,
+    pub(crate) ethertype: u16,
+}
+
+/// The receive stage; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct Receive<'a, R, T, D> {
+    links: Vec<RxLink<R>>,
+    /// A `poll(2)` entry per link socket, in `links` order; a socket that failed has a negative
+    /// descriptor (the kernel skips it) until the runtime hands over a replacement.
+    fds: Vec<libc::pollfd>,
+    receiver: Receiver,
+    delivery: D,
+    counters: &'a Counters,
+    control: &'a LinkControl<R, T>,
+    published: Option<Timestamp>,
+}
+
+impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
+    /// A stage receiving on `links` into `receiver`, delivering to `delivery`.
+    pub(crate) fn new(
+        links: Vec<RxLink<R>>,
+        receiver: Receiver,
+        delivery: D,
+        counters: &'a Counters,
+        control: &'a LinkControl<R, T>,
+    ) -> Self {
+        Self {
+            fds: poll_fds(&links),
+            links,
+            receiver,
+            delivery,
+            counters,
+            control,
+            published: None,
+        }
+    }
+
+    /// Writes what is held, publishes the engine's final counters and returns them.
+    pub(crate) fn finish(mut self) -> RxStats {
+        self.delivery.flush();
+        let stats = self.receiver.stats();
+        publish(self.counters, stats);
+        stats
+    }
+
+    /// Puts the runtime's new sockets for link `index` in place of its old ones.
+    fn replace(&mut self, index: usize, sockets: Vec<R>) {
+        let Some(old) = self.links.iter().find(|l| l.link == index) else {
+            return;
+        };
+        let (peer_mac, ethertype) = (old.peer_mac, old.ethertype);
+        // Sockets of other links that failed stay out of the poll set.
+        let failed: Vec<usize> = self
+            .links
+            .iter()
+            .zip(&self.fds)
+            .filter(|(l, pollfd)| l.link != index && pollfd.fd < 0)
+            .map(|(l, _)| l.link)
+            .collect();
+        self.links.retain(|l| l.link != index);
+        self.links.extend(sockets.into_iter().map(|io| RxLink {
+            link: index,
+            io,
+            peer_mac,
+            ethertype,
+        }));
+        self.fds = poll_fds(&self.links);
+        for (link, pollfd) in self.links.iter().zip(&mut self.fds) {
+            if failed.contains(&link.link) {
+                pollfd.fd = -pollfd.fd.abs() - 1;
+            }
+        }
+    }
+
+    /// Takes replacement sockets from the runtime, then drains every link's ring and gives up
+    /// on gaps whose time is up; returns the frames received.
+    pub(crate) fn turn(&mut self, now: Timestamp) -> usize {
+        while let Some((index, sockets)) = self.control.take_rx() {
+            self.replace(index, sockets);
+        }
+        let Self {
+            links,
+            fds,
+            receiver,
+            delivery,
+            counters,
+            ..
+        } = self;
+        let mut deliver = |packet: &[u8]| delivery.packet(packet);
+        let mut got = 0;
+        for (link, pollfd) in links.iter_mut().zip(fds.iter()) {
+            if pollfd.fd < 0 {
+                continue;
+            }
+            let link_counters = &counters.links[link.link];
+            let (peer_mac, ethertype) = (link.peer_mac, link.ethertype);
+            // Drain this link's ring in batches.
+            loop {
+                let result = link.io.recv(|frame| {
+                    link_counters.rx_frames.fetch_add(1, Relaxed);
+                    link_counters
+                        .rx_bytes
+                        .fetch_add(frame.len() as u64, Relaxed);
+                    if frame.len() < ETH_HDR_LEN
+                        || frame[6..12] != peer_mac.0
+                        || frame[12..14] != ethertype.to_be_bytes()
+                    {
+                        link_counters.rx_foreign.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    match receiver.on_frame(&frame[ETH_HDR_LEN..], now, &mut deliver) {
+                        RxOutcome::Accepted { .. } => {
+                            link_counters.first.fetch_add(1, Relaxed);
+                        }
+                        RxOutcome::Bundle { accepted, .. } => {
+                            link_counters.first.fetch_add(u64::from(accepted), Relaxed);
+                        }
+                        _ => {}
+                    }
+                });
+                match result {
+                    Ok(n) => {
+                        got += n;
+                        if n < BATCH {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "link receive");
+                        break;
+                    }
+                }
+            }
+        }
+        if receiver.next_deadline().is_some_and(|d| d <= now) {
+            receiver.poll(now, &mut deliver);
+        }
+        // What this turn delivered goes into the stack before the thread looks again or sleeps.
+        delivery.flush();
+        let due = self
+            .published
+            .is_none_or(|t| now.saturating_since(t) >= PUBLISH_INTERVAL);
+        if due {
+            self.published = Some(now);
+            publish(self.counters, self.receiver.stats());
+        }
+        got
+    }
+
+    /// The link sockets that have not failed, and how long to sleep on them at most: until the
+    /// engine's next deadline.
+    pub(crate) fn sleep_on(
+        &mut self,
+        now: Timestamp,
+        idle: Duration,
+    ) -> (&mut [libc::pollfd], Duration) {
+        let timeout = self
+            .receiver
+            .next_deadline()
+            .map_or(idle, |deadline| deadline.saturating_since(now));
+        (&mut self.fds, timeout)
+    }
+
+    /// Acts on what `poll(2)` wrote into the descriptors: a socket whose interface went away
+    /// stops being polled until the runtime hands over a new one. What counts as that is the
+    /// socket's to say ([`FrameRx::fatal_events`]): a packet socket's `POLLERR` reports its
+    /// interface going down, and it works again once the interface is up, so no replacement
+    /// would come.
+    pub(crate) fn woke(&mut self) {
+        for (link, pollfd) in self.links.iter().zip(&mut self.fds) {
+            if pollfd.revents & link.io.fatal_events() != 0 {
+                pollfd.fd = -pollfd.fd.abs() - 1;
+            }
+            pollfd.revents = 0;
+        }
+    }
+}
+
+/// A `poll(2)` entry for each receive half.
+fn poll_fds<R: FrameRx>(links: &[RxLink<R>]) -> Vec<libc::pollfd> {
+    links
+        .iter()
+        .map(|l| libc::pollfd {
+            fd: l.io.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect()
+}
+
+fn publish(counters: &Counters, stats: RxStats) {
+    *counters
+        .engine
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = stats;
+}

@@ -1,0 +1,192 @@
+//! The transmit stage: numbering ([`Sender`]), scheduling ([`Redundant`]), bundling
+//! ([`Bundler`]) and staging frames on the links' transmit halves ([`FrameTx`]). It is the
+//! capture stage's [`Outbound`].
+//!
+//! Invariant: sequence numbers follow capture order, bundles included: a packet that goes on
+//! its own is numbered after the bundle built before it.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use alagg_proto::{
+    Bundler, LinkSet, LinkState, Redundant, Scheduler as _, Sender, Timestamp,
+    wire::{EthernetRepr, WireError},
+};
+
+use crate::{
+    counters::{Counters, LinkCounters},
+    port::{FrameTx, LinkControl, Outbound},
+};
+
+/// The transmit half of one link and the Ethernet header of its frames.
+#[derive(Debug)]
+pub(crate) struct TxLink<T> {
+    pub(crate) io: T,
+    pub(crate) eth: EthernetRepr,
+}
+
+/// The transmit stage of one capture worker.
+#[derive(Debug)]
+pub(crate) struct Transmit<'a, R, T> {
+    sender: Sender,
+    scheduler: Redundant,
+    links: Vec<TxLink<T>>,
+    link_states: Vec<LinkState>,
+    /// Small packets of the current capture batch waiting to share a frame, when bundling.
+    bundler: Option<Bundler>,
+    /// The links the bundle being built goes to.
+    bundle_links: LinkSet,
+    counters: &'a Counters,
+    /// Where link changes come from, and this worker's number there.
+    control: (&'a LinkControl<R, T>, usize),
+    seen_generation: u64,
+    last_error: Option<std::time::Instant>,
+}
+
+impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
+    /// A stage sending on `links` (in link order, with their states), numbering with `sender`,
+    /// bundling small packets when `bundle`; worker `worker` of `control`.
+    pub(crate) fn new(
+        sender: Sender,
+        (links, link_states): (Vec<TxLink<T>>, Vec<LinkState>),
+        bundle: bool,
+        counters: &'a Counters,
+        (control, worker): (&'a LinkControl<R, T>, usize),
+    ) -> Self {
+        Self {
+            sender,
+            scheduler: Redundant,
+            links,
+            link_states,
+            bundler: bundle.then(Bundler::new),
+            bundle_links: LinkSet::EMPTY,
+            counters,
+            control: (control, worker),
+            seen_generation: 0,
+            last_error: None,
+        }
+    }
+
+    /// Numbers the bundle being built and stages its frame on its links.
+    fn seal_bundle(&mut self) {
+        let Some(bundler) = self.bundler.as_mut() else {
+            return;
+        };
+        if let Some(sealed) = bundler.seal(&mut self.sender) {
+            for index in self.bundle_links.iter() {
+                let (link, state) = (&mut self.links[index], &self.link_states[index]);
+                stage(&mut link.io, &self.counters.links[index], |buf| {
+                    sealed.emit_ethernet(state.id, &link.eth, buf)
+                });
+            }
+        }
+        bundler.clear();
+    }
+}
+
+impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
+    /// Link changes from the runtime, looked at every turn (one atomic load), so a worker whose
+    /// queue stays empty still drops a dead link's socket promptly.
+    fn refresh(&mut self) {
+        let (control, worker) = self.control;
+        let generation = control.generation();
+        if generation == self.seen_generation {
+            return;
+        }
+        self.seen_generation = generation;
+        while let Some((index, io, eth)) = control.take_tx(worker) {
+            if let Some(link) = self.links.get_mut(index) {
+                *link = TxLink { io, eth };
+            }
+        }
+        for (index, state) in self.link_states.iter_mut().enumerate() {
+            state.usable = control.usable(index);
+        }
+    }
+
+    /// Encapsulates one captured packet and stages its frames on the links the scheduler picks;
+    /// a small one joins the bundle being built instead, which goes out (numbered before this
+    /// packet) when it is full or the batch ends.
+    fn packet(&mut self, payload: &[u8], now: Timestamp) {
+        let chosen = self.scheduler.select(payload.len(), &self.link_states, now);
+        let Some(mtu) = chosen.min_mtu(&self.link_states) else {
+            self.counters.capture_dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        if self.bundler.is_some() && Bundler::bundleable(payload.len(), mtu) {
+            let same_links = chosen == self.bundle_links;
+            if same_links && self.bundler.as_mut().is_some_and(|b| b.push(payload, mtu)) {
+                return;
+            }
+            self.seal_bundle();
+            self.bundle_links = chosen;
+            if self.bundler.as_mut().is_some_and(|b| b.push(payload, mtu)) {
+                return;
+            }
+        }
+        // Sent on its own, after whatever was bundled before it, so numbers follow capture order.
+        self.seal_bundle();
+        let Ok(plan) = self.sender.plan(payload.len(), mtu) else {
+            self.counters.capture_dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        for index in chosen.iter() {
+            let (link, state) = (&mut self.links[index], &self.link_states[index]);
+            for i in 0..plan.frame_count() {
+                stage(&mut link.io, &self.counters.links[index], |buf| {
+                    plan.emit_ethernet(i, state.id, &link.eth, payload, buf)
+                });
+            }
+        }
+    }
+
+    /// Seals the bundle and sends what every usable link has staged. A link that is not usable
+    /// is not kicked (frames left on its ring wait until it is again).
+    fn flush(&mut self) {
+        self.seal_bundle();
+        let links = self
+            .links
+            .iter_mut()
+            .zip(&self.link_states)
+            .zip(&self.counters.links);
+        for ((link, state), link_counters) in links {
+            if !state.usable {
+                continue;
+            }
+            match link.io.flush() {
+                Ok(0) => {}
+                Ok(dropped) => {
+                    link_counters.tx_dropped.fetch_add(dropped as u64, Relaxed);
+                }
+                Err(error) => {
+                    // At most once a second: a broken link must not flood the log.
+                    if self
+                        .last_error
+                        .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+                    {
+                        tracing::warn!(%error, "transmit");
+                        self.last_error = Some(std::time::Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stages one frame, written by `emit`, on `link`, and counts it.
+fn stage(
+    link: &mut impl FrameTx,
+    counters: &LinkCounters,
+    emit: impl FnOnce(&mut [u8]) -> Result<usize, WireError>,
+) {
+    let mut len = 0;
+    let staged = link.stage(|buf| {
+        len = emit(buf).unwrap_or(0);
+        len
+    });
+    if staged {
+        counters.tx_frames.fetch_add(1, Relaxed);
+        counters.tx_bytes.fetch_add(len as u64, Relaxed);
+    } else {
+        counters.tx_dropped.fetch_add(1, Relaxed);
+    }
+}

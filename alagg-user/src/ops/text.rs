@@ -1,0 +1,316 @@
+//! The `alagg status` text of a [`Snapshot`], in the manner of `wg show`: a header, a block
+//! per link, then the engine, capture, delivery and XDP sections. Never fails, never panics.
+
+use std::fmt::Write as _;
+
+use super::snapshot::{ENGINE_ROWS, Snapshot};
+
+impl Snapshot {
+    /// The `alagg status` text: a header, a block per link, then the engine, capture, delivery
+    /// and XDP sections. Plain text, labels aligned within each block.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let header = [
+            ("pid", self.pid.to_string()),
+            ("uptime", human_duration(self.uptime_secs)),
+            ("config", self.config.clone()),
+        ];
+        block(&mut out, &format!("interface: {}", self.tun), &header);
+
+        let total_first: u64 = self
+            .links
+            .iter()
+            .map(|l| l.first)
+            .fold(0, u64::wrapping_add);
+        for link in &self.links {
+            let rows = [
+                ("status", link.status.clone()),
+                (
+                    "sent",
+                    format!(
+                        "{} in {} frames, {} dropped",
+                        human_bytes(link.tx_bytes),
+                        link.tx_frames,
+                        link.tx_dropped
+                    ),
+                ),
+                (
+                    "received",
+                    format!(
+                        "{} in {} frames, {} foreign",
+                        human_bytes(link.rx_bytes),
+                        link.rx_frames,
+                        link.rx_foreign
+                    ),
+                ),
+                (
+                    "first copies",
+                    format!(
+                        "{} ({} packets)",
+                        share(link.first, total_first),
+                        link.first
+                    ),
+                ),
+            ];
+            block(&mut out, &format!("link: {}", link.interface), &rows);
+        }
+
+        let mut engine: Vec<(String, String)> = ENGINE_ROWS
+            .iter()
+            .map(|&(label, _, _, value)| (label.to_owned(), value(&self.engine).to_string()))
+            .collect();
+        let e = &self.engine;
+        if e.hold_count > 0 || !e.hold_histogram.is_empty() {
+            let mean = if e.hold_count == 0 {
+                0.0
+            } else {
+                e.hold_sum_secs / e.hold_count as f64
+            };
+            engine.push((
+                "reorder holds".to_owned(),
+                format!("{} (mean {})", e.hold_count, human_secs(mean)),
+            ));
+            // Per bucket (not cumulative), empty buckets left out.
+            let mut below = 0u64;
+            for &(bound, cumulative) in &e.hold_histogram {
+                let count = cumulative.saturating_sub(below);
+                if count > 0 {
+                    engine.push((format!("  <= {}", human_secs(bound)), count.to_string()));
+                }
+                below = cumulative;
+            }
+            let above = e.hold_count.saturating_sub(below);
+            if let Some(&(bound, _)) = e.hold_histogram.last().filter(|_| above > 0) {
+                engine.push((format!("  > {}", human_secs(bound)), above.to_string()));
+            }
+        }
+        block(&mut out, "engine (IEEE 802.1CB sequence recovery)", &engine);
+
+        let c = &self.capture;
+        let capture = [
+            (
+                "captured",
+                format!(
+                    "{} in {} packets",
+                    human_bytes(c.captured_bytes),
+                    c.captured
+                ),
+            ),
+            ("dropped", c.dropped.to_string()),
+            ("receive batches", c.batches.to_string()),
+            ("queue overruns", c.overruns.to_string()),
+            ("queue errors", c.errors.to_string()),
+        ];
+        block(&mut out, "capture (NFQUEUE)", &capture);
+
+        let d = &self.delivery;
+        let delivery = [
+            (
+                "delivered",
+                format!(
+                    "{} in {} packets ({} coalesced into GSO writes)",
+                    human_bytes(d.delivered_bytes),
+                    d.delivered,
+                    d.coalesced
+                ),
+            ),
+            ("rejected source", d.rejected_source.to_string()),
+            ("rejected malformed", d.rejected_malformed.to_string()),
+            ("tun errors", d.tun_errors.to_string()),
+        ];
+        block(&mut out, "delivery (TUN)", &delivery);
+
+        if !self.xdp.is_empty() {
+            let xdp: Vec<(&str, String)> = self
+                .xdp
+                .iter()
+                .map(|x| {
+                    (
+                        x.action.as_str(),
+                        format!("{} in {} frames", human_bytes(x.bytes), x.packets),
+                    )
+                })
+                .collect();
+            block(&mut out, "xdp", &xdp);
+        }
+        // `block` separates blocks with a blank line; none after the last.
+        while out.ends_with("\n\n") {
+            out.pop();
+        }
+        out
+    }
+}
+
+/// Appends a block: a title line, then `  label: value` rows with values aligned, then a blank
+/// line.
+fn block(out: &mut String, title: &str, rows: &[(impl AsRef<str>, String)]) {
+    // Widths in characters, as `format!` pads (`µ` is one).
+    let width = rows
+        .iter()
+        .map(|(label, _)| label.as_ref().chars().count())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let _ = writeln!(out, "{title}");
+    for (label, value) in rows {
+        let label = format!("{}:", label.as_ref());
+        let _ = writeln!(out, "  {label:<width$} {value}");
+    }
+    out.push('\n');
+}
+
+/// Bytes with binary units, like `wg show`: `512 B`, `1.21 MiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", UNITS.get(unit).copied().unwrap_or("EiB"))
+}
+
+/// A duration like `wg show`: `1 day, 2 hours, 3 minutes, 4 seconds`.
+fn human_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 1.0 {
+        return "0 seconds".to_owned();
+    }
+    let total = secs as u64;
+    let parts = [
+        (total / 86_400, "day"),
+        (total / 3_600 % 24, "hour"),
+        (total / 60 % 60, "minute"),
+        (total % 60, "second"),
+    ];
+    let words: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|&(n, unit)| format!("{n} {unit}{}", if n == 1 { "" } else { "s" }))
+        .collect();
+    words.join(", ")
+}
+
+/// A short duration: `250 µs`, `2.5 ms`, `1 s`.
+fn human_secs(secs: f64) -> String {
+    if secs < 0.001 {
+        format!("{} µs", trim(secs * 1e6))
+    } else if secs < 1.0 {
+        format!("{} ms", trim(secs * 1e3))
+    } else {
+        format!("{} s", trim(secs))
+    }
+}
+
+/// At most two decimals, trailing zeros dropped.
+fn trim(value: f64) -> String {
+    let text = format!("{value:.2}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// `part` as a percentage of `total` with one decimal, or `-` when `total` is zero.
+fn share(part: u64, total: u64) -> String {
+    if total == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:.1}%", part as f64 * 100.0 / total as f64)
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::ops::snapshot::{LinkSnapshot, tests::sample};
+
+    #[test]
+    fn text_shows_every_link_and_its_share_of_first_copies() {
+        let text = sample().render_text();
+        for expected in [
+            "interface: alagg0",
+            "pid:",
+            "1 day, 2 hours, 3 minutes, 4 seconds",
+            "/etc/alagg/site-a.toml",
+            "link: eth1",
+            "link: we\"ird\\name",
+            "75.0% (15 packets)",
+            "25.0% (5 packets)",
+            "1.21 MiB in 1000 frames, 0 dropped",
+            "512 B in 900 frames, 0 foreign",
+            "gone",
+            "discarded duplicates:",
+            "capture (NFQUEUE)",
+            "delivery (TUN)",
+            "rejected source:",
+            "reorder holds:",
+            "  <= 100 µs:",
+            "  > 1 s:",
+            "redirected:",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing in\n{text}");
+        }
+        // Values line up within a block.
+        let link: Vec<&str> = text
+            .split("\n\n")
+            .find(|b| b.starts_with("link: eth1"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .collect();
+        let columns: BTreeSet<usize> = link
+            .iter()
+            .map(|l| {
+                l.find(':').unwrap() + l[l.find(':').unwrap() + 1..].find(|c| c != ' ').unwrap()
+            })
+            .collect();
+        assert_eq!(columns.len(), 1, "unaligned:\n{}", link.join("\n"));
+        assert!(!text.ends_with("\n\n"));
+    }
+
+    #[test]
+    fn text_without_first_copies_shows_no_share() {
+        let snapshot = Snapshot {
+            links: vec![LinkSnapshot {
+                interface: "eth9".into(),
+                status: "down".into(),
+                ..LinkSnapshot::default()
+            }],
+            ..Snapshot::default()
+        };
+        let text = snapshot.render_text();
+        assert!(text.contains("- (0 packets)"), "{text}");
+        assert!(!text.contains("reorder holds"), "{text}");
+        assert!(!text.contains("NaN"), "{text}");
+    }
+
+    #[test]
+    fn human_units() {
+        let bytes = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.00 KiB"),
+            (1_268_000, "1.21 MiB"),
+            (u64::MAX, "16.00 EiB"),
+        ];
+        for (value, text) in bytes {
+            assert_eq!(human_bytes(value), text);
+        }
+        let durations = [
+            (0.0, "0 seconds"),
+            (f64::NAN, "0 seconds"),
+            (1.0, "1 second"),
+            (61.0, "1 minute, 1 second"),
+            (7_200.0, "2 hours"),
+        ];
+        for (value, text) in durations {
+            assert_eq!(human_duration(value), text);
+        }
+        assert_eq!(human_secs(0.00025), "250 µs");
+        assert_eq!(human_secs(0.0025), "2.5 ms");
+    }
+}

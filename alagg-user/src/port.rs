@@ -1,0 +1,186 @@
+//! The ports between the per-packet stages and what carries their packets: small traits that
+//! the kernel edges implement (NFQUEUE in [`crate::capture::nfqueue`], AF_XDP and AF_PACKET in
+//! [`crate::link`], the TUN behind [`crate::deliver`]) and that unit tests implement in memory,
+//! in the manner of smoltcp's `phy::Device`. A stage is generic over its ports, so the real
+//! sockets cost no dynamic dispatch on the per-packet path.
+//!
+//! Also here: [`LinkControl`], through which the runtime hands link changes (usable or not,
+//! replacement sockets) to the stages, lock-free.
+//!
+//! This module is a shared leaf: it imports nothing from the crate but [`crate::sys`].
+
+use std::{
+    fmt,
+    os::fd::RawFd,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Release},
+};
+
+use alagg_proto::wire::EthernetRepr;
+use crossbeam_queue::ArrayQueue;
+
+/// Frames a [`FrameRx`] hands over per call at most, and packets a [`PacketSource`] per batch.
+pub(crate) const BATCH: usize = 64;
+
+/// The receive half of a link: whole Ethernet frames.
+pub(crate) trait FrameRx {
+    /// Errors of the socket, logged by the stage.
+    type Error: fmt::Display;
+
+    /// The descriptor to `poll(2)` on for frames.
+    fn fd(&self) -> RawFd;
+
+    /// The `poll(2)` events after which this socket is dead until the runtime replaces it.
+    fn fatal_events(&self) -> i16 {
+        libc::POLLNVAL | libc::POLLHUP
+    }
+
+    /// Hands up to [`BATCH`] received frames to `each`, without blocking; returns how many.
+    fn recv(&mut self, each: impl FnMut(&[u8])) -> Result<usize, Self::Error>;
+}
+
+/// The transmit half of a link.
+pub(crate) trait FrameTx {
+    /// Errors of the socket, logged by the stage.
+    type Error: fmt::Display;
+
+    /// Writes one frame through `write`, which gets a buffer and returns the length it wrote
+    /// (0: nothing to send). Returns whether a frame was staged (`false`: no room, dropped).
+    fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool;
+
+    /// Sends what is staged; returns the frames the device refused (dropped).
+    fn flush(&mut self) -> Result<usize, Self::Error>;
+}
+
+/// One captured packet, writable so that a partial checksum can be completed in place.
+#[derive(Debug)]
+pub(crate) struct Captured<'a> {
+    /// The IP packet (empty if the kernel sent none).
+    pub(crate) payload: &'a mut [u8],
+    /// Its transport checksum is partial, to be completed before sending.
+    pub(crate) csum_partial: bool,
+    /// The packet was longer than what was copied: `payload` is only its start.
+    pub(crate) truncated: bool,
+}
+
+/// What a capture source lost or could not parse, counted since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SourceLosses {
+    /// Receive-buffer overruns: the kernel lost packets before alagg read them.
+    pub(crate) overruns: u64,
+    /// Messages that did not parse, and errors the kernel reported.
+    pub(crate) errors: u64,
+}
+
+/// Where outbound packets are captured from (an NFQUEUE queue).
+pub(crate) trait PacketSource {
+    /// Errors of the source, logged by the stage.
+    type Error: fmt::Display;
+
+    /// The descriptor to `poll(2)` on for packets.
+    fn fd(&self) -> RawFd;
+
+    /// Takes up to [`BATCH`] packets without blocking and hands each to `each`, in the order
+    /// they were queued; returns how many.
+    fn recv(&mut self, each: impl FnMut(Captured<'_>)) -> Result<usize, Self::Error>;
+
+    /// Steals the packets of the last [`PacketSource::recv`]: alagg carries them from here.
+    fn steal(&mut self) -> Result<(), Self::Error>;
+
+    /// What the source lost so far.
+    fn losses(&self) -> SourceLosses;
+}
+
+/// What the capture stage hands its packets to (the transmit stage).
+pub(crate) trait Outbound {
+    /// Called at the start of every capture turn, before any packet: take link changes.
+    fn refresh(&mut self);
+
+    /// Sends one captured packet (or stages it to be sent with the next ones).
+    fn packet(&mut self, packet: &[u8], now: alagg_proto::Timestamp);
+
+    /// The batch is complete: everything staged goes out now (before the capture's verdict).
+    fn flush(&mut self);
+}
+
+/// What the receive stage hands the engine's packets to (the delivery stage).
+pub(crate) trait Inbound {
+    /// Takes one packet the engine delivered, in order.
+    fn packet(&mut self, packet: &[u8]);
+
+    /// Writes whatever is held back (coalesced), before the receive stage looks again or sleeps.
+    fn flush(&mut self);
+}
+
+/// What the runtime tells the stages about links: whether each may carry traffic, and
+/// replacement sockets for a link whose interface disappeared and came back. Lock-free: the
+/// stages read one number per turn and the queues only when it changed.
+#[derive(Debug)]
+pub(crate) struct LinkControl<R, T> {
+    /// Bumped after every change below.
+    generation: AtomicU64,
+    usable: Vec<AtomicBool>,
+    /// Per capture worker: `(link, transmit half, its Ethernet header)`.
+    new_tx: Vec<ArrayQueue<(usize, T, EthernetRepr)>>,
+    /// `(link, its receive halves)`.
+    new_rx: ArrayQueue<(usize, Vec<R>)>,
+}
+
+impl<R, T> LinkControl<R, T> {
+    /// Control for `links` links, all usable, and `workers` capture workers.
+    pub(crate) fn new(links: usize, workers: usize) -> Self {
+        let depth = 4 * links.max(1);
+        Self {
+            generation: AtomicU64::new(0),
+            usable: (0..links).map(|_| AtomicBool::new(true)).collect(),
+            new_tx: (0..workers).map(|_| ArrayQueue::new(depth)).collect(),
+            new_rx: ArrayQueue::new(depth),
+        }
+    }
+
+    /// The number of capture workers.
+    pub(crate) fn workers(&self) -> usize {
+        self.new_tx.len()
+    }
+
+    /// Changes whether `link` may carry traffic.
+    pub(crate) fn set_usable(&self, link: usize, usable: bool) {
+        let Some(flag) = self.usable.get(link) else {
+            return;
+        };
+        if flag.swap(usable, std::sync::atomic::Ordering::Relaxed) != usable {
+            self.generation.fetch_add(1, Release);
+        }
+    }
+
+    /// Hands over new sockets for `link`: the receive halves, and a transmit half per worker.
+    /// The newest sockets win: an older replacement still queued is stale.
+    pub(crate) fn replace(&self, link: usize, rx: Vec<R>, tx: Vec<T>, eth: EthernetRepr) {
+        drop(self.new_rx.force_push((link, rx)));
+        for (queue, tx) in self.new_tx.iter().zip(tx) {
+            drop(queue.force_push((link, tx, eth)));
+        }
+        self.generation.fetch_add(1, Release);
+    }
+
+    /// The change counter; a stage compares it with the one it last saw.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether `link` may carry traffic.
+    pub(crate) fn usable(&self, link: usize) -> bool {
+        self.usable
+            .get(link)
+            .is_some_and(|u| u.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The next replacement transmit half for capture worker `worker`.
+    pub(crate) fn take_tx(&self, worker: usize) -> Option<(usize, T, EthernetRepr)> {
+        self.new_tx.get(worker)?.pop()
+    }
+
+    /// The next replacement receive halves.
+    pub(crate) fn take_rx(&self) -> Option<(usize, Vec<R>)> {
+        self.new_rx.pop()
+    }
+}

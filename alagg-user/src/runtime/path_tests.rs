@@ -1,0 +1,513 @@
+//! The per-packet path without root: capture -> transmit -> (links) -> receive -> deliver,
+//! wired as [`super::Datapath::start`] wires them, over an in-memory NFQUEUE, in-memory links
+//! that lose, duplicate and reorder frames (seeded), and an in-memory TUN whose writes are
+//! checked byte for byte against what was captured.
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+use std::{
+    cell::RefCell,
+    collections::{HashSet, VecDeque},
+    convert::Infallible,
+    io,
+    os::fd::RawFd,
+    rc::Rc,
+    sync::atomic::Ordering::Relaxed,
+    time::Duration,
+};
+
+use alagg_proto::{
+    LinkState, Receiver, ReceiverConfig, Sender, Timestamp,
+    wire::{EthernetRepr, MacAddr},
+};
+use ipnet::IpNet;
+
+use crate::{
+    capture::Capture,
+    counters::{Counters, LinkCounters},
+    deliver::{
+        Delivery,
+        tun::{PLAIN_HEADER, TunWrite, VNET_HDR_LEN},
+    },
+    engine::{
+        receive::{Receive, RxLink},
+        transmit::{Transmit, TxLink},
+    },
+    port::{BATCH, Captured, FrameRx, FrameTx, LinkControl, PacketSource, SourceLosses},
+};
+
+/// A small seeded generator (xorshift64*), so every run sees the same impairments.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// True with probability `percent` / 100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// An in-memory NFQUEUE queue: packets waiting, and how many batches were stolen.
+#[derive(Default)]
+struct MemQueue {
+    waiting: VecDeque<(Vec<u8>, bool, bool)>,
+    taken: usize,
+    stolen: usize,
+}
+
+impl PacketSource for MemQueue {
+    type Error = Infallible;
+
+    fn fd(&self) -> RawFd {
+        -1
+    }
+
+    fn recv(&mut self, mut each: impl FnMut(Captured<'_>)) -> Result<usize, Infallible> {
+        let mut n = 0;
+        while n < BATCH {
+            let Some((mut payload, csum_partial, truncated)) = self.waiting.pop_front() else {
+                break;
+            };
+            each(Captured {
+                payload: &mut payload,
+                csum_partial,
+                truncated,
+            });
+            n += 1;
+        }
+        self.taken += n;
+        Ok(n)
+    }
+
+    fn steal(&mut self) -> Result<(), Infallible> {
+        self.stolen += 1;
+        Ok(())
+    }
+
+    fn losses(&self) -> SourceLosses {
+        SourceLosses::default()
+    }
+}
+
+/// Frames in flight on one direction of an in-memory link.
+type Wire = Rc<RefCell<VecDeque<Vec<u8>>>>;
+
+/// The transmit half of an in-memory link: staged frames go on the wire at flush.
+struct MemTx {
+    staged: Vec<Vec<u8>>,
+    wire: Wire,
+}
+
+impl FrameTx for MemTx {
+    type Error = Infallible;
+
+    fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        let mut buf = vec![0u8; 3840];
+        let len = write(&mut buf);
+        if len == 0 {
+            return false;
+        }
+        buf.truncate(len);
+        self.staged.push(buf);
+        true
+    }
+
+    fn flush(&mut self) -> Result<usize, Infallible> {
+        self.wire.borrow_mut().extend(self.staged.drain(..));
+        Ok(0)
+    }
+}
+
+/// The receive half of an in-memory link: frames the test put there.
+struct MemRx {
+    arrived: Wire,
+}
+
+impl FrameRx for MemRx {
+    type Error = Infallible;
+
+    /// Never polled: any descriptor that is not negative (negative marks a failed socket).
+    fn fd(&self) -> RawFd {
+        RawFd::MAX
+    }
+
+    fn recv(&mut self, mut each: impl FnMut(&[u8])) -> Result<usize, Infallible> {
+        let mut n = 0;
+        while n < BATCH {
+            let Some(frame) = self.arrived.borrow_mut().pop_front() else {
+                break;
+            };
+            each(&frame);
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// An in-memory TUN: every write as the kernel would see it, without its vnet header.
+#[derive(Default)]
+struct MemTun {
+    written: RefCell<Vec<Vec<u8>>>,
+}
+
+impl TunWrite for &MemTun {
+    fn write_parts(&self, header: &[u8; VNET_HDR_LEN], parts: &[&[u8]]) -> io::Result<()> {
+        assert_eq!(header, &PLAIN_HEADER, "these tests send nothing to offload");
+        self.written.borrow_mut().push(parts.concat());
+        Ok(())
+    }
+}
+
+/// What a link does to the frames crossing it, per turn.
+#[derive(Clone, Copy, Default)]
+struct Impairment {
+    loss: u64,
+    duplicate: u64,
+    /// Chance that a frame swaps places with the one before it.
+    reorder: u64,
+    /// Chance that a frame is held back to the next turn, a millisecond later: within the
+    /// hold time, so the receiver waits for it.
+    delay: u64,
+}
+
+const HOST_A: MacAddr = MacAddr([2, 0, 0, 0, 0xa, 1]);
+const HOST_B: MacAddr = MacAddr([2, 0, 0, 0, 0xb, 1]);
+const ETHERTYPE: u16 = alagg_common::DEFAULT_ETHERTYPE;
+
+fn destinations() -> Vec<IpNet> {
+    vec!["192.0.2.0/24".parse().unwrap()]
+}
+
+/// An IPv4 packet from 192.0.2.1 of `len` bytes (at least 20) carrying experimental protocol
+/// 253 and `id` in its first payload bytes, the rest seeded noise.
+fn packet(id: u32, len: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut p = vec![0u8; len.max(24)];
+    p[0] = 0x45;
+    let total = u16::try_from(p.len()).unwrap();
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[8] = 64;
+    p[9] = 253;
+    p[12..16].copy_from_slice(&[192, 0, 2, 1]);
+    p[16..20].copy_from_slice(&[192, 0, 2, 2]);
+    p[20..24].copy_from_slice(&id.to_be_bytes());
+    for byte in &mut p[24..] {
+        *byte = rng.next() as u8;
+    }
+    p
+}
+
+/// One host's sending half and the other's receiving half, joined by `impairments.len()`
+/// in-memory links, run turn by turn as the worker threads would run them.
+struct Path<'a> {
+    queue: Capture<'a, MemQueue, Transmit<'a, MemRx, MemTx>>,
+    receive: Receive<'a, MemRx, MemTx, Delivery<'a, &'a MemTun>>,
+    /// Per link: what the sender put on it, and what reaches the receiver.
+    wires: Vec<(Wire, Wire)>,
+    /// Per link: frames held back to the next turn.
+    delayed: Vec<Vec<Vec<u8>>>,
+    impairments: Vec<Impairment>,
+    rng: Rng,
+    now: Timestamp,
+}
+
+struct Fixture {
+    counters: Counters,
+    control: LinkControl<MemRx, MemTx>,
+    tun: MemTun,
+}
+
+impl Fixture {
+    fn new(links: usize) -> Self {
+        Self {
+            counters: Counters {
+                links: (0..links).map(|_| LinkCounters::default()).collect(),
+                ..Counters::default()
+            },
+            control: LinkControl::new(links, 1),
+            tun: MemTun::default(),
+        }
+    }
+
+    fn path(&self, impairments: &[Impairment], bundle: bool, seed: u64) -> Path<'_> {
+        let (mut tx_links, mut rx_links, mut states, mut wires) = (vec![], vec![], vec![], vec![]);
+        for i in 0..impairments.len() {
+            let (sent, arrived) = (Wire::default(), Wire::default());
+            tx_links.push(TxLink {
+                io: MemTx {
+                    staged: Vec::new(),
+                    wire: Rc::clone(&sent),
+                },
+                eth: EthernetRepr {
+                    dst: HOST_B,
+                    src: HOST_A,
+                    ethertype: ETHERTYPE,
+                },
+            });
+            rx_links.push(RxLink {
+                link: i,
+                io: MemRx {
+                    arrived: Rc::clone(&arrived),
+                },
+                peer_mac: HOST_A,
+                ethertype: ETHERTYPE,
+            });
+            states.push(LinkState {
+                id: u16::try_from(i).unwrap(),
+                usable: true,
+                weight: 1,
+                mtu: 1500,
+            });
+            wires.push((sent, arrived));
+        }
+        let transmit = Transmit::new(
+            Sender::new(7),
+            (tx_links, states),
+            bundle,
+            &self.counters,
+            (&self.control, 0),
+        );
+        let queue = Capture::new(vec![MemQueue::default()], transmit, &self.counters);
+        // The hold time `protocol.hold_ms` has by default.
+        let receiver = Receiver::new(&ReceiverConfig {
+            hold_time: Duration::from_millis(5),
+            ..ReceiverConfig::default()
+        })
+        .unwrap();
+        let delivery = Delivery::new(&self.tun, 1480, destinations(), false, &self.counters);
+        let receive = Receive::new(rx_links, receiver, delivery, &self.counters, &self.control);
+        Path {
+            queue,
+            receive,
+            delayed: vec![Vec::new(); impairments.len()],
+            wires,
+            impairments: impairments.to_vec(),
+            rng: Rng(seed),
+            now: Timestamp::from_nanos(1_000_000),
+        }
+    }
+}
+
+impl Path<'_> {
+    /// Captures `packets` (in batches, as NFQUEUE hands them over), carries their frames over
+    /// the links and runs the receiver, a millisecond per turn; then lets the hold time pass.
+    fn carry(&mut self, packets: &[Vec<u8>]) {
+        for chunk in packets.chunks(BATCH) {
+            self.queue_mut()
+                .waiting
+                .extend(chunk.iter().map(|p| (p.clone(), false, false)));
+            self.turn();
+        }
+        for _ in 0..20 {
+            self.turn();
+        }
+    }
+
+    fn queue_mut(&mut self) -> &mut MemQueue {
+        self.queue.queues_mut().first_mut().unwrap()
+    }
+
+    fn turn(&mut self) {
+        self.queue.turn(self.now);
+        for (link, (sent, arrived)) in self.wires.iter().enumerate() {
+            let impairment = self.impairments[link];
+            // Frames held back last turn arrive first, and are not held back again.
+            let mut arrived = arrived.borrow_mut();
+            arrived.extend(self.delayed[link].drain(..));
+            let mut frames = Vec::new();
+            for frame in sent.borrow_mut().drain(..) {
+                if self.rng.chance(impairment.loss) {
+                    continue;
+                }
+                if self.rng.chance(impairment.duplicate) {
+                    frames.push(frame.clone());
+                }
+                frames.push(frame);
+            }
+            for i in 1..frames.len() {
+                if self.rng.chance(impairment.reorder) {
+                    frames.swap(i - 1, i);
+                }
+            }
+            for frame in frames {
+                if self.rng.chance(impairment.delay) {
+                    self.delayed[link].push(frame);
+                } else {
+                    arrived.push_back(frame);
+                }
+            }
+        }
+        self.receive.turn(self.now);
+        self.now = Timestamp::from_nanos(self.now.as_nanos() + 1_000_000);
+    }
+}
+
+/// `count` packets of seeded sizes between 20 and `max` bytes.
+fn packets(count: u32, max: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = Rng(seed);
+    (0..count)
+        .map(|id| {
+            let len = 20 + rng.below(max - 20);
+            packet(id, len, &mut rng)
+        })
+        .collect()
+}
+
+/// The ids of the packets the TUN got, in order, after checking each byte for byte.
+fn delivered_ids(tun: &MemTun, sent: &[Vec<u8>]) -> Vec<u32> {
+    tun.written
+        .borrow()
+        .iter()
+        .map(|p| {
+            let id = u32::from_be_bytes(p[20..24].try_into().unwrap());
+            assert_eq!(p, &sent[id as usize], "packet {id} was delivered changed");
+            id
+        })
+        .collect()
+}
+
+#[test]
+fn clean_links_deliver_every_packet_once_in_order_and_byte_for_byte() {
+    for bundle in [true, false] {
+        let fixture = Fixture::new(2);
+        let mut path = fixture.path(&[Impairment::default(); 2], bundle, 1);
+        // Sizes up to 4000 bytes: small ones bundled, large ones cut into fragments.
+        let sent = packets(600, 4000, 2);
+        path.carry(&sent);
+        let ids = delivered_ids(&fixture.tun, &sent);
+        assert_eq!(ids, (0..600).collect::<Vec<_>>(), "bundle = {bundle}");
+        let c = &fixture.counters;
+        assert_eq!(c.captured.load(Relaxed), 600);
+        assert_eq!(c.delivered.load(Relaxed), 600);
+        assert_eq!(path.queue_mut().taken, 600);
+        assert_eq!(path.queue_mut().stolen, 600usize.div_ceil(BATCH));
+    }
+}
+
+#[test]
+fn a_lossy_reordering_link_beside_a_clean_one_loses_nothing() {
+    let lossy = Impairment {
+        loss: 40,
+        duplicate: 10,
+        reorder: 20,
+        delay: 10,
+    };
+    let reordering = Impairment {
+        reorder: 30,
+        delay: 20,
+        ..Impairment::default()
+    };
+    let fixture = Fixture::new(2);
+    let mut path = fixture.path(&[Impairment::default(); 2], true, 3);
+    // Up to 2000 bytes (some in two fragments): what the reorder buffer holds behind a gap
+    // without giving it up (larger packets take its few large slots).
+    let sent = packets(2000, 2000, 4);
+    // The receiver takes the first frame it sees as the stream's start: the first packets
+    // cross clean links, so that frame is the first packet's.
+    path.carry(&sent[..10]);
+    path.impairments = vec![lossy, reordering];
+    path.carry(&sent[10..]);
+    let ids = delivered_ids(&fixture.tun, &sent);
+    assert_eq!(ids, (0..2000).collect::<Vec<_>>());
+}
+
+#[test]
+fn two_lossy_links_deliver_each_packet_at_most_once_and_in_order() {
+    let lossy = Impairment {
+        loss: 30,
+        duplicate: 10,
+        reorder: 20,
+        delay: 10,
+    };
+    let fixture = Fixture::new(2);
+    let mut path = fixture.path(&[Impairment::default(); 2], true, 5);
+    // Small packets only (each in one frame, often bundled): a packet is lost only when both
+    // copies of its frame are, about 9 % of them.
+    let sent = packets(3000, 600, 6);
+    path.carry(&sent[..10]);
+    path.impairments = vec![lossy, lossy];
+    path.carry(&sent[10..]);
+    let ids = delivered_ids(&fixture.tun, &sent);
+    let unique: HashSet<u32> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "a packet was delivered twice");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "out of order: {ids:?}");
+    assert!(
+        (2550..3000).contains(&ids.len()),
+        "{} of 3000 delivered, expected about 91 %",
+        ids.len()
+    );
+}
+
+#[test]
+fn frames_from_another_mac_or_ethertype_are_counted_and_never_delivered() {
+    let fixture = Fixture::new(1);
+    let mut path = fixture.path(&[Impairment::default()], true, 7);
+    let sent = packets(50, 1000, 8);
+    path.queue_mut()
+        .waiting
+        .extend(sent.iter().map(|p| (p.clone(), false, false)));
+    path.queue.turn(path.now);
+    // Every frame arrives three times: as sent, from a stranger's MAC, with another ethertype.
+    let frames: Vec<Vec<u8>> = path.wires[0].0.borrow_mut().drain(..).collect();
+    {
+        let mut arrived = path.wires[0].1.borrow_mut();
+        for frame in &frames {
+            let mut stranger = frame.clone();
+            stranger[6..12].copy_from_slice(&[2, 9, 9, 9, 9, 9]);
+            let mut other = frame.clone();
+            other[12..14].copy_from_slice(&0x88b6u16.to_be_bytes());
+            arrived.extend([stranger, other, frame.clone()]);
+        }
+    }
+    path.receive.turn(path.now);
+    assert_eq!(
+        delivered_ids(&fixture.tun, &sent),
+        (0..50).collect::<Vec<_>>()
+    );
+    let link = &fixture.counters.links[0];
+    let foreign = link.rx_foreign.load(Relaxed);
+    assert_eq!(foreign, 2 * frames.len() as u64);
+}
+
+#[test]
+fn capture_drops_truncated_and_empty_packets_and_delivers_the_rest() {
+    let fixture = Fixture::new(1);
+    let mut path = fixture.path(&[Impairment::default()], false, 9);
+    let sent = packets(3, 500, 10);
+    let queue = path.queue_mut();
+    queue.waiting.push_back((sent[0].clone(), false, false));
+    queue.waiting.push_back((sent[1].clone(), false, true));
+    queue.waiting.push_back((Vec::new(), false, false));
+    queue.waiting.push_back((sent[2].clone(), false, false));
+    path.turn();
+    assert_eq!(delivered_ids(&fixture.tun, &sent), vec![0, 2]);
+    let c = &fixture.counters;
+    assert_eq!(c.captured.load(Relaxed), 4);
+    assert_eq!(c.capture_dropped.load(Relaxed), 2);
+}
+
+#[test]
+fn a_link_made_unusable_carries_nothing_until_it_is_usable_again() {
+    let fixture = Fixture::new(2);
+    let mut path = fixture.path(&[Impairment::default(); 2], true, 11);
+    fixture.control.set_usable(1, false);
+    let sent = packets(100, 1000, 12);
+    path.carry(&sent[..50]);
+    let link1 = |f: &Fixture| f.counters.links[1].tx_frames.load(Relaxed);
+    assert_eq!(link1(&fixture), 0, "an unusable link was sent on");
+    fixture.control.set_usable(1, true);
+    path.carry(&sent[50..]);
+    assert!(link1(&fixture) > 0, "the link did not come back");
+    assert_eq!(
+        delivered_ids(&fixture.tun, &sent),
+        (0..100).collect::<Vec<_>>()
+    );
+}

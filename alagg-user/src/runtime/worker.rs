@@ -1,0 +1,89 @@
+//! The loop that drives a stage on its worker thread ([`run`]): right after traffic it keeps
+//! turning for the busy-poll time, yielding the CPU in between; then it sleeps in `ppoll(2)`
+//! until the stage's sockets have work, its deadline comes, or at most [`IDLE_WAKEUP`], so the
+//! thread sees a stop request promptly. The clock is read here and handed to the stages.
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    thread,
+    time::{Duration, Instant},
+};
+
+use alagg_proto::Timestamp;
+
+use crate::{
+    capture::Capture,
+    engine::receive::Receive,
+    port::{FrameRx, Inbound, Outbound, PacketSource},
+};
+
+/// Longest an idle worker waits before it looks at the stop flag again.
+pub(crate) const IDLE_WAKEUP: Duration = Duration::from_millis(100);
+
+/// What a worker thread runs: a capture stage or the receive stage.
+pub(crate) trait Stage {
+    /// Does the work that is waiting, without blocking; returns how much there was (packets
+    /// or frames).
+    fn turn(&mut self, now: Timestamp) -> usize;
+
+    /// What to sleep on when there is no work: the descriptors, whose `revents` `poll(2)`
+    /// fills in, and the longest sleep.
+    fn sleep_on(&mut self, now: Timestamp) -> (&mut [libc::pollfd], Duration);
+
+    /// Called after each sleep, to act on what `poll(2)` wrote into the descriptors.
+    fn woke(&mut self) {}
+}
+
+impl<Q: PacketSource, O: Outbound> Stage for Capture<'_, Q, O> {
+    fn turn(&mut self, now: Timestamp) -> usize {
+        Capture::turn(self, now)
+    }
+
+    fn sleep_on(&mut self, _now: Timestamp) -> (&mut [libc::pollfd], Duration) {
+        (self.poll_fds(), IDLE_WAKEUP)
+    }
+}
+
+impl<R: FrameRx, T, D: Inbound> Stage for Receive<'_, R, T, D> {
+    fn turn(&mut self, now: Timestamp) -> usize {
+        Receive::turn(self, now)
+    }
+
+    fn sleep_on(&mut self, now: Timestamp) -> (&mut [libc::pollfd], Duration) {
+        Receive::sleep_on(self, now, IDLE_WAKEUP)
+    }
+
+    fn woke(&mut self) {
+        Receive::woke(self);
+    }
+}
+
+/// The time since `start`, as the engine counts it.
+fn now(start: Instant) -> Timestamp {
+    Timestamp::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Runs `stage` on this thread until `stop`, and hands it back; see the module documentation.
+pub(crate) fn run<S: Stage>(mut stage: S, (stop, busy_poll): (&AtomicBool, Duration)) -> S {
+    let start = Instant::now();
+    let mut busy_until = start;
+    while !stop.load(Relaxed) {
+        if stage.turn(now(start)) > 0 {
+            busy_until = Instant::now() + busy_poll;
+            continue;
+        }
+        if Instant::now() < busy_until {
+            thread::yield_now();
+            continue;
+        }
+        let (fds, timeout) = stage.sleep_on(now(start));
+        // To the nanosecond: a gap's deadline is kept, neither rounded nor spun towards; never
+        // longer than IDLE_WAKEUP, so the stop flag is seen.
+        if let Err(error) = crate::sys::ppoll(fds, timeout.min(IDLE_WAKEUP)) {
+            tracing::error!(%error, "poll on the worker's sockets");
+            thread::sleep(Duration::from_millis(10));
+        }
+        stage.woke();
+    }
+    stage
+}

@@ -1,0 +1,118 @@
+//! Raw system calls the crate makes outside its socket edges, each behind a typed, safe
+//! wrapper: waiting (`poll(2)`, `ppoll(2)`), socket options, randomness and the caller's
+//! privileges. The edges that own a kernel object (AF_XDP, AF_PACKET, NFQUEUE, TUN) keep the
+//! calls tied to their buffers; everything that stands alone is here.
+
+use std::{io, os::fd::RawFd, time::Duration};
+
+/// Waits until `fd` is readable or `timeout` passes (or a signal arrives); returns whether it
+/// is readable.
+pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `pollfd` is one valid pollfd that outlives the call, and the count passed is 1.
+    unsafe { libc::poll(&mut pollfd, 1, ms) > 0 }
+}
+
+/// `poll(2)` on `fds` for at most `timeout`, to the nanosecond (`ppoll(2)`). Fills in each
+/// entry's `revents`; returns how many entries have events. A signal ends the wait early
+/// (`Ok(0)`).
+pub(crate) fn ppoll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+    let timespec = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        // Below 10^9: fits a c_long everywhere.
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `fds` is a valid array of pollfd of the length passed; `timespec` is a valid
+    // timespec; a null signal mask leaves the mask as it is.
+    let ready = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &timespec,
+            std::ptr::null(),
+        )
+    };
+    match usize::try_from(ready) {
+        Ok(ready) => Ok(ready),
+        Err(_) => {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Sets an `int` socket option (`setsockopt(2)`).
+pub(crate) fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and the length passed is its size; the kernel checks the
+    // descriptor.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&raw const value).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Fills `bytes` from the kernel's random source (`getrandom(2)`); whether it did.
+pub(crate) fn random_bytes(bytes: &mut [u8]) -> bool {
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    usize::try_from(got).is_ok_and(|got| got == bytes.len())
+}
+
+/// Whether the process runs as root (effective user id 0).
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_bytes_fill_the_buffer() {
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        assert!(random_bytes(&mut a) && random_bytes(&mut b));
+        assert_ne!(a, b, "two draws of 128 random bits are equal");
+    }
+
+    #[test]
+    fn ppoll_times_out_on_a_silent_descriptor() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let mut pollfd = [libc::pollfd {
+            fd: fds[0],
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(ppoll(&mut pollfd, Duration::from_millis(1)).ok(), Some(0));
+        assert!(!wait_readable(fds[0], Duration::from_millis(1)));
+        // SAFETY: writes one byte from a live buffer into the pipe made above.
+        assert_eq!(unsafe { libc::write(fds[1], [1u8].as_ptr().cast(), 1) }, 1);
+        assert_eq!(ppoll(&mut pollfd, Duration::from_millis(1)).ok(), Some(1));
+        assert!(wait_readable(fds[0], Duration::ZERO));
+        for fd in fds {
+            // SAFETY: closes the descriptors made above, once.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
