@@ -78,3 +78,41 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Whether the privileged test `test` can run here: true as root. Otherwise, outside CI it is
+/// skipped with one line on standard error; under CI (`CI` set, as `.ci/run` runs) it fails,
+/// so a privileged test is never skipped there.
+///
+/// # Panics
+/// Under CI, when not root.
+pub fn privileged(test: &str) -> bool {
+    use std::io::Write as _;
+
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root (network namespaces, XDP, NFQUEUE, TUN) and CI must run it: run \
+         `cargo xtask test` as root"
+    );
+    // Straight to standard error, past the test harness's capture, so the line is seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {test} needs root (network namespaces, XDP, NFQUEUE, TUN)"
+    );
+    false
+}
+
+/// Returns from the calling test, with one line saying so, when it cannot run for want of
+/// root outside CI; see [`privileged`].
+#[macro_export]
+macro_rules! require_root {
+    () => {{
+        fn here() {}
+        let name = ::std::any::type_name_of_val(&here);
+        if !$crate::privileged(name.strip_suffix("::here").unwrap_or(name)) {
+            return;
+        }
+    }};
+}

@@ -86,6 +86,7 @@ fn has_carrier(netns: &Netns, interface: &str) -> bool {
 
 #[test]
 fn each_link_carries_v4_and_v6_with_the_documented_macs_and_addresses() {
+    alagg_testbed::require_root!();
     let bed = bed_with_link_addresses("links", 2);
     for link in 0..2 {
         assert_link_works(&bed, link, "fresh");
@@ -130,6 +131,7 @@ fn each_link_carries_v4_and_v6_with_the_documented_macs_and_addresses() {
 
 #[test]
 fn loss_applies_to_its_link_only_and_is_undone() {
+    alagg_testbed::require_root!();
     let bed = bed_with_link_addresses("loss", 2);
     bed.set_loss(0, 100).unwrap();
     assert_link_dead(&bed, 0, "at 100 % loss");
@@ -155,6 +157,7 @@ fn loss_applies_to_its_link_only_and_is_undone() {
 
 #[test]
 fn cut_and_heal_silence_or_carrier_loss_on_one_link() {
+    alagg_testbed::require_root!();
     let bed = bed_with_link_addresses("cut", 2);
     bed.cut(1).unwrap();
     assert_link_dead(&bed, 1, "cut");
@@ -184,6 +187,7 @@ fn cut_and_heal_silence_or_carrier_loss_on_one_link() {
 
 #[test]
 fn rate_limit_is_a_tbf_on_both_wire_ports_of_its_link() {
+    alagg_testbed::require_root!();
     let bed = bed_with_link_addresses("rate", 2);
     let qdiscs = |port: &str| {
         bed.wire
@@ -216,6 +220,7 @@ fn rate_limit_is_a_tbf_on_both_wire_ports_of_its_link() {
 
 #[test]
 fn configs_name_the_peer_addresses_and_macs() {
+    alagg_testbed::require_root!();
     require_root();
     let bed = Testbed::new("config", 3).unwrap();
     let a = bed.config(Host::A);
@@ -248,6 +253,7 @@ fn listed(list: &str, name: &str) -> bool {
 
 #[test]
 fn dropping_the_bed_removes_its_namespaces_and_what_runs_in_them() {
+    alagg_testbed::require_root!();
     require_root();
     let bed = Testbed::new("drop", 1).unwrap();
     let names = [&bed.a, &bed.b, &bed.wire].map(|netns| netns.name().to_owned());
@@ -276,6 +282,7 @@ impl Drop for NamedGuard {
 
 #[test]
 fn a_named_bed_persists_until_removed_and_a_half_made_one_leaves_nothing() {
+    alagg_testbed::require_root!();
     require_root();
     let prefix = format!("alaggbedtest{}", std::process::id());
     let guard = NamedGuard(prefix.clone());
@@ -309,6 +316,7 @@ fn a_named_bed_persists_until_removed_and_a_half_made_one_leaves_nothing() {
 
 #[test]
 fn a_direct_bed_joins_the_hosts_with_plain_veth_pairs_that_cannot_be_impaired() {
+    alagg_testbed::require_root!();
     require_root();
     let bed = Testbed::new_direct("direct", 2).unwrap();
     add_link_addresses(&bed);
@@ -335,6 +343,7 @@ fn a_direct_bed_joins_the_hosts_with_plain_veth_pairs_that_cannot_be_impaired() 
 
 #[test]
 fn a_raised_mtu_lets_large_frames_cross_one_link_only() {
+    alagg_testbed::require_root!();
     let bed = bed_with_link_addresses("mtu", 2);
     // An 8000-byte ICMP payload that must not be fragmented: it crosses only a link whose
     // every hop (host ports, wire ports, bridge) takes it.

@@ -1,9 +1,14 @@
 //! Raw system calls the crate makes outside its socket edges, each behind a typed, safe
-//! wrapper: waiting (`poll(2)`, `ppoll(2)`), socket options, randomness and the caller's
-//! privileges. The edges that own a kernel object (AF_XDP, AF_PACKET, NFQUEUE, TUN) keep the
+//! wrapper: waiting (`poll(2)`, `ppoll(2)`), socket options, randomness, the caller's
+//! privileges and alagg's runtime directory in this network namespace. The edges that own a kernel object (AF_XDP, AF_PACKET, NFQUEUE, TUN) keep the
 //! calls tied to their buffers; everything that stands alone is here.
 
-use std::{io, os::fd::RawFd, time::Duration};
+use std::{
+    io,
+    os::fd::RawFd,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 /// Waits until `fd` is readable or `timeout` passes (or a signal arrives); returns whether it
 /// is readable.
@@ -81,6 +86,28 @@ pub(crate) fn random_bytes(bytes: &mut [u8]) -> bool {
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// alagg's runtime directory.
+pub(crate) const RUN_DIR: &str = "/run/alagg";
+
+/// The runtime directory of this network namespace: [`RUN_DIR`] in the host's own namespace,
+/// `RUN_DIR/net-<inode>` in any other, so that instances in different namespaces (which may
+/// use the same TUN name) never share state.
+pub(crate) fn run_dir() -> PathBuf {
+    let ours = std::fs::read_link("/proc/self/ns/net").ok();
+    let init = std::fs::read_link("/proc/1/ns/net").ok();
+    match ours {
+        Some(ours) if Some(&ours) != init.as_ref() => {
+            let id: String = ours
+                .to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            Path::new(RUN_DIR).join(format!("net-{id}"))
+        }
+        _ => PathBuf::from(RUN_DIR),
+    }
 }
 
 #[cfg(test)]

@@ -99,6 +99,7 @@ fn retransmitted(ns: &Netns) -> u64 {
 
 #[test]
 fn a_link_cut_mid_transfer_loses_nothing_and_causes_no_retransmission() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let run = Running::new("cut", 2);
     let bind = SocketAddr::new(B_V4, 5003);
@@ -169,6 +170,7 @@ fn a_link_cut_mid_transfer_loses_nothing_and_causes_no_retransmission() {
 
 #[test]
 fn ten_percent_loss_on_each_of_two_links_still_delivers_udp() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let run = Running::new("loss", 2);
     run.bed.set_loss(0, 10).unwrap();

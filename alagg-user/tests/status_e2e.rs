@@ -84,6 +84,7 @@ fn sample(body: &str, name: &str) -> f64 {
 
 #[test]
 fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let pair = Pair::new("status", 2);
     // Host B also serves Prometheus metrics on its own loopback.
@@ -216,6 +217,7 @@ fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
 
 #[test]
 fn status_without_an_instance_says_so() {
+    alagg_testbed::require_root!();
     let ns = Netns::new("nostatus").unwrap();
     let error = ns
         .exec(ALAGG, &["status", "--tun", "alaggnone"])

@@ -85,6 +85,7 @@ fn tcp_transfer(client: &Netns, server: &Netns, address: &str, payload: &[u8]) -
 
 #[test]
 fn a_50_mb_tcp_transfer_arrives_intact_both_ways() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let pair = Pair::new("tcp", 2);
     let (a, b) = pair.up(2);
@@ -165,12 +166,14 @@ fn tcp_to_a_host_behind_the_peer(tag: &str, link_mtu: u32, lan_mtu: u32) {
 
 #[test]
 fn a_host_behind_the_peer_gets_tcp_through_it() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     tcp_to_a_host_behind_the_peer("fwd", 1500, 1500);
 }
 
 #[test]
 fn behind_jumbo_links_tcp_is_cut_to_fit_a_smaller_lan() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     // The TUN's MTU follows the links (about 3.8 KB); the LAN takes 1400.
     tcp_to_a_host_behind_the_peer("fwdj", 9000, 1400);
@@ -178,6 +181,7 @@ fn behind_jumbo_links_tcp_is_cut_to_fit_a_smaller_lan() {
 
 #[test]
 fn jumbo_links_carry_tcp_intact_in_fewer_larger_frames() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let pair = Pair::new("jumbo", 2);
     for ns in [&pair.a, &pair.b] {
@@ -259,6 +263,7 @@ fn udp_exactly_once(name: &str, extra: &str) -> String {
 
 #[test]
 fn every_udp_datagram_is_delivered_exactly_once() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let log = udp_exactly_once("udp", "");
     // Bursts of 32 datagrams: the capture thread takes several at once and bundles them, so
@@ -275,6 +280,7 @@ fn every_udp_datagram_is_delivered_exactly_once() {
 
 #[test]
 fn udp_bursts_are_coalesced_at_the_tun_and_arrive_intact_over_v4_and_v6() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let pair = Pair::new("gro", 2);
     let (a, b) = pair.up(2);
@@ -301,6 +307,7 @@ fn udp_bursts_are_coalesced_at_the_tun_and_arrive_intact_over_v4_and_v6() {
 
 #[test]
 fn with_coalescing_off_every_packet_is_written_alone() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let pair = Pair::new("nogro", 2);
     let (a, b) = pair.up_edited(2, |text| {
@@ -315,6 +322,7 @@ fn with_coalescing_off_every_packet_is_written_alone() {
 
 #[test]
 fn unbundled_every_frame_is_one_packet() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let log = udp_exactly_once("udp-nobundle", "\n[scheduler]\nbundle = false\n");
     assert_eq!(summary_value(&log, "bundles"), 0, "{log}");
@@ -344,6 +352,7 @@ fn queued_per_queue(ns: &Netns) -> Vec<(u16, u64)> {
 
 #[test]
 fn two_capture_workers_carry_udp_and_tcp_intact() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let pair = Pair::with_queues("mq", 2, 2);
     let (a, b) = pair.up_edited(2, |text| {
@@ -386,6 +395,7 @@ fn two_capture_workers_carry_udp_and_tcp_intact() {
 
 #[test]
 fn a_peer_with_more_capture_workers_is_warned_about() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     let pair = Pair::with_queues("mqwarn", 2, 2);
     // A runs two workers, B one: what A's second worker sends arrives on B's queue 1 (with
@@ -426,6 +436,7 @@ fn a_peer_with_more_capture_workers_is_warned_about() {
 
 #[test]
 fn garbage_frames_are_counted_and_dropped_and_traffic_goes_on() {
+    alagg_testbed::require_root!();
     let pair = Pair::new("garbage", 2);
     let (a, b) = pair.up(2);
     let b_mac = mac(0xb, 0);
@@ -493,6 +504,7 @@ fn garbage_frames_are_counted_and_dropped_and_traffic_goes_on() {
 /// each datagram is delivered exactly once, every link carries a copy, and TCP arrives intact.
 #[test]
 fn af_packet_links_carry_traffic_beside_xdp_links_and_alone() {
+    alagg_testbed::require_root!();
     let _heavy = heavy();
     for (tag, packet_links, capture) in [
         ("afpmix", &["link0"][..], ""),

@@ -18,6 +18,7 @@ use common::*;
 
 #[test]
 fn ping_v4_and_v6_both_ways_over_two_links_and_nothing_left_behind() {
+    alagg_testbed::require_root!();
     let pair = Pair::new("up", 2);
     let before_a = settled_state(&pair.a);
     let before_b = settled_state(&pair.b);
@@ -63,6 +64,7 @@ fn ping_v4_and_v6_both_ways_over_two_links_and_nothing_left_behind() {
 
 #[test]
 fn a_peer_killed_and_restarted_is_recognised_and_traffic_resumes() {
+    alagg_testbed::require_root!();
     let pair = Pair::new("restart", 2);
     let (a, b) = pair.up(2);
     let out = ping(&pair.a, &["-c", "3", "-i", "0.05", "-W", "2", B4]);
@@ -89,6 +91,7 @@ fn a_peer_killed_and_restarted_is_recognised_and_traffic_resumes() {
 
 #[test]
 fn bad_configurations_fail_clearly_and_leave_nothing() {
+    alagg_testbed::require_root!();
     let pair = Pair::new("badcfg", 1);
     let before = settled_state(&pair.a);
     let cases = [
@@ -165,6 +168,7 @@ fn bad_configurations_fail_clearly_and_leave_nothing() {
 
 #[test]
 fn a_link_that_goes_down_or_disappears_is_skipped_and_picked_up_again() {
+    alagg_testbed::require_root!();
     let pair = Pair::new("linkstate", 2);
     let (a, b) = pair.up(2);
     let ping_ok = |what: &str| {
@@ -233,11 +237,13 @@ fn a_link_set_down_and_up_carries_traffic_again(tag: &str, io: &str) {
 
 #[test]
 fn an_af_packet_link_set_down_and_up_receives_again() {
+    alagg_testbed::require_root!();
     a_link_set_down_and_up_carries_traffic_again("pktdown", "af_packet");
 }
 
 #[test]
 fn an_xdp_link_set_down_and_up_receives_again() {
+    alagg_testbed::require_root!();
     a_link_set_down_and_up_carries_traffic_again("xdpdown", "xdp");
 }
 
@@ -255,6 +261,7 @@ fn wait_for_log(alagg: &Alagg, needle: &str) {
 
 #[test]
 fn down_cleans_up_after_a_killed_instance_and_is_safe_to_repeat() {
+    alagg_testbed::require_root!();
     let pair = Pair::new("down", 2);
     let before = settled_state(&pair.a);
     let config = pair.config(0xa, 2);

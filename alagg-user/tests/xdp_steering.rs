@@ -65,6 +65,7 @@ fn counter(steering: &XdpSteering, action: Action) -> u64 {
 
 #[test]
 fn xdp_steers_alagg_frames_to_the_socket_and_passes_everything_else() {
+    alagg_testbed::require_root!();
     assert!(
         alagg_testbed::is_root(),
         "this test makes network namespaces and attaches XDP: run it as root (`cargo xtask test`)"
@@ -180,6 +181,7 @@ fn xdp_steers_alagg_frames_to_the_socket_and_passes_everything_else() {
 
 #[test]
 fn attaching_to_a_missing_interface_names_it() {
+    alagg_testbed::require_root!();
     assert!(alagg_testbed::is_root(), "run as root (`cargo xtask test`)");
     let a = Netns::new("xdp-missing").expect("namespace");
     a.enter(|| {
@@ -194,6 +196,7 @@ fn attaching_to_a_missing_interface_names_it() {
 
 #[test]
 fn dropping_the_loader_detaches_the_program() {
+    alagg_testbed::require_root!();
     assert!(alagg_testbed::is_root(), "run as root (`cargo xtask test`)");
     let a = Netns::new("xdp-drop").expect("namespace A");
     let b = Netns::new("xdp-drop-b").expect("namespace B");

@@ -16,6 +16,8 @@ use std::{
 
 use ipnet::IpNet;
 
+use crate::sys::run_dir;
+
 pub(crate) mod signals;
 
 /// A host change that failed, with the command and what it printed.
@@ -98,28 +100,6 @@ pub(crate) struct HostSetup {
 /// Where `alagg up` keeps the undo journal for TUN device `tun`.
 pub(crate) fn journal_path(tun: &str) -> PathBuf {
     run_dir().join(format!("{tun}.undo"))
-}
-
-/// alagg's runtime directory.
-pub(crate) const RUN_DIR: &str = "/run/alagg";
-
-/// The runtime directory of this network namespace: [`RUN_DIR`] in the host's own namespace,
-/// `RUN_DIR/net-<inode>` in any other, so that instances in different namespaces (which may
-/// use the same TUN name) never share state.
-pub(crate) fn run_dir() -> PathBuf {
-    let ours = std::fs::read_link("/proc/self/ns/net").ok();
-    let init = std::fs::read_link("/proc/1/ns/net").ok();
-    match ours {
-        Some(ours) if Some(&ours) != init.as_ref() => {
-            let id: String = ours
-                .to_string_lossy()
-                .chars()
-                .filter(char::is_ascii_digit)
-                .collect();
-            Path::new(RUN_DIR).join(format!("net-{id}"))
-        }
-        _ => PathBuf::from(RUN_DIR),
-    }
 }
 
 /// Field separator of a journal line (ASCII unit separator: never in an argument).

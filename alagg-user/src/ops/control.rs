@@ -51,9 +51,9 @@ const MAX_REPLY: u64 = 16 << 20;
 
 /// The control socket of the instance whose TUN device is `tun` in this network namespace:
 /// `<run dir>/<tun>.sock`, the run dir being `/run/alagg` in the host's own namespace
-/// ([`crate::host::run_dir`]).
+/// ([`crate::sys::run_dir`]).
 pub fn socket_path(tun: &str) -> PathBuf {
-    socket_path_in(&crate::host::run_dir(), tun)
+    socket_path_in(&crate::sys::run_dir(), tun)
 }
 
 /// The control socket of the instance whose TUN device is `tun`, under `dir`: `<dir>/<tun>.sock`.
@@ -551,7 +551,7 @@ mod tests {
         // `/run/alagg/alagg0.sock` in the host's namespace, `/run/alagg/net-<inode>/...` in
         // another; either way beside the instance's undo journal.
         let path = socket_path("alagg0");
-        assert!(path.starts_with(crate::host::RUN_DIR), "{}", path.display());
-        assert_eq!(path, crate::host::run_dir().join("alagg0.sock"));
+        assert!(path.starts_with(crate::sys::RUN_DIR), "{}", path.display());
+        assert_eq!(path, crate::sys::run_dir().join("alagg0.sock"));
     }
 }
