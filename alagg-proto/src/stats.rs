@@ -121,9 +121,10 @@ pub struct ReassemblyStats {
     pub completed: u64,
     /// Incomplete packets dropped after the reassembly timeout.
     pub timeouts: u64,
-    /// Incomplete packets evicted to make room for a newer one.
+    /// Incomplete packets evicted to make room for a newer one (lone fragments first).
     pub evicted: u64,
-    /// Fragments refused: packet too long, or disagreeing with earlier fragments of the packet.
+    /// Fragments refused: packet too long, or fragment fields outside the packet. (A fragment
+    /// disagreeing with the layout of a packet under way takes a context of its own.)
     pub rejected: u64,
 }
 
