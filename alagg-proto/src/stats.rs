@@ -147,8 +147,19 @@ pub struct RxStats {
     pub bundles: u64,
     /// Times the peer's epoch changed (the peer restarted).
     pub epoch_changes: u64,
-    /// Frames of the peer's previous epoch, dropped (in flight across a restart).
+    /// Frames of an epoch the peer recently left, dropped (in flight across a restart).
     pub stale_epoch: u64,
+    /// Frames of an epoch neither current nor recently left, not (yet) believed: the first
+    /// frames of a restart, or frames that are not the peer's.
+    pub unknown_epoch: u64,
+    /// Frames of the current epoch too far ahead of the duplicate window to be believed on
+    /// their own (a forged or corrupted number, or the first frames after a long outage).
+    pub implausible_seq: u64,
+    /// Times the stream was believed to resume far ahead (after an outage of every link).
+    pub seq_jumps: u64,
+    /// Frames of a restart or a resumption that arrived before it was believed and could not
+    /// be kept until then: lost.
+    pub pending_lost: u64,
     /// Duplicate filter.
     pub dedup: DedupStats,
     /// Reordering.
