@@ -201,6 +201,11 @@ impl Candidates {
         c.next_kept = (c.next_kept + 1) % KEEP;
     }
 
+    /// The epoch of the candidate in `slot`, if there is one.
+    pub(crate) fn epoch_of(&self, slot: usize) -> Option<u32> {
+        self.slots.get(slot).filter(|c| c.active).map(|c| c.epoch)
+    }
+
     /// Takes the candidate of `slot` out to adopt it; hand it back with
     /// [`Candidates::give_back`] so its buffers are reused.
     pub(crate) fn take(&mut self, slot: usize) -> Candidate {

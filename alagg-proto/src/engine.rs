@@ -86,7 +86,7 @@ use core::time::Duration;
 use std::sync::Arc;
 
 use crate::Timestamp;
-use crate::candidate::{Candidates, EVIDENCE};
+use crate::candidate::{Candidate, Candidates, EVIDENCE, SLOTS};
 use crate::frag::{FragOutcome, Reassembler, ReassemblyConfig};
 pub use crate::reorder::Order;
 use crate::reorder::{ReorderBuffer, ReorderConfig};
@@ -580,13 +580,42 @@ impl Receiver {
             self.last_fresh = None;
             self.stats.epoch_changes += 1;
         }
+        let epoch = candidate.epoch;
+        self.replay(slot, candidate, false, now, deliver);
+        // Frames of the same epoch in other regions (a stream reordered over more than a region
+        // spreads over several candidates): handled now as if they arrived now, each checked
+        // against the window first.
+        for other in 0..SLOTS {
+            if self.candidates.epoch_of(other) == Some(epoch) {
+                let candidate = self.candidates.take(other);
+                self.replay(other, candidate, true, now, deliver);
+            }
+        }
+    }
+
+    /// Handles the frames a candidate kept, lowest number first, then frees its slot. With
+    /// `check`, a frame still too far ahead of the window is dropped (counted lost).
+    fn replay<F: FnMut(&[u8])>(
+        &mut self,
+        slot: usize,
+        candidate: Candidate,
+        check: bool,
+        now: Timestamp,
+        deliver: &mut F,
+    ) {
         self.stats.pending_lost += candidate.unkept;
         for kept in candidate.kept_in_order() {
             // Kept frames parsed once already.
-            if let Ok(frame) = Frame::new_checked(kept) {
-                if let Ok(repr) = Repr::parse(&frame) {
-                    self.on_believed(&repr, frame.payload(), now, deliver);
-                }
+            let Ok(frame) = Frame::new_checked(kept) else {
+                continue;
+            };
+            let Ok(repr) = Repr::parse(&frame) else {
+                continue;
+            };
+            if check && self.implausible(&repr) {
+                self.stats.pending_lost += 1;
+            } else {
+                self.on_believed(&repr, frame.payload(), now, deliver);
             }
         }
         self.candidates.give_back(slot, candidate);
@@ -1371,6 +1400,25 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_restart_reordered_over_several_regions_loses_nothing() {
+        // The new epoch's first frames span more than one candidate region (64 numbers): when
+        // one region is believed, the frames kept in the others are handled too.
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        rx.on_frame(&frame_at(1, 50, 0), t(0), sink.f());
+        for s in [100, 0, 101, 1, 2, 3] {
+            rx.on_frame(&frame_at(2, s, 0), t(10), sink.f());
+        }
+        assert_eq!(rx.peer_epoch(), Some(2));
+        // 100 and 101 wait for the gap before them.
+        rx.poll(t(20), sink.f());
+        let mut got = ids(&sink);
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2, 3, 50, 100, 101]);
+        assert_eq!(rx.stats().pending_lost, 0);
     }
 
     #[test]
