@@ -1508,16 +1508,21 @@ mod tests {
         let small = ReceiverConfig {
             dedup_window: 64,
             reorder_capacity: 16,
+            max_packet_len: 1000,
             ..ReceiverConfig::default()
         };
+        let oversized = frames(&mut Sender::with_first_seq(7, 3), &packet(3, 1200), 1500, 1);
         let big = packet(0, 4000);
         let foreign_frags = frames(&mut Sender::with_first_seq(99, 3), &big, 1500, 1);
+        let too_long = frames(&mut Sender::with_first_seq(7, 3), &big, 1500, 1);
         let forty: Vec<Vec<u8>> = (0..40).map(|s| packet(5 + s, 30)).collect();
         let far_bundle = bundle_frame(&mut Sender::with_first_seq(7, 5), &forty, 1);
         let cases: &[(&str, Vec<u8>)] = &[
             ("data frame of another epoch", frame_at(99, 3, 1)),
             ("fragment of another epoch", foreign_frags[0].clone()),
             ("bundle reaching far ahead", far_bundle),
+            ("packet over max_packet_len", oversized[0].clone()),
+            ("fragment over max_packet_len", too_long[0].clone()),
         ];
         for (name, injected) in cases {
             let mut rx = Receiver::new(&small).unwrap();
