@@ -35,13 +35,50 @@
 //! whose gap has waited the hold time. Both hand packets to a `deliver` closure that writes them
 //! to the TUN device; the slice is valid only during the call.
 //!
-//! Pipeline inside the receiver: parse → peer epoch check → duplicate window check → (fragments:
-//! reassembly) → window mark → reorder buffer → deliver. Dedup and reorder see whole packets.
+//! Pipeline inside the receiver: parse → peer epoch check → plausibility of the number →
+//! duplicate window check → (fragments: reassembly) → window mark → reorder buffer → deliver.
+//! Dedup and reorder see whole packets.
 //!
-//! Peer restart: every frame carries the sender's per-boot epoch. A new epoch flushes what is
-//! held, resets window, reorder buffer and reassembly, and the new stream starts at once;
-//! frames still in flight from the previous epoch are dropped as stale instead of flipping the
-//! epoch back.
+//! What one frame can do (v1 frames are not authenticated, and a frame two restarts old may
+//! still be in flight on a slow link): nothing that outlasts a hold time. Two rules see to it.
+//!
+//! - Epochs. Every frame carries the sender's per-boot epoch; the first epoch seen is adopted at
+//!   once. A frame of any other epoch is *doubted*: it touches none of the current stream's
+//!   state (window, reorder buffer, reassembly) and consumes no number; it is recorded as a
+//!   candidate (`candidate` module: bounded, at most 4 at once, each keeping its latest 8
+//!   frames). A candidate epoch is adopted (the peer restarted) on a frame that makes its
+//!   evidence at least 4 distinct numbers within 64 of each other, none more than a hold time
+//!   after the one before, provided the current epoch has delivered no new packet for a hold
+//!   time. Then what is held is delivered, window, reorder buffer and reassembly start over, the
+//!   frames the candidate kept are handled (lowest number first) and then the deciding frame;
+//!   frames it could not keep are counted (`pending_lost`). A real restart takes far longer
+//!   than the hold time, so the new epoch is believed on its fourth frame and loses nothing;
+//!   one restarting within the hold time is believed at most one hold time after the old
+//!   epoch's last packet. One frame, or any number of frames of an epoch while the current one
+//!   is flowing, never is.
+//! - Epochs left. The last 4 epochs left are remembered with the highest number accepted in
+//!   each. Their frames count as `stale_epoch` and are candidates like any other, so a wrong
+//!   epoch believed (replayed frames while the peer was idle) gives way to the genuine one as
+//!   soon as that flows again and the wrong one has been quiet for a hold time. An epoch
+//!   adopted again resumes with every number up to its old top taken as seen, so nothing it
+//!   delivered before is delivered twice.
+//! - Sequence jumps. A frame of the current epoch whose first number is more than a quarter of
+//!   the duplicate window ahead of the highest number accepted (1024 by default), or whose last
+//!   number (a bundle's) more than half, is doubted the same way (`implausible_seq`): a jump
+//!   that long means that many consecutive packets lost on every link, which the reorder buffer
+//!   could not have waited for anyway. Below it, one frame moves the window by at most a quarter
+//!   of it (half for a bundle), so it takes several such frames (four, or two bundles) before
+//!   a genuine packet looks too old; its gap waits one hold time at most, and the genuine
+//!   packets behind it are delivered late, not lost. A candidate ahead of the current epoch's own stream is adopted by the rule for
+//!   epochs (an outage of every link is quiet); the gap before it is then given up at once
+//!   (counted lost), and the jump counted (`seq_jumps`). So one frame never makes `lost` grow
+//!   by more than the reorder capacity plus half the window.
+//!
+//! The rule costs the steady state two comparisons a frame; candidates cost nothing until a
+//! doubted frame arrives. What remains: an attacker who injects a stream of frames (four or
+//! more, close in number) while the peer is idle can have them believed, until the peer's
+//! traffic resumes; an attacker with the current epoch can take numbers of genuine packets
+//! ahead of them. Both need a wire format with authentication (v2).
 
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -49,10 +86,11 @@ use core::time::Duration;
 use std::sync::Arc;
 
 use crate::Timestamp;
+use crate::candidate::{Candidate, Candidates, EVIDENCE, SLOTS};
 use crate::frag::{FragOutcome, Reassembler, ReassemblyConfig};
 pub use crate::reorder::Order;
 use crate::reorder::{ReorderBuffer, ReorderConfig};
-use crate::seq::{SeqCheck, SeqWindow};
+use crate::seq::{SeqCheck, SeqWindow, seq_distance};
 use crate::stats::{RxStats, TxStats};
 use crate::wire::{
     BUNDLE_ENTRY_HEADER_LEN, BUNDLE_HEADER_LEN, BundleEntries, BundleRepr, DATA_HEADER_LEN,
@@ -217,10 +255,29 @@ pub enum RxOutcome {
         /// Timestamps.
         probe: ProbeRepr,
     },
-    /// A frame of the peer's previous epoch; dropped.
+    /// A frame of an epoch the peer recently left (in flight across a restart); not
+    /// delivered. It still counts as evidence should that epoch come back (module docs).
     StaleEpoch {
         /// Sending link.
         link: LinkId,
+    },
+    /// A frame of an epoch that is neither the peer's current one nor one it recently left:
+    /// the first frames of a restart, or frames that are not the peer's. Not delivered now;
+    /// kept as evidence of a restart, and delivered if the epoch is adopted (module docs).
+    UnknownEpoch {
+        /// Sending link.
+        link: LinkId,
+        /// The frame's sequence number.
+        seq: u64,
+    },
+    /// A frame of the current epoch too far ahead of the duplicate window to be believed on
+    /// its own; kept as evidence of a resumption after an outage (module docs), consuming no
+    /// number.
+    Implausible {
+        /// Sending link.
+        link: LinkId,
+        /// The frame's sequence number.
+        seq: u64,
     },
     /// Not a valid v1 frame (including other versions and unknown types); dropped.
     Malformed(WireError),
@@ -231,22 +288,48 @@ pub enum RxOutcome {
 #[derive(Debug)]
 pub struct Receiver {
     epoch: Option<u32>,
-    previous_epoch: Option<u32>,
+    /// Epochs left, each with the highest number accepted in it (module docs).
+    left: [Option<(u32, Option<u64>)>; EPOCHS_LEFT],
+    /// Where the next epoch left is remembered in `left` (a ring).
+    left_next: usize,
+    /// When the current epoch last delivered a packet the window had not seen.
+    last_fresh: Option<Timestamp>,
+    candidates: Candidates,
     window: SeqWindow,
+    /// Furthest ahead of the window's top a frame's first number is believed on its own.
+    max_jump: u64,
     reorder: ReorderBuffer,
     reassembly: Reassembler,
+    hold_time: Duration,
     max_packet_len: usize,
     stats: RxStats,
+}
+
+/// Epochs left that are remembered (with the numbers delivered in them).
+const EPOCHS_LEFT: usize = 4;
+
+/// Why a frame is not believed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Doubt {
+    /// Its epoch is not the current one.
+    Epoch,
+    /// Its number is too far ahead of the window.
+    Jump,
 }
 
 impl Receiver {
     /// A receiver with all its memory allocated up front (large buffers grow on first use).
     pub fn new(config: &ReceiverConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let window = SeqWindow::new(config.dedup_window);
         Ok(Receiver {
             epoch: None,
-            previous_epoch: None,
-            window: SeqWindow::new(config.dedup_window),
+            left: [None; EPOCHS_LEFT],
+            left_next: 0,
+            last_fresh: None,
+            candidates: Candidates::default(),
+            max_jump: window.size() / 4,
+            window,
             reorder: ReorderBuffer::new(&ReorderConfig {
                 capacity: config.reorder_capacity,
                 hold_time: config.hold_time,
@@ -260,6 +343,7 @@ impl Receiver {
                 timeout: config.reassembly_timeout,
                 max_packet_len: config.max_packet_len,
             }),
+            hold_time: config.hold_time,
             max_packet_len: config.max_packet_len,
             stats: RxStats::default(),
         })
@@ -313,6 +397,7 @@ impl Receiver {
         mut deliver: F,
     ) -> RxOutcome {
         self.stats.frames += 1;
+        let bytes = frame;
         let parsed = Frame::new_checked(frame).and_then(|f| Repr::parse(&f).map(|r| (f, r)));
         let (frame, repr) = match parsed {
             Ok(ok) => ok,
@@ -325,22 +410,73 @@ impl Receiver {
                 return RxOutcome::Malformed(e);
             }
         };
-        let (link, seq) = (repr.link_id, repr.seq);
-        if self.epoch != Some(repr.epoch) {
-            if self.previous_epoch == Some(repr.epoch) {
-                self.stats.stale_epoch += 1;
-                return RxOutcome::StaleEpoch { link };
+        match self.epoch {
+            Some(epoch) if epoch == repr.epoch => {}
+            // The first epoch seen is adopted at once.
+            None => self.epoch = Some(repr.epoch),
+            Some(_) => {
+                return self.on_doubted(
+                    Doubt::Epoch,
+                    &repr,
+                    bytes,
+                    frame.payload(),
+                    now,
+                    &mut deliver,
+                );
             }
-            self.new_epoch(repr.epoch, now, &mut deliver);
         }
-        let payload = frame.payload();
+        if let Kind::Probe(probe) = repr.kind {
+            self.stats.probes += 1;
+            let (link, seq) = (repr.link_id, repr.seq);
+            return RxOutcome::Probe { link, seq, probe };
+        }
+        if self.implausible(&repr) {
+            return self.on_doubted(
+                Doubt::Jump,
+                &repr,
+                bytes,
+                frame.payload(),
+                now,
+                &mut deliver,
+            );
+        }
+        self.on_believed(&repr, frame.payload(), now, &mut deliver)
+    }
+
+    /// Whether a frame of the current epoch numbers packets too far ahead of the window to be
+    /// believed on its own: its first number more than a quarter of the window ahead of the
+    /// highest accepted, or its last (a bundle's) more than half (module docs).
+    #[inline]
+    fn implausible(&self, repr: &Repr) -> bool {
+        let Some(top) = self.window.top() else {
+            return false;
+        };
+        let last = match repr.kind {
+            Kind::Bundle(BundleRepr { count }) => {
+                repr.seq.wrapping_add(u64::from(count.saturating_sub(1)))
+            }
+            _ => repr.seq,
+        };
+        seq_distance(top, repr.seq) > self.max_jump as i64
+            || seq_distance(top, last) > 2 * self.max_jump as i64
+    }
+
+    /// A data, fragment or bundle frame of the current epoch, believed.
+    fn on_believed<F: FnMut(&[u8])>(
+        &mut self,
+        repr: &Repr,
+        payload: &[u8],
+        now: Timestamp,
+        deliver: &mut F,
+    ) -> RxOutcome {
+        let (link, seq) = (repr.link_id, repr.seq);
         match repr.kind {
             Kind::Probe(probe) => {
                 self.stats.probes += 1;
                 RxOutcome::Probe { link, seq, probe }
             }
-            Kind::Data => self.on_packet(link, seq, payload, now, &mut deliver),
-            Kind::Fragment(frag) => self.on_fragment(link, seq, &frag, payload, now, &mut deliver),
+            Kind::Data => self.on_packet(link, seq, payload, now, deliver),
+            Kind::Fragment(frag) => self.on_fragment(link, seq, &frag, payload, now, deliver),
             Kind::Bundle(BundleRepr { count }) => {
                 self.stats.bundles += 1;
                 let mut accepted = 0;
@@ -349,7 +485,7 @@ impl Receiver {
                     .map(|i| seq.wrapping_add(i))
                     .zip(BundleEntries::new(payload))
                 {
-                    let outcome = self.on_packet(link, packet_seq, packet, now, &mut deliver);
+                    let outcome = self.on_packet(link, packet_seq, packet, now, deliver);
                     if let RxOutcome::Accepted { .. } = outcome {
                         accepted += 1;
                     }
@@ -362,6 +498,127 @@ impl Receiver {
                 }
             }
         }
+    }
+
+    /// A frame not believed on its own: of another epoch, or too far ahead. It touches none of
+    /// the current stream's state; it is counted and recorded as a candidate, which is adopted
+    /// here if it has shown enough and the current stream has been quiet for the hold time
+    /// (module docs). Then this frame, and those the candidate kept, are handled as believed.
+    fn on_doubted<F: FnMut(&[u8])>(
+        &mut self,
+        doubt: Doubt,
+        repr: &Repr,
+        bytes: &[u8],
+        payload: &[u8],
+        now: Timestamp,
+        deliver: &mut F,
+    ) -> RxOutcome {
+        let seq = repr.seq;
+        // A probe's number is its link's probe counter: no evidence of a stream.
+        if !matches!(repr.kind, Kind::Probe(_)) {
+            if let Some(recorded) = self.candidates.record(repr.epoch, seq, now, self.hold_time) {
+                let quiet = self
+                    .last_fresh
+                    .is_none_or(|t| t.saturating_add(self.hold_time) <= now);
+                if recorded.evidence >= EVIDENCE && quiet {
+                    self.adopt(recorded.slot, seq, now, deliver);
+                    return self.on_believed(repr, payload, now, deliver);
+                }
+                // A copy of a whole packet already kept is not kept twice; fragments share
+                // their packet's number.
+                if !recorded.copy || matches!(repr.kind, Kind::Fragment(_)) {
+                    self.candidates.keep(recorded.slot, seq, bytes);
+                }
+            }
+        }
+        let link = repr.link_id;
+        match doubt {
+            Doubt::Epoch if self.left.iter().flatten().any(|&(e, _)| e == repr.epoch) => {
+                self.stats.stale_epoch += 1;
+                RxOutcome::StaleEpoch { link }
+            }
+            Doubt::Epoch => {
+                self.stats.unknown_epoch += 1;
+                RxOutcome::UnknownEpoch { link, seq }
+            }
+            Doubt::Jump => {
+                self.stats.implausible_seq += 1;
+                RxOutcome::Implausible { link, seq }
+            }
+        }
+    }
+
+    /// Adopts the candidate of `slot`, whose frame numbered `seq` decided it: a new epoch (the
+    /// current one is left: what is held is delivered, window, reorder buffer and reassembly
+    /// start over, or resume where they were if the epoch was left before), or a resumption
+    /// of the current epoch far ahead (the gap before it is given up). Then the frames the
+    /// candidate kept are handled, lowest number first.
+    fn adopt<F: FnMut(&[u8])>(&mut self, slot: usize, seq: u64, now: Timestamp, deliver: &mut F) {
+        let candidate = self.candidates.take(slot);
+        if self.epoch == Some(candidate.epoch) {
+            self.stats.seq_jumps += 1;
+            self.reorder.skip_to(candidate.lowest(seq), now, deliver);
+        } else {
+            if let Some(old) = self.epoch {
+                self.left[self.left_next] = Some((old, self.window.top()));
+                self.left_next = (self.left_next + 1) % EPOCHS_LEFT;
+            }
+            self.reorder.flush(now, deliver);
+            self.window.reset();
+            self.reassembly.reset();
+            for entry in self.left.iter_mut() {
+                if let Some((epoch, top)) = *entry {
+                    if epoch == candidate.epoch {
+                        if let Some(top) = top {
+                            self.window.resume_after(top);
+                        }
+                        *entry = None;
+                    }
+                }
+            }
+            self.epoch = Some(candidate.epoch);
+            self.last_fresh = None;
+            self.stats.epoch_changes += 1;
+        }
+        let epoch = candidate.epoch;
+        self.replay(slot, candidate, false, now, deliver);
+        // Frames of the same epoch in other regions (a stream reordered over more than a region
+        // spreads over several candidates): handled now as if they arrived now, each checked
+        // against the window first.
+        for other in 0..SLOTS {
+            if self.candidates.epoch_of(other) == Some(epoch) {
+                let candidate = self.candidates.take(other);
+                self.replay(other, candidate, true, now, deliver);
+            }
+        }
+    }
+
+    /// Handles the frames a candidate kept, lowest number first, then frees its slot. With
+    /// `check`, a frame still too far ahead of the window is dropped (counted lost).
+    fn replay<F: FnMut(&[u8])>(
+        &mut self,
+        slot: usize,
+        candidate: Candidate,
+        check: bool,
+        now: Timestamp,
+        deliver: &mut F,
+    ) {
+        self.stats.pending_lost += candidate.unkept;
+        for kept in candidate.kept_in_order() {
+            // Kept frames parsed once already.
+            let Ok(frame) = Frame::new_checked(kept) else {
+                continue;
+            };
+            let Ok(repr) = Repr::parse(&frame) else {
+                continue;
+            };
+            if check && self.implausible(&repr) {
+                self.stats.pending_lost += 1;
+            } else {
+                self.on_believed(&repr, frame.payload(), now, deliver);
+            }
+        }
+        self.candidates.give_back(slot, candidate);
     }
 
     /// One whole packet, from a data frame or a bundle.
@@ -377,8 +634,23 @@ impl Receiver {
             self.stats.oversized += 1;
             return RxOutcome::Refused { link, seq };
         }
+        self.accept(link, seq, packet, now, deliver)
+    }
+
+    /// Marks `seq` in the window and, if it is the first copy, offers the packet to the
+    /// reorder buffer.
+    #[inline]
+    fn accept<F: FnMut(&[u8])>(
+        &mut self,
+        link: LinkId,
+        seq: u64,
+        packet: &[u8],
+        now: Timestamp,
+        deliver: &mut F,
+    ) -> RxOutcome {
         match self.window.check_and_mark(seq) {
             SeqCheck::Fresh => {
+                self.last_fresh = Some(now);
                 let order = self.reorder.push(seq, packet, now, deliver);
                 RxOutcome::Accepted { link, seq, order }
             }
@@ -411,26 +683,19 @@ impl Receiver {
             FragOutcome::Stored => RxOutcome::FragmentStored { link, seq },
             FragOutcome::Duplicate => RxOutcome::Duplicate { link, seq },
             FragOutcome::Rejected => RxOutcome::Refused { link, seq },
-            FragOutcome::Complete(packet) => match self.window.check_and_mark(seq) {
-                SeqCheck::Fresh => {
-                    let order = self.reorder.push(seq, packet, now, deliver);
-                    RxOutcome::Accepted { link, seq, order }
+            FragOutcome::Complete(packet) => {
+                // `packet` borrows the reassembler; the window and reorder buffer are apart.
+                match self.window.check_and_mark(seq) {
+                    SeqCheck::Fresh => {
+                        self.last_fresh = Some(now);
+                        let order = self.reorder.push(seq, packet, now, deliver);
+                        RxOutcome::Accepted { link, seq, order }
+                    }
+                    SeqCheck::Duplicate => RxOutcome::Duplicate { link, seq },
+                    SeqCheck::TooOld => RxOutcome::TooOld { link, seq },
                 }
-                SeqCheck::Duplicate => RxOutcome::Duplicate { link, seq },
-                SeqCheck::TooOld => RxOutcome::TooOld { link, seq },
-            },
+            }
         }
-    }
-
-    fn new_epoch<F: FnMut(&[u8])>(&mut self, epoch: u32, now: Timestamp, deliver: &mut F) {
-        if let Some(old) = self.epoch {
-            self.stats.epoch_changes += 1;
-            self.previous_epoch = Some(old);
-            self.reorder.flush(now, deliver);
-            self.window.reset();
-            self.reassembly.reset();
-        }
-        self.epoch = Some(epoch);
     }
 }
 
@@ -827,7 +1092,7 @@ mod tests {
     fn packet(seq: u64, len: usize) -> Vec<u8> {
         let mut p = vec![0u8; len];
         for (i, b) in p.iter_mut().enumerate() {
-            *b = (seq as usize * 31 + i) as u8;
+            *b = (seq.wrapping_mul(31) as usize).wrapping_add(i) as u8;
         }
         p[..8.min(len)].copy_from_slice(&seq.to_be_bytes()[..8.min(len)]);
         p
@@ -1078,39 +1343,226 @@ mod tests {
     }
 
     #[test]
-    fn epoch_change_resets_and_resumes_at_once() {
-        let mut old = Sender::with_first_seq(1, 1000);
+    fn a_restart_is_adopted_once_the_old_epoch_is_quiet() {
+        // Epoch 1 holds 1002 behind a gap when the peer restarts as epoch 2, numbering from 0.
+        // The new epoch is believed on its fourth number if epoch 1 has been quiet for the hold
+        // time (3 ms) by then, else on its first frame after that; the frames before are kept
+        // and delivered then, after what epoch 1 held.
+        let cases: &[(&str, [u64; 6], usize)] = &[
+            ("restart after 10 ms", [10, 10, 10, 10, 11, 11], 3),
+            ("restart within the hold time", [1, 1, 2, 2, 3, 4], 4),
+        ];
+        for &(name, times, adopted_at) in cases {
+            let mut old = Sender::with_first_seq(1, 1000);
+            let mut rx = receiver();
+            let mut sink = Sink(Vec::new());
+            let f0 = packet_frame(&mut old, 0);
+            let _gap = packet_frame(&mut old, 0);
+            let f2 = packet_frame(&mut old, 0);
+            let straggler = packet_frame(&mut old, 1);
+            rx.on_frame(&f0, t(0), sink.f());
+            rx.on_frame(&f2, t(0), sink.f());
+            assert_eq!(rx.held(), 1);
+            let mut new = Sender::new(2);
+            for (i, &at) in times.iter().enumerate() {
+                let outcome = rx.on_frame(&packet_frame(&mut new, 0), t(at), sink.f());
+                let want = if i < adopted_at {
+                    RxOutcome::UnknownEpoch {
+                        link: 0,
+                        seq: i as u64,
+                    }
+                } else {
+                    RxOutcome::Accepted {
+                        link: 0,
+                        seq: i as u64,
+                        order: Order::InOrder,
+                    }
+                };
+                assert_eq!(outcome, want, "{name}: frame {i}");
+            }
+            assert_eq!(ids(&sink), [1000, 1002, 0, 1, 2, 3, 4, 5], "{name}");
+            assert_eq!(rx.peer_epoch(), Some(2), "{name}");
+            // A frame of the old epoch still in flight does not flip the epoch back.
+            assert_eq!(
+                rx.on_frame(&straggler, t(12), sink.f()),
+                RxOutcome::StaleEpoch { link: 1 },
+                "{name}"
+            );
+            let s = rx.stats();
+            assert_eq!(
+                (
+                    s.epoch_changes,
+                    s.stale_epoch,
+                    s.unknown_epoch,
+                    s.pending_lost
+                ),
+                (1, 1, adopted_at as u64, 0),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_restart_reordered_over_several_regions_loses_nothing() {
+        // The new epoch's first frames span more than one candidate region (64 numbers): when
+        // one region is believed, the frames kept in the others are handled too.
         let mut rx = receiver();
         let mut sink = Sink(Vec::new());
-        let f0 = packet_frame(&mut old, 0);
-        let _gap = packet_frame(&mut old, 0);
-        let f2 = packet_frame(&mut old, 0);
-        let straggler = packet_frame(&mut old, 1);
-        rx.on_frame(&f0, t(0), sink.f());
-        rx.on_frame(&f2, t(0), sink.f());
-        assert_eq!(rx.held(), 1);
-        // The peer restarts and numbers from 0 again: the held packet is flushed, the new
-        // stream flows at once although its numbers are "old".
-        let mut new = Sender::new(2);
-        let n0 = packet_frame(&mut new, 0);
-        assert_eq!(
-            rx.on_frame(&n0, t(1), sink.f()),
-            RxOutcome::Accepted {
-                link: 0,
-                seq: 0,
-                order: Order::InOrder
+        rx.on_frame(&frame_at(1, 50, 0), t(0), sink.f());
+        for s in [100, 0, 101, 1, 2, 3] {
+            rx.on_frame(&frame_at(2, s, 0), t(10), sink.f());
+        }
+        assert_eq!(rx.peer_epoch(), Some(2));
+        // 100 and 101 wait for the gap before them.
+        rx.poll(t(20), sink.f());
+        let mut got = ids(&sink);
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2, 3, 50, 100, 101]);
+        assert_eq!(rx.stats().pending_lost, 0);
+    }
+
+    #[test]
+    fn a_wrong_epoch_believed_gives_way_to_the_genuine_one_without_duplicates() {
+        // The peer (epoch 7) is idle when frames of an old epoch are replayed: after the hold
+        // time they are believed. When epoch 7 resumes it is believed again, where it was: a
+        // late copy of a packet already delivered stays a duplicate.
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        for s in 0..10 {
+            rx.on_frame(&frame_at(7, s, 0), t(0), sink.f());
+        }
+        for s in 900..906 {
+            rx.on_frame(&frame_at(5, s, 0), t(10), sink.f());
+        }
+        assert_eq!(rx.peer_epoch(), Some(5));
+        for s in [10, 11, 5, 12, 13, 14, 15] {
+            rx.on_frame(&frame_at(7, s, 1), t(20), sink.f());
+        }
+        assert_eq!(rx.peer_epoch(), Some(7));
+        let mut want: Vec<u64> = (0..10).collect();
+        want.extend(900..906);
+        want.extend(10..16);
+        assert_eq!(ids(&sink), want);
+        assert_eq!(rx.stats().epoch_changes, 2);
+    }
+
+    /// The data frame of packet `seq` of `epoch` on `link`.
+    fn frame_at(epoch: u32, seq: u64, link: LinkId) -> Vec<u8> {
+        packet_frame(&mut Sender::with_first_seq(epoch, seq), link)
+    }
+
+    /// The sequence numbers of the packets delivered (`packet` puts them first).
+    fn ids(sink: &Sink) -> Vec<u64> {
+        sink.0
+            .iter()
+            .map(|p| u64::from_be_bytes(p[..8].try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn one_foreign_frame_does_not_stop_the_stream() {
+        // Epoch 7 streams 0..20, one frame every 0.1 ms; frame 10 is followed by an injected one.
+        // Whatever it is, every genuine packet is delivered, and the epoch stays.
+        let mut two_restarts_old = Sender::with_first_seq(5, 900);
+        let cases: &[(&str, Vec<u8>)] = &[
+            ("random epoch, next number", frame_at(0xdead_beef, 11, 0)),
+            ("random epoch, far number", frame_at(0x1234, 1 << 40, 1)),
+            (
+                "epoch two restarts old",
+                packet_frame(&mut two_restarts_old, 1),
+            ),
+            ("implausible jump", frame_at(7, 10 + (1 << 62), 0)),
+        ];
+        let mut failed = Vec::new();
+        for (name, injected) in cases {
+            let mut rx = receiver();
+            let mut sink = Sink(Vec::new());
+            // A history: epochs 5 and 6 came and went before 7.
+            for (epoch, at) in [(5, 0), (6, 100)] {
+                for s in 0..8 {
+                    rx.on_frame(&frame_at(epoch, s, 0), t(at + s), sink.f());
+                }
             }
-        );
-        assert_eq!(sink.0.len(), 3);
-        assert_eq!(rx.peer_epoch(), Some(2));
-        // A frame of the old epoch still in flight does not flip the epoch back.
-        assert_eq!(
-            rx.on_frame(&straggler, t(1), sink.f()),
-            RxOutcome::StaleEpoch { link: 1 }
-        );
-        assert_eq!(rx.peer_epoch(), Some(2));
+            sink.0.clear();
+            let base = 200 * MS;
+            for s in 0..20u64 {
+                let now = Timestamp::from_nanos(base + s * MS / 10);
+                rx.on_frame(&frame_at(7, s, 0), now, sink.f());
+                if s == 10 {
+                    rx.on_frame(injected, now, sink.f());
+                }
+            }
+            rx.poll(t(1000), sink.f());
+            let (got, lost) = (ids(&sink), rx.stats().reorder.lost);
+            if got != (0..20).collect::<Vec<_>>() || rx.peer_epoch() != Some(7) || lost > 1 {
+                failed.push(format!("{name}: delivered {got:?}, lost {lost}"));
+            }
+        }
+        assert!(failed.is_empty(), "{failed:#?}");
+    }
+
+    #[test]
+    fn rejected_frames_consume_no_number() {
+        // Frames the receiver does not believe (another epoch, too far ahead) carry numbers the
+        // genuine stream still uses: each is delivered from its genuine frame afterwards.
+        let small = ReceiverConfig {
+            dedup_window: 64,
+            reorder_capacity: 16,
+            max_packet_len: 1000,
+            ..ReceiverConfig::default()
+        };
+        let oversized = frames(&mut Sender::with_first_seq(7, 3), &packet(3, 1200), 1500, 1);
+        let big = packet(0, 4000);
+        let foreign_frags = frames(&mut Sender::with_first_seq(99, 3), &big, 1500, 1);
+        let too_long = frames(&mut Sender::with_first_seq(7, 3), &big, 1500, 1);
+        let forty: Vec<Vec<u8>> = (0..40).map(|s| packet(5 + s, 30)).collect();
+        let far_bundle = bundle_frame(&mut Sender::with_first_seq(7, 5), &forty, 1);
+        let cases: &[(&str, Vec<u8>)] = &[
+            ("data frame of another epoch", frame_at(99, 3, 1)),
+            ("fragment of another epoch", foreign_frags[0].clone()),
+            ("bundle reaching far ahead", far_bundle),
+            ("packet over max_packet_len", oversized[0].clone()),
+            ("fragment over max_packet_len", too_long[0].clone()),
+        ];
+        for (name, injected) in cases {
+            let mut rx = Receiver::new(&small).unwrap();
+            let mut sink = Sink(Vec::new());
+            for s in 0..3 {
+                rx.on_frame(&frame_at(7, s, 0), t(0), sink.f());
+            }
+            rx.on_frame(injected, t(0), sink.f());
+            for s in 3..8 {
+                assert!(
+                    matches!(
+                        rx.on_frame(&frame_at(7, s, 0), t(0), sink.f()),
+                        RxOutcome::Accepted { .. }
+                    ),
+                    "{name}: genuine {s}"
+                );
+            }
+            assert_eq!(ids(&sink), (0..8).collect::<Vec<_>>(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_jump_is_believed_only_from_a_quiet_stream() {
+        // The peer's links were all down for a while: the stream resumes 100 000 numbers on.
+        // The first frames of the new region wait until the old one has been quiet for the
+        // hold time and the new one has shown four numbers; then all of them are delivered.
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        for s in 0..5 {
+            rx.on_frame(&frame_at(7, s, 0), t(0), sink.f());
+        }
+        let resumed: Vec<u64> = (100_000..100_010).collect();
+        for (i, &s) in resumed.iter().enumerate() {
+            rx.on_frame(&frame_at(7, s, 0), t(10 + i as u64), sink.f());
+        }
+        let mut want: Vec<u64> = (0..5).collect();
+        want.extend(&resumed);
+        assert_eq!(ids(&sink), want);
         let s = rx.stats();
-        assert_eq!((s.epoch_changes, s.stale_epoch), (1, 1));
+        assert_eq!(s.reorder.lost, 100_000 - 5, "the outage's numbers");
     }
 
     #[test]

@@ -9,8 +9,19 @@
 //! The [`Reassembler`] has a fixed number of contexts, each with one buffer that grows once to
 //! the longest packet seen and is then reused: memory is bounded by
 //! `slots * max_packet_len` whatever the peer sends. A packet whose fragments do not all arrive
-//! within the timeout is dropped; when all contexts are busy, the oldest is evicted. Copies of a
-//! fragment (one per link in redundant mode) are recognised by a per-context bitmap.
+//! within the timeout is dropped. Copies of a fragment (one per link in redundant mode) are
+//! recognised by a per-context bitmap.
+//!
+//! Robustness against fragments that are not genuine (v1 has no authentication; see
+//! `docs/PROTOCOL.md`): a context is keyed by sequence number *and* layout (packet length,
+//! fragment count), so a fragment disagreeing with the packet under way takes a context of its
+//! own and cannot make the genuine fragments unusable; when a packet completes, the other
+//! contexts of its number are freed. When all contexts are busy, the oldest context holding a
+//! single fragment is evicted, else the oldest: a flood of lone first fragments evicts itself
+//! and spares the packets that have two or more fragments in. What remains: a forged fragment
+//! with the genuine layout that arrives before the genuine copy of that fragment is kept (the
+//! genuine copy is a duplicate), so that one packet is delivered corrupted, exactly as a forged
+//! data frame would take that packet's number.
 
 use core::time::Duration;
 
@@ -79,7 +90,7 @@ pub enum FragOutcome<'a> {
     Duplicate,
     /// The last missing fragment: here is the whole packet, valid until the next call.
     Complete(&'a [u8]),
-    /// Refused: packet too long, or disagreeing with earlier fragments of the same packet.
+    /// Refused: packet too long, or fragment fields outside the packet.
     Rejected,
 }
 
@@ -153,22 +164,20 @@ impl Reassembler {
             self.stats.rejected += 1;
             return FragOutcome::Rejected;
         }
-        let found = self.contexts.iter().position(|c| c.active && c.seq == seq);
+        // A context is one packet *and* one layout: a fragment that disagrees with the layout
+        // of a packet under way (forged, or corrupted on a link) starts a context of its own
+        // instead of being refused, so it cannot make the genuine fragments unusable.
+        let found = self.contexts.iter().position(|c| {
+            c.active && c.seq == seq && c.packet_len == frag.packet_len && c.count == frag.count
+        });
         let i = match found {
-            Some(i) => {
-                let c = &self.contexts[i];
-                if c.packet_len != frag.packet_len || c.count != frag.count {
-                    self.stats.rejected += 1;
-                    return FragOutcome::Rejected;
-                }
-                i
-            }
+            Some(i) => i,
             None => {
                 let i = match self.contexts.iter().position(|c| !c.active) {
                     Some(i) => i,
                     None => {
                         self.stats.evicted += 1;
-                        self.oldest()
+                        self.victim()
                     }
                 };
                 let c = &mut self.contexts[i];
@@ -215,7 +224,14 @@ impl Reassembler {
         }
         c.active = false;
         self.stats.completed += 1;
-        FragOutcome::Complete(&c.buf[..packet_len])
+        // Contexts of the same number with another layout can no longer complete anything
+        // the duplicate window would take: free them now rather than at their timeout.
+        for other in self.contexts.iter_mut() {
+            if other.active && other.seq == seq {
+                other.active = false;
+            }
+        }
+        FragOutcome::Complete(&self.contexts[i].buf[..packet_len])
     }
 
     /// Drops incomplete packets whose first fragment is older than the timeout.
@@ -244,10 +260,14 @@ impl Reassembler {
         }
     }
 
-    fn oldest(&self) -> usize {
+    /// The context to evict when all are busy: the oldest holding a single fragment, else the
+    /// oldest. A flood of first fragments (forged, or of packets whose other fragments never
+    /// come) then evicts itself, and packets with two or more fragments in survive it.
+    fn victim(&self) -> usize {
         let mut best = 0;
+        let key = |c: &Context| (c.received_count > 1, c.started);
         for (i, c) in self.contexts.iter().enumerate() {
-            if c.started < self.contexts[best].started {
+            if key(c) < key(&self.contexts[best]) {
                 best = i;
             }
         }
@@ -387,10 +407,12 @@ mod tests {
             packet_len: 2999,
             ..frags[1].0
         };
+        // Another layout for the same number: a context of its own, not a refusal.
         assert_eq!(
             r.insert(1, &other, &frags[1].1, Timestamp::ZERO),
-            FragOutcome::Rejected
+            FragOutcome::Stored
         );
+        assert_eq!(r.in_progress(), 2);
         let past_end = FragmentRepr {
             offset: 2500,
             ..frags[1].0
@@ -407,7 +429,69 @@ mod tests {
             r.insert(1, &bad_index, &frags[1].1, Timestamp::ZERO),
             FragOutcome::Rejected
         );
-        assert_eq!(r.stats().rejected, 3);
+        assert_eq!(r.stats().rejected, 2);
+    }
+
+    #[test]
+    fn a_conflicting_fragment_does_not_poison_the_packet() {
+        // A forged fragment claiming another layout for packet 1 arrives first; the genuine
+        // fragments still reassemble (and the forged one does not complete anything).
+        let pkt = packet(3000);
+        let frags = fragments(&pkt, 1000);
+        let forged_layout = FragmentLayout::for_payload(2999, 1500).unwrap();
+        let forged = FragmentRepr {
+            packet_len: 2999,
+            offset: 0,
+            index: 0,
+            count: forged_layout.count(),
+        };
+        let t = Timestamp::ZERO;
+        for forged_first in [true, false] {
+            let mut r = reassembler(4);
+            let last = frags.len() - 1;
+            for (i, (f, p)) in frags.iter().enumerate() {
+                if i == usize::from(!forged_first) {
+                    assert_eq!(r.insert(1, &forged, &[0xee; 1500], t), FragOutcome::Stored);
+                }
+                let want = if i == last {
+                    FragOutcome::Complete(&pkt[..])
+                } else {
+                    FragOutcome::Stored
+                };
+                assert_eq!(
+                    r.insert(1, f, p, t),
+                    want,
+                    "forged first: {forged_first}, {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_flood_of_fresh_fragments_spares_packets_under_way() {
+        // Two large packets have two of their three fragments each when a flood of first
+        // fragments of other numbers (forged, or packets whose other fragments never come)
+        // passes through a full reassembler: the flood evicts itself, not the two packets.
+        let pkt = packet(3000);
+        let frags = fragments(&pkt, 1000);
+        let mut r = reassembler(4);
+        let at = Timestamp::from_nanos;
+        for seq in [1, 2] {
+            for (f, p) in &frags[..2] {
+                assert_eq!(r.insert(seq, f, p, at(seq)), FragOutcome::Stored);
+            }
+        }
+        for seq in 100..140 {
+            r.insert(seq, &frags[0].0, &frags[0].1, at(seq));
+        }
+        for seq in [1, 2] {
+            assert_eq!(
+                r.insert(seq, &frags[2].0, &frags[2].1, at(200)),
+                FragOutcome::Complete(&pkt[..]),
+                "packet {seq}"
+            );
+        }
+        assert_eq!(r.stats().evicted, 38);
     }
 
     #[test]

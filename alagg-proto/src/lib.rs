@@ -15,6 +15,7 @@
 //! The wire format itself is specified in `docs/PROTOCOL.md`.
 #![deny(unsafe_code)]
 
+mod candidate;
 pub mod engine;
 pub mod frag;
 pub mod reorder;

@@ -280,6 +280,15 @@ impl ReorderBuffer {
         }
     }
 
+    /// Gives up every number before `seq` at once (counted lost), delivering in order what is
+    /// held before it: the receiver has decided the stream resumes at `seq` (after an outage).
+    /// Nothing happens before the first packet or if `seq` is not ahead of the expected number.
+    pub fn skip_to<F: FnMut(&[u8])>(&mut self, seq: u64, now: Timestamp, deliver: &mut F) {
+        if self.synced && seq_before(self.next, seq) {
+            self.give_up_until(seq, now, deliver);
+        }
+    }
+
     /// Delivers every held packet in order, counting the gaps between them as lost, and forgets
     /// the expected number (used when the peer restarts). Counters are kept; the hold times of
     /// the packets delivered end at `now`.

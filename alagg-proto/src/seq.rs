@@ -95,6 +95,18 @@ impl SeqWindow {
         self.top = 0;
     }
 
+    /// Forgets every number, then judges every number up to `top` already seen (copies if
+    /// within the window, rogue below it): used when the receiver goes back to an epoch it had
+    /// left, whose numbers up to `top` it may have delivered. Keeps the counters.
+    pub fn resume_after(&mut self, top: u64) {
+        self.words.fill(u64::MAX);
+        let (word, _) = self.locate(top);
+        // Bits of `top`'s word above `top` are numbers not seen yet.
+        self.words[word] = u64::MAX >> (63 - (top & 63));
+        self.top = top;
+        self.synced = true;
+    }
+
     /// Judges `seq` without recording it (used to drop copies of fragments early).
     #[inline]
     pub fn check(&self, seq: u64) -> SeqCheck {
@@ -289,6 +301,28 @@ mod tests {
         assert_eq!(w.check_and_mark(3), SeqCheck::Fresh);
         assert_eq!(w.check_and_mark(100), SeqCheck::Fresh);
         assert_eq!(w.stats().passed, 3);
+    }
+
+    #[test]
+    fn resume_after_takes_everything_up_to_top_as_seen() {
+        for top in [0u64, 63, 64, 1000, u64::MAX] {
+            let mut w = SeqWindow::new(128);
+            w.check_and_mark(top.wrapping_add(5000));
+            w.resume_after(top);
+            assert_eq!(w.top(), Some(top), "{top}");
+            for back in [0u64, 1, 63, 64, 127] {
+                assert_eq!(
+                    w.check(top.wrapping_sub(back)),
+                    SeqCheck::Duplicate,
+                    "{top}-{back}"
+                );
+            }
+            assert_eq!(w.check(top.wrapping_sub(128)), SeqCheck::TooOld, "{top}");
+            for ahead in 1..=200u64 {
+                let seq = top.wrapping_add(ahead);
+                assert_eq!(w.check_and_mark(seq), SeqCheck::Fresh, "{top}+{ahead}");
+            }
+        }
     }
 
     #[test]

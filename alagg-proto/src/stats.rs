@@ -121,9 +121,10 @@ pub struct ReassemblyStats {
     pub completed: u64,
     /// Incomplete packets dropped after the reassembly timeout.
     pub timeouts: u64,
-    /// Incomplete packets evicted to make room for a newer one.
+    /// Incomplete packets evicted to make room for a newer one (lone fragments first).
     pub evicted: u64,
-    /// Fragments refused: packet too long, or disagreeing with earlier fragments of the packet.
+    /// Fragments refused: packet too long, or fragment fields outside the packet. (A fragment
+    /// disagreeing with the layout of a packet under way takes a context of its own.)
     pub rejected: u64,
 }
 
@@ -146,8 +147,19 @@ pub struct RxStats {
     pub bundles: u64,
     /// Times the peer's epoch changed (the peer restarted).
     pub epoch_changes: u64,
-    /// Frames of the peer's previous epoch, dropped (in flight across a restart).
+    /// Frames of an epoch the peer recently left, dropped (in flight across a restart).
     pub stale_epoch: u64,
+    /// Frames of an epoch neither current nor recently left, not (yet) believed: the first
+    /// frames of a restart, or frames that are not the peer's.
+    pub unknown_epoch: u64,
+    /// Frames of the current epoch too far ahead of the duplicate window to be believed on
+    /// their own (a forged or corrupted number, or the first frames after a long outage).
+    pub implausible_seq: u64,
+    /// Times the stream was believed to resume far ahead (after an outage of every link).
+    pub seq_jumps: u64,
+    /// Frames of a restart or a resumption that arrived before it was believed and could not
+    /// be kept until then: lost.
+    pub pending_lost: u64,
     /// Duplicate filter.
     pub dedup: DedupStats,
     /// Reordering.
