@@ -1,71 +1,371 @@
-//! The live counters: relaxed atomics the worker threads add to and anyone reads (the control
-//! socket, the metrics endpoint, the exit summary), and the receive engine's and the XDP
-//! program's counters as last published. A shared leaf: it imports nothing from the crate.
+//! The counters, each named once. Every counter is one line of a [`counter_set!`] (or
+//! [`engine_counters!`]) table below; from that line come the live atomic the worker threads
+//! add to, the field of the plain copy `alagg status --json` shows, its Prometheus name and
+//! help, its `alagg status` label and its place in the exit summary. A new counter is one line.
+//!
+//! Each writing thread has its own block of counters on cache lines of its own
+//! ([`CachePadded`]): a capture worker its [`WorkerCounters`], the receive thread its
+//! [`ReceiverCounters`], so no two threads write the same line; readers add the blocks up.
+//! The receive engine's counters ([`RxStats`]) are published by the receive thread every
+//! 100 ms, the XDP program's by the link monitor.
+//!
+//! A shared leaf: it imports nothing from the crate.
 
 use std::sync::{
     Mutex,
-    atomic::{AtomicU8, AtomicU64},
+    atomic::{AtomicU8, AtomicU64, Ordering::Relaxed},
 };
 
 use alagg_common::{Action, Counter};
 use alagg_proto::stats::RxStats;
+use crossbeam_utils::CachePadded;
+use serde::{Deserialize, Serialize};
 
-/// Counters of one link, shared with the status display.
-#[derive(Debug, Default)]
-pub(crate) struct LinkCounters {
-    /// Frames staged for transmission.
-    pub(crate) tx_frames: AtomicU64,
-    /// Bytes staged for transmission (Ethernet frames).
-    pub(crate) tx_bytes: AtomicU64,
-    /// Frames dropped because no transmit frame was free.
-    pub(crate) tx_dropped: AtomicU64,
-    /// alagg frames received.
-    pub(crate) rx_frames: AtomicU64,
-    /// Bytes received.
-    pub(crate) rx_bytes: AtomicU64,
-    /// Frames from a MAC other than the configured peer's; dropped.
-    pub(crate) rx_foreign: AtomicU64,
-    /// Packets whose first copy came over this link.
-    pub(crate) first: AtomicU64,
-    /// The link's [`LinkStatus`] as the monitor last saw it ([`LinkStatus::code`]).
-    pub(crate) status: AtomicU8,
+/// What a counter counts, for how its value is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unit {
+    /// IP packets.
+    Packets,
+    /// Ethernet frames.
+    Frames,
+    /// Bytes: shown with binary units.
+    Bytes,
+    /// Occurrences of an event.
+    Events,
 }
 
-/// Datapath counters, updated by the worker threads, read by anyone.
+/// One counter of a set, as every rendering needs it.
+#[derive(Debug)]
+pub(crate) struct Row<S> {
+    /// The field's name in the JSON snapshot and the exit summary.
+    pub(crate) name: &'static str,
+    /// Its Prometheus name, without the set's prefix and `_total`.
+    pub(crate) metric: &'static str,
+    /// Its label in `alagg status`.
+    pub(crate) label: &'static str,
+    /// What it counts (its doc comment).
+    help: &'static str,
+    pub(crate) unit: Unit,
+    /// Its value in a snapshot.
+    pub(crate) value: fn(&S) -> u64,
+}
+
+impl<S> Row<S> {
+    /// What the counter counts, one line.
+    pub(crate) fn help(&self) -> String {
+        self.help.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// A set of counters: the live atomics (`$live`), their plain copy (`$snap`, serialised with
+/// missing fields defaulted, so a newer `alagg status` reads an older instance and the
+/// reverse), and the rows. Each line: doc comment (the help), field, unit, Prometheus name,
+/// status label.
+macro_rules! counter_set {
+    (
+        $(#[doc = $live_doc:literal])* live $live:ident;
+        $(#[doc = $snap_doc:literal])* snapshot $snap:ident;
+        $( $(#[doc = $doc:literal])+ $field:ident: $unit:ident, $metric:literal, $label:literal; )+
+    ) => {
+        $(#[doc = $live_doc])*
+        #[derive(Debug, Default)]
+        pub(crate) struct $live {
+            $( $(#[doc = $doc])+ pub(crate) $field: AtomicU64, )+
+        }
+
+        $(#[doc = $snap_doc])*
+        #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+        #[serde(default)]
+        pub struct $snap {
+            $( $(#[doc = $doc])+ pub $field: u64, )+
+        }
+
+        impl $live {
+            /// Adds these counters' values to `sum`.
+            pub(crate) fn add_to(&self, sum: &mut $snap) {
+                $( sum.$field = sum.$field.wrapping_add(self.$field.load(Relaxed)); )+
+            }
+        }
+
+        impl $snap {
+            /// Every counter of the set, in display order.
+            pub(crate) const ROWS: &'static [Row<$snap>] = &[
+                $( Row {
+                    name: stringify!($field),
+                    metric: $metric,
+                    label: $label,
+                    help: concat!($($doc),+),
+                    unit: Unit::$unit,
+                    value: |s| s.$field,
+                }, )+
+            ];
+        }
+    };
+}
+
+counter_set! {
+    /// A capture worker's counters of the capture edge (NFQUEUE).
+    live CaptureCounters;
+    /// Counters of the capture edge (NFQUEUE), over all capture workers.
+    snapshot CaptureSnapshot;
+    /// Packets taken from NFQUEUE.
+    captured: Packets, "captured_packets", "captured";
+    /// Bytes taken from NFQUEUE.
+    captured_bytes: Bytes, "captured_bytes", "captured bytes";
+    /// Captured packets that could not be sent at all (empty or truncated, a partial
+    /// checksum that cannot be completed, no usable link, too large).
+    dropped: Packets, "capture_dropped", "dropped";
+    /// Receives from NFQUEUE that handed out packets (packets per batch = captured / batches).
+    batches: Events, "capture_batches", "receive batches";
+    /// NFQUEUE receive-buffer overruns (`ENOBUFS`): packets the kernel lost, or let through
+    /// uncaptured with fail-open, before alagg could read them.
+    overruns: Events, "capture_overruns", "queue overruns";
+    /// NFQUEUE messages that did not parse, and errors the kernel reported on verdicts.
+    errors: Events, "capture_errors", "queue errors";
+}
+
+counter_set! {
+    /// The receive thread's counters of the delivery edge (TUN).
+    live DeliveryCounters;
+    /// Counters of the delivery edge (TUN).
+    snapshot DeliverySnapshot;
+    /// Packets written to the TUN device.
+    delivered: Packets, "delivered_packets", "delivered";
+    /// Bytes written to the TUN device.
+    delivered_bytes: Bytes, "delivered_bytes", "delivered bytes";
+    /// Packets dropped because their source is outside the destinations.
+    rejected_source: Packets, "rejected_source", "rejected source";
+    /// Packets dropped because their IP header is not sane.
+    rejected_malformed: Packets, "rejected_malformed", "rejected malformed";
+    /// Packets whose TUN write failed.
+    tun_errors: Packets, "tun_errors", "tun errors";
+    /// Delivered packets that went to the TUN device coalesced with others into one GSO write.
+    coalesced: Packets, "coalesced_packets", "coalesced into GSO writes";
+}
+
+counter_set! {
+    /// A capture worker's counters of what it sent on one link.
+    live LinkTxCounters;
+    /// What was sent on one link, over all capture workers.
+    snapshot LinkTxSnapshot;
+    /// Frames staged for transmission on the link.
+    tx_frames: Frames, "tx_frames", "frames sent";
+    /// Bytes staged for transmission on the link (Ethernet frames).
+    tx_bytes: Bytes, "tx_bytes", "bytes sent";
+    /// Frames dropped because no transmit frame was free or the device refused them.
+    tx_dropped: Frames, "tx_dropped", "send drops";
+}
+
+counter_set! {
+    /// The receive thread's counters of what arrived on one link.
+    live LinkRxCounters;
+    /// What arrived on one link.
+    snapshot LinkRxSnapshot;
+    /// alagg frames received on the link.
+    rx_frames: Frames, "rx_frames", "frames received";
+    /// Bytes of alagg frames received on the link.
+    rx_bytes: Bytes, "rx_bytes", "bytes received";
+    /// Frames from a MAC other than the configured peer's, or of another ethertype, dropped.
+    rx_foreign: Frames, "rx_foreign", "foreign frames";
+    /// Packets whose first copy came over the link.
+    first: Packets, "first_copies", "first copies";
+}
+
+/// The receive engine's counters: a plain copy of [`RxStats`], flattened, with the rows. Each
+/// line: doc comment (the help), field, where it is in [`RxStats`], Prometheus name (after
+/// `alagg_engine_`), status label. Names follow IEEE 802.1CB-2017 clause 10.8 (sequence
+/// recovery) where alagg's concept is the same.
+macro_rules! engine_counters {
+    ( $( $(#[doc = $doc:literal])+ $field:ident = $($src:ident).+, $metric:literal, $label:literal; )+ ) => {
+        /// The receive engine's counters ([`RxStats`], flattened).
+        #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+        #[serde(default)]
+        pub struct EngineCounts {
+            $( $(#[doc = $doc])+ pub $field: u64, )+
+        }
+
+        impl From<&RxStats> for EngineCounts {
+            fn from(stats: &RxStats) -> Self {
+                EngineCounts { $( $field: stats.$($src).+, )+ }
+            }
+        }
+
+        impl EngineCounts {
+            /// Every counter of the engine, in display order.
+            pub(crate) const ROWS: &'static [Row<EngineCounts>] = &[
+                $( Row {
+                    name: stringify!($field),
+                    metric: $metric,
+                    label: $label,
+                    help: concat!($($doc),+),
+                    unit: Unit::Events,
+                    value: |s| s.$field,
+                }, )+
+            ];
+        }
+    };
+}
+
+engine_counters! {
+    /// Frames handed to the receive engine.
+    frames = frames, "frames", "frames";
+    /// First copies accepted (IEEE 802.1CB PassedPackets).
+    passed = dedup.passed, "passed", "passed";
+    /// Duplicate copies dropped (IEEE 802.1CB DiscardedPackets).
+    discarded = dedup.discarded, "discarded", "discarded duplicates";
+    /// Packets older than the duplicate window, dropped (IEEE 802.1CB RoguePackets).
+    rogue = dedup.rogue, "rogue", "rogue (too old)";
+    /// Packets delivered at once, in order.
+    in_order = reorder.in_order, "in_order", "in order";
+    /// Packets held behind a gap, then delivered in order (IEEE 802.1CB OutOfOrderPackets,
+    /// with late).
+    out_of_order = reorder.reordered, "out_of_order", "out of order";
+    /// Packets that arrived after their gap was given up.
+    late = reorder.late, "late", "late";
+    /// Late packets dropped instead of delivered.
+    late_dropped = reorder.late_dropped, "late_dropped", "late dropped";
+    /// Sequence numbers given up as lost (IEEE 802.1CB LostPackets).
+    lost = reorder.lost, "lost", "lost (given up)";
+    /// Gaps given up because the hold time expired.
+    hold_expired = reorder.hold_expired, "hold_expired", "hold expired";
+    /// Gaps given up because the reorder buffer was full.
+    overflows = reorder.overflows, "overflows", "reorder overflows";
+    /// Fragments stored for reassembly.
+    fragments = reassembly.fragments, "fragments", "fragments";
+    /// Copies of fragments already stored, dropped.
+    duplicate_fragments = reassembly.duplicate_fragments, "duplicate_fragments", "duplicate fragments";
+    /// Packets reassembled from fragments.
+    reassembled = reassembly.completed, "reassembled", "reassembled";
+    /// Incomplete packets dropped after the reassembly timeout.
+    reassembly_timeouts = reassembly.timeouts, "reassembly_timeouts", "reassembly timeouts";
+    /// Incomplete packets evicted to make room for a newer one.
+    reassembly_evicted = reassembly.evicted, "reassembly_evicted", "reassembly evicted";
+    /// Fragments refused: too long, or fields outside the packet.
+    reassembly_rejected = reassembly.rejected, "reassembly_rejected", "reassembly rejected";
+    /// Frames failing the checked parse.
+    malformed = malformed, "malformed", "malformed";
+    /// Frames of another wire-format version.
+    bad_version = bad_version, "bad_version", "bad version";
+    /// Frames of an unknown type, ignored.
+    unknown_type = unknown_type, "unknown_type", "unknown type";
+    /// Data frames longer than the configured maximum packet.
+    oversized = oversized, "oversized", "oversized";
+    /// Probe frames received.
+    probes = probes, "probes", "probes";
+    /// Bundle frames received (several packets each).
+    bundles = bundles, "bundles", "bundles";
+    /// Times the peer restarted (its epoch changed).
+    epoch_changes = epoch_changes, "epoch_changes", "peer restarts";
+    /// Frames of an epoch the peer recently left, dropped.
+    stale_epoch = stale_epoch, "stale_epoch", "stale epoch";
+    /// Frames of an epoch neither current nor recently left, not (yet) believed: the first
+    /// frames of a restart, or frames that are not the peer's.
+    unknown_epoch = unknown_epoch, "unknown_epoch", "unknown epoch";
+    /// Frames too far ahead of the duplicate window to be believed on their own.
+    implausible_seq = implausible_seq, "implausible_seq", "implausible numbers";
+    /// Times the stream was believed to resume far ahead (after an outage of every link).
+    seq_jumps = seq_jumps, "seq_jumps", "sequence jumps";
+    /// Frames of a restart or resumption that came before it was believed and were lost.
+    pending_lost = pending_lost, "pending_lost", "lost before believed";
+}
+
+/// A capture worker's counters, on cache lines of their own.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerCounters {
+    pub(crate) capture: CaptureCounters,
+    /// Per link, in configuration order, each padded too (the vector's storage is its own
+    /// allocation).
+    pub(crate) links: Vec<CachePadded<LinkTxCounters>>,
+}
+
+impl WorkerCounters {
+    /// Counters for `links` links.
+    pub(crate) fn new(links: usize) -> Self {
+        Self {
+            capture: CaptureCounters::default(),
+            links: (0..links).map(|_| CachePadded::default()).collect(),
+        }
+    }
+}
+
+/// The receive thread's counters.
+#[derive(Debug, Default)]
+pub(crate) struct ReceiverCounters {
+    pub(crate) delivery: DeliveryCounters,
+    /// Per link, in configuration order.
+    pub(crate) links: Vec<CachePadded<LinkRxCounters>>,
+}
+
+/// Every live counter of a running datapath.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    /// Packets taken from NFQUEUE.
-    pub(crate) captured: AtomicU64,
-    /// Bytes taken from NFQUEUE.
-    pub(crate) captured_bytes: AtomicU64,
-    /// Captured packets that could not be sent at all (no usable link, too large).
-    pub(crate) capture_dropped: AtomicU64,
-    /// Packets written to the TUN device.
-    pub(crate) delivered: AtomicU64,
-    /// Bytes written to the TUN device.
-    pub(crate) delivered_bytes: AtomicU64,
-    /// Packets dropped because their source is outside the destinations.
-    pub(crate) rejected_source: AtomicU64,
-    /// Packets dropped because their IP header is not sane.
-    pub(crate) rejected_malformed: AtomicU64,
-    /// Packets whose TUN write failed.
-    pub(crate) tun_errors: AtomicU64,
-    /// Delivered packets that went to the TUN device coalesced with others into one GSO write.
-    pub(crate) coalesced: AtomicU64,
-    /// NFQUEUE receives that handed out packets.
-    pub(crate) capture_batches: AtomicU64,
-    /// NFQUEUE receive-buffer overruns (`ENOBUFS`): the kernel lost packets (or, with fail-open,
-    /// let them through uncaptured) before alagg could read them.
-    pub(crate) capture_overruns: AtomicU64,
-    /// NFQUEUE messages that did not parse, and errors the kernel reported on verdicts.
-    pub(crate) capture_errors: AtomicU64,
-    /// Per link, in configuration order.
-    pub(crate) links: Vec<LinkCounters>,
-    /// The receive engine's counters, published by the receive thread every
-    /// publish interval and when it stops.
+    /// Per capture worker.
+    pub(crate) workers: Vec<CachePadded<WorkerCounters>>,
+    /// The receive thread's.
+    pub(crate) receiver: CachePadded<ReceiverCounters>,
+    /// Per link, its [`LinkStatus`] as the monitor last saw it ([`LinkStatus::code`]).
+    pub(crate) link_status: Vec<AtomicU8>,
+    /// The receive engine's counters, published by the receive thread every 100 ms and when
+    /// it stops.
     pub(crate) engine: Mutex<RxStats>,
     /// The XDP program's verdict counters over all links, refreshed by the link monitor.
     pub(crate) xdp: Mutex<Vec<(Action, Counter)>>,
+}
+
+impl Counters {
+    /// Counters for `links` links and `workers` capture workers.
+    pub(crate) fn new(links: usize, workers: usize) -> Self {
+        Self {
+            workers: (0..workers.max(1))
+                .map(|_| CachePadded::new(WorkerCounters::new(links)))
+                .collect(),
+            receiver: CachePadded::new(ReceiverCounters {
+                delivery: DeliveryCounters::default(),
+                links: (0..links).map(|_| CachePadded::default()).collect(),
+            }),
+            link_status: (0..links).map(|_| AtomicU8::new(0)).collect(),
+            engine: Mutex::default(),
+            xdp: Mutex::default(),
+        }
+    }
+
+    /// The capture counters, over all workers.
+    pub(crate) fn capture(&self) -> CaptureSnapshot {
+        let mut sum = CaptureSnapshot::default();
+        for worker in &self.workers {
+            worker.capture.add_to(&mut sum);
+        }
+        sum
+    }
+
+    /// The delivery counters.
+    pub(crate) fn delivery(&self) -> DeliverySnapshot {
+        let mut sum = DeliverySnapshot::default();
+        self.receiver.delivery.add_to(&mut sum);
+        sum
+    }
+
+    /// What was sent on link `link`, over all workers, and what arrived on it.
+    pub(crate) fn link(&self, link: usize) -> (LinkTxSnapshot, LinkRxSnapshot) {
+        let mut tx = LinkTxSnapshot::default();
+        for worker in &self.workers {
+            if let Some(counters) = worker.links.get(link) {
+                counters.add_to(&mut tx);
+            }
+        }
+        let mut rx = LinkRxSnapshot::default();
+        if let Some(counters) = self.receiver.links.get(link) {
+            counters.add_to(&mut rx);
+        }
+        (tx, rx)
+    }
+
+    /// Link `link`'s status as the monitor last saw it.
+    pub(crate) fn link_status(&self, link: usize) -> LinkStatus {
+        self.link_status
+            .get(link)
+            .map_or(LinkStatus::Gone, |s| LinkStatus::from_code(s.load(Relaxed)))
+    }
 }
 
 /// What the monitor last saw of a link's interface.
@@ -80,7 +380,7 @@ pub(crate) enum LinkStatus {
 }
 
 impl LinkStatus {
-    /// The status as a number, for [`LinkCounters::status`].
+    /// The status as a number, for [`Counters::link_status`].
     pub(crate) const fn code(self) -> u8 {
         match self {
             LinkStatus::Up => 0,
@@ -96,5 +396,73 @@ impl LinkStatus {
             1 => LinkStatus::Down,
             _ => LinkStatus::Gone,
         }
+    }
+
+    /// The status's name in snapshots: `"up"`, `"down"` or `"gone"`.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            LinkStatus::Up => "up",
+            LinkStatus::Down => "down",
+            LinkStatus::Gone => "gone",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_counter_has_a_distinct_name_metric_label_and_help() {
+        fn check<S>(rows: &[Row<S>], seen: &mut HashSet<String>) {
+            for row in rows {
+                assert!(
+                    !row.help().is_empty() && row.help().ends_with('.'),
+                    "{}",
+                    row.name
+                );
+                assert!(!row.label.is_empty(), "{}", row.name);
+                assert!(
+                    row.metric
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                    "{}",
+                    row.metric
+                );
+                assert!(seen.insert(row.metric.to_owned()), "{} twice", row.metric);
+            }
+        }
+        let mut flat = HashSet::new();
+        check(CaptureSnapshot::ROWS, &mut flat);
+        check(DeliverySnapshot::ROWS, &mut flat);
+        let mut link = HashSet::new();
+        check(LinkTxSnapshot::ROWS, &mut link);
+        check(LinkRxSnapshot::ROWS, &mut link);
+        check(EngineCounts::ROWS, &mut HashSet::new());
+    }
+
+    #[test]
+    fn blocks_add_up_over_workers_and_a_row_reads_its_own_field() {
+        let counters = Counters::new(2, 3);
+        for (w, worker) in counters.workers.iter().enumerate() {
+            worker.capture.captured.fetch_add(w as u64 + 1, Relaxed);
+            worker.links[1].tx_frames.fetch_add(10, Relaxed);
+        }
+        counters.receiver.links[1].first.fetch_add(4, Relaxed);
+        assert_eq!(counters.capture().captured, 6);
+        let (tx, rx) = counters.link(1);
+        assert_eq!((tx.tx_frames, rx.first), (30, 4));
+        assert_eq!(counters.link(0).0.tx_frames, 0);
+        let first = LinkRxSnapshot::ROWS.iter().find(|r| r.name == "first");
+        assert_eq!(first.map(|r| (r.value)(&rx)), Some(4));
+        let stats = RxStats {
+            seq_jumps: 7,
+            ..RxStats::default()
+        };
+        let engine = EngineCounts::from(&stats);
+        let row = EngineCounts::ROWS.iter().find(|r| r.name == "seq_jumps");
+        assert_eq!(row.map(|r| (r.value)(&engine)), Some(7));
     }
 }

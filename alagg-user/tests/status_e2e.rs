@@ -120,7 +120,7 @@ fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
 
     let n = u64::from(count);
     let sent = wait_status(&pair.a, "every datagram captured and sent", |s| {
-        s.capture.captured >= n && s.links.iter().all(|l| l.tx_frames >= n)
+        s.capture.captured >= n && s.links.iter().all(|l| l.tx.tx_frames >= n)
     });
     // Only traffic to the destinations is captured: the datagrams, and little else.
     assert!(
@@ -132,19 +132,19 @@ fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
     assert_eq!(sent.capture.overruns, 0, "{}", sent.render_text());
 
     let got = wait_status(&pair.b, "every datagram delivered", |s| {
-        s.delivery.delivered >= n && s.engine.passed >= n
+        s.delivery.delivered >= n && s.engine.counts.passed >= n
     });
     // Every link carried a copy: one passed, the other discarded as a duplicate.
-    assert!(got.engine.discarded >= n, "{}", got.render_text());
+    assert!(got.engine.counts.discarded >= n, "{}", got.render_text());
     assert!(
-        got.links.iter().all(|l| l.rx_frames >= n),
+        got.links.iter().all(|l| l.rx.rx_frames >= n),
         "{}",
         got.render_text()
     );
-    let first: u64 = got.links.iter().map(|l| l.first).sum();
+    let first: u64 = got.links.iter().map(|l| l.rx.first).sum();
     assert_eq!(
         first,
-        got.engine.passed,
+        got.engine.counts.passed,
         "each accepted packet's first copy is counted on exactly one link:\n{}",
         got.render_text()
     );

@@ -17,7 +17,7 @@ use std::{
 use alagg_proto::Timestamp;
 
 use crate::{
-    counters::Counters,
+    counters::WorkerCounters,
     ip,
     port::{Captured, Outbound, PacketSource, SourceLosses},
 };
@@ -30,7 +30,7 @@ pub(crate) struct Capture<'a, Q, O> {
     /// A `poll(2)` entry per queue, in `queues` order.
     fds: Vec<libc::pollfd>,
     out: O,
-    counters: &'a Counters,
+    counters: &'a WorkerCounters,
     /// The queues' losses already added to the shared counters.
     reported: SourceLosses,
     last_error: Option<Instant>,
@@ -38,7 +38,7 @@ pub(crate) struct Capture<'a, Q, O> {
 
 impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
     /// A stage reading `queues` and handing their packets to `out`.
-    pub(crate) fn new(queues: Vec<Q>, out: O, counters: &'a Counters) -> Self {
+    pub(crate) fn new(queues: Vec<Q>, out: O, counters: &'a WorkerCounters) -> Self {
         let fds = queues
             .iter()
             .map(|q| libc::pollfd {
@@ -94,26 +94,27 @@ impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
                 continue;
             }
             received += n;
-            counters.capture_batches.fetch_add(1, Relaxed);
+            counters.capture.batches.fetch_add(1, Relaxed);
             out.flush();
             // Stolen, the whole batch at once: alagg carries these packets from here.
             if let Err(error) = queue.steal() {
                 report(&error);
             }
         }
-        // The counters are shared with the other workers: add what is new since last time.
+        // The queues count from when they opened: add what is new since last time.
         let mut losses = SourceLosses::default();
         for queue in &self.queues {
             let seen = queue.losses();
             losses.overruns += seen.overruns;
             losses.errors += seen.errors;
         }
-        counters.capture_overruns.fetch_add(
+        counters.capture.overruns.fetch_add(
             losses.overruns.saturating_sub(self.reported.overruns),
             Relaxed,
         );
         counters
-            .capture_errors
+            .capture
+            .errors
             .fetch_add(losses.errors.saturating_sub(self.reported.errors), Relaxed);
         self.reported = losses;
         received
@@ -126,18 +127,19 @@ impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
 }
 
 /// Counts one captured packet, completes its checksum and hands it on.
-fn take(packet: Captured<'_>, now: Timestamp, out: &mut impl Outbound, counters: &Counters) {
+fn take(packet: Captured<'_>, now: Timestamp, out: &mut impl Outbound, counters: &WorkerCounters) {
+    let counters = &counters.capture;
     counters.captured.fetch_add(1, Relaxed);
     counters
         .captured_bytes
         .fetch_add(packet.payload.len() as u64, Relaxed);
     if packet.payload.is_empty() || packet.truncated {
-        counters.capture_dropped.fetch_add(1, Relaxed);
+        counters.dropped.fetch_add(1, Relaxed);
         return;
     }
     if packet.csum_partial && !ip::finish_transport_checksum(packet.payload) {
         // A partial checksum alagg cannot complete: the peer would drop it anyway.
-        counters.capture_dropped.fetch_add(1, Relaxed);
+        counters.dropped.fetch_add(1, Relaxed);
         return;
     }
     out.packet(packet.payload, now);

@@ -1,6 +1,6 @@
 //! `alagg up`: the aggregator in the foreground until SIGINT or SIGTERM.
 
-use std::{path::Path, sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{path::Path, time::Duration};
 
 use alagg_proto::ReceiverConfig;
 use anyhow::{Context as _, bail};
@@ -122,42 +122,10 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopping");
-    let counters = datapath.counters();
-    let captured = counters.captured.load(Relaxed);
-    let delivered = counters.delivered.load(Relaxed);
-    let coalesced = counters.coalesced.load(Relaxed);
-    let rejected_source = counters.rejected_source.load(Relaxed);
-    let rejected_malformed = counters.rejected_malformed.load(Relaxed);
-    let per_link: Vec<String> = config
-        .links
-        .iter()
-        .zip(&counters.links)
-        .map(|(link, c)| {
-            format!(
-                "{}:tx={},rx={},first={},foreign={}",
-                link.interface,
-                c.tx_frames.load(Relaxed),
-                c.rx_frames.load(Relaxed),
-                c.first.load(Relaxed),
-                c.rx_foreign.load(Relaxed)
-            )
-        })
-        .collect();
-    let stats = datapath.stop();
-    println!(
-        "summary: captured={captured} delivered={delivered} duplicates={} too_old={} \
-         reordered={} lost={} malformed={} rejected_source={rejected_source} \
-         rejected_malformed={rejected_malformed} epoch_changes={} bundles={} \
-         coalesced={coalesced} links={}",
-        stats.dedup.discarded,
-        stats.dedup.rogue,
-        stats.reorder.reordered,
-        stats.reorder.lost,
-        stats.malformed + stats.bad_version + stats.unknown_type,
-        stats.epoch_changes,
-        stats.bundles,
-        per_link.join(";"),
-    );
+    // Taken after the workers stopped: the receive thread publishes its last counters then.
+    let summary = datapath.snapshot_source(&shown_path.display().to_string());
+    let _final_engine = datapath.stop();
+    println!("{}", summary().render_summary());
     tracing::info!("alagg stopped");
     if failed {
         bail!("alagg stopped because a worker thread failed (see the log above)");

@@ -14,7 +14,7 @@ use std::{io, sync::atomic::Ordering::Relaxed};
 
 use ipnet::IpNet;
 
-use crate::{counters::Counters, ip, port::Inbound};
+use crate::{counters::DeliveryCounters, ip, port::Inbound};
 use offload::{Coalescer, Flushed, Offer, is_tcp, split_gso, tcp_segmentation};
 use pmtu::PathMtu;
 use tun::TunWrite;
@@ -37,7 +37,7 @@ pub(crate) struct Delivery<'a, W> {
     /// `None`: every packet is written on its own.
     coalescer: Option<Coalescer>,
     destinations: Vec<IpNet>,
-    counters: &'a Counters,
+    counters: &'a DeliveryCounters,
 }
 
 impl<'a, W: TunWrite> Delivery<'a, W> {
@@ -48,7 +48,7 @@ impl<'a, W: TunWrite> Delivery<'a, W> {
         tun_mtu: usize,
         destinations: Vec<IpNet>,
         coalesce: bool,
-        counters: &'a Counters,
+        counters: &'a DeliveryCounters,
     ) -> Self {
         Self {
             tun,

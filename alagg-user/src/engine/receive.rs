@@ -120,7 +120,7 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             if pollfd.fd < 0 {
                 continue;
             }
-            let link_counters = &counters.links[link.link];
+            let link_counters = &counters.receiver.links[link.link];
             let (peer_mac, ethertype) = (link.peer_mac, link.ethertype);
             // Drain this link's ring in batches.
             loop {

@@ -13,7 +13,7 @@ use alagg_proto::{
 };
 
 use crate::{
-    counters::{Counters, LinkCounters},
+    counters::{LinkTxCounters, WorkerCounters},
     port::{FrameTx, LinkControl, Outbound},
 };
 
@@ -35,7 +35,7 @@ pub(crate) struct Transmit<'a, R, T> {
     bundler: Option<Bundler>,
     /// The links the bundle being built goes to.
     bundle_links: LinkSet,
-    counters: &'a Counters,
+    counters: &'a WorkerCounters,
     /// Where link changes come from, and this worker's number there.
     control: (&'a LinkControl<R, T>, usize),
     seen_generation: u64,
@@ -49,7 +49,7 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
         sender: Sender,
         (links, link_states): (Vec<TxLink<T>>, Vec<LinkState>),
         bundle: bool,
-        counters: &'a Counters,
+        counters: &'a WorkerCounters,
         (control, worker): (&'a LinkControl<R, T>, usize),
     ) -> Self {
         Self {
@@ -109,7 +109,7 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
     fn packet(&mut self, payload: &[u8], now: Timestamp) {
         let chosen = self.scheduler.select(payload.len(), &self.link_states, now);
         let Some(mtu) = chosen.min_mtu(&self.link_states) else {
-            self.counters.capture_dropped.fetch_add(1, Relaxed);
+            self.counters.capture.dropped.fetch_add(1, Relaxed);
             return;
         };
         if self.bundler.is_some() && Bundler::bundleable(payload.len(), mtu) {
@@ -126,7 +126,7 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
         // Sent on its own, after whatever was bundled before it, so numbers follow capture order.
         self.seal_bundle();
         let Ok(plan) = self.sender.plan(payload.len(), mtu) else {
-            self.counters.capture_dropped.fetch_add(1, Relaxed);
+            self.counters.capture.dropped.fetch_add(1, Relaxed);
             return;
         };
         for index in chosen.iter() {
@@ -175,7 +175,7 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
 /// Stages one frame, written by `emit`, on `link`, and counts it.
 fn stage(
     link: &mut impl FrameTx,
-    counters: &LinkCounters,
+    counters: &LinkTxCounters,
     emit: impl FnOnce(&mut [u8]) -> Result<usize, WireError>,
 ) {
     let mut len = 0;

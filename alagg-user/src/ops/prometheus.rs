@@ -3,7 +3,11 @@
 
 use std::fmt::Write as _;
 
-use super::snapshot::{ENGINE_ROWS, LINK_ROWS, LinkSnapshot, Snapshot, XdpCounter};
+use super::snapshot::{
+    CaptureSnapshot, DeliverySnapshot, EngineCounts, LinkRxSnapshot, LinkSnapshot, LinkTxSnapshot,
+    Snapshot, XdpCounter,
+};
+use crate::counters::Row;
 
 impl Snapshot {
     /// The Prometheus text exposition format 0.0.4: a `# HELP` and `# TYPE` line for every
@@ -48,96 +52,29 @@ impl Snapshot {
                 .iter()
                 .map(|l| (link_label(l), u64::from(l.status == "up").to_string())),
         );
-        for &(name, help, value) in LINK_ROWS {
+        for row in LinkTxSnapshot::ROWS {
             out.family(
-                &format!("alagg_link_{name}_total"),
+                &format!("alagg_link_{}_total", row.metric),
                 "counter",
-                help,
+                &row.help(),
                 self.links
                     .iter()
-                    .map(|l| (link_label(l), value(l).to_string())),
+                    .map(|l| (link_label(l), (row.value)(&l.tx).to_string())),
             );
         }
-
-        let counters: [(&str, &str, u64); 12] = [
-            (
-                "captured_packets",
-                "Packets taken from NFQUEUE.",
-                self.capture.captured,
-            ),
-            (
-                "captured_bytes",
-                "Bytes taken from NFQUEUE.",
-                self.capture.captured_bytes,
-            ),
-            (
-                "capture_dropped",
-                "Captured packets that could not be sent (no usable link, too large).",
-                self.capture.dropped,
-            ),
-            (
-                "capture_batches",
-                "Receives from NFQUEUE that handed out packets.",
-                self.capture.batches,
-            ),
-            (
-                "capture_overruns",
-                "NFQUEUE receive-buffer overruns (ENOBUFS): packets lost before alagg read them.",
-                self.capture.overruns,
-            ),
-            (
-                "capture_errors",
-                "NFQUEUE messages that did not parse, and verdict errors the kernel reported.",
-                self.capture.errors,
-            ),
-            (
-                "delivered_packets",
-                "Packets written to the TUN device.",
-                self.delivery.delivered,
-            ),
-            (
-                "delivered_bytes",
-                "Bytes written to the TUN device.",
-                self.delivery.delivered_bytes,
-            ),
-            (
-                "rejected_source",
-                "Packets dropped because their source is outside the destinations.",
-                self.delivery.rejected_source,
-            ),
-            (
-                "rejected_malformed",
-                "Packets dropped because their IP header is not sane.",
-                self.delivery.rejected_malformed,
-            ),
-            (
-                "tun_errors",
-                "Packets whose TUN write failed.",
-                self.delivery.tun_errors,
-            ),
-            (
-                "coalesced_packets",
-                "Delivered packets coalesced with others into one GSO write to the TUN device.",
-                self.delivery.coalesced,
-            ),
-        ];
-        for (name, help, value) in counters {
+        for row in LinkRxSnapshot::ROWS {
             out.family(
-                &format!("alagg_{name}_total"),
+                &format!("alagg_link_{}_total", row.metric),
                 "counter",
-                help,
-                [(None, value.to_string())],
+                &row.help(),
+                self.links
+                    .iter()
+                    .map(|l| (link_label(l), (row.value)(&l.rx).to_string())),
             );
         }
-
-        for &(_, name, help, value) in ENGINE_ROWS {
-            out.family(
-                &format!("alagg_engine_{name}_total"),
-                "counter",
-                help,
-                [(None, value(&self.engine).to_string())],
-            );
-        }
+        out.counters("alagg_", CaptureSnapshot::ROWS, &self.capture);
+        out.counters("alagg_", DeliverySnapshot::ROWS, &self.delivery);
+        out.counters("alagg_engine_", EngineCounts::ROWS, &self.engine.counts);
 
         let e = &self.engine;
         if e.hold_count > 0 || !e.hold_histogram.is_empty() {
@@ -210,6 +147,18 @@ impl Exposition {
                     let _ = writeln!(self.text, "{name} {value}");
                 }
             }
+        }
+    }
+
+    /// A family of one sample per counter of a set: `{prefix}{metric}_total`.
+    fn counters<S>(&mut self, prefix: &str, rows: &[Row<S>], of: &S) {
+        for row in rows {
+            self.family(
+                &format!("{prefix}{}_total", row.metric),
+                "counter",
+                &row.help(),
+                [(None, (row.value)(of).to_string())],
+            );
         }
     }
 

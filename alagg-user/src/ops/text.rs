@@ -3,7 +3,10 @@
 
 use std::fmt::Write as _;
 
-use super::snapshot::{ENGINE_ROWS, Snapshot};
+use super::snapshot::{
+    CaptureSnapshot, DeliverySnapshot, EngineCounts, LinkRxSnapshot, LinkTxSnapshot, Snapshot,
+};
+use crate::counters::{Row, Unit};
 
 impl Snapshot {
     /// The `alagg status` text: a header, a block per link, then the engine, capture, delivery
@@ -20,46 +23,21 @@ impl Snapshot {
         let total_first: u64 = self
             .links
             .iter()
-            .map(|l| l.first)
+            .map(|l| l.rx.first)
             .fold(0, u64::wrapping_add);
         for link in &self.links {
-            let rows = [
-                ("status", link.status.clone()),
-                (
-                    "sent",
-                    format!(
-                        "{} in {} frames, {} dropped",
-                        human_bytes(link.tx_bytes),
-                        link.tx_frames,
-                        link.tx_dropped
-                    ),
-                ),
-                (
-                    "received",
-                    format!(
-                        "{} in {} frames, {} foreign",
-                        human_bytes(link.rx_bytes),
-                        link.rx_frames,
-                        link.rx_foreign
-                    ),
-                ),
-                (
-                    "first copies",
-                    format!(
-                        "{} ({} packets)",
-                        share(link.first, total_first),
-                        link.first
-                    ),
-                ),
-            ];
+            let mut rows = vec![("status".to_owned(), link.status.clone())];
+            rows.extend(rows_of(LinkTxSnapshot::ROWS, &link.tx));
+            rows.extend(rows_of(LinkRxSnapshot::ROWS, &link.rx));
+            if let Some(first) = rows.last_mut() {
+                // The first-copies row, last: with the link's share of them.
+                first.1 = format!("{} ({})", share(link.rx.first, total_first), first.1);
+            }
             block(&mut out, &format!("link: {}", link.interface), &rows);
         }
 
-        let mut engine: Vec<(String, String)> = ENGINE_ROWS
-            .iter()
-            .map(|&(label, _, _, value)| (label.to_owned(), value(&self.engine).to_string()))
-            .collect();
         let e = &self.engine;
+        let mut engine = rows_of(EngineCounts::ROWS, &e.counts);
         if e.hold_count > 0 || !e.hold_histogram.is_empty() {
             let mean = if e.hold_count == 0 {
                 0.0
@@ -85,39 +63,9 @@ impl Snapshot {
             }
         }
         block(&mut out, "engine (IEEE 802.1CB sequence recovery)", &engine);
-
-        let c = &self.capture;
-        let capture = [
-            (
-                "captured",
-                format!(
-                    "{} in {} packets",
-                    human_bytes(c.captured_bytes),
-                    c.captured
-                ),
-            ),
-            ("dropped", c.dropped.to_string()),
-            ("receive batches", c.batches.to_string()),
-            ("queue overruns", c.overruns.to_string()),
-            ("queue errors", c.errors.to_string()),
-        ];
+        let capture = rows_of(CaptureSnapshot::ROWS, &self.capture);
         block(&mut out, "capture (NFQUEUE)", &capture);
-
-        let d = &self.delivery;
-        let delivery = [
-            (
-                "delivered",
-                format!(
-                    "{} in {} packets ({} coalesced into GSO writes)",
-                    human_bytes(d.delivered_bytes),
-                    d.delivered,
-                    d.coalesced
-                ),
-            ),
-            ("rejected source", d.rejected_source.to_string()),
-            ("rejected malformed", d.rejected_malformed.to_string()),
-            ("tun errors", d.tun_errors.to_string()),
-        ];
+        let delivery = rows_of(DeliverySnapshot::ROWS, &self.delivery);
         block(&mut out, "delivery (TUN)", &delivery);
 
         if !self.xdp.is_empty() {
@@ -139,6 +87,51 @@ impl Snapshot {
         }
         out
     }
+}
+
+impl Snapshot {
+    /// The line `alagg up` prints when it stops: `summary: name=value ...` for every capture
+    /// and delivery counter, the engine's counters that are not zero, and per link
+    /// `links=<interface>:tx_frames=..,...;<interface>:...` with every link counter; names as
+    /// in `alagg status --json`.
+    pub(crate) fn render_summary(&self) -> String {
+        fn pairs<S>(rows: &[Row<S>], of: &S, all: bool) -> Vec<String> {
+            rows.iter()
+                .map(|row| (row.name, (row.value)(of)))
+                .filter(|&(_, value)| all || value > 0)
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect()
+        }
+        let mut words = pairs(CaptureSnapshot::ROWS, &self.capture, true);
+        words.extend(pairs(DeliverySnapshot::ROWS, &self.delivery, true));
+        words.extend(pairs(EngineCounts::ROWS, &self.engine.counts, false));
+        let links: Vec<String> = self
+            .links
+            .iter()
+            .map(|l| {
+                let mut counts = pairs(LinkTxSnapshot::ROWS, &l.tx, true);
+                counts.extend(pairs(LinkRxSnapshot::ROWS, &l.rx, true));
+                format!("{}:{}", l.interface, counts.join(","))
+            })
+            .collect();
+        format!("summary: {} links={}", words.join(" "), links.join(";"))
+    }
+}
+
+/// A block's rows for a counter set: each counter's label and value (bytes in binary units).
+fn rows_of<S>(rows: &[Row<S>], of: &S) -> Vec<(String, String)> {
+    rows.iter()
+        .map(|row| {
+            let value = (row.value)(of);
+            let shown = match row.unit {
+                Unit::Bytes => human_bytes(value),
+                Unit::Packets => format!("{value} packets"),
+                Unit::Frames => format!("{value} frames"),
+                Unit::Events => value.to_string(),
+            };
+            (row.label.to_owned(), shown)
+        })
+        .collect()
 }
 
 /// Appends a block: a title line, then `  label: value` rows with values aligned, then a blank
@@ -238,10 +231,6 @@ mod tests {
             "/etc/alagg/site-a.toml",
             "link: eth1",
             "link: we\"ird\\name",
-            "75.0% (15 packets)",
-            "25.0% (5 packets)",
-            "1.21 MiB in 1000 frames, 0 dropped",
-            "512 B in 900 frames, 0 foreign",
             "gone",
             "discarded duplicates:",
             "capture (NFQUEUE)",
@@ -253,6 +242,25 @@ mod tests {
             "redirected:",
         ] {
             assert!(text.contains(expected), "{expected:?} missing in\n{text}");
+        }
+        // Counters read as their unit says, whatever the padding.
+        let values: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.trim().split_once(':'))
+            .map(|(label, value)| (label, value.trim()))
+            .collect();
+        for row in [
+            ("first copies", "75.0% (15 packets)"),
+            ("first copies", "25.0% (5 packets)"),
+            ("bytes sent", "1.21 MiB"),
+            ("frames sent", "1000 frames"),
+            ("bytes received", "512 B"),
+            ("captured bytes", "19.53 KiB"),
+            ("captured", "20 packets"),
+            ("queue errors", "3"),
+            ("lost (given up)", "2"),
+        ] {
+            assert!(values.contains(&row), "{row:?} missing in\n{text}");
         }
         // Values line up within a block.
         let link: Vec<&str> = text
@@ -284,6 +292,7 @@ mod tests {
         };
         let text = snapshot.render_text();
         assert!(text.contains("- (0 packets)"), "{text}");
+        assert!(text.contains("peer restarts:"), "{text}");
         assert!(!text.contains("reorder holds"), "{text}");
         assert!(!text.contains("NaN"), "{text}");
     }
@@ -312,5 +321,30 @@ mod tests {
         }
         assert_eq!(human_secs(0.00025), "250 µs");
         assert_eq!(human_secs(0.0025), "2.5 ms");
+    }
+
+    #[test]
+    fn the_summary_names_every_flat_counter_and_the_engine_counters_that_moved() {
+        let summary = sample().render_summary();
+        for expected in [
+            "summary: captured=20 captured_bytes=20000 dropped=1 batches=4 overruns=2 errors=3 ",
+            " delivered=20 ",
+            " rejected_source=7 ",
+            " coalesced=0 ",
+            " discarded=9 ",
+            " lost=2 ",
+            " links=eth1:tx_frames=1000,tx_bytes=1268000,tx_dropped=0,rx_frames=900,",
+            ",first=15;we\"ird\\name:",
+        ] {
+            assert!(
+                summary.contains(expected),
+                "{expected:?} missing in {summary}"
+            );
+        }
+        assert!(
+            !summary.contains("rogue="),
+            "zero engine counters are left out: {summary}"
+        );
+        assert!(!summary.contains('\n'));
     }
 }

@@ -48,7 +48,7 @@ use crate::{
         Capture,
         nfqueue::{CaptureQueue, NfQueue, NfQueueError, QueueOptions},
     },
-    counters::{Counters, LinkCounters},
+    counters::Counters,
     deliver::{
         Delivery,
         tun::{Tun, TunError},
@@ -216,14 +216,7 @@ impl Datapath {
         }
 
         let control = Arc::new(Control::new(config.links.len(), workers));
-        let counters = Arc::new(Counters {
-            links: config
-                .links
-                .iter()
-                .map(|_| LinkCounters::default())
-                .collect(),
-            ..Counters::default()
-        });
+        let counters = Arc::new(Counters::new(config.links.len(), workers));
         let queues = Self::open_queues(config, workers)?;
         let shared = Shared {
             counters: Arc::clone(&counters),
@@ -250,8 +243,13 @@ impl Datapath {
                 cores.get(workers).copied(),
                 &shared,
                 move |counters, control, run| {
-                    let delivery =
-                        Delivery::new(tun, tun_mtu as usize, destinations, coalesce, counters);
+                    let delivery = Delivery::new(
+                        tun,
+                        tun_mtu as usize,
+                        destinations,
+                        coalesce,
+                        &counters.receiver.delivery,
+                    );
                     let stage = Receive::new(rx, receiver, delivery, counters, control);
                     worker::run(stage, run).finish()
                 },
@@ -401,6 +399,7 @@ impl Datapath {
                 cores.get(w).copied(),
                 shared,
                 move |counters, control, run| {
+                    let counters = &counters.workers[w];
                     let tx =
                         Transmit::new(sender, (links, link_states), bundle, counters, (control, w));
                     worker::run(Capture::new(queues, tx, counters), run);
@@ -418,11 +417,6 @@ impl Datapath {
             }
         }
         Ok(capture)
-    }
-
-    /// The live counters.
-    pub(crate) fn counters(&self) -> &Counters {
-        &self.counters
     }
 
     /// A function that copies every counter into a [`Snapshot`], for the control socket and

@@ -83,9 +83,7 @@ impl Datapath {
                 }
                 link.status = status;
             }
-            self.counters.links[index]
-                .status
-                .store(status.code(), Relaxed);
+            self.counters.link_status[index].store(status.code(), Relaxed);
             self.control.set_usable(index, status == LinkStatus::Up);
         }
         if let Some(Ok(xdp)) = self.steering.as_ref().map(|s| s.counters()) {

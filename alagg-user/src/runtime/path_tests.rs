@@ -11,7 +11,6 @@ use std::{
     io,
     os::fd::RawFd,
     rc::Rc,
-    sync::atomic::Ordering::Relaxed,
     time::Duration,
 };
 
@@ -23,7 +22,7 @@ use ipnet::IpNet;
 
 use crate::{
     capture::Capture,
-    counters::{Counters, LinkCounters},
+    counters::Counters,
     deliver::{
         Delivery,
         tun::{PLAIN_HEADER, TunWrite, VNET_HDR_LEN},
@@ -228,10 +227,7 @@ struct Fixture {
 impl Fixture {
     fn new(links: usize) -> Self {
         Self {
-            counters: Counters {
-                links: (0..links).map(|_| LinkCounters::default()).collect(),
-                ..Counters::default()
-            },
+            counters: Counters::new(links, 1),
             control: LinkControl::new(links, 1),
             tun: MemTun::default(),
         }
@@ -272,17 +268,27 @@ impl Fixture {
             Sender::new(7),
             (tx_links, states),
             bundle,
-            &self.counters,
+            &self.counters.workers[0],
             (&self.control, 0),
         );
-        let queue = Capture::new(vec![MemQueue::default()], transmit, &self.counters);
+        let queue = Capture::new(
+            vec![MemQueue::default()],
+            transmit,
+            &self.counters.workers[0],
+        );
         // The hold time `protocol.hold_ms` has by default.
         let receiver = Receiver::new(&ReceiverConfig {
             hold_time: Duration::from_millis(5),
             ..ReceiverConfig::default()
         })
         .unwrap();
-        let delivery = Delivery::new(&self.tun, 1480, destinations(), false, &self.counters);
+        let delivery = Delivery::new(
+            &self.tun,
+            1480,
+            destinations(),
+            false,
+            &self.counters.receiver.delivery,
+        );
         let receive = Receive::new(rx_links, receiver, delivery, &self.counters, &self.control);
         Path {
             queue,
@@ -385,8 +391,8 @@ fn clean_links_deliver_every_packet_once_in_order_and_byte_for_byte() {
         let ids = delivered_ids(&fixture.tun, &sent);
         assert_eq!(ids, (0..600).collect::<Vec<_>>(), "bundle = {bundle}");
         let c = &fixture.counters;
-        assert_eq!(c.captured.load(Relaxed), 600);
-        assert_eq!(c.delivered.load(Relaxed), 600);
+        assert_eq!(c.capture().captured, 600);
+        assert_eq!(c.delivery().delivered, 600);
         assert_eq!(path.queue_mut().taken, 600);
         assert_eq!(path.queue_mut().stolen, 600usize.div_ceil(BATCH));
     }
@@ -472,8 +478,7 @@ fn frames_from_another_mac_or_ethertype_are_counted_and_never_delivered() {
         delivered_ids(&fixture.tun, &sent),
         (0..50).collect::<Vec<_>>()
     );
-    let link = &fixture.counters.links[0];
-    let foreign = link.rx_foreign.load(Relaxed);
+    let foreign = fixture.counters.link(0).1.rx_foreign;
     assert_eq!(foreign, 2 * frames.len() as u64);
 }
 
@@ -490,8 +495,8 @@ fn capture_drops_truncated_and_empty_packets_and_delivers_the_rest() {
     path.turn();
     assert_eq!(delivered_ids(&fixture.tun, &sent), vec![0, 2]);
     let c = &fixture.counters;
-    assert_eq!(c.captured.load(Relaxed), 4);
-    assert_eq!(c.capture_dropped.load(Relaxed), 2);
+    assert_eq!(c.capture().captured, 4);
+    assert_eq!(c.capture().dropped, 2);
 }
 
 #[test]
@@ -501,7 +506,7 @@ fn a_link_made_unusable_carries_nothing_until_it_is_usable_again() {
     fixture.control.set_usable(1, false);
     let sent = packets(100, 1000, 12);
     path.carry(&sent[..50]);
-    let link1 = |f: &Fixture| f.counters.links[1].tx_frames.load(Relaxed);
+    let link1 = |f: &Fixture| f.counters.link(1).0.tx_frames;
     assert_eq!(link1(&fixture), 0, "an unusable link was sent on");
     fixture.control.set_usable(1, true);
     path.carry(&sent[50..]);
