@@ -15,6 +15,7 @@ const SOL_PACKET: libc::c_int = 263;
 /// linux/if_packet.h.
 const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
 const PACKET_MR_PROMISC: libc::c_ushort = 1;
+const PACKET_STATISTICS: libc::c_int = 6;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 /// linux/if_ether.h.
@@ -186,6 +187,25 @@ impl PacketSocket {
 
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Frames the kernel dropped since the last call because the receive buffer was full
+    /// (PACKET_STATISTICS' `tp_drops`; reading resets it).
+    pub fn take_drops(&self) -> u64 {
+        // struct tpacket_stats { unsigned int tp_packets, tp_drops; } (linux/if_packet.h).
+        let mut stats = [0u32; 2];
+        let mut len = size_of::<[u32; 2]>() as libc::socklen_t;
+        // SAFETY: `stats` is a live buffer of `len` bytes; the kernel writes at most `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                SOL_PACKET,
+                PACKET_STATISTICS,
+                stats.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 { u64::from(stats[1]) } else { 0 }
     }
 }
 
@@ -438,4 +458,12 @@ pub(crate) fn now_ns() -> u64 {
 pub(crate) fn precise_timers() {
     // SAFETY: PR_SET_TIMERSLACK takes one integer and only affects this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+}
+
+/// Gives the calling thread a nice value of -10, so that it gets a CPU soon after its timer
+/// fires while other processes keep both cores busy (setpriority(2) on Linux sets one thread's
+/// nice). Without the privilege it stays as it was: the relay works, only later.
+pub(crate) fn raise_priority() {
+    // SAFETY: setpriority has no memory-safety preconditions; `0` is the calling thread.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) };
 }
