@@ -479,6 +479,24 @@ impl Testbed {
     /// other direction a plain wire until set; [`Testbed::clear_path`] undoes it.
     /// [`Testbed::set_loss`], [`Testbed::cut`], [`Testbed::set_rate`] and
     /// [`Testbed::cut_carrier`] still apply on top.
+    ///
+    /// Two links of unequal delay, for striping tests:
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use alagg_testbed::{Direction, Path, Testbed};
+    ///
+    /// let bed = Testbed::new("unequal", 2)?;
+    /// let path = |mbit, ms| Path {
+    ///     rate_mbit: Some(mbit),
+    ///     ..Path::delay(Duration::from_millis(ms))
+    /// };
+    /// bed.set_path(0, Direction::Both, path(200, 5))?;
+    /// bed.set_path(1, Direction::Both, path(100, 25))?;
+    /// // ... run traffic, then:
+    /// let stats = bed.path_stats(1, Direction::AtoB).unwrap_or_default();
+    /// println!("link 1, A to B: {} relayed, {} queue drops", stats.relayed, stats.queue_dropped);
+    /// # Ok::<(), alagg_testbed::Error>(())
+    /// ```
     pub fn set_path(&self, link: usize, direction: Direction, path: RelayPath) -> Result<()> {
         self.check_impairable(link)?;
         path.check()

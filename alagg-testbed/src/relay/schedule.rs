@@ -1,18 +1,7 @@
 //! The timing model of one direction of an impaired path, with no I/O and no clock read: a
 //! frame's arrival time and length in, a verdict out (dropped, and why, or the time it leaves).
 //!
-//! The model is a sender's queue, a serializer and a propagation delay, in that order, as on a
-//! real WAN path:
-//! 1. cut: everything is dropped ([`Schedule::cut`]);
-//! 2. loss: the path's own `loss_percent`, then the link's ([`Schedule::link_loss_percent`], from
-//!    `Testbed::set_loss`), each an independent draw;
-//! 3. rate: a frame starts serializing when the previous one is done, and takes
-//!    `wire_len * 8 / rate`; if it would wait more than the queue limit to start, it is
-//!    dropped (tail drop, as tbf and a router's FIFO do);
-//! 4. delay: it then leaves after `delay + jitter`, jitter drawn uniformly or normally within
-//!    `±jitter`, never below zero;
-//! 5. order: unless the path allows reordering, never before the frame ahead of it (FIFO, as a
-//!    real Ethernet or WAN path), so dense traffic sees the upper part of the jitter.
+//! The model is described in the [relay's documentation](super).
 #![deny(unsafe_code)]
 
 use std::time::Duration;
