@@ -25,8 +25,14 @@
 //!   silence, as over a real WAN path; [`Testbed::cut_carrier`] sets `W:a{i}` and `W:b{i}` down
 //!   instead, so both hosts see their `link{i}` lose carrier. [`Testbed::heal`] undoes either.
 //!
-//! All impairment state is in the kernel (nft, tc, link state), none in this struct, so a bed made
-//! by another process can be impaired with `nft` and `tc` in the wire namespace by hand.
+//! - delay, jitter, per-direction loss and rate, as netem would give (this kernel has none):
+//!   [`Testbed::set_path`] replaces the link's bridge by an impairment relay, threads of this
+//!   process between `W:a{i}` and `W:b{i}`; [`Testbed::clear_path`] puts the bridge back. While
+//!   a relay runs, the relay applies the link's loss and cut too (see [`crate::relay`]).
+//!
+//! All impairment state but the relays' is in the kernel (nft, tc, link state), none in this
+//! struct, so a bed made by another process can be impaired with `nft` and `tc` in the wire
+//! namespace by hand (on a link without a relay).
 //!
 //! Dropping a `Testbed` deletes its three namespaces, killing the processes left inside; a bed
 //! half-made when `new` fails or panics is removed the same way, as its namespaces are guards
@@ -37,11 +43,16 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard, PoisonError},
     thread,
     time::{Duration, Instant},
 };
 
-use crate::{Error, Netns, Result, veth};
+use crate::{
+    Error, Netns, Result,
+    relay::{Direction, Path as RelayPath, PathStats, Relay},
+    veth,
+};
 
 /// Host A's IPv4 service address (on its `lo`, /32). 198.18.0.0/15 is for network tests
 /// (RFC 2544).
@@ -109,6 +120,8 @@ impl Host {
 /// Two hosts joined by N impairable links; see the module documentation for the layout.
 #[derive(Debug)]
 pub struct Testbed {
+    /// The impairment relays, by link. First, so that they stop before the namespaces go.
+    relays: Mutex<Vec<Option<Relay>>>,
     /// Host A.
     pub a: Netns,
     /// Host B.
@@ -130,6 +143,7 @@ impl Testbed {
         let b = Netns::new(&format!("{tag}-b"))?;
         let wire = Netns::new(&format!("{tag}-wire"))?;
         Testbed {
+            relays: Mutex::default(),
             a,
             b,
             wire,
@@ -148,6 +162,7 @@ impl Testbed {
         let b = Netns::new(&format!("{tag}-b"))?;
         let wire = Netns::new(&format!("{tag}-wire"))?;
         let bed = Testbed {
+            relays: Mutex::default(),
             a,
             b,
             wire,
@@ -179,6 +194,7 @@ impl Testbed {
         let b = Netns::named(&b)?;
         let wire = Netns::named(&wire)?;
         Testbed {
+            relays: Mutex::default(),
             a,
             b,
             wire,
@@ -210,8 +226,12 @@ impl Testbed {
         Ok(removed)
     }
 
-    /// Leaves the bed in place when this process ends (see [`Netns::persist`]).
+    /// Leaves the bed in place when this process ends (see [`Netns::persist`]). Links with an
+    /// impairment relay get their bridge back first, as the relay ends with the process.
     pub fn persist(self) {
+        for link in 0..self.links {
+            let _ = self.clear_path(link);
+        }
         self.a.persist();
         self.b.persist();
         self.wire.persist();
@@ -343,6 +363,9 @@ impl Testbed {
             }
         }
         self.wire.exec("nft", &[&nft])?;
+        if let Some(relay) = self.relays().get(link).and_then(Option::as_ref) {
+            relay.set_link_loss(percent);
+        }
         Ok(())
     }
 
@@ -419,6 +442,9 @@ impl Testbed {
                  add rule bridge {TABLE} cut{link} counter drop"
             )],
         )?;
+        if let Some(relay) = self.relays().get(link).and_then(Option::as_ref) {
+            relay.set_cut(true);
+        }
         Ok(())
     }
 
@@ -438,10 +464,147 @@ impl Testbed {
         self.check_impairable(link)?;
         self.wire
             .exec("nft", &[&format!("flush chain bridge {TABLE} cut{link}")])?;
+        if let Some(relay) = self.relays().get(link).and_then(Option::as_ref) {
+            relay.set_cut(false);
+        }
         for host in [Host::A, Host::B] {
             self.wire.ip(&["link", "set", &port(host, link), "up"])?;
         }
         self.wait_for_carrier(link..link + 1)
+    }
+
+    /// Gives link `link` the impaired path `path` in `direction` (delay, jitter, loss, rate; see
+    /// [`crate::relay`]), replacing that direction's previous path. The first call on a link
+    /// takes its wire ports out of the bridge and starts an impairment relay between them, the
+    /// other direction a plain wire until set; [`Testbed::clear_path`] undoes it.
+    /// [`Testbed::set_loss`], [`Testbed::cut`], [`Testbed::set_rate`] and
+    /// [`Testbed::cut_carrier`] still apply on top.
+    ///
+    /// Two links of unequal delay, for striping tests:
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use alagg_testbed::{Direction, Path, Testbed};
+    ///
+    /// let bed = Testbed::new("unequal", 2)?;
+    /// let path = |mbit, ms| Path {
+    ///     rate_mbit: Some(mbit),
+    ///     ..Path::delay(Duration::from_millis(ms))
+    /// };
+    /// bed.set_path(0, Direction::Both, path(200, 5))?;
+    /// bed.set_path(1, Direction::Both, path(100, 25))?;
+    /// // ... run traffic, then:
+    /// let stats = bed.path_stats(1, Direction::AtoB).unwrap_or_default();
+    /// println!("link 1, A to B: {} relayed, {} queue drops", stats.relayed, stats.queue_dropped);
+    /// # Ok::<(), alagg_testbed::Error>(())
+    /// ```
+    pub fn set_path(&self, link: usize, direction: Direction, path: RelayPath) -> Result<()> {
+        self.check_impairable(link)?;
+        path.check()
+            .map_err(|why| invalid(format!("path on link {link}: {why}")))?;
+        let mut relays = self.relays();
+        if relays.len() < self.links {
+            relays.resize_with(self.links, || None);
+        }
+        if let Some(relay) = &relays[link] {
+            relay.configure(direction, &path);
+            return Ok(());
+        }
+        let (cut, loss) = self.bridge_impairments(link)?;
+        let ports = [port(Host::A, link), port(Host::B, link)];
+        for port in &ports {
+            self.wire.ip(&["link", "set", port, "nomaster"])?;
+        }
+        let started = self
+            .wire
+            .enter(|| Relay::open(&ports[0], &ports[1]))
+            .and_then(|opened| {
+                opened.map_err(|source| Error::Io {
+                    what: format!("opening the relay's sockets on link {link}"),
+                    source,
+                })
+            })
+            .and_then(|sockets| {
+                let mut paths = [RelayPath::default(), RelayPath::default()];
+                for way in direction.ways() {
+                    paths[usize::from(*way == Direction::BtoA)] = path.clone();
+                }
+                Relay::start(&format!("relay{link}"), sockets, paths, cut, loss).map_err(|source| {
+                    Error::Io {
+                        what: format!("starting the relay of link {link}"),
+                        source,
+                    }
+                })
+            });
+        match started {
+            Ok(relay) => {
+                relays[link] = Some(relay);
+                Ok(())
+            }
+            Err(error) => {
+                drop(relays);
+                let _ = self.attach_ports(link);
+                Err(error)
+            }
+        }
+    }
+
+    /// Stops link `link`'s impairment relay, if it has one, and puts its wire ports back in the
+    /// bridge, returning once the link has carrier. Frames in flight in the relay are lost.
+    pub fn clear_path(&self, link: usize) -> Result<()> {
+        self.check_impairable(link)?;
+        let relay = self.relays().get_mut(link).and_then(Option::take);
+        if relay.is_none() {
+            return Ok(());
+        }
+        drop(relay);
+        self.attach_ports(link)?;
+        self.wait_for_carrier(link..link + 1)
+    }
+
+    /// What link `link`'s relay did in `direction` (both summed for [`Direction::Both`]);
+    /// `None` if the link has no relay.
+    pub fn path_stats(&self, link: usize, direction: Direction) -> Option<PathStats> {
+        self.relays()
+            .get(link)
+            .and_then(Option::as_ref)
+            .map(|relay| relay.stats(direction))
+    }
+
+    /// Whether link `link` runs through an impairment relay rather than its bridge.
+    pub fn has_path(&self, link: usize) -> bool {
+        self.relays().get(link).is_some_and(Option::is_some)
+    }
+
+    fn relays(&self) -> MutexGuard<'_, Vec<Option<Relay>>> {
+        self.relays.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn attach_ports(&self, link: usize) -> Result<()> {
+        for host in [Host::A, Host::B] {
+            self.wire.ip(&[
+                "link",
+                "set",
+                &port(host, link),
+                "master",
+                &format!("br{link}"),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Whether the bridge's nft rules cut link `link`, and the loss they give it (read back, so
+    /// that a relay taking over honours what was set, by this process or another).
+    fn bridge_impairments(&self, link: usize) -> Result<(bool, u8)> {
+        let chain = |name: &str| {
+            self.wire.exec(
+                "nft",
+                &["list", "chain", "bridge", TABLE, &format!("{name}{link}")],
+            )
+        };
+        Ok((
+            rule_drops(&chain("cut")?).is_some(),
+            rule_drops(&chain("loss")?).unwrap_or(0),
+        ))
     }
 
     /// The alagg configuration of `host`: capture traffic to the other host's service
@@ -520,8 +683,10 @@ impl Testbed {
 
     /// Polls until every interface of the given links, on both hosts and in the wire, has
     /// carrier (`LOWER_UP`).
+    /// A bridge whose ports a relay took has no carrier, and is not waited for.
     fn wait_for_carrier(&self, links: std::ops::Range<usize>) -> Result<()> {
         let deadline = Instant::now() + CARRIER_TIMEOUT;
+        let relayed: Vec<bool> = links.clone().map(|l| self.has_path(l)).collect();
         loop {
             let mut missing = Vec::new();
             for (netns, names) in [
@@ -532,7 +697,13 @@ impl Testbed {
                     links
                         .clone()
                         .filter(|_| self.bridged)
-                        .flat_map(|l| [port(Host::A, l), port(Host::B, l), format!("br{l}")])
+                        .flat_map(|l| {
+                            let mut names = vec![port(Host::A, l), port(Host::B, l)];
+                            if !relayed[l - links.start] {
+                                names.push(format!("br{l}"));
+                            }
+                            names
+                        })
                         .collect::<Vec<_>>(),
                 ),
             ] {
@@ -588,6 +759,18 @@ fn ports_match(link: usize) -> String {
         port(Host::A, link),
         port(Host::B, link)
     )
+}
+
+/// What a `cut{i}` or `loss{i}` chain (`nft list chain` output) drops: `None` if nothing,
+/// else the percentage (`numgen random mod 100 < P ... drop`, or 100 for a plain `drop`).
+fn rule_drops(chain: &str) -> Option<u8> {
+    let rule = chain
+        .lines()
+        .find(|line| line.trim_end().ends_with(" drop"))?;
+    match rule.split_once("numgen random mod 100 < ") {
+        Some((_, rest)) => rest.split_whitespace().next()?.parse().ok(),
+        None => Some(100),
+    }
 }
 
 fn check_links(links: usize) -> Result<()> {
@@ -653,6 +836,23 @@ mod tests {
             3: link1@if4: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500\n\
             4: br0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500\n";
         assert_eq!(lower_up(output), ["lo", "link1", "br0"]);
+    }
+
+    #[test]
+    fn bridge_impairments_are_read_from_nft_chains() {
+        let chain =
+            |rules: &str| format!("table bridge alagg {{\n\tchain loss0 {{\n{rules}\t}}\n}}\n");
+        assert_eq!(rule_drops(&chain("")), None);
+        assert_eq!(
+            rule_drops(&chain(
+                "\t\tnumgen random mod 100 < 30 counter packets 0 bytes 0 drop\n"
+            )),
+            Some(30)
+        );
+        assert_eq!(
+            rule_drops(&chain("\t\tcounter packets 5 bytes 420 drop\n")),
+            Some(100)
+        );
     }
 
     #[test]

@@ -8,10 +8,12 @@
 pub mod bed;
 pub mod netns;
 pub mod raw;
+pub mod relay;
 
 pub use bed::{A_V4, A_V6, B_V4, B_V6, Host, Testbed};
 pub use netns::{Netns, veth, veth_with_queues};
 pub use raw::RawSocket;
+pub use relay::{Direction, JitterShape, Path, PathStats, QueueLimit};
 
 /// A command the testbed ran failed.
 #[derive(Debug, thiserror::Error)]
