@@ -118,6 +118,7 @@ fn reorderings(numbers: &[u32]) -> usize {
 
 #[test]
 fn delay_each_way_adds_to_the_rtt_and_clear_path_gives_the_bridge_back() {
+    alagg_testbed::require_root!();
     let bed = bed("pdelay", 2);
     bed.set_path(0, Direction::Both, Path::delay(Duration::from_millis(10)))
         .unwrap();
@@ -158,6 +159,7 @@ fn delay_each_way_adds_to_the_rtt_and_clear_path_gives_the_bridge_back() {
 
 #[test]
 fn jitter_spreads_delays_but_keeps_order_unless_reordering_is_asked_for() {
+    alagg_testbed::require_root!();
     let bed = bed("pjitter", 1);
     let jittery = Path {
         delay: Duration::from_millis(8),
@@ -197,6 +199,7 @@ fn jitter_spreads_delays_but_keeps_order_unless_reordering_is_asked_for() {
 
 #[test]
 fn seeded_loss_drops_its_share_one_way() {
+    alagg_testbed::require_root!();
     let bed = bed("ploss", 1);
     bed.set_path(
         0,
@@ -224,6 +227,7 @@ fn seeded_loss_drops_its_share_one_way() {
 
 #[test]
 fn the_bridges_loss_cut_and_carrier_cut_still_bite_while_a_relay_runs() {
+    alagg_testbed::require_root!();
     let bed = bed("pcut", 1);
     bed.set_loss(0, 100).unwrap();
     // A relay started on a link that loses everything honours the bridge's rule.
@@ -264,6 +268,7 @@ fn the_bridges_loss_cut_and_carrier_cut_still_bite_while_a_relay_runs() {
 
 #[test]
 fn a_rate_caps_a_tcp_transfer() {
+    alagg_testbed::require_root!();
     let bed = bed("prate", 1);
     bed.set_path(
         0,

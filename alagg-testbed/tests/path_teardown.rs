@@ -18,6 +18,7 @@ fn relay_threads() -> Vec<String> {
 
 #[test]
 fn dropping_the_bed_stops_its_relays_and_removes_its_namespaces() {
+    alagg_testbed::require_root!();
     assert!(alagg_testbed::is_root(), "run as root: it makes namespaces");
     let bed = Testbed::new("pdrop", 2).unwrap();
     for link in 0..2 {
