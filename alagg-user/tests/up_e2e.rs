@@ -41,7 +41,7 @@ fn ping_v4_and_v6_both_ways_over_two_links_and_nothing_left_behind() {
     let log_b = b.stop();
     for log in [&log_a, &log_b] {
         assert!(log.contains("alagg stopped"), "no clean stop:\n{log}");
-        let duplicates = summary_value(log, "duplicates");
+        let duplicates = summary_value(log, "discarded");
         let delivered = summary_value(log, "delivered");
         assert!(delivered >= 10, "delivered {delivered}:\n{log}");
         assert_eq!(

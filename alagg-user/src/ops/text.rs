@@ -90,27 +90,25 @@ impl Snapshot {
 }
 
 impl Snapshot {
-    /// The line `alagg up` prints when it stops: `summary: name=value ...` for every capture
-    /// and delivery counter, the engine's counters that are not zero, and per link
-    /// `links=<interface>:tx_frames=..,...;<interface>:...` with every link counter; names as
-    /// in `alagg status --json`.
+    /// The line `alagg up` prints when it stops: `summary: name=value ...` for every capture,
+    /// delivery and engine counter (at zero too, so a script can rely on each name), and per
+    /// link `links=<interface>:tx_frames=..,...;<interface>:...` with every link counter; names
+    /// as in `alagg status --json`.
     pub(crate) fn render_summary(&self) -> String {
-        fn pairs<S>(rows: &[Row<S>], of: &S, all: bool) -> Vec<String> {
+        fn pairs<S>(rows: &[Row<S>], of: &S) -> Vec<String> {
             rows.iter()
-                .map(|row| (row.name, (row.value)(of)))
-                .filter(|&(_, value)| all || value > 0)
-                .map(|(name, value)| format!("{name}={value}"))
+                .map(|row| format!("{}={}", row.name, (row.value)(of)))
                 .collect()
         }
-        let mut words = pairs(CaptureSnapshot::ROWS, &self.capture, true);
-        words.extend(pairs(DeliverySnapshot::ROWS, &self.delivery, true));
-        words.extend(pairs(EngineCounts::ROWS, &self.engine.counts, false));
+        let mut words = pairs(CaptureSnapshot::ROWS, &self.capture);
+        words.extend(pairs(DeliverySnapshot::ROWS, &self.delivery));
+        words.extend(pairs(EngineCounts::ROWS, &self.engine.counts));
         let links: Vec<String> = self
             .links
             .iter()
             .map(|l| {
-                let mut counts = pairs(LinkTxSnapshot::ROWS, &l.tx, true);
-                counts.extend(pairs(LinkRxSnapshot::ROWS, &l.rx, true));
+                let mut counts = pairs(LinkTxSnapshot::ROWS, &l.tx);
+                counts.extend(pairs(LinkRxSnapshot::ROWS, &l.rx));
                 format!("{}:{}", l.interface, counts.join(","))
             })
             .collect();
@@ -324,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn the_summary_names_every_flat_counter_and_the_engine_counters_that_moved() {
+    fn the_summary_names_every_counter_even_at_zero() {
         let summary = sample().render_summary();
         for expected in [
             "summary: captured=20 captured_bytes=20000 dropped=1 batches=4 overruns=2 errors=3 ",
@@ -342,8 +340,8 @@ mod tests {
             );
         }
         assert!(
-            !summary.contains("rogue="),
-            "zero engine counters are left out: {summary}"
+            summary.contains(" rogue=0 "),
+            "zero engine counters are named too: {summary}"
         );
         assert!(!summary.contains('\n'));
     }

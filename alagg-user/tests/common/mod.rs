@@ -252,7 +252,7 @@ pub fn summary_value(log: &str, name: &str) -> u64 {
 }
 
 /// The number after `name=` of `link` in the `links=` field of alagg's exit summary, e.g. the
-/// `rx` of `link0:tx=0,rx=20000,first=12251,foreign=0`.
+/// `rx_frames` of `link0:tx_frames=0,...,rx_frames=20000,...,first=12251`.
 pub fn summary_link_value(log: &str, link: &str, name: &str) -> u64 {
     let line = summary_line(log);
     line.split_whitespace()
