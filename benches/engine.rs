@@ -1,12 +1,15 @@
 //! Criterion benchmarks of the protocol core: encapsulation, duplicate elimination and
-//! reordering, fragmentation and reassembly. Run with
+//! reordering, fragmentation and reassembly, frame authentication. Run with
 //! `cargo bench -p alagg-benches --bench engine`.
 #![expect(clippy::unwrap_used, reason = "benchmark setup")]
 
 use std::hint::black_box;
 
-use alagg_proto::wire::{DEFAULT_ETHERTYPE, EthernetRepr, MacAddr};
-use alagg_proto::{Receiver, ReceiverConfig, Sender, Timestamp};
+use alagg_proto::auth::{FrameKey, Keyring, SiteKey};
+use alagg_proto::wire::{
+    DEFAULT_ETHERTYPE, EthernetRepr, FLAG_AUTH, FLAG_ENCRYPTED, MacAddr, TAG_LEN,
+};
+use alagg_proto::{Lane, Receiver, ReceiverConfig, Sender, Stamp, Timestamp};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const MTU: usize = 1500;
@@ -28,7 +31,7 @@ fn frames(n: u64, len: usize) -> Vec<Vec<u8>> {
         .map(|_| {
             let plan = tx.plan(len, MTU).unwrap();
             let mut out = vec![0u8; MTU];
-            let n = plan.emit(0, 0, &pkt, &mut out).unwrap();
+            let n = plan.emit(0, Stamp::on(0), &pkt, &mut out).unwrap();
             out.truncate(n);
             out
         })
@@ -46,7 +49,10 @@ fn encapsulate(c: &mut Criterion) {
         g.bench_function(format!("plan+emit_ethernet/{len}B"), |b| {
             b.iter(|| {
                 let plan = tx.plan(black_box(len), MTU).unwrap();
-                black_box(plan.emit_ethernet(0, 0, &eth, &pkt, &mut out).unwrap())
+                black_box(
+                    plan.emit_ethernet(0, Stamp::on(0), &eth, &pkt, &mut out)
+                        .unwrap(),
+                )
             })
         });
     }
@@ -100,7 +106,7 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("encapsulate+dedup+reorder/in-order/64B", |b| {
         b.iter(|| {
             let plan = tx.plan(pkt.len(), MTU).unwrap();
-            let n = plan.emit(0, 0, &pkt, &mut out).unwrap();
+            let n = plan.emit(0, Stamp::on(0), &pkt, &mut out).unwrap();
             let mut delivered = 0;
             rx.on_frame(&out[..n], Timestamp::ZERO, |p: &[u8]| delivered = p.len());
             black_box(delivered)
@@ -122,7 +128,7 @@ fn fragmentation(c: &mut Criterion) {
             let plan = tx.plan(len, MTU).unwrap();
             let mut delivered = 0;
             for i in 0..plan.frame_count() {
-                let n = plan.emit(i, 0, &pkt, &mut out).unwrap();
+                let n = plan.emit(i, Stamp::on(0), &pkt, &mut out).unwrap();
                 rx.on_frame(&out[..n], Timestamp::ZERO, |p: &[u8]| delivered = p.len());
             }
             assert_eq!(delivered, len);
@@ -132,5 +138,71 @@ fn fragmentation(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encapsulate, receive, pipeline, fragmentation);
+/// What `[auth]` adds per frame: the tag alone (AES-256-GCM over header and payload) and with
+/// the payload encrypted, sealed at the sender and opened at the receiver, at 64 and 1400
+/// bytes; and the whole pipeline with tags, to compare with `pipeline` above.
+fn authentication(c: &mut Criterion) {
+    let site = SiteKey::from_bytes([7; 32]);
+    let epoch = 1;
+    let key = FrameKey::derive(&site, epoch);
+    let mut g = c.benchmark_group("auth");
+    g.throughput(Throughput::Elements(1));
+    for (mode, flags) in [("tag", FLAG_AUTH), ("encrypt", FLAG_AUTH | FLAG_ENCRYPTED)] {
+        for len in [64usize, 1400] {
+            let pkt = vec![0x45u8; len];
+            let mut tx = Sender::new(epoch).with_flags(flags);
+            let mut lane = Lane::new(0, 0);
+            let mut out = vec![0u8; 2048];
+            g.bench_function(format!("seal/{mode}/{len}B"), |b| {
+                b.iter(|| {
+                    let plan = tx.plan(len, MTU - TAG_LEN).unwrap();
+                    let n = plan
+                        .emit(0, lane.stamp(Timestamp::ZERO), &pkt, &mut out)
+                        .unwrap();
+                    black_box(key.seal(&mut out, n).unwrap())
+                })
+            });
+            let plan = tx.plan(len, MTU - TAG_LEN).unwrap();
+            let n = plan
+                .emit(0, lane.stamp(Timestamp::ZERO), &pkt, &mut out)
+                .unwrap();
+            let sealed = key.seal(&mut out, n).unwrap();
+            let frame = out[..sealed].to_vec();
+            let mut scratch = Vec::with_capacity(2048);
+            g.bench_function(format!("open/{mode}/{len}B"), |b| {
+                b.iter(|| black_box(key.open(black_box(&frame), &mut scratch).unwrap().len()))
+            });
+        }
+    }
+    let mut tx = Sender::new(epoch).with_flags(FLAG_AUTH);
+    let mut lane = Lane::new(0, 0);
+    let mut rx = Receiver::new(&ReceiverConfig::default())
+        .unwrap()
+        .with_keyring(Keyring::new(site));
+    let pkt = vec![0x45u8; 64];
+    let mut out = vec![0u8; 2048];
+    g.bench_function("encapsulate+seal+open+dedup+reorder/in-order/64B", |b| {
+        b.iter(|| {
+            let plan = tx.plan(pkt.len(), MTU - TAG_LEN).unwrap();
+            let n = plan
+                .emit(0, lane.stamp(Timestamp::ZERO), &pkt, &mut out)
+                .unwrap();
+            let n = key.seal(&mut out, n).unwrap();
+            let mut delivered = 0;
+            rx.on_frame(&out[..n], Timestamp::ZERO, |p: &[u8]| delivered = p.len());
+            assert_eq!(delivered, 64);
+            black_box(delivered)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    encapsulate,
+    receive,
+    pipeline,
+    fragmentation,
+    authentication
+);
 criterion_main!(benches);

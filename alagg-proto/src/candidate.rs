@@ -45,7 +45,7 @@ struct Kept {
 pub(crate) struct Candidate {
     active: bool,
     /// The epoch its frames carry.
-    pub(crate) epoch: u32,
+    pub(crate) epoch: u64,
     /// Highest number seen.
     top: u64,
     /// Bit `i`: number `top - i` seen.
@@ -62,7 +62,7 @@ pub(crate) struct Candidate {
 
 impl Candidate {
     /// Makes this slot a new candidate, forgetting what it held.
-    fn start(&mut self, epoch: u32, seq: u64) {
+    fn start(&mut self, epoch: u64, seq: u64) {
         self.active = true;
         self.epoch = epoch;
         self.top = seq;
@@ -124,12 +124,17 @@ impl Candidates {
     /// its epoch whose region it falls in, else starts one in a free slot, or in place of one
     /// that is quiet (nothing for `hold`) or has shown a single number; if every slot holds a
     /// flowing candidate with evidence, the frame is not recorded (`None`).
+    ///
+    /// Evidence starts over when the candidate's previous frame is more than `window` old: a
+    /// hold time for streams that could be the past (an epoch that started before the current
+    /// one), longer for those that can only be the future (a restart, a resumption ahead), so
+    /// that sparse traffic, a ping a second, is believed too.
     pub(crate) fn record(
         &mut self,
-        epoch: u32,
-        seq: u64,
+        (epoch, seq): (u64, u64),
         now: Timestamp,
         hold: Duration,
+        window: Duration,
     ) -> Option<Recorded> {
         let quiet = |c: &Candidate| c.last.saturating_add(hold) <= now;
         let found = self.slots.iter().position(|c| {
@@ -138,7 +143,7 @@ impl Candidates {
         let slot = match found {
             Some(i) => {
                 let c = &mut self.slots[i];
-                if quiet(c) {
+                if c.last.saturating_add(window) <= now {
                     // Evidence must be close together in time too: it starts over (the frames
                     // kept stay: they are packets of this stream all the same).
                     c.seen = 0;
@@ -202,7 +207,7 @@ impl Candidates {
     }
 
     /// The epoch of the candidate in `slot`, if there is one.
-    pub(crate) fn epoch_of(&self, slot: usize) -> Option<u32> {
+    pub(crate) fn epoch_of(&self, slot: usize) -> Option<u64> {
         self.slots.get(slot).filter(|c| c.active).map(|c| c.epoch)
     }
 
@@ -256,33 +261,38 @@ mod tests {
             (100 + SPAN + 2, 6, 1, false),
         ];
         for &(seq, at, evidence, copy) in steps {
-            let r = c.record(7, seq, ms(at), HOLD).unwrap();
+            let r = c.record((7, seq), ms(at), HOLD, HOLD).unwrap();
             assert_eq!((r.slot, r.evidence, r.copy), (0, evidence, copy), "{seq}");
         }
         // Far from the region, or of another epoch: another candidate.
-        assert_eq!(c.record(7, 1 << 40, ms(6), HOLD).unwrap().slot, 1);
-        assert_eq!(c.record(8, 100 + SPAN + 2, ms(6), HOLD).unwrap().slot, 2);
+        assert_eq!(c.record((7, 1 << 40), ms(6), HOLD, HOLD).unwrap().slot, 1);
+        assert_eq!(
+            c.record((8, 100 + SPAN + 2), ms(6), HOLD, HOLD)
+                .unwrap()
+                .slot,
+            2
+        );
     }
 
     #[test]
     fn a_spray_of_epochs_cannot_evict_a_flowing_candidate() {
         let mut c = Candidates::default();
         for seq in 0..3 {
-            c.record(2, seq, ms(0), HOLD).unwrap();
+            c.record((2, seq), ms(0), HOLD, HOLD).unwrap();
         }
         for epoch in 100..200 {
-            c.record(epoch, u64::from(epoch) << 20, ms(1), HOLD);
+            c.record((epoch, epoch << 20), ms(1), HOLD, HOLD);
         }
-        let r = c.record(2, 3, ms(1), HOLD).unwrap();
+        let r = c.record((2, 3), ms(1), HOLD, HOLD).unwrap();
         assert_eq!(r.evidence, 4);
         // Three flowing candidates with evidence hold their slots; a newcomer finds none.
         for (slot, epoch) in [(1, 10), (2, 11), (3, 12)] {
-            c.record(epoch, 0, ms(1), HOLD).unwrap();
-            assert_eq!(c.record(epoch, 1, ms(1), HOLD).unwrap().slot, slot);
+            c.record((epoch, 0), ms(1), HOLD, HOLD).unwrap();
+            assert_eq!(c.record((epoch, 1), ms(1), HOLD, HOLD).unwrap().slot, slot);
         }
-        assert_eq!(c.record(13, 0, ms(1), HOLD), None);
+        assert_eq!(c.record((13, 0), ms(1), HOLD, HOLD), None);
         // Once they are quiet, it does.
-        assert!(c.record(13, 0, ms(5), HOLD).is_some());
+        assert!(c.record((13, 0), ms(5), HOLD, HOLD).is_some());
     }
 
     #[test]
@@ -290,7 +300,7 @@ mod tests {
         let mut c = Candidates::default();
         let seqs = [5u64, 3, 4, 9, 8, 7, 6, 10, 12, 11];
         for seq in seqs {
-            let r = c.record(1, seq, ms(0), HOLD).unwrap();
+            let r = c.record((1, seq), ms(0), HOLD, HOLD).unwrap();
             c.keep(r.slot, seq, &[seq as u8; 30]);
         }
         c.keep(0, 13, &[0; MAX_KEPT_FRAME + 1]);
@@ -302,7 +312,7 @@ mod tests {
         assert_eq!(taken.lowest(20), 4);
         assert_eq!(taken.lowest(2), 2);
         c.give_back(0, taken);
-        let r = c.record(1, 100, ms(0), HOLD).unwrap();
+        let r = c.record((1, 100), ms(0), HOLD, HOLD).unwrap();
         assert_eq!((r.slot, r.evidence), (0, 1));
         assert_eq!(c.take(0).kept_in_order().count(), 0);
     }

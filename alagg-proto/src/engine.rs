@@ -6,7 +6,7 @@
 //!
 //! Transmit, per IP packet:
 //! ```
-//! # use alagg_proto::{Sender, Redundant, Scheduler, LinkState, Timestamp};
+//! # use alagg_proto::{Lane, Sender, Redundant, Scheduler, LinkState, Timestamp};
 //! # use alagg_proto::wire::{EthernetRepr, MacAddr, DEFAULT_ETHERTYPE};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let links = [LinkState { id: 0, usable: true, weight: 1, mtu: 1500 },
@@ -18,10 +18,13 @@
 //! let chosen = sched.select(packet.len(), &links, Timestamp::ZERO);
 //! let mtu = chosen.min_mtu(&links).ok_or("no usable link")?;
 //! let plan = sender.plan(packet.len(), mtu)?;
+//! // One lane per link (and capture worker): it numbers the frames sent on it.
+//! let mut lanes = [Lane::new(0, 0), Lane::new(1, 0)];
 //! for link in chosen.iter() {
 //!     for i in 0..plan.frame_count() {
 //!         let mut umem_frame = [0u8; 2048];
-//!         let len = plan.emit_ethernet(i, links[link].id, &eth, &packet, &mut umem_frame)?;
+//!         let stamp = lanes[link].stamp(Timestamp::ZERO);
+//!         let len = plan.emit_ethernet(i, stamp, &eth, &packet, &mut umem_frame)?;
 //!         // hand (umem_frame, len) to the link's TX ring
 //! #       assert!(len <= 14 + 1500);
 //!     }
@@ -47,12 +50,18 @@
 //!   state (window, reorder buffer, reassembly) and consumes no number; it is recorded as a
 //!   candidate (`candidate` module: bounded, at most 4 at once, each keeping its latest 8
 //!   frames). A candidate epoch is adopted (the peer restarted) on a frame that makes its
-//!   evidence at least 4 distinct numbers within 64 of each other, none more than a hold time
-//!   after the one before, provided the current epoch has delivered no new packet for a hold
-//!   time. Then what is held is delivered, window, reorder buffer and reassembly start over, the
+//!   evidence at least 4 distinct numbers within 64 of each other, provided the current epoch
+//!   has delivered no new packet for a hold time. Each of the 4 must come within a hold time of
+//!   the one before if the candidate could be the past (an epoch that started before the
+//!   current one, whose frames may still be in flight on a slow link), within
+//!   [`RESTART_EVIDENCE_WINDOW`] if it can only be the future (an epoch that started later, or
+//!   the current one far ahead) or while the current epoch has delivered fewer than 4
+//!   packets (one frame seen before the peer's first must not hold the peer back), so that a
+//!   restarted peer's sparse traffic is believed too. Then what is held is delivered, window, reorder buffer and reassembly start over, the
 //!   frames the candidate kept are handled (lowest number first) and then the deciding frame;
 //!   frames it could not keep are counted (`pending_lost`). A real restart takes far longer
-//!   than the hold time, so the new epoch is believed on its fourth frame and loses nothing;
+//!   than the hold time, so the new epoch is believed on its fourth frame and loses nothing,
+//!   however sparse its traffic (one frame each 10 s at least);
 //!   one restarting within the hold time is believed at most one hold time after the old
 //!   epoch's last packet. One frame, or any number of frames of an epoch while the current one
 //!   is flowing, never is.
@@ -86,6 +95,7 @@ use core::time::Duration;
 use std::sync::Arc;
 
 use crate::Timestamp;
+use crate::auth::{AuthError, Keyring};
 use crate::candidate::{Candidate, Candidates, EVIDENCE, SLOTS};
 use crate::frag::{FragOutcome, Reassembler, ReassemblyConfig};
 pub use crate::reorder::Order;
@@ -94,8 +104,8 @@ use crate::seq::{SeqCheck, SeqWindow, seq_distance};
 use crate::stats::{RxStats, TxStats};
 use crate::wire::{
     BUNDLE_ENTRY_HEADER_LEN, BUNDLE_HEADER_LEN, BundleEntries, BundleRepr, DATA_HEADER_LEN,
-    ETH_HDR_LEN, EthernetRepr, FRAGMENT_HEADER_LEN, FragmentLayout, FragmentRepr, Frame, Kind,
-    LinkId, ProbeRepr, Repr, WireError,
+    ETH_HDR_LEN, EthernetRepr, FLAG_AUTH, FRAGMENT_HEADER_LEN, FragmentLayout, FragmentRepr, Frame,
+    Kind, LinkId, ProbeRepr, Repr, Stamp, WireError, epoch_start_ms,
 };
 
 /// Sizing and timing of a [`Receiver`].
@@ -250,10 +260,15 @@ pub enum RxOutcome {
     Probe {
         /// Sending link.
         link: LinkId,
-        /// The link's probe counter.
+        /// Its `lane_seq`.
         seq: u64,
         /// Timestamps.
         probe: ProbeRepr,
+    },
+    /// A feedback frame: the peer's reports on the lanes of `link` (its payload).
+    Feedback {
+        /// Sending link.
+        link: LinkId,
     },
     /// A frame of an epoch the peer recently left (in flight across a restart); not
     /// delivered. It still counts as evidence should that epoch come back (module docs).
@@ -279,7 +294,10 @@ pub enum RxOutcome {
         /// The frame's sequence number.
         seq: u64,
     },
-    /// Not a valid v1 frame (including other versions and unknown types); dropped.
+    /// A frame without a valid authentication tag (or with one, and no key here); dropped
+    /// before it touched any state.
+    Unauthenticated(AuthError),
+    /// Not a valid frame of this version (including other versions and unknown types); dropped.
     Malformed(WireError),
 }
 
@@ -287,13 +305,16 @@ pub enum RxOutcome {
 /// elimination and reordering. See the module docs for the pipeline.
 #[derive(Debug)]
 pub struct Receiver {
-    epoch: Option<u32>,
+    epoch: Option<u64>,
     /// Epochs left, each with the highest number accepted in it (module docs).
-    left: [Option<(u32, Option<u64>)>; EPOCHS_LEFT],
+    left: [Option<(u64, Option<u64>)>; EPOCHS_LEFT],
     /// Where the next epoch left is remembered in `left` (a ring).
     left_next: usize,
     /// When the current epoch last delivered a packet the window had not seen.
     last_fresh: Option<Timestamp>,
+    /// Packets the current epoch has delivered since it was adopted, up to [`EVIDENCE`]: until
+    /// it has shown as much as a candidate must, it is not trusted to be the present either.
+    fresh_count: u32,
     candidates: Candidates,
     window: SeqWindow,
     /// Furthest ahead of the window's top a frame's first number is believed on its own.
@@ -302,11 +323,19 @@ pub struct Receiver {
     reassembly: Reassembler,
     hold_time: Duration,
     max_packet_len: usize,
+    /// With `[auth]`: the keys frames are checked with before anything else.
+    keyring: Option<Keyring>,
+    /// Where encrypted payloads are decrypted.
+    scratch: Vec<u8>,
     stats: RxStats,
 }
 
 /// Epochs left that are remembered (with the numbers delivered in them).
 const EPOCHS_LEFT: usize = 4;
+
+/// Longest gap between two frames of a candidate that can only be the future (a restart, a
+/// resumption ahead) for its evidence to add up (module docs).
+pub const RESTART_EVIDENCE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Why a frame is not believed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,6 +356,7 @@ impl Receiver {
             left: [None; EPOCHS_LEFT],
             left_next: 0,
             last_fresh: None,
+            fresh_count: 0,
             candidates: Candidates::default(),
             max_jump: window.size() / 4,
             window,
@@ -345,12 +375,21 @@ impl Receiver {
             }),
             hold_time: config.hold_time,
             max_packet_len: config.max_packet_len,
+            keyring: None,
+            scratch: Vec::new(),
             stats: RxStats::default(),
         })
     }
 
+    /// Checks every frame's tag with `keyring` before anything else (`docs/PROTOCOL.md`,
+    /// *Authentication*): a frame without a valid one touches no state.
+    pub fn with_keyring(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
     /// The peer's current epoch, once a frame has been seen.
-    pub fn peer_epoch(&self) -> Option<u32> {
+    pub fn peer_epoch(&self) -> Option<u64> {
         self.epoch
     }
 
@@ -394,26 +433,68 @@ impl Receiver {
         &mut self,
         frame: &[u8],
         now: Timestamp,
-        mut deliver: F,
+        deliver: F,
     ) -> RxOutcome {
         self.stats.frames += 1;
+        let Some(keyring) = self.keyring.as_mut() else {
+            if Frame::new_checked(frame).is_ok_and(|f| f.flags() & FLAG_AUTH != 0) {
+                // Authenticated by a peer with a key, which this receiver does not have.
+                self.stats.auth_unexpected += 1;
+                return RxOutcome::Unauthenticated(AuthError::Missing);
+            }
+            return self.on_checked(frame, now, deliver);
+        };
+        let epoch = match Frame::new_checked(frame) {
+            Ok(view) => view.epoch(),
+            Err(e) => return self.malformed(e),
+        };
+        let mut scratch = core::mem::take(&mut self.scratch);
+        let outcome = match keyring.key(epoch).open(frame, &mut scratch) {
+            Ok(opened) => self.on_checked(opened, now, deliver),
+            Err(AuthError::Wire(e)) => self.malformed(e),
+            Err(e) => {
+                if e == AuthError::Missing {
+                    self.stats.unauthenticated += 1;
+                } else {
+                    self.stats.auth_failed += 1;
+                }
+                RxOutcome::Unauthenticated(e)
+            }
+        };
+        self.scratch = scratch;
+        outcome
+    }
+
+    /// Counts a frame that does not parse.
+    fn malformed(&mut self, e: WireError) -> RxOutcome {
+        match e {
+            WireError::BadVersion(_) => self.stats.bad_version += 1,
+            WireError::UnknownType(_) => self.stats.unknown_type += 1,
+            _ => self.stats.malformed += 1,
+        }
+        RxOutcome::Malformed(e)
+    }
+
+    /// [`Receiver::on_frame`] for a frame that passed authentication, or needs none.
+    fn on_checked<F: FnMut(&[u8])>(
+        &mut self,
+        frame: &[u8],
+        now: Timestamp,
+        mut deliver: F,
+    ) -> RxOutcome {
         let bytes = frame;
         let parsed = Frame::new_checked(frame).and_then(|f| Repr::parse(&f).map(|r| (f, r)));
         let (frame, repr) = match parsed {
             Ok(ok) => ok,
-            Err(e) => {
-                match e {
-                    WireError::BadVersion(_) => self.stats.bad_version += 1,
-                    WireError::UnknownType(_) => self.stats.unknown_type += 1,
-                    _ => self.stats.malformed += 1,
-                }
-                return RxOutcome::Malformed(e);
-            }
+            Err(e) => return self.malformed(e),
         };
         match self.epoch {
             Some(epoch) if epoch == repr.epoch => {}
             // The first epoch seen is adopted at once.
-            None => self.epoch = Some(repr.epoch),
+            None => {
+                self.epoch = Some(repr.epoch);
+                self.fresh_count = 0;
+            }
             Some(_) => {
                 return self.on_doubted(
                     Doubt::Epoch,
@@ -425,10 +506,19 @@ impl Receiver {
                 );
             }
         }
-        if let Kind::Probe(probe) = repr.kind {
-            self.stats.probes += 1;
-            let (link, seq) = (repr.link_id, repr.seq);
-            return RxOutcome::Probe { link, seq, probe };
+        match repr.kind {
+            Kind::Probe(probe) => {
+                self.stats.probes += 1;
+                let (link, seq) = (repr.stamp.link, repr.stamp.lane_seq);
+                return RxOutcome::Probe { link, seq, probe };
+            }
+            Kind::Feedback => {
+                self.stats.feedback += 1;
+                return RxOutcome::Feedback {
+                    link: repr.stamp.link,
+                };
+            }
+            _ => {}
         }
         if self.implausible(&repr) {
             return self.on_doubted(
@@ -469,11 +559,19 @@ impl Receiver {
         now: Timestamp,
         deliver: &mut F,
     ) -> RxOutcome {
-        let (link, seq) = (repr.link_id, repr.seq);
+        let (link, seq) = (repr.stamp.link, repr.seq);
         match repr.kind {
             Kind::Probe(probe) => {
                 self.stats.probes += 1;
-                RxOutcome::Probe { link, seq, probe }
+                RxOutcome::Probe {
+                    link,
+                    seq: repr.stamp.lane_seq,
+                    probe,
+                }
+            }
+            Kind::Feedback => {
+                self.stats.feedback += 1;
+                RxOutcome::Feedback { link }
             }
             Kind::Data => self.on_packet(link, seq, payload, now, deliver),
             Kind::Fragment(frag) => self.on_fragment(link, seq, &frag, payload, now, deliver),
@@ -514,9 +612,38 @@ impl Receiver {
         deliver: &mut F,
     ) -> RxOutcome {
         let seq = repr.seq;
+        let link = repr.stamp.link;
+        // With a key, epochs are believed in the order their senders started: an authenticated
+        // frame of an epoch that started before the current one is a replay (or a peer whose
+        // clock went back), never evidence of a restart.
+        let older = self
+            .epoch
+            .is_some_and(|current| epoch_start_ms(repr.epoch) <= epoch_start_ms(current));
+        if doubt == Doubt::Epoch && self.keyring.is_some() && older {
+            self.stats.stale_epoch += 1;
+            return RxOutcome::StaleEpoch { link };
+        }
         // A probe's number is its link's probe counter: no evidence of a stream.
         if !matches!(repr.kind, Kind::Probe(_)) {
-            if let Some(recorded) = self.candidates.record(repr.epoch, seq, now, self.hold_time) {
+            // Evidence may come slowly from a stream that can only be the future (an epoch that
+            // started after the current one, the current one far ahead), or when the current
+            // epoch is not established: a restarted peer
+            // that sends a ping a second is believed on its fourth. From one that could be the
+            // past (frames of an earlier start still in flight) it must come within a hold
+            // time, as from a stream flowing now.
+            // A current epoch that has not shown a candidate's evidence itself (one frame seen
+            // before the peer's own, say) is no present to protect.
+            let established = self.fresh_count >= EVIDENCE;
+            let future = doubt == Doubt::Jump || !older || !established;
+            let window = if future {
+                RESTART_EVIDENCE_WINDOW.max(self.hold_time)
+            } else {
+                self.hold_time
+            };
+            let recorded = self
+                .candidates
+                .record((repr.epoch, seq), now, self.hold_time, window);
+            if let Some(recorded) = recorded {
                 let quiet = self
                     .last_fresh
                     .is_none_or(|t| t.saturating_add(self.hold_time) <= now);
@@ -531,7 +658,6 @@ impl Receiver {
                 }
             }
         }
-        let link = repr.link_id;
         match doubt {
             Doubt::Epoch if self.left.iter().flatten().any(|&(e, _)| e == repr.epoch) => {
                 self.stats.stale_epoch += 1;
@@ -578,6 +704,7 @@ impl Receiver {
             }
             self.epoch = Some(candidate.epoch);
             self.last_fresh = None;
+            self.fresh_count = 0;
             self.stats.epoch_changes += 1;
         }
         let epoch = candidate.epoch;
@@ -651,6 +778,7 @@ impl Receiver {
         match self.window.check_and_mark(seq) {
             SeqCheck::Fresh => {
                 self.last_fresh = Some(now);
+                self.fresh_count = (self.fresh_count + 1).min(EVIDENCE);
                 let order = self.reorder.push(seq, packet, now, deliver);
                 RxOutcome::Accepted { link, seq, order }
             }
@@ -688,6 +816,7 @@ impl Receiver {
                 match self.window.check_and_mark(seq) {
                     SeqCheck::Fresh => {
                         self.last_fresh = Some(now);
+                        self.fresh_count = (self.fresh_count + 1).min(EVIDENCE);
                         let order = self.reorder.push(seq, packet, now, deliver);
                         RxOutcome::Accepted { link, seq, order }
                     }
@@ -722,7 +851,9 @@ pub enum PlanError {
 /// with a shared number space ([`Sender::shared`]).
 #[derive(Clone, Debug)]
 pub struct Sender {
-    epoch: u32,
+    epoch: u64,
+    /// Flags every frame carries ([`crate::wire::FLAG_AUTH`], ...).
+    flags: u8,
     next_seq: u64,
     /// The number space shared with other senders of this peer, if any; `next_seq` is unused.
     shared: Option<Arc<AtomicU64>>,
@@ -732,14 +863,15 @@ pub struct Sender {
 impl Sender {
     /// A sender for this boot's `epoch` (random, chosen by the caller, e.g. from getrandom),
     /// numbering packets from 0.
-    pub fn new(epoch: u32) -> Self {
+    pub fn new(epoch: u64) -> Self {
         Sender::with_first_seq(epoch, 0)
     }
 
     /// A sender numbering packets from `first_seq`.
-    pub fn with_first_seq(epoch: u32, first_seq: u64) -> Self {
+    pub fn with_first_seq(epoch: u64, first_seq: u64) -> Self {
         Sender {
             epoch,
+            flags: 0,
             next_seq: first_seq,
             shared: None,
             stats: TxStats::default(),
@@ -750,7 +882,7 @@ impl Sender {
     /// epoch (capture workers on several cores): each number goes to exactly one packet, so the
     /// receiver sees one stream. Packets of different senders interleave in number order only
     /// as far as their transmission does; the receiver's reordering covers the rest.
-    pub fn shared(epoch: u32, next: Arc<AtomicU64>) -> Self {
+    pub fn shared(epoch: u64, next: Arc<AtomicU64>) -> Self {
         Sender {
             shared: Some(next),
             ..Sender::new(epoch)
@@ -769,9 +901,26 @@ impl Sender {
         }
     }
 
-    /// This boot's epoch.
-    pub fn epoch(&self) -> u32 {
+    /// This start's epoch.
+    pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Sets the flags of every frame: [`crate::wire::FLAG_AUTH`] (and
+    /// [`crate::wire::FLAG_ENCRYPTED`]) when frames are sealed ([`crate::auth`]).
+    pub fn with_flags(mut self, flags: u8) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// Bytes each frame takes beyond its header and payload: the tag, with
+    /// [`crate::wire::FLAG_AUTH`]. The room for header and payload is the link's MTU less this.
+    pub const fn overhead(&self) -> usize {
+        if self.flags & FLAG_AUTH != 0 {
+            crate::wire::TAG_LEN
+        } else {
+            0
+        }
     }
 
     /// The number the next packet gets (with a shared number space: unless another sender
@@ -787,9 +936,9 @@ impl Sender {
         self.stats
     }
 
-    /// Numbers a `packet_len`-byte packet and decides its frames for links of `mtu` bytes after
-    /// the Ethernet header (the smallest MTU of the links that will carry it): one data frame
-    /// if it fits, else the canonical fragments. Every copy on every link is emitted from the
+    /// Numbers a `packet_len`-byte packet and decides its frames for `mtu` bytes of alagg header
+    /// and payload per frame (the smallest MTU of the links that will carry it, less
+    /// [`Sender::overhead`]): one data frame if it fits, else the canonical fragments. Every copy on every link is emitted from the
     /// returned plan.
     #[inline]
     pub fn plan(&mut self, packet_len: usize, mtu: usize) -> Result<Plan, PlanError> {
@@ -818,19 +967,21 @@ impl Sender {
         self.stats.packets += 1;
         Ok(Plan {
             epoch: self.epoch,
+            flags: self.flags,
             seq,
             packet_len,
             layout,
         })
     }
 
-    /// A probe header for `link`, numbered with that link's own probe counter `probe_seq`.
-    pub fn probe(&self, link: LinkId, probe_seq: u64, probe: ProbeRepr) -> Repr {
+    /// A probe's header, with the `stamp` of the lane it goes on.
+    pub fn probe(&self, stamp: Stamp, probe: ProbeRepr) -> Repr {
         Repr {
-            link_id: link,
+            stamp,
             epoch: self.epoch,
-            seq: probe_seq,
+            seq: 0,
             payload_len: 0,
+            flags: self.flags,
             kind: Kind::Probe(probe),
         }
     }
@@ -842,7 +993,7 @@ impl Sender {
 /// the next packet does not fit or the batch ends.
 ///
 /// ```
-/// # use alagg_proto::{Bundler, Sender};
+/// # use alagg_proto::{Bundler, Sender, Stamp};
 /// # use alagg_proto::wire::{EthernetRepr, MacAddr, DEFAULT_ETHERTYPE};
 /// let eth = EthernetRepr { dst: MacAddr([2, 0, 0, 0, 0, 2]), src: MacAddr([2, 0, 0, 0, 0, 1]),
 ///                          ethertype: DEFAULT_ETHERTYPE };
@@ -854,8 +1005,8 @@ impl Sender {
 /// }
 /// let sealed = bundler.seal(&mut sender).expect("two packets");
 /// let mut umem_frame = [0u8; 2048];
-/// let len = sealed.emit_ethernet(0, &eth, &mut umem_frame).expect("fits");
-/// assert_eq!(len, 14 + 24 + 2 + 60 + 2 + 80);
+/// let len = sealed.emit_ethernet(Stamp::on(0), &eth, &mut umem_frame).expect("fits");
+/// assert_eq!(len, 14 + 40 + 2 + 60 + 2 + 80);
 /// bundler.clear();
 /// assert_eq!(sender.next_seq(), 2);
 /// ```
@@ -926,6 +1077,7 @@ impl Bundler {
         }
         Some(SealedBundle {
             epoch: sender.epoch,
+            flags: sender.flags,
             seq,
             count: self.count,
             entries: &self.entries,
@@ -943,42 +1095,45 @@ impl Bundler {
 /// A numbered bundle, ready to emit ([`Bundler::seal`]).
 #[derive(Clone, Copy, Debug)]
 pub struct SealedBundle<'a> {
-    epoch: u32,
+    epoch: u64,
+    flags: u8,
     seq: u64,
     count: u16,
     entries: &'a [u8],
 }
 
 impl SealedBundle<'_> {
-    /// The frame's header on `link`, and its payload.
-    fn frame(&self, link: LinkId) -> (Repr, &[u8]) {
+    /// The frame's header with `stamp`, and its payload.
+    fn frame(&self, stamp: Stamp) -> (Repr, &[u8]) {
         let (kind, payload) = if self.count == 1 {
             (Kind::Data, &self.entries[BUNDLE_ENTRY_HEADER_LEN..])
         } else {
             (Kind::Bundle(BundleRepr { count: self.count }), self.entries)
         };
         let repr = Repr {
-            link_id: link,
+            stamp,
             epoch: self.epoch,
             seq: self.seq,
             // Bounded by u16::MAX in `Bundler::push`.
             payload_len: payload.len() as u16,
+            flags: self.flags,
             kind,
         };
         (repr, payload)
     }
 
-    /// Writes the frame for `link`, preceded by the Ethernet header `eth`, into `out`. Returns
-    /// the frame length.
+    /// Writes the frame with `stamp`, preceded by the Ethernet header `eth`, into `out`.
+    /// Returns the frame length (a tag, with [`crate::wire::FLAG_AUTH`], is the sealer's to
+    /// append).
     #[inline]
     pub fn emit_ethernet(
         &self,
-        link: LinkId,
+        stamp: Stamp,
         eth: &EthernetRepr,
         out: &mut [u8],
     ) -> Result<usize, WireError> {
         eth.emit(out)?;
-        let (repr, payload) = self.frame(link);
+        let (repr, payload) = self.frame(stamp);
         let n = repr.emit_with_payload(payload, &mut out[ETH_HDR_LEN..])?;
         Ok(ETH_HDR_LEN + n)
     }
@@ -988,7 +1143,8 @@ impl SealedBundle<'_> {
 /// allocation; emit each frame once per chosen link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
-    epoch: u32,
+    epoch: u64,
+    flags: u8,
     seq: u64,
     packet_len: usize,
     layout: Option<FragmentLayout>,
@@ -1010,14 +1166,15 @@ impl Plan {
         self.layout.is_some()
     }
 
-    /// Header of frame `index` on `link`, and the range of the packet it carries.
-    pub fn frame(&self, index: usize, link: LinkId) -> Option<(Repr, Range<usize>)> {
+    /// Header of frame `index` with `stamp`, and the range of the packet it carries.
+    pub fn frame(&self, index: usize, stamp: Stamp) -> Option<(Repr, Range<usize>)> {
         let base = |payload_len: usize, kind| Repr {
-            link_id: link,
+            stamp,
             epoch: self.epoch,
             seq: self.seq,
             // Bounded by u16::MAX in `Sender::plan`.
             payload_len: payload_len as u16,
+            flags: self.flags,
             kind,
         };
         match self.layout {
@@ -1040,23 +1197,25 @@ impl Plan {
 
     /// Length of frame `index` after the Ethernet header (0 if out of range).
     pub fn frame_len(&self, index: usize) -> usize {
-        self.frame(index, 0).map_or(0, |(repr, _)| repr.frame_len())
+        self.frame(index, Stamp::default())
+            .map_or(0, |(repr, _)| repr.frame_len())
     }
 
-    /// Writes frame `index` for `link` (alagg header and payload, no Ethernet header) into
-    /// `out`; `packet` is the whole IP packet. Returns the bytes written.
+    /// Writes frame `index` with `stamp` (alagg header and payload, no Ethernet header) into
+    /// `out`; `packet` is the whole IP packet. Returns the bytes written (a tag, with
+    /// [`crate::wire::FLAG_AUTH`], is the sealer's to append).
     #[inline]
     pub fn emit(
         &self,
         index: usize,
-        link: LinkId,
+        stamp: Stamp,
         packet: &[u8],
         out: &mut [u8],
     ) -> Result<usize, WireError> {
         if packet.len() != self.packet_len {
             return Err(WireError::FieldOverflow);
         }
-        let Some((repr, range)) = self.frame(index, link) else {
+        let Some((repr, range)) = self.frame(index, stamp) else {
             return Err(WireError::BadFragment);
         };
         repr.emit_with_payload(&packet[range], out)
@@ -1067,13 +1226,13 @@ impl Plan {
     pub fn emit_ethernet(
         &self,
         index: usize,
-        link: LinkId,
+        stamp: Stamp,
         eth: &EthernetRepr,
         packet: &[u8],
         out: &mut [u8],
     ) -> Result<usize, WireError> {
         eth.emit(out)?;
-        let n = self.emit(index, link, packet, &mut out[ETH_HDR_LEN..])?;
+        let n = self.emit(index, stamp, packet, &mut out[ETH_HDR_LEN..])?;
         Ok(ETH_HDR_LEN + n)
     }
 }
@@ -1104,7 +1263,7 @@ mod tests {
         (0..plan.frame_count())
             .map(|i| {
                 let mut out = vec![0u8; mtu];
-                let n = plan.emit(i, link, pkt, &mut out).unwrap();
+                let n = plan.emit(i, Stamp::on(link), pkt, &mut out).unwrap();
                 out.truncate(n);
                 out
             })
@@ -1132,8 +1291,8 @@ mod tests {
         let plan = tx.plan(pkt.len(), 1500).unwrap();
         let mut a = [0u8; 1500];
         let mut b = [0u8; 1500];
-        let na = plan.emit(0, 1, &pkt, &mut a).unwrap();
-        let nb = plan.emit(0, 2, &pkt, &mut b).unwrap();
+        let na = plan.emit(0, Stamp::on(1), &pkt, &mut a).unwrap();
+        let nb = plan.emit(0, Stamp::on(2), &pkt, &mut b).unwrap();
         assert_eq!(
             rx.on_frame(&b[..nb], t(0), sink.f()),
             RxOutcome::Accepted {
@@ -1158,16 +1317,16 @@ mod tests {
         let mut sink = Sink(Vec::new());
         let pkt = packet(0, 65_535);
         let plan = tx.plan(pkt.len(), 1500).unwrap();
-        assert_eq!(plan.frame_count(), 45);
+        assert_eq!(plan.frame_count(), 46);
         let mut outcomes = Vec::new();
         for i in 0..plan.frame_count() {
-            for link in [0u16, 1] {
+            for link in [0u8, 1] {
                 // Link 0 loses even fragments, link 1 odd ones: each fragment arrives once.
                 if (i % 2 == 0) == (link == 0) {
                     continue;
                 }
                 let mut out = [0u8; 1500];
-                let n = plan.emit(i, link, &pkt, &mut out).unwrap();
+                let n = plan.emit(i, Stamp::on(link), &pkt, &mut out).unwrap();
                 assert!(n <= 1500);
                 outcomes.push(rx.on_frame(&out[..n], t(0), sink.f()));
             }
@@ -1176,20 +1335,20 @@ mod tests {
         assert_eq!(
             outcomes.last(),
             Some(&RxOutcome::Accepted {
-                link: 1,
+                link: 0, // the last of 46 fragments, odd, crossed link 0
                 seq: 0,
                 order: Order::InOrder
             })
         );
         // A late copy of a fragment of the delivered packet is a duplicate, not a new context.
         let mut out = [0u8; 1500];
-        let n = plan.emit(3, 0, &pkt, &mut out).unwrap();
+        let n = plan.emit(3, Stamp::on(0), &pkt, &mut out).unwrap();
         assert_eq!(
             rx.on_frame(&out[..n], t(0), sink.f()),
             RxOutcome::Duplicate { link: 0, seq: 0 }
         );
         assert_eq!(rx.next_deadline(), None);
-        assert_eq!(tx.stats().fragments, 45);
+        assert_eq!(tx.stats().fragments, 46);
     }
 
     /// The bundle of `packets` on `link`, numbered by `tx` (bytes after the Ethernet header).
@@ -1205,7 +1364,9 @@ mod tests {
             ethertype: crate::wire::DEFAULT_ETHERTYPE,
         };
         let mut out = [0u8; ETH_HDR_LEN + 1500];
-        let n = sealed.emit_ethernet(link, &eth, &mut out).unwrap();
+        let n = sealed
+            .emit_ethernet(Stamp::on(link), &eth, &mut out)
+            .unwrap();
         out[ETH_HDR_LEN..n].to_vec()
     }
 
@@ -1342,6 +1503,95 @@ mod tests {
         frames(tx, &pkt, 1500, link).remove(0)
     }
 
+    /// A sealed data frame of `tx` (which sets the flags) carrying a packet, on a lane of its own.
+    fn sealed_frame(
+        tx: &mut Sender,
+        key: &crate::auth::FrameKey,
+        lane: &mut crate::Lane,
+    ) -> Vec<u8> {
+        let pkt = packet(tx.next_seq(), 64);
+        let room = 1500 - tx.overhead();
+        let plan = tx.plan(pkt.len(), room).unwrap();
+        let mut out = vec![0u8; 1600];
+        let n = plan.emit(0, lane.stamp(t(0)), &pkt, &mut out).unwrap();
+        let n = key.seal(&mut out, n).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn with_a_key_only_frames_whose_tag_verifies_reach_any_state() {
+        use crate::auth::{FrameKey, Keyring, SiteKey};
+        use crate::wire::{FLAG_ENCRYPTED, epoch};
+        let site = SiteKey::from_bytes([5; 32]);
+        for flags in [FLAG_AUTH, FLAG_AUTH | FLAG_ENCRYPTED] {
+            let now_epoch = epoch(1_000_000, 7);
+            let mut tx = Sender::new(now_epoch).with_flags(flags);
+            let key = FrameKey::derive(&site, now_epoch);
+            let mut lane = crate::Lane::new(0, 0);
+            let mut rx = receiver().with_keyring(Keyring::new(site.clone()));
+            let mut sink = Sink(Vec::new());
+            let first = sealed_frame(&mut tx, &key, &mut lane);
+            assert!(matches!(
+                rx.on_frame(&first, t(0), sink.f()),
+                RxOutcome::Accepted { .. }
+            ));
+            // The next packet, changed in one byte: refused before it takes its number; the
+            // genuine one after it is delivered.
+            let second = sealed_frame(&mut tx, &key, &mut lane);
+            let mut forged = second.clone();
+            let last = forged.len() - 20;
+            forged[last] ^= 1;
+            assert_eq!(
+                rx.on_frame(&forged, t(0), sink.f()),
+                RxOutcome::Unauthenticated(AuthError::Failed)
+            );
+            assert!(matches!(
+                rx.on_frame(&second, t(0), sink.f()),
+                RxOutcome::Accepted { .. }
+            ));
+            // A replay is a duplicate; a frame without a tag is refused.
+            assert!(matches!(
+                rx.on_frame(&second, t(1), sink.f()),
+                RxOutcome::Duplicate { .. }
+            ));
+            let mut plain_tx = Sender::with_first_seq(now_epoch, 2);
+            let plain = packet_frame(&mut plain_tx, 0);
+            assert_eq!(
+                rx.on_frame(&plain, t(1), sink.f()),
+                RxOutcome::Unauthenticated(AuthError::Missing)
+            );
+            // Authenticated frames of a start before the current one are never believed, however
+            // many come while the stream is quiet: recorded frames cannot bring an old epoch back.
+            let old_epoch = epoch(999_000, 9);
+            let old_key = FrameKey::derive(&site, old_epoch);
+            let mut old_tx = Sender::with_first_seq(old_epoch, 500).with_flags(flags);
+            let mut old_lane = crate::Lane::new(1, 0);
+            for i in 0..8 {
+                let f = sealed_frame(&mut old_tx, &old_key, &mut old_lane);
+                let outcome = rx.on_frame(&f, t(100 + i), sink.f());
+                assert!(
+                    matches!(outcome, RxOutcome::StaleEpoch { .. }),
+                    "{outcome:?}"
+                );
+            }
+            assert_eq!(rx.peer_epoch(), Some(now_epoch));
+            assert_eq!(sink.0.len(), 2, "only the two genuine packets");
+            let stats = rx.stats();
+            assert_eq!((stats.auth_failed, stats.unauthenticated), (1, 1));
+            assert_eq!(stats.dedup.passed, 2);
+            // A receiver without the key delivers none of it, and says why.
+            let mut keyless = receiver();
+            let third = sealed_frame(&mut tx, &key, &mut lane);
+            assert_eq!(
+                keyless.on_frame(&third, t(0), sink.f()),
+                RxOutcome::Unauthenticated(AuthError::Missing)
+            );
+            assert_eq!(keyless.stats().auth_unexpected, 1);
+            assert_eq!(keyless.stats().dedup.passed, 0);
+        }
+    }
+
     #[test]
     fn a_restart_is_adopted_once_the_old_epoch_is_quiet() {
         // Epoch 1 holds 1002 behind a gap when the peer restarts as epoch 2, numbering from 0.
@@ -1403,6 +1653,68 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_peer_with_sparse_traffic_is_believed_and_the_past_is_not() {
+        // Epochs as senders make them: start time in ms above 16 random bits. The peer ran
+        // epoch `old`, restarts as `new` and sends a packet a second (a ping): the new epoch is
+        // believed on its fourth, and the three before are delivered then. Frames of an epoch
+        // that started before `old`, arriving as sparsely, never are.
+        let (past, old, new) = (500 << 16 | 3, 1000 << 16 | 9, 2000 << 16 | 1);
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        for seq in 40..44 {
+            rx.on_frame(&frame_at(old, seq, 0), t(0), sink.f());
+        }
+        for (i, at) in [1_000u64, 2_000, 3_000].into_iter().enumerate() {
+            let frame = frame_at(past, 70 + i as u64, 0);
+            assert!(
+                matches!(
+                    rx.on_frame(&frame, t(at), sink.f()),
+                    RxOutcome::UnknownEpoch { .. }
+                ),
+                "frame {i} of the past"
+            );
+        }
+        for (seq, at) in [(0u64, 4_000u64), (1, 5_000), (2, 6_000)] {
+            rx.on_frame(&frame_at(new, seq, 1), t(at), sink.f());
+            assert_eq!(rx.peer_epoch(), Some(old), "not yet at {seq}");
+        }
+        rx.on_frame(&frame_at(past, 73, 0), t(6_500), sink.f());
+        assert_eq!(
+            rx.peer_epoch(),
+            Some(old),
+            "the past's fourth frame, sparse"
+        );
+        rx.on_frame(&frame_at(new, 3, 1), t(7_000), sink.f());
+        assert_eq!(rx.peer_epoch(), Some(new));
+        assert_eq!(ids(&sink), [40, 41, 42, 43, 0, 1, 2, 3]);
+        // Frames further apart than the window start the evidence over.
+        let mut rx = receiver();
+        rx.on_frame(&frame_at(old, 40, 0), t(0), sink.f());
+        let gap = RESTART_EVIDENCE_WINDOW.as_millis() as u64 + 1;
+        for seq in 0..6u64 {
+            rx.on_frame(&frame_at(new, seq, 1), t(1 + seq * gap), sink.f());
+        }
+        assert_eq!(rx.peer_epoch(), Some(old));
+    }
+
+    #[test]
+    fn one_frame_seen_before_the_peer_does_not_hold_its_sparse_stream_back() {
+        // A forged frame, of an epoch started later than the peer's, arrives before the peer's
+        // first: it is adopted at once (the first epoch seen is). The peer's ping a second is
+        // believed on its fourth all the same, and the three before are delivered then.
+        let (peer, forged) = (1000 << 16 | 9, 9000 << 16 | 1);
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        rx.on_frame(&frame_at(forged, 77, 0), t(0), sink.f());
+        assert_eq!(rx.peer_epoch(), Some(forged));
+        for seq in 0..4u64 {
+            rx.on_frame(&frame_at(peer, seq, 1), t(1_000 * (seq + 1)), sink.f());
+        }
+        assert_eq!(rx.peer_epoch(), Some(peer));
+        assert_eq!(ids(&sink), [77, 0, 1, 2, 3]);
+    }
+
+    #[test]
     fn a_restart_reordered_over_several_regions_loses_nothing() {
         // The new epoch's first frames span more than one candidate region (64 numbers): when
         // one region is believed, the frames kept in the others are handled too.
@@ -1447,7 +1759,7 @@ mod tests {
     }
 
     /// The data frame of packet `seq` of `epoch` on `link`.
-    fn frame_at(epoch: u32, seq: u64, link: LinkId) -> Vec<u8> {
+    fn frame_at(epoch: u64, seq: u64, link: LinkId) -> Vec<u8> {
         packet_frame(&mut Sender::with_first_seq(epoch, seq), link)
     }
 
@@ -1579,7 +1891,7 @@ mod tests {
             rx.on_frame(&f, t(0), sink.f()),
             RxOutcome::Malformed(WireError::BadVersion(9))
         ));
-        f[0] = 1;
+        f[0] = crate::wire::VERSION;
         f[1] = 200;
         assert!(matches!(
             rx.on_frame(&f, t(0), sink.f()),
@@ -1595,12 +1907,20 @@ mod tests {
         let tx = Sender::new(5);
         let mut rx = receiver();
         let probe = ProbeRepr {
-            tx_time: 10,
             echo_time: 7,
             echo_delay: 2,
         };
         let mut buf = [0u8; 64];
-        let n = tx.probe(3, 99, probe).emit(&mut buf).unwrap();
+        let n = tx
+            .probe(
+                Stamp {
+                    lane_seq: 99,
+                    ..Stamp::on(3)
+                },
+                probe,
+            )
+            .emit(&mut buf)
+            .unwrap();
         assert_eq!(
             rx.on_frame(&buf[..n], t(0), |_: &[u8]| {}),
             RxOutcome::Probe {
@@ -1616,9 +1936,9 @@ mod tests {
     fn plan_limits() {
         let mut tx = Sender::new(0);
         assert_eq!(tx.plan(0, 1500), Err(PlanError::Empty));
-        assert_eq!(tx.plan(1481, 1500).unwrap().frame_count(), 2);
-        assert_eq!(tx.plan(1480, 1500).unwrap().frame_count(), 1);
-        assert_eq!(tx.plan(100, 32), Err(PlanError::MtuTooSmall(32)));
+        assert_eq!(tx.plan(1465, 1500).unwrap().frame_count(), 2);
+        assert_eq!(tx.plan(1464, 1500).unwrap().frame_count(), 1);
+        assert_eq!(tx.plan(100, 48), Err(PlanError::MtuTooSmall(48)));
         assert!(matches!(
             tx.plan(65_535, 100),
             Err(PlanError::TooManyFragments { .. })
@@ -1630,14 +1950,14 @@ mod tests {
         let plan = tx.plan(10, 1500).unwrap();
         let mut out = [0u8; 64];
         assert_eq!(
-            plan.emit(0, 0, &[0; 9], &mut out),
+            plan.emit(0, Stamp::on(0), &[0; 9], &mut out),
             Err(WireError::FieldOverflow)
         );
         assert_eq!(
-            plan.emit(1, 0, &[0; 10], &mut out),
+            plan.emit(1, Stamp::on(0), &[0; 10], &mut out),
             Err(WireError::BadFragment)
         );
-        assert_eq!(plan.frame_len(0), 30);
+        assert_eq!(plan.frame_len(0), 46);
     }
 
     #[test]
@@ -1651,11 +1971,11 @@ mod tests {
         let plan = tx.plan(4, 1500).unwrap();
         let mut out = [0u8; 64];
         let n = plan
-            .emit_ethernet(0, 0, &eth, &[1, 2, 3, 4], &mut out)
+            .emit_ethernet(0, Stamp::on(0), &eth, &[1, 2, 3, 4], &mut out)
             .unwrap();
-        assert_eq!(n, 14 + 24);
+        assert_eq!(n, 14 + 40);
         assert_eq!(&out[12..14], &[0x88, 0xb6]);
-        assert_eq!(&out[34..38], &[1, 2, 3, 4]);
+        assert_eq!(&out[50..54], &[1, 2, 3, 4]);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! manner of boringtun's `Tunn`: no sockets, no threads, no clock read inside. The caller passes a
 //! [`Timestamp`] from its monotonic clock and owns every buffer that touches the wire.
 //!
-//! - [`wire`]: wire format v1 (Ethernet + alagg header), zero-copy views with checked parsing.
+//! - [`wire`]: wire format v2 (Ethernet + alagg header), zero-copy views with checked parsing.
+//! - [`auth`]: frame authentication and encryption (AES-256-GCM, a key per sender start).
 //! - [`seq`]: sequence-number arithmetic and the [`SeqWindow`] duplicate filter.
 //! - [`reorder`]: the [`ReorderBuffer`] that restores order within a bounded hold time.
 //! - [`frag`]: the canonical fragment layout ([`Fragmenter`]) and the [`Reassembler`].
@@ -15,6 +16,7 @@
 //! The wire format itself is specified in `docs/PROTOCOL.md`.
 #![deny(unsafe_code)]
 
+pub mod auth;
 mod candidate;
 pub mod engine;
 pub mod frag;
@@ -34,4 +36,4 @@ pub use reorder::ReorderBuffer;
 pub use sched::{LinkSet, LinkState, Redundant, Scheduler};
 pub use seq::{SeqCheck, SeqWindow};
 pub use time::Timestamp;
-pub use wire::LinkId;
+pub use wire::{Lane, LinkId, Stamp};

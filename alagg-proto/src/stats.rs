@@ -143,6 +143,14 @@ pub struct RxStats {
     pub oversized: u64,
     /// Probe frames.
     pub probes: u64,
+    /// Feedback frames.
+    pub feedback: u64,
+    /// With a key: frames without an authentication tag, dropped.
+    pub unauthenticated: u64,
+    /// With a key: frames whose tag does not verify (another key, or changed bytes), dropped.
+    pub auth_failed: u64,
+    /// Without a key: authenticated frames (the peer has `[auth]`, this host not), dropped.
+    pub auth_unexpected: u64,
     /// Bundle frames (each carrying several packets, counted in the stages below).
     pub bundles: u64,
     /// Times the peer's epoch changed (the peer restarted).

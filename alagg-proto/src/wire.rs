@@ -1,4 +1,4 @@
-//! Wire format v1: the Ethernet header and the alagg header, as zero-copy views and `Repr`s.
+//! Wire format v2: the Ethernet header and the alagg header, as zero-copy views and `Repr`s.
 //!
 //! The layout is specified in `docs/PROTOCOL.md`; this module is its executable form. In the
 //! manner of smoltcp, [`Frame`] and [`EthernetFrame`] wrap any `T: AsRef<[u8]>` and read fields
@@ -9,16 +9,17 @@
 //! Invariants:
 //! - `new_checked` and `Repr::parse` never panic, whatever the bytes.
 //! - All multi-byte fields are big-endian (network byte order, RFC 1700).
-//! - A checked [`Frame`] has `header_len() >= min_header_len(frame_type())` and
-//!   `buffer.len() >= header_len() + payload_len()`; trailing bytes beyond that are Ethernet
-//!   padding and are ignored (IEEE 802.3 pads frames to 60 bytes).
+//! - A checked [`Frame`] has `header_len() >= min_header_len(frame_type())`, no unknown flag,
+//!   and `buffer.len() >= header_len() + payload_len()`; trailing bytes beyond that are the tag
+//!   ([`FLAG_AUTH`], checked by [`crate::auth`]) or Ethernet padding (IEEE 802.3 pads frames to
+//!   60 bytes).
 
 use core::fmt;
 
 pub use alagg_common::{DEFAULT_ETHERTYPE, ETH_HDR_LEN};
 
 /// The only wire-format version this crate speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the base header every alagg frame starts with.
 pub const BASE_HEADER_LEN: usize = field::FLAGS + 1;
 /// Header length of a [`FrameType::Data`] frame.
@@ -29,13 +30,101 @@ pub const FRAGMENT_HEADER_LEN: usize = field::FRAG_COUNT.end;
 pub const PROBE_HEADER_LEN: usize = field::ECHO_DELAY.end;
 /// Header length of a [`FrameType::Bundle`] frame.
 pub const BUNDLE_HEADER_LEN: usize = field::BUNDLE_RESERVED.end;
+/// Header length of a [`FrameType::Feedback`] frame.
+pub const FEEDBACK_HEADER_LEN: usize = BASE_HEADER_LEN;
+/// Bytes of one lane report in a feedback frame's payload.
+pub const FEEDBACK_REPORT_LEN: usize = 32;
+/// `flags` bit: a [`TAG_LEN`]-byte authentication tag follows the payload.
+pub const FLAG_AUTH: u8 = 1 << 0;
+/// `flags` bit (with [`FLAG_AUTH`] only): the payload is encrypted.
+pub const FLAG_ENCRYPTED: u8 = 1 << 1;
+/// Bytes of the authentication tag.
+pub const TAG_LEN: usize = 16;
+/// The flags this version defines; a frame with any other bit set is malformed.
+const KNOWN_FLAGS: u8 = FLAG_AUTH | FLAG_ENCRYPTED;
 /// Bytes before each packet in a bundle's payload: its length.
 pub const BUNDLE_ENTRY_HEADER_LEN: usize = 2;
 /// Most fragments one packet may be cut into (an implementation limit of v1 receivers).
 pub const MAX_FRAGMENTS: usize = 256;
 
 /// Identifier of a link, chosen by the sending side and carried in every frame.
-pub type LinkId = u16;
+pub type LinkId = u8;
+
+/// A sender's epoch for a start at `unix_ms` (milliseconds since 1970) with 16 random bits:
+/// the start time in the upper 48 bits, so epochs order by start (`docs/PROTOCOL.md`).
+pub const fn epoch(unix_ms: u64, random: u16) -> u64 {
+    (unix_ms << 16) | random as u64
+}
+
+/// When the sender of `epoch` started, milliseconds since 1970 ([`epoch`]).
+pub const fn epoch_start_ms(epoch: u64) -> u64 {
+    epoch >> 16
+}
+
+/// Where and when a frame is sent: the sender's link and lane (capture worker), the lane's frame
+/// counter and the send time. Every frame carries one ([`Frame::lane_seq`], [`Frame::tx_time`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    /// The sender's index of the link.
+    pub link: LinkId,
+    /// The sender's capture worker on that link.
+    pub lane: u8,
+    /// The lane's frame counter: 0 for its first frame, +1 for each after.
+    pub lane_seq: u64,
+    /// The sender's monotonic clock at staging, microseconds modulo 2^32.
+    pub tx_time: u32,
+}
+
+impl Stamp {
+    /// A stamp on `link`, lane 0, at counter 0 and time 0: for tests and tools that emit
+    /// single frames.
+    pub const fn on(link: LinkId) -> Stamp {
+        Stamp {
+            link,
+            lane: 0,
+            lane_seq: 0,
+            tx_time: 0,
+        }
+    }
+}
+
+/// A lane of a link: numbers the frames a sender puts on it ([`Stamp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lane {
+    link: LinkId,
+    lane: u8,
+    next: u64,
+}
+
+impl Lane {
+    /// Lane `lane` of link `link`, before its first frame.
+    pub const fn new(link: LinkId, lane: u8) -> Self {
+        Lane {
+            link,
+            lane,
+            next: 0,
+        }
+    }
+
+    /// The stamp of the lane's next frame, sent at `now`.
+    #[inline]
+    pub fn stamp(&mut self, now: crate::Timestamp) -> Stamp {
+        let lane_seq = self.next;
+        self.next = self.next.wrapping_add(1);
+        Stamp {
+            link: self.link,
+            lane: self.lane,
+            lane_seq,
+            // Modulo 2^32 by design (serial arithmetic on differences).
+            tx_time: (now.as_nanos() / 1_000) as u32,
+        }
+    }
+
+    /// Frames stamped so far.
+    pub const fn frames(&self) -> u64 {
+        self.next
+    }
+}
 
 /// Why bytes are not a valid frame, or an output buffer cannot take one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +141,12 @@ pub enum WireError {
     /// The header-length field is shorter than the frame type's fixed fields.
     #[error("header length field too small for the frame type")]
     BadHeaderLen,
+    /// A flag this version does not define, or `ENCRYPTED` without `AUTH`.
+    #[error("unknown alagg flags {0:#04x}")]
+    BadFlags(u8),
+    /// A feedback payload that is not whole reports.
+    #[error("feedback payload not a whole number of reports")]
+    BadFeedback,
     /// Fragment fields that do not describe the canonical layout (`docs/PROTOCOL.md`).
     #[error("inconsistent fragment fields")]
     BadFragment,
@@ -72,29 +167,31 @@ mod field {
 
     pub const VERSION: usize = 0;
     pub const TYPE: usize = 1;
-    pub const LINK: Field = 2..4;
-    pub const EPOCH: Field = 4..8;
-    pub const SEQ: Field = 8..16;
-    pub const PAYLOAD_LEN: Field = 16..18;
-    pub const HEADER_LEN: usize = 18;
-    pub const FLAGS: usize = 19;
+    pub const LINK: usize = 2;
+    pub const LANE: usize = 3;
+    pub const EPOCH: Field = 4..12;
+    pub const SEQ: Field = 12..20;
+    pub const LANE_SEQ: Field = 20..28;
+    pub const TX_TIME: Field = 28..32;
+    pub const PAYLOAD_LEN: Field = 32..34;
+    pub const HEADER_LEN: usize = 34;
+    pub const FLAGS: usize = 35;
 
-    // Fragment extension.
-    pub const PACKET_LEN: Field = 20..24;
-    pub const FRAG_OFFSET: Field = 24..28;
-    pub const FRAG_INDEX: Field = 28..30;
-    pub const FRAG_COUNT: Field = 30..32;
+    // Fragment.
+    pub const PACKET_LEN: Field = 36..40;
+    pub const FRAG_OFFSET: Field = 40..44;
+    pub const FRAG_INDEX: Field = 44..46;
+    pub const FRAG_COUNT: Field = 46..48;
 
-    // Probe extension.
-    pub const TX_TIME: Field = 20..28;
-    pub const ECHO_TIME: Field = 28..36;
-    pub const ECHO_DELAY: Field = 36..44;
+    // Probe.
+    pub const ECHO_TIME: Field = 36..40;
+    pub const ECHO_DELAY: Field = 40..44;
 
-    // Bundle extension.
-    pub const BUNDLE_COUNT: Field = 20..22;
-    pub const BUNDLE_RESERVED: Field = 22..24;
+    // Bundle.
+    pub const BUNDLE_COUNT: Field = 36..38;
+    pub const BUNDLE_RESERVED: Field = 38..40;
 
-    // Ethernet II header (IEEE 802.3 clause 3.2).
+    // Ethernet.
     pub const ETH_DST: Field = 0..6;
     pub const ETH_SRC: Field = 6..12;
     pub const ETH_TYPE: Field = 12..14;
@@ -111,6 +208,8 @@ pub enum FrameType {
     Probe,
     /// Several whole IP packets with consecutive sequence numbers.
     Bundle,
+    /// A receiver's reports on the lanes of one link, for their sender.
+    Feedback,
     /// A type this receiver does not know; value 0 is reserved and never sent.
     Unknown(u8),
 }
@@ -122,6 +221,7 @@ impl From<u8> for FrameType {
             2 => FrameType::Fragment,
             3 => FrameType::Probe,
             4 => FrameType::Bundle,
+            5 => FrameType::Feedback,
             other => FrameType::Unknown(other),
         }
     }
@@ -134,6 +234,7 @@ impl From<FrameType> for u8 {
             FrameType::Fragment => 2,
             FrameType::Probe => 3,
             FrameType::Bundle => 4,
+            FrameType::Feedback => 5,
             FrameType::Unknown(other) => other,
         }
     }
@@ -144,6 +245,7 @@ impl FrameType {
     pub const fn min_header_len(self) -> usize {
         match self {
             FrameType::Data | FrameType::Unknown(_) => DATA_HEADER_LEN,
+            FrameType::Feedback => FEEDBACK_HEADER_LEN,
             FrameType::Fragment => FRAGMENT_HEADER_LEN,
             FrameType::Probe => PROBE_HEADER_LEN,
             FrameType::Bundle => BUNDLE_HEADER_LEN,
@@ -203,6 +305,12 @@ impl<T: AsRef<[u8]>> Frame<T> {
         if header_len < self.frame_type().min_header_len() {
             return Err(WireError::BadHeaderLen);
         }
+        let flags = b[field::FLAGS];
+        if flags & !KNOWN_FLAGS != 0 || (flags & FLAG_ENCRYPTED != 0 && flags & FLAG_AUTH == 0) {
+            return Err(WireError::BadFlags(flags));
+        }
+        // The tag is not required here: a receiver without a key drops tagged frames anyway,
+        // and one with a key checks the tag's presence before anything reads the frame.
         if b.len() < header_len + usize::from(self.payload_len()) {
             return Err(WireError::Truncated);
         }
@@ -224,14 +332,50 @@ impl<T: AsRef<[u8]>> Frame<T> {
         FrameType::from(self.buffer.as_ref()[field::TYPE])
     }
 
-    /// Id of the link the sender put this frame on.
+    /// The sender's index of the link it put this frame on.
     pub fn link_id(&self) -> LinkId {
-        read_u16(self.buffer.as_ref(), field::LINK)
+        self.buffer.as_ref()[field::LINK]
     }
 
-    /// The sender's per-boot epoch.
-    pub fn epoch(&self) -> u32 {
-        read_u32(self.buffer.as_ref(), field::EPOCH)
+    /// The sender's lane (capture worker) on that link.
+    pub fn lane(&self) -> u8 {
+        self.buffer.as_ref()[field::LANE]
+    }
+
+    /// The lane's frame counter.
+    pub fn lane_seq(&self) -> u64 {
+        read_u64(self.buffer.as_ref(), field::LANE_SEQ)
+    }
+
+    /// The sender's clock when it staged the frame, microseconds modulo 2^32.
+    pub fn tx_time(&self) -> u32 {
+        read_u32(self.buffer.as_ref(), field::TX_TIME)
+    }
+
+    /// Link, lane, lane counter and send time together.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            link: self.link_id(),
+            lane: self.lane(),
+            lane_seq: self.lane_seq(),
+            tx_time: self.tx_time(),
+        }
+    }
+
+    /// The sender's per-start epoch.
+    pub fn epoch(&self) -> u64 {
+        read_u64(self.buffer.as_ref(), field::EPOCH)
+    }
+
+    /// Bytes of header, payload and (with [`FLAG_AUTH`]) tag. Panics unless the frame has at
+    /// least a base header.
+    pub fn frame_len(&self) -> usize {
+        let tag = if self.flags() & FLAG_AUTH != 0 {
+            TAG_LEN
+        } else {
+            0
+        };
+        usize::from(self.header_len()) + usize::from(self.payload_len()) + tag
     }
 
     /// Sequence number: the packet's for data and fragments, the link's probe counter for probes.
@@ -249,7 +393,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
         self.buffer.as_ref()[field::HEADER_LEN]
     }
 
-    /// Flags byte; none defined in v1 (sent as zero, ignored on receipt).
+    /// Flags byte ([`FLAG_AUTH`], [`FLAG_ENCRYPTED`]).
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
@@ -279,19 +423,15 @@ impl<T: AsRef<[u8]>> Frame<T> {
         read_u16(self.buffer.as_ref(), field::BUNDLE_COUNT)
     }
 
-    /// Probe: the sender's clock when it sent this probe, in nanoseconds.
-    pub fn tx_time(&self) -> u64 {
-        read_u64(self.buffer.as_ref(), field::TX_TIME)
+    /// Probe: the `tx_time` of the newest frame received from the peer on this link (0 if
+    /// none).
+    pub fn echo_time(&self) -> u32 {
+        read_u32(self.buffer.as_ref(), field::ECHO_TIME)
     }
 
-    /// Probe: the `tx_time` of the last probe received from the peer on this link (0 if none).
-    pub fn echo_time(&self) -> u64 {
-        read_u64(self.buffer.as_ref(), field::ECHO_TIME)
-    }
-
-    /// Probe: nanoseconds between receiving the echoed probe and sending this one.
-    pub fn echo_delay(&self) -> u64 {
-        read_u64(self.buffer.as_ref(), field::ECHO_DELAY)
+    /// Probe: microseconds between receiving the echoed frame and sending this one.
+    pub fn echo_delay(&self) -> u32 {
+        read_u32(self.buffer.as_ref(), field::ECHO_DELAY)
     }
 }
 
@@ -329,12 +469,20 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
 
     /// Sets the link id.
     pub fn set_link_id(&mut self, v: LinkId) {
-        self.set_u16(field::LINK, v);
+        self.buffer.as_mut()[field::LINK] = v;
+    }
+
+    /// Sets link, lane, lane counter and send time.
+    pub fn set_stamp(&mut self, stamp: Stamp) {
+        self.set_link_id(stamp.link);
+        self.buffer.as_mut()[field::LANE] = stamp.lane;
+        self.set_u64(field::LANE_SEQ, stamp.lane_seq);
+        self.set_u32(field::TX_TIME, stamp.tx_time);
     }
 
     /// Sets the epoch.
-    pub fn set_epoch(&mut self, v: u32) {
-        self.set_u32(field::EPOCH, v);
+    pub fn set_epoch(&mut self, v: u64) {
+        self.set_u64(field::EPOCH, v);
     }
 
     /// Sets the sequence number.
@@ -383,19 +531,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
         self.set_u16(field::BUNDLE_RESERVED, 0);
     }
 
-    /// Sets the probe's transmit time.
-    pub fn set_tx_time(&mut self, v: u64) {
-        self.set_u64(field::TX_TIME, v);
-    }
-
     /// Sets the probe's echoed time.
-    pub fn set_echo_time(&mut self, v: u64) {
-        self.set_u64(field::ECHO_TIME, v);
+    pub fn set_echo_time(&mut self, v: u32) {
+        self.set_u32(field::ECHO_TIME, v);
     }
 
     /// Sets the probe's echo delay.
-    pub fn set_echo_delay(&mut self, v: u64) {
-        self.set_u64(field::ECHO_DELAY, v);
+    pub fn set_echo_delay(&mut self, v: u32) {
+        self.set_u32(field::ECHO_DELAY, v);
     }
 
     /// The payload area, mutable. Panics unless header and payload length fit the buffer.
@@ -483,12 +626,61 @@ pub struct FragmentRepr {
 /// measurement in the manner of the TWAMP timestamps of RFC 5357).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeRepr {
-    /// Sender's monotonic clock at transmission, nanoseconds.
-    pub tx_time: u64,
-    /// `tx_time` of the last probe received from the peer on this link, 0 if none yet.
-    pub echo_time: u64,
-    /// Nanoseconds the sender held that echoed probe before sending this one.
-    pub echo_delay: u64,
+    /// `tx_time` of the newest frame received from the peer on this link, 0 if none yet.
+    pub echo_time: u32,
+    /// Microseconds between receiving that frame and sending this probe.
+    pub echo_delay: u32,
+}
+
+/// One report of a [`FrameType::Feedback`] frame: what the receiver saw of one lane.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaneReport {
+    /// The reported lane (of the link the feedback travels on).
+    pub lane: u8,
+    /// The highest `lane_seq` received on it.
+    pub highest: u64,
+    /// Frames received on it, modulo 2^32.
+    pub received: u32,
+    /// Bytes of frames received on it, in units of 64 bytes, modulo 2^32.
+    pub bytes_64: u32,
+    /// `tx_time` of the frame with `highest`.
+    pub echo_time: u32,
+    /// Microseconds between that frame's arrival and the feedback's `tx_time`.
+    pub echo_delay: u32,
+    /// Interarrival jitter (RFC 3550 6.4.1), microseconds.
+    pub jitter: u32,
+}
+
+impl LaneReport {
+    /// Parses one report from the first [`FEEDBACK_REPORT_LEN`] bytes of `b`.
+    pub fn parse(b: &[u8]) -> Option<LaneReport> {
+        let b = b.get(..FEEDBACK_REPORT_LEN)?;
+        Some(LaneReport {
+            lane: b[0],
+            highest: read_u64(b, 4..12),
+            received: read_u32(b, 12..16),
+            bytes_64: read_u32(b, 16..20),
+            echo_time: read_u32(b, 20..24),
+            echo_delay: read_u32(b, 24..28),
+            jitter: read_u32(b, 28..32),
+        })
+    }
+
+    /// Writes the report into the first [`FEEDBACK_REPORT_LEN`] bytes of `out`.
+    pub fn emit(&self, out: &mut [u8]) -> Result<(), WireError> {
+        let out = out
+            .get_mut(..FEEDBACK_REPORT_LEN)
+            .ok_or(WireError::BufferTooSmall)?;
+        out[0] = self.lane;
+        out[1..4].fill(0);
+        out[4..12].copy_from_slice(&self.highest.to_be_bytes());
+        out[12..16].copy_from_slice(&self.received.to_be_bytes());
+        out[16..20].copy_from_slice(&self.bytes_64.to_be_bytes());
+        out[20..24].copy_from_slice(&self.echo_time.to_be_bytes());
+        out[24..28].copy_from_slice(&self.echo_delay.to_be_bytes());
+        out[28..32].copy_from_slice(&self.jitter.to_be_bytes());
+        Ok(())
+    }
 }
 
 /// Fields of a [`FrameType::Bundle`] frame beyond the base header.
@@ -553,19 +745,24 @@ pub enum Kind {
     /// Several whole packets, numbered `seq`, `seq + 1`, ...; the payload is their
     /// [`BundleEntries`].
     Bundle(BundleRepr),
+    /// Reports on the lanes of the link it travels on: the payload is whole
+    /// [`LaneReport`]s.
+    Feedback,
 }
 
 /// A parsed, validated alagg header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Repr {
-    /// Id of the sending link.
-    pub link_id: LinkId,
-    /// The sender's per-boot epoch.
-    pub epoch: u32,
-    /// Packet sequence number (data, fragment) or per-link probe counter (probe).
+    /// Link, lane, lane counter and send time.
+    pub stamp: Stamp,
+    /// The sender's per-start epoch.
+    pub epoch: u64,
+    /// Packet sequence number (data, fragment, bundle); 0 for probes and feedback.
     pub seq: u64,
-    /// Length of the payload following the header.
+    /// Length of the payload following the header (the tag not counted).
     pub payload_len: u16,
+    /// [`FLAG_AUTH`], [`FLAG_ENCRYPTED`].
+    pub flags: u8,
     /// Type-specific fields.
     pub kind: Kind,
 }
@@ -593,10 +790,15 @@ impl Repr {
                 Kind::Fragment(f)
             }
             FrameType::Probe => Kind::Probe(ProbeRepr {
-                tx_time: frame.tx_time(),
                 echo_time: frame.echo_time(),
                 echo_delay: frame.echo_delay(),
             }),
+            FrameType::Feedback => {
+                if usize::from(frame.payload_len()) % FEEDBACK_REPORT_LEN != 0 {
+                    return Err(WireError::BadFeedback);
+                }
+                Kind::Feedback
+            }
             FrameType::Bundle => {
                 let count = frame.bundle_count();
                 BundleEntries::check(frame.payload(), count)?;
@@ -605,10 +807,11 @@ impl Repr {
             FrameType::Unknown(t) => return Err(WireError::UnknownType(t)),
         };
         Ok(Repr {
-            link_id: frame.link_id(),
+            stamp: frame.stamp(),
             epoch: frame.epoch(),
             seq: frame.seq(),
             payload_len: frame.payload_len(),
+            flags: frame.flags(),
             kind,
         })
     }
@@ -620,6 +823,7 @@ impl Repr {
             Kind::Fragment(_) => FrameType::Fragment,
             Kind::Probe(_) => FrameType::Probe,
             Kind::Bundle(_) => FrameType::Bundle,
+            Kind::Feedback => FrameType::Feedback,
         }
     }
 
@@ -628,9 +832,20 @@ impl Repr {
         self.frame_type().min_header_len()
     }
 
-    /// Length of header plus payload.
+    /// Length of header plus payload (what [`Repr::emit_with_payload`] writes; a tag, with
+    /// [`FLAG_AUTH`], comes after).
     pub const fn frame_len(&self) -> usize {
         self.header_len() + self.payload_len as usize
+    }
+
+    /// Length of the whole frame on the wire: [`Repr::frame_len`] and the tag, if any.
+    pub const fn wire_len(&self) -> usize {
+        self.frame_len()
+            + if self.flags & FLAG_AUTH != 0 {
+                TAG_LEN
+            } else {
+                0
+            }
     }
 
     /// Writes the header into the start of `buf` (the payload is the caller's, see
@@ -643,13 +858,13 @@ impl Repr {
         let mut frame = Frame::new_unchecked(head);
         frame.set_version(VERSION);
         frame.set_frame_type(self.frame_type());
-        frame.set_link_id(self.link_id);
+        frame.set_stamp(self.stamp);
         frame.set_epoch(self.epoch);
         frame.set_seq(self.seq);
         frame.set_payload_len(self.payload_len);
         // Header lengths are compile-time constants under 256.
         frame.set_header_len(header_len as u8);
-        frame.set_flags(0);
+        frame.set_flags(self.flags);
         match self.kind {
             Kind::Data => {}
             Kind::Fragment(f) => {
@@ -659,11 +874,11 @@ impl Repr {
                 frame.set_frag_count(f.count);
             }
             Kind::Probe(p) => {
-                frame.set_tx_time(p.tx_time);
                 frame.set_echo_time(p.echo_time);
                 frame.set_echo_delay(p.echo_delay);
             }
             Kind::Bundle(b) => frame.set_bundle_count(b.count),
+            Kind::Feedback => {}
         }
         Ok(header_len)
     }
@@ -842,38 +1057,51 @@ impl EthernetRepr {
 mod tests {
     use super::*;
 
+    const STAMP: Stamp = Stamp {
+        link: 0x01,
+        lane: 0x02,
+        lane_seq: 0x1122_3344_5566_7788,
+        tx_time: 0x99aa_bbcc,
+    };
+
     fn data_repr() -> Repr {
         Repr {
-            link_id: 0x0102,
-            epoch: 0xdead_beef,
+            stamp: STAMP,
+            epoch: 0xdead_beef_0000_0001,
             seq: 0x0123_4567_89ab_cdef,
             payload_len: 4,
+            flags: 0,
             kind: Kind::Data,
         }
     }
 
     #[test]
     fn data_layout_is_byte_exact() {
-        let mut buf = [0u8; 24];
+        let mut buf = [0u8; 40];
         let n = data_repr()
             .emit_with_payload(&[9, 8, 7, 6], &mut buf)
             .unwrap();
-        assert_eq!(n, 24);
+        assert_eq!(n, 40);
         assert_eq!(
             buf,
             [
-                1, 1, 0x01, 0x02, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd,
-                0xef, 0, 4, 20, 0, 9, 8, 7, 6
+                2, 1, 0x01, 0x02, // version, type, link, lane
+                0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 1, // epoch
+                0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, // seq
+                0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, // lane_seq
+                0x99, 0xaa, 0xbb, 0xcc, // tx_time
+                0, 4, 36, 0, // payload_len, header_len, flags
+                9, 8, 7, 6
             ]
         );
         let frame = Frame::new_checked(&buf[..]).unwrap();
-        assert_eq!(frame.version(), 1);
+        assert_eq!(frame.version(), 2);
         assert_eq!(frame.frame_type(), FrameType::Data);
-        assert_eq!(frame.link_id(), 0x0102);
-        assert_eq!(frame.epoch(), 0xdead_beef);
+        assert_eq!(frame.stamp(), STAMP);
+        assert_eq!(frame.epoch(), 0xdead_beef_0000_0001);
         assert_eq!(frame.seq(), 0x0123_4567_89ab_cdef);
         assert_eq!(frame.payload_len(), 4);
-        assert_eq!(frame.header_len(), 20);
+        assert_eq!(frame.header_len(), 36);
         assert_eq!(frame.flags(), 0);
         assert_eq!(frame.payload(), &[9, 8, 7, 6]);
         assert_eq!(Repr::parse(&frame).unwrap(), data_repr());
@@ -885,10 +1113,11 @@ mod tests {
         let (offset, len) = layout.fragment(2).unwrap();
         assert_eq!((offset, len), (2000, 1000));
         let repr = Repr {
-            link_id: 7,
+            stamp: Stamp::on(7),
             epoch: 1,
             seq: u64::MAX,
             payload_len: len as u16,
+            flags: 0,
             kind: Kind::Fragment(FragmentRepr {
                 packet_len: 3000,
                 offset,
@@ -911,21 +1140,21 @@ mod tests {
     #[test]
     fn probe_round_trip() {
         let repr = Repr {
-            link_id: 3,
+            stamp: STAMP,
             epoch: 42,
-            seq: 17,
+            seq: 0,
             payload_len: 0,
+            flags: 0,
             kind: Kind::Probe(ProbeRepr {
-                tx_time: 1,
-                echo_time: u64::MAX,
+                echo_time: u32::MAX,
                 echo_delay: 5,
             }),
         };
         let mut buf = [0u8; PROBE_HEADER_LEN];
         assert_eq!(repr.emit(&mut buf).unwrap(), PROBE_HEADER_LEN);
         let frame = Frame::new_checked(&buf[..]).unwrap();
-        assert_eq!(frame.tx_time(), 1);
-        assert_eq!(frame.echo_time(), u64::MAX);
+        assert_eq!(frame.tx_time(), STAMP.tx_time);
+        assert_eq!(frame.echo_time(), u32::MAX);
         assert_eq!(frame.echo_delay(), 5);
         assert_eq!(Repr::parse(&frame).unwrap(), repr);
     }
@@ -933,10 +1162,11 @@ mod tests {
     /// A bundle frame of `count` (claimed) packets with these entries.
     fn bundle_bytes(count: u16, entries: &[u8]) -> Vec<u8> {
         let repr = Repr {
-            link_id: 1,
+            stamp: Stamp::on(1),
             epoch: 9,
             seq: 100,
             payload_len: entries.len() as u16,
+            flags: 0,
             kind: Kind::Bundle(BundleRepr { count }),
         };
         let mut buf = vec![0u8; BUNDLE_HEADER_LEN + entries.len()];
@@ -949,7 +1179,7 @@ mod tests {
         let entries = [0, 3, 1, 2, 3, 0, 1, 9];
         let buf = bundle_bytes(2, &entries);
         assert_eq!(&buf[..2], &[VERSION, 4]);
-        assert_eq!(&buf[20..24], &[0, 2, 0, 0]);
+        assert_eq!(&buf[36..40], &[0, 2, 0, 0]);
         let frame = Frame::new_checked(&buf[..]).unwrap();
         assert_eq!(frame.bundle_count(), 2);
         let repr = Repr::parse(&frame).unwrap();
@@ -1001,11 +1231,11 @@ mod tests {
 
     #[test]
     fn longer_header_from_newer_sender_is_skipped() {
-        // A v1 sender may append fields; receivers find the payload through header_len.
-        let mut buf = [0u8; 28];
+        // A sender may append fields; receivers find the payload through header_len.
+        let mut buf = [0u8; 44];
         data_repr().emit(&mut buf).unwrap();
         let mut frame = Frame::new_unchecked(&mut buf[..]);
-        frame.set_header_len(24);
+        frame.set_header_len(40);
         frame.payload_mut().copy_from_slice(&[5, 6, 7, 8]);
         let frame = Frame::new_checked(&buf[..]).unwrap();
         assert_eq!(frame.payload(), &[5, 6, 7, 8]);
@@ -1014,53 +1244,108 @@ mod tests {
 
     #[test]
     fn malformed_frames_are_rejected() {
-        let mut good = [0u8; 24];
+        let mut good = [0u8; 40];
         data_repr()
             .emit_with_payload(&[1, 2, 3, 4], &mut good)
             .unwrap();
-        type Mutate = fn(&mut [u8; 24]) -> usize;
-        let cases: [(&str, Mutate, WireError); 6] = [
+        type Mutate = fn(&mut [u8; 40]) -> usize;
+        let cases: [(&str, Mutate, WireError); 9] = [
             ("empty", |_| 0, WireError::Truncated),
-            ("short header", |_| 19, WireError::Truncated),
-            ("short payload", |_| 23, WireError::Truncated),
+            ("short header", |_| 35, WireError::Truncated),
+            ("short payload", |_| 39, WireError::Truncated),
             (
-                "version 2",
+                "version 1",
                 |b| {
-                    b[0] = 2;
-                    24
+                    b[0] = 1;
+                    40
                 },
-                WireError::BadVersion(2),
+                WireError::BadVersion(1),
             ),
             (
-                "header_len 19",
+                "header_len 35",
                 |b| {
-                    b[18] = 19;
-                    24
+                    b[34] = 35;
+                    40
                 },
                 WireError::BadHeaderLen,
             ),
             (
                 "header_len past end",
                 |b| {
-                    b[18] = 255;
-                    24
+                    b[34] = 255;
+                    40
                 },
                 WireError::Truncated,
+            ),
+            (
+                "unknown flag",
+                |b| {
+                    b[35] = 0x04;
+                    40
+                },
+                WireError::BadFlags(0x04),
+            ),
+            (
+                "encrypted without auth",
+                |b| {
+                    b[35] = FLAG_ENCRYPTED;
+                    40
+                },
+                WireError::BadFlags(FLAG_ENCRYPTED),
+            ),
+            (
+                "a feedback payload of no whole report",
+                |b| {
+                    b[1] = 5;
+                    40
+                },
+                WireError::BadFeedback,
             ),
         ];
         for (name, mutate, want) in cases {
             let mut b = good;
             let len = mutate(&mut b);
-            assert_eq!(Frame::new_checked(&b[..len]).err(), Some(want), "{name}");
+            let got = Frame::new_checked(&b[..len]).and_then(|f| Repr::parse(&f).map(|_| ()));
+            assert_eq!(got.err(), Some(want), "{name}");
         }
         let mut b = good;
         b[1] = 9;
         let frame = Frame::new_checked(&b[..]).unwrap();
         assert_eq!(Repr::parse(&frame), Err(WireError::UnknownType(9)));
-        b[1] = 2; // a fragment needs a 32-byte header
+        b[1] = 2; // a fragment needs a 48-byte header
         assert_eq!(
             Frame::new_checked(&b[..]).err(),
             Some(WireError::BadHeaderLen)
+        );
+    }
+
+    #[test]
+    fn lane_reports_round_trip_and_lanes_count_their_frames() {
+        let report = LaneReport {
+            lane: 3,
+            highest: u64::MAX - 1,
+            received: 7,
+            bytes_64: 8,
+            echo_time: 9,
+            echo_delay: 10,
+            jitter: 11,
+        };
+        let mut buf = [0u8; FEEDBACK_REPORT_LEN];
+        report.emit(&mut buf).unwrap();
+        assert_eq!(LaneReport::parse(&buf), Some(report));
+        assert_eq!(LaneReport::parse(&buf[..31]), None);
+        let mut lane = Lane::new(4, 1);
+        let first = lane.stamp(crate::Timestamp::from_nanos(5_000_000));
+        let second = lane.stamp(crate::Timestamp::from_nanos(6_000_000));
+        assert_eq!(
+            (first.link, first.lane, first.lane_seq, first.tx_time),
+            (4, 1, 0, 5_000)
+        );
+        assert_eq!((second.lane_seq, second.tx_time), (1, 6_000));
+        assert_eq!(lane.frames(), 2);
+        assert_eq!(
+            epoch_start_ms(epoch(1_700_000_000_000, 0xbeef)),
+            1_700_000_000_000
         );
     }
 
@@ -1069,10 +1354,11 @@ mod tests {
         let emit = |f: FragmentRepr, payload_len: u16| {
             let mut buf = vec![0u8; FRAGMENT_HEADER_LEN + usize::from(payload_len)];
             let repr = Repr {
-                link_id: 0,
+                stamp: Stamp::on(0),
                 epoch: 0,
                 seq: 0,
                 payload_len,
+                flags: 0,
                 kind: Kind::Fragment(f),
             };
             repr.emit(&mut buf).unwrap();

@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use alagg_proto::wire::{ETH_HDR_LEN, EthernetRepr, Frame, Kind, MacAddr, ProbeRepr, Repr};
-use alagg_proto::{Bundler, Receiver, ReceiverConfig, Sender, Timestamp};
+use alagg_proto::{Bundler, Receiver, ReceiverConfig, Sender, Stamp, Timestamp};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
@@ -81,8 +81,8 @@ const ETH: EthernetRepr = EthernetRepr {
     src: MacAddr([2, 0, 0, 0, 0, 1]),
     ethertype: alagg_proto::wire::DEFAULT_ETHERTYPE,
 };
-const GENUINE: u32 = 0xfeed;
-const OLD: [u32; 2] = [0x01d1, 0x01d2];
+const GENUINE: u64 = 0xfeed;
+const OLD: [u64; 2] = [0x01d1, 0x01d2];
 const MS: u64 = 1_000_000;
 const SPACING_NS: u64 = 10_000;
 const MAX_BASE_DELAY_NS: u64 = 500_000;
@@ -94,12 +94,12 @@ const START_NS: u64 = 20 * MS;
 const CLEAN_START: usize = 8;
 
 /// Frames of one packet (or bundle) of `tx` with payload `content`, for `link`.
-fn emit_packet(tx: &mut Sender, content: &[u8], link: u16) -> Vec<Vec<u8>> {
+fn emit_packet(tx: &mut Sender, content: &[u8], link: u8) -> Vec<Vec<u8>> {
     let plan = tx.plan(content.len(), MTU).unwrap();
     (0..plan.frame_count())
         .map(|f| {
             let mut buf = vec![0u8; MTU];
-            let n = plan.emit(f, link, content, &mut buf).unwrap();
+            let n = plan.emit(f, Stamp::on(link), content, &mut buf).unwrap();
             buf.truncate(n);
             buf
         })
@@ -115,7 +115,9 @@ fn emit_bundle(tx: &mut Sender, packets: &[Vec<u8>], links: usize) -> Vec<Vec<u8
     (0..links)
         .map(|link| {
             let mut buf = vec![0u8; ETH_HDR_LEN + MTU];
-            let n = sealed.emit_ethernet(link as u16, &ETH, &mut buf).unwrap();
+            let n = sealed
+                .emit_ethernet(Stamp::on(link as u8), &ETH, &mut buf)
+                .unwrap();
             buf[ETH_HDR_LEN..n].to_vec()
         })
         .collect()
@@ -207,7 +209,9 @@ fn genuine(s: &Scenario, rng: &mut Rng) -> (Vec<Arrival>, HashSet<u64>, HashSet<
                     (0..plan.frame_count())
                         .map(|f| {
                             let mut buf = vec![0u8; MTU];
-                            let n = plan.emit(f, link as u16, &content, &mut buf).unwrap();
+                            let n = plan
+                                .emit(f, Stamp::on(link as u8), &content, &mut buf)
+                                .unwrap();
                             buf.truncate(n);
                             buf
                         })
@@ -274,7 +278,7 @@ fn earlier_epochs() -> Vec<Vec<Vec<u8>>> {
 /// One injected frame, `near` being a number of the genuine stream about its arrival time.
 fn injected(rng: &mut Rng, near: u64, old: &[Vec<Vec<u8>>], genuine: &[Arrival]) -> Vec<u8> {
     let junk = |len: usize| vec![0xee; len];
-    let forged = |rng: &mut Rng, epoch: u32, seq: u64| -> Vec<u8> {
+    let forged = |rng: &mut Rng, epoch: u64, seq: u64| -> Vec<u8> {
         let mut tx = Sender::with_first_seq(epoch, seq);
         match rng.below(3) {
             0 => emit_packet(&mut tx, &junk(20 + rng.below(1000) as usize), 0).remove(0),
@@ -293,7 +297,7 @@ fn injected(rng: &mut Rng, near: u64, old: &[Vec<Vec<u8>>], genuine: &[Arrival])
     match rng.below(9) {
         // Random epochs, near the stream's numbers or anywhere.
         0 => {
-            let epoch = (rng.next() as u32) | 0x8000_0000;
+            let epoch = rng.next() | 0x8000_0000_0000_0000;
             let seq = if rng.percent(50) {
                 near_offset(rng)
             } else {
@@ -330,7 +334,7 @@ fn injected(rng: &mut Rng, near: u64, old: &[Vec<Vec<u8>>], genuine: &[Arrival])
             } else {
                 old[0][rng.below(10) as usize].clone()
             };
-            let header_len = usize::from(f[18]).min(f.len());
+            let header_len = usize::from(f[34]).min(f.len());
             f[header_len..].fill(0xee);
             for _ in 0..1 + rng.below(4) {
                 let i = rng.below(header_len as u64) as usize;
@@ -342,15 +346,23 @@ fn injected(rng: &mut Rng, near: u64, old: &[Vec<Vec<u8>>], genuine: &[Arrival])
         7 => (0..rng.below(120)).map(|_| rng.next() as u8).collect(),
         // Probes of any epoch.
         _ => {
-            let epoch = [GENUINE, OLD[0], rng.next() as u32][rng.below(3) as usize];
+            let epoch = [GENUINE, OLD[0], rng.next()][rng.below(3) as usize];
             let tx = Sender::new(epoch);
             let probe = ProbeRepr {
-                tx_time: rng.next(),
-                echo_time: rng.next(),
-                echo_delay: rng.next(),
+                echo_time: rng.next() as u32,
+                echo_delay: rng.next() as u32,
             };
             let mut buf = vec![0u8; 64];
-            let n = tx.probe(0, rng.next(), probe).emit(&mut buf).unwrap();
+            let n = tx
+                .probe(
+                    Stamp {
+                        lane_seq: rng.next(),
+                        ..Stamp::on(0)
+                    },
+                    probe,
+                )
+                .emit(&mut buf)
+                .unwrap();
             buf.truncate(n);
             buf
         }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use alagg_proto::wire::{DEFAULT_ETHERTYPE, EthernetRepr, MacAddr, ProbeRepr};
-use alagg_proto::{Bundler, Sender};
+use alagg_proto::{Bundler, Sender, Stamp};
 
 const MTU: usize = 1500;
 
@@ -25,13 +25,15 @@ fn packet(len: usize) -> Vec<u8> {
 }
 
 /// Ethernet frames of one packet on one link.
-fn frames(tx: &mut Sender, len: usize, link: u16, mtu: usize) -> Vec<Vec<u8>> {
+fn frames(tx: &mut Sender, len: usize, link: u8, mtu: usize) -> Vec<Vec<u8>> {
     let pkt = packet(len);
     let plan = tx.plan(len, mtu).unwrap();
     (0..plan.frame_count())
         .map(|i| {
             let mut out = vec![0u8; 14 + mtu];
-            let n = plan.emit_ethernet(i, link, &eth(), &pkt, &mut out).unwrap();
+            let n = plan
+                .emit_ethernet(i, Stamp::on(link), &eth(), &pkt, &mut out)
+                .unwrap();
             out.truncate(n);
             out
         })
@@ -52,11 +54,18 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let mut probe = vec![0u8; 14 + 44];
     eth().emit(&mut probe).unwrap();
     let p = ProbeRepr {
-        tx_time: 1_000_000,
-        echo_time: 900_000,
-        echo_delay: 5_000,
+        echo_time: 900,
+        echo_delay: 5,
     };
-    tx.probe(0, 7, p).emit(&mut probe[14..]).unwrap();
+    tx.probe(
+        Stamp {
+            lane_seq: 7,
+            ..Stamp::on(0)
+        },
+        p,
+    )
+    .emit(&mut probe[14..])
+    .unwrap();
 
     let mut bundler = Bundler::new();
     for len in [40, 60, 28] {
@@ -66,7 +75,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let n = bundler
         .seal(&mut tx)
         .unwrap()
-        .emit_ethernet(1, &eth(), &mut bundle)
+        .emit_ethernet(Stamp::on(1), &eth(), &mut bundle)
         .unwrap();
     bundle.truncate(n);
 
@@ -100,7 +109,7 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         let n = b
             .seal(&mut tx)
             .unwrap()
-            .emit_ethernet(0, &eth(), &mut out)
+            .emit_ethernet(Stamp::on(0), &eth(), &mut out)
             .unwrap();
         out.truncate(n);
         out

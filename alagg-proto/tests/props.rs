@@ -12,7 +12,8 @@ use alagg_proto::wire::{
     ETH_HDR_LEN, EthernetRepr, FragmentLayout, FragmentRepr, Frame, Kind, MacAddr, ProbeRepr, Repr,
 };
 use alagg_proto::{
-    Bundler, Order, Receiver, ReceiverConfig, RxOutcome, Sender, SeqCheck, SeqWindow, Timestamp,
+    Bundler, Order, Receiver, ReceiverConfig, RxOutcome, Sender, SeqCheck, SeqWindow, Stamp,
+    Timestamp,
 };
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -138,7 +139,9 @@ fn run(s: &Scenario) -> (Vec<u64>, HashSet<u64>, Receiver) {
             let frames = (0..s.links)
                 .map(|link| {
                     let mut buf = vec![0u8; ETH_HDR_LEN + MTU];
-                    let n = sealed.emit_ethernet(link as u16, &ETH, &mut buf).unwrap();
+                    let n = sealed
+                        .emit_ethernet(Stamp::on(link as u8), &ETH, &mut buf)
+                        .unwrap();
                     vec![buf[ETH_HDR_LEN..n].to_vec()]
                 })
                 .collect();
@@ -157,7 +160,7 @@ fn run(s: &Scenario) -> (Vec<u64>, HashSet<u64>, Receiver) {
                     (0..plan.frame_count())
                         .map(|f| {
                             let mut buf = vec![0u8; MTU];
-                            let n = plan.emit(f, link as u16, &pkt, &mut buf).unwrap();
+                            let n = plan.emit(f, Stamp::on(link as u8), &pkt, &mut buf).unwrap();
                             buf.truncate(n);
                             buf
                         })
@@ -302,9 +305,10 @@ proptest! {
 
     #[test]
     fn emit_then_parse_round_trips(
-        link in any::<u16>(), epoch in any::<u32>(), seq in any::<u64>(),
+        link in any::<u8>(), lane in any::<u8>(), lane_seq in any::<u64>(), tx_time in any::<u32>(),
+        epoch in any::<u64>(), seq in any::<u64>(), auth in any::<bool>(),
         kind in 0u8..3, len in 1u32..70_000, count in 1u16..300, index in any::<u16>(),
-        times in any::<(u64, u64, u64)>(),
+        times in any::<(u32, u32)>(),
     ) {
         let (kind, payload_len) = match kind {
             0 => (Kind::Data, (len % 65_536) as u16),
@@ -315,9 +319,11 @@ proptest! {
                 let Ok(flen) = u16::try_from(flen) else { return Ok(()) };
                 (Kind::Fragment(FragmentRepr { packet_len: len, offset, index, count }), flen)
             }
-            _ => (Kind::Probe(ProbeRepr { tx_time: times.0, echo_time: times.1, echo_delay: times.2 }), 0),
+            _ => (Kind::Probe(ProbeRepr { echo_time: times.0, echo_delay: times.1 }), 0),
         };
-        let repr = Repr { link_id: link, epoch, seq, payload_len, kind };
+        let stamp = Stamp { link, lane, lane_seq, tx_time };
+        let flags = if auth { alagg_proto::wire::FLAG_AUTH } else { 0 };
+        let repr = Repr { stamp, epoch, seq, payload_len, flags, kind };
         let payload = vec![0x5a; usize::from(payload_len)];
         let mut buf = vec![0u8; repr.frame_len()];
         prop_assert_eq!(repr.emit_with_payload(&payload, &mut buf).unwrap(), buf.len());
@@ -345,7 +351,7 @@ fn restart_mid_stream_resumes_after_four_frames() {
     let emit = |tx: &mut Sender, b: u8| {
         let plan = tx.plan(1, MTU).unwrap();
         let mut buf = [0u8; 64];
-        let n = plan.emit(0, 0, &[b], &mut buf).unwrap();
+        let n = plan.emit(0, Stamp::on(0), &[b], &mut buf).unwrap();
         buf[..n].to_vec()
     };
     let mut old = Sender::new(1);

@@ -252,6 +252,15 @@ engine_counters! {
     oversized = oversized, "oversized", "oversized";
     /// Probe frames received.
     probes = probes, "probes", "probes";
+    /// Feedback frames received (the peer's reports on this host's lanes).
+    feedback = feedback, "feedback", "feedback";
+    /// With `[auth]`: frames without an authentication tag, dropped before touching any state.
+    unauthenticated = unauthenticated, "unauthenticated", "unauthenticated";
+    /// With `[auth]`: frames whose tag does not verify (another key, or changed on the way),
+    /// dropped before touching any state.
+    auth_failed = auth_failed, "auth_failed", "authentication failed";
+    /// Without `[auth]`: authenticated frames (the peer has a key, this host none), dropped.
+    auth_unexpected = auth_unexpected, "auth_unexpected", "authenticated, no key here";
     /// Bundle frames received (several packets each).
     bundles = bundles, "bundles", "bundles";
     /// Times the peer restarted (its epoch changed).

@@ -89,6 +89,12 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print a new random key for `[auth] key_file` on standard output, like `wg genkey`.
+    ///
+    /// The same key goes on both hosts: `(umask 077; alagg genkey > /etc/alagg/site.key)`
+    /// (the umask keeps the file 0600 from the start), then copy it to the peer the same way
+    /// and name it in `[auth] key_file`.
+    Genkey,
     /// Attach alagg's XDP program to interfaces and show what it does with their frames.
     ///
     /// Frames of the alagg ethertype are steered to AF_XDP sockets (none are opened by this
@@ -151,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Down { config } => cli::down(&config),
         Command::Status { config, tun, json } => cli::status(config.as_deref(), tun, json),
         Command::Steal { queue } => cli::steal(queue),
+        Command::Genkey => cli::genkey(),
         Command::Attach {
             interfaces,
             ethertype,

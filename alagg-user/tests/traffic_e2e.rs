@@ -442,6 +442,9 @@ fn garbage_frames_are_counted_and_dropped_and_traffic_goes_on() {
     alagg_testbed::require_root!();
     let pair = Pair::new("garbage", 2);
     let (a, b) = pair.up(2);
+    // Genuine traffic first, so that B has its peer's epoch when the garbage comes.
+    let out = ping(&pair.a, &["-c", "5", "-i", "0.05", "-W", "2", B4]);
+    assert!(out.contains(" 0% packet loss"), "{out}");
     let b_mac = mac(0xb, 0);
     let dst: Vec<u8> = b_mac
         .split(':')
@@ -468,12 +471,21 @@ fn garbage_frames_are_counted_and_dropped_and_traffic_goes_on() {
                 frame.extend_from_slice(&0x88b5u16.to_be_bytes());
                 let body_len = match i % 5 {
                     0 => 0,                            // no alagg header at all
-                    1 => (state % 19) as usize,        // truncated header
-                    2 => 20 + (state % 1400) as usize, // random header and payload
+                    1 => (state % 35) as usize,        // truncated header
+                    2 => 36 + (state % 1400) as usize, // well-formed, below
                     3 => 1486,                         // maximum size, random
                     _ => 40,                           // wrong version below
                 };
                 frame.extend((0..body_len).map(|j| (state >> (j % 57)) as u8));
+                if i % 5 == 2 {
+                    // A data frame of wire version 2 (docs/PROTOCOL.md) with a random epoch,
+                    // sequence number, lane and time: it reaches the epoch and sequence checks.
+                    let payload_len = u16::try_from(body_len - 36).unwrap();
+                    frame[14..18].copy_from_slice(&[2, 1, 0, 0]);
+                    frame[14 + 32..14 + 34].copy_from_slice(&payload_len.to_be_bytes());
+                    frame[14 + 34] = 36; // header length
+                    frame[14 + 35] = 0; // flags
+                }
                 if i % 5 == 4 {
                     frame[14] = 0x7f; // version 127
                 }
@@ -488,9 +500,15 @@ fn garbage_frames_are_counted_and_dropped_and_traffic_goes_on() {
         .unwrap();
     assert_eq!(sent, 5000);
     // Still running, still carrying traffic.
-    let out = ping(&pair.a, &["-c", "5", "-i", "0.05", "-W", "2", B4]);
-    assert!(out.contains(" 0% packet loss"), "{out}");
+    let out = pair
+        .a
+        .command("ping")
+        .args(["-c", "5", "-i", "0.05", "-W", "2", B4])
+        .output()
+        .expect("ping");
+    let out = String::from_utf8_lossy(&out.stdout);
     let log_b = b.stop();
+    assert!(out.contains(" 0% packet loss"), "{out}\nB:\n{log_b}");
     assert!(log_b.contains("alagg stopped"), "{log_b}");
     // Every injected frame is either malformed or was judged a (stale/too old/duplicate) frame;
     // none was delivered.
@@ -499,6 +517,9 @@ fn garbage_frames_are_counted_and_dropped_and_traffic_goes_on() {
         .map(|name| summary_value(&log_b, name))
         .sum::<u64>();
     assert!(refused >= 3000, "{log_b}");
+    // The well-formed frames of random epochs were not believed: none became the peer's epoch.
+    assert!(summary_value(&log_b, "unknown_epoch") >= 1000, "{log_b}");
+    assert_eq!(summary_value(&log_b, "epoch_changes"), 0, "{log_b}");
     assert_eq!(
         summary_value(&log_b, "rejected_malformed") + summary_value(&log_b, "delivered"),
         summary_value(&log_b, "delivered")

@@ -10,6 +10,8 @@
 //! - `mptcp N links`: kernel MPTCP (`mptcpize`, iperf3) with a subflow per link, the tool many
 //!   users would pick instead (TCP only; it stripes instead of duplicating);
 //! - `alagg N link(s)`: `alagg up` on both hosts over the first N links, redundant mode;
+//! - `alagg 2 links, auth` and `auth + encrypt`: the same with `[auth]` on both hosts, a tag
+//!   on every frame and with the payload encrypted too (what authentication costs);
 //! - `veth: ...`: direct, the steal loop and alagg on two links again, on a second bed whose
 //!   links are plain veth pairs with no bridge between ([`Testbed::new_direct`]): the cheapest
 //!   wire, so closer to what alagg itself costs.
@@ -70,8 +72,11 @@ const RATE_MBIT: u32 = 200;
 /// holds, about 3.8 KB, so any MTU from there up measures the same.
 const JUMBO_MTU: u32 = 9000;
 const JUMBO_NAME: &str = "alagg 2 links, 9000 MTU";
+/// `[auth]` on both hosts: a tag on every frame, and with the payload encrypted.
+const AUTH_NAME: &str = "alagg 2 links, auth";
+const AUTH_ENCRYPT_NAME: &str = "alagg 2 links, auth + encrypt";
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 14] = [
+const CONFIGS: [&str; 16] = [
     "direct",
     "nfqueue steal",
     "mptcp 2 links",
@@ -83,6 +88,8 @@ const CONFIGS: [&str; 14] = [
     "alagg 2 links, uncoalesced",
     "alagg 2 links, busy poll",
     JUMBO_NAME,
+    AUTH_NAME,
+    AUTH_ENCRYPT_NAME,
     "veth: direct",
     "veth: nfqueue steal",
     "veth: alagg 2 links",
@@ -326,6 +333,29 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         for link in 0..2 {
             bed.set_mtu(link, 1500)?;
         }
+    }
+
+    for (name, tag, encrypt) in [
+        (AUTH_NAME, "-auth", false),
+        (AUTH_ENCRYPT_NAME, "-auth-encrypt", true),
+    ] {
+        if !only.wants(name) {
+            continue;
+        }
+        let what = if encrypt {
+            "an AES-256-GCM tag on every frame, the payload encrypted"
+        } else {
+            "an AES-256-GCM tag on every frame"
+        };
+        println!("\n-- {name}: {what}");
+        let key = site_key(&alagg, &dir)?;
+        let extra = format!(
+            "\n[auth]\nkey_file = \"{}\"\nencrypt = {encrypt}\n",
+            key.display()
+        );
+        let pair = AlaggPair::start(&alagg, &bed, 2, &dir, (tag, &extra))?;
+        measure_all(&bed, name, &durations, &mut results, Some(&pair))?;
+        pair.stop();
     }
 
     for impairment in [Impairment::Rate, Impairment::Loss] {
@@ -804,6 +834,35 @@ fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A new key from `alagg genkey` in `dir/site.key`, mode 0600, for both hosts' `[auth]`.
+fn site_key(alagg: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::{
+        io::Write as _, os::unix::fs::OpenOptionsExt as _, os::unix::fs::PermissionsExt as _,
+    };
+    let out = Command::new(alagg)
+        .arg("genkey")
+        .output()
+        .context("running alagg genkey")?;
+    if !out.status.success() {
+        bail!(
+            "alagg genkey failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = dir.join("site.key");
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // A file left by an earlier run keeps its mode: make sure it is 0600.
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.write_all(&out.stdout)?;
+    Ok(path)
+}
+
 /// `alagg up` on both hosts over the first `links` links.
 struct AlaggPair {
     children: Vec<(Child, PathBuf)>,
@@ -1238,6 +1297,8 @@ fn markdown(
         ("alagg 2 links", "alagg 2 links, unbundled"),
         ("alagg 2 links", "alagg 2 links, uncoalesced"),
         (JUMBO_NAME, "alagg 2 links"),
+        (AUTH_NAME, "alagg 2 links"),
+        (AUTH_ENCRYPT_NAME, "alagg 2 links"),
         ("alagg 2 links", "nfqueue steal"),
         ("alagg 2 links", "mptcp 2 links"),
         ("veth: alagg 2 links", "veth: direct"),

@@ -15,6 +15,17 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         config.plan()
     );
     let mut problems = Vec::new();
+    match &config.auth {
+        Some(auth) => {
+            if let Err(error) = crate::config::key::read_key(&auth.key_file) {
+                problems.push(error.to_string());
+            }
+        }
+        None => println!(
+            "note: frames are not authenticated: anyone who can put a frame on a link can \
+             inject packets into this host; add [auth] with a key from `alagg genkey`"
+        ),
+    }
     if !crate::sys::is_root() {
         problems.push("not running as root: `alagg up` needs root (CAP_NET_ADMIN, CAP_BPF)".into());
     }

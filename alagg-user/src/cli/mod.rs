@@ -1,17 +1,19 @@
 //! The commands of the `alagg` binary, one module each: [`up`](up()), [`down`](down()),
-//! [`status`](status()), [`check`](check()), and the debugging verbs [`steal`](steal()) and
+//! [`status`](status()), [`check`](check()), [`genkey`](genkey()), and the debugging verbs [`steal`](steal()) and
 //! [`attach`](attach()). `main.rs` parses the command line and calls one of these; they return
 //! errors that name the file, key or interface at fault.
 
 mod check;
 mod debug;
 mod down;
+mod genkey;
 mod status;
 mod up;
 
 pub use check::check;
 pub use debug::{attach, steal};
 pub use down::down;
+pub use genkey::genkey;
 pub use status::status;
 pub use up::up;
 

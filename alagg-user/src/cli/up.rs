@@ -2,7 +2,7 @@
 
 use std::{path::Path, time::Duration};
 
-use alagg_proto::ReceiverConfig;
+use alagg_proto::{ReceiverConfig, auth::SiteKey};
 use anyhow::{Context as _, bail};
 
 use crate::{
@@ -13,8 +13,8 @@ use crate::{
     runtime::{Datapath, DatapathConfig},
 };
 
-/// What the runtime runs with, from a validated configuration.
-fn datapath_config(config: &Config) -> DatapathConfig {
+/// What the runtime runs with, from a validated configuration and its key (`[auth]`).
+fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
     let links = config
         .links
         .iter()
@@ -53,6 +53,7 @@ fn datapath_config(config: &Config) -> DatapathConfig {
         pin: config.cpu.pin,
         cores: config.cpu.cores.clone(),
         busy_poll: config.cpu.busy_poll(),
+        auth: key.map(|key| (key, config.auth.as_ref().is_some_and(|a| a.encrypt))),
     }
 }
 
@@ -61,6 +62,16 @@ fn datapath_config(config: &Config) -> DatapathConfig {
 pub fn up(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     super::require_root()?;
+    let key = match &config.auth {
+        Some(auth) => Some(config::key::read_key(&auth.key_file)?),
+        None => {
+            tracing::warn!(
+                "frames are not authenticated: anyone on a link can inject packets (add [auth] \
+                 with a key from `alagg genkey`, see docs/PROTOCOL.md)"
+            );
+            None
+        }
+    };
     let signals = TermSignals::block().context("blocking SIGINT/SIGTERM")?;
     for (i, link) in config.links.iter().enumerate() {
         tracing::info!(
@@ -86,7 +97,7 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
         hold_ms = config.protocol.hold_ms,
         "plan: capture"
     );
-    let mut datapath = Datapath::start(&datapath_config(&config))
+    let mut datapath = Datapath::start(&datapath_config(&config, key))
         .with_context(|| format!("starting alagg with {}", path.display()))?;
     let shown_path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let snapshot = datapath.snapshot_source(&shown_path.display().to_string());

@@ -12,6 +12,8 @@
 //! [`Config::plan`] renders what `alagg up` would do with a configuration, for `alagg check`.
 #![deny(unsafe_code)]
 
+pub mod key;
+
 use std::{
     collections::HashSet,
     fmt,
@@ -117,6 +119,21 @@ pub struct Config {
     pub cpu: CpuConfig,
     /// `[metrics]`: the Prometheus endpoint; off when the table is absent.
     pub metrics: Option<MetricsConfig>,
+    /// `[auth]`: authenticated (and optionally encrypted) frames; off when the table is absent.
+    pub auth: Option<AuthConfig>,
+}
+
+/// `[auth]`: every frame carries an authentication tag under a key both hosts share
+/// (`docs/PROTOCOL.md`, *Authentication*).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The key file: one line, the base64 of 32 random bytes (`alagg genkey`), mode 0600 (or
+    /// stricter), owned by root. Required.
+    pub key_file: PathBuf,
+    /// Encrypt the payload too. Default `false` (authenticated only).
+    #[serde(default)]
+    pub encrypt: bool,
 }
 
 /// `[capture]`: outbound packets to `destinations` are taken by iptables' `NFQUEUE` target.

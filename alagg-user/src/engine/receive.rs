@@ -41,7 +41,36 @@ pub(crate) struct Receive<'a, R, T, D> {
     counters: &'a Counters,
     control: &'a LinkControl<R, T>,
     published: Option<Timestamp>,
+    /// The engine's counters when last published, to see which [`NOTICES`] first rose.
+    last: RxStats,
+    /// Which [`NOTICES`] were logged already (each once per run).
+    noticed: [bool; NOTICES.len()],
 }
+
+/// A counter of the engine's, read from its counters.
+type EngineCount = fn(&RxStats) -> u64;
+
+/// Counters whose first rise means the two hosts are not set up alike: each is logged once,
+/// with what to check, the first time it moves (`alagg status` keeps counting).
+const NOTICES: [(EngineCount, &str); 4] = [
+    (
+        |s| s.bad_version,
+        "frames of another wire-format version arrive: the peer runs another alagg release",
+    ),
+    (
+        |s| s.unauthenticated,
+        "frames without an authentication tag arrive and are dropped: the peer has no [auth]",
+    ),
+    (
+        |s| s.auth_failed,
+        "frames whose authentication tag does not verify arrive and are dropped: the peer has \
+         another [auth] key, or someone forges frames",
+    ),
+    (
+        |s| s.auth_unexpected,
+        "authenticated frames arrive and are dropped: the peer has [auth], this host has not",
+    ),
+];
 
 impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
     /// A stage receiving on `links` into `receiver`, delivering to `delivery`.
@@ -60,7 +89,15 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             counters,
             control,
             published: None,
+            last: RxStats::default(),
+            noticed: [false; NOTICES.len()],
         }
+    }
+
+    /// The engine's counters now.
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> RxStats {
+        self.receiver.stats()
     }
 
     /// Writes what is held, publishes the engine's final counters and returns them.
@@ -170,7 +207,13 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             .is_none_or(|t| now.saturating_since(t) >= PUBLISH_INTERVAL);
         if due {
             self.published = Some(now);
-            publish(self.counters, self.receiver.stats());
+            let stats = self.receiver.stats();
+            for (index, message) in first_rises(&self.last, &stats, &mut self.noticed) {
+                let count = (NOTICES[index].0)(&stats);
+                tracing::warn!(count, "{message}");
+            }
+            self.last = stats;
+            publish(self.counters, stats);
         }
         got
     }
@@ -204,6 +247,22 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
     }
 }
 
+/// The [`NOTICES`] that rose from `before` to `after` and were not yet `noticed` (marked now).
+fn first_rises(
+    before: &RxStats,
+    after: &RxStats,
+    noticed: &mut [bool; NOTICES.len()],
+) -> Vec<(usize, &'static str)> {
+    let mut rose = Vec::new();
+    for (index, &(count, message)) in NOTICES.iter().enumerate() {
+        if !noticed[index] && count(after) > count(before) {
+            noticed[index] = true;
+            rose.push((index, message));
+        }
+    }
+    rose
+}
+
 /// A `poll(2)` entry for each receive half.
 fn poll_fds<R: FrameRx>(links: &[RxLink<R>]) -> Vec<libc::pollfd> {
     links
@@ -221,4 +280,43 @@ fn publish(counters: &Counters, stats: RxStats) {
         .engine
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = stats;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_notice_is_given_once_when_its_counter_first_rises() {
+        let mut noticed = [false; NOTICES.len()];
+        let quiet = RxStats::default();
+        assert!(first_rises(&quiet, &quiet, &mut noticed).is_empty());
+        let failing = RxStats {
+            auth_failed: 3,
+            ..RxStats::default()
+        };
+        let given = first_rises(&quiet, &failing, &mut noticed);
+        assert_eq!(given.len(), 1);
+        assert!(given[0].1.contains("another [auth] key"), "{given:?}");
+        let more = RxStats {
+            auth_failed: 9,
+            unauthenticated: 1,
+            ..RxStats::default()
+        };
+        let given = first_rises(&failing, &more, &mut noticed);
+        assert_eq!(given.len(), 1, "auth_failed was noticed already: {given:?}");
+        assert!(given[0].1.contains("no [auth]"), "{given:?}");
+        assert!(
+            first_rises(
+                &more,
+                &RxStats {
+                    auth_failed: 20,
+                    unauthenticated: 5,
+                    ..RxStats::default()
+                },
+                &mut noticed
+            )
+            .is_empty()
+        );
+    }
 }

@@ -2,14 +2,19 @@
 //! ([`Bundler`]) and staging frames on the links' transmit halves ([`FrameTx`]). It is the
 //! capture stage's [`Outbound`].
 //!
+//! Every frame carries its lane's stamp (`alagg_proto::Lane`: this worker on that link, with
+//! the lane's frame counter and the send time); with `[auth]` every frame is sealed
+//! ([`FrameKey::seal`]) once written.
+//!
 //! Invariant: sequence numbers follow capture order, bundles included: a packet that goes on
 //! its own is numbered after the bundle built before it.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use alagg_proto::{
-    Bundler, LinkSet, LinkState, Redundant, Scheduler as _, Sender, Timestamp,
-    wire::{EthernetRepr, WireError},
+    Bundler, Lane, LinkSet, LinkState, Redundant, Scheduler as _, Sender, Timestamp,
+    auth::FrameKey,
+    wire::{ETH_HDR_LEN, EthernetRepr, WireError},
 };
 
 use crate::{
@@ -24,12 +29,24 @@ pub(crate) struct TxLink<T> {
     pub(crate) eth: EthernetRepr,
 }
 
+/// A link as the stage sends on it: its socket and header, and its lane.
+#[derive(Debug)]
+struct Link<T> {
+    io: T,
+    eth: EthernetRepr,
+    lane: Lane,
+}
+
 /// The transmit stage of one capture worker.
 #[derive(Debug)]
 pub(crate) struct Transmit<'a, R, T> {
     sender: Sender,
     scheduler: Redundant,
-    links: Vec<TxLink<T>>,
+    links: Vec<Link<T>>,
+    /// With `[auth]`: seals every frame (the key of this start's epoch).
+    sealer: Option<FrameKey>,
+    /// The time of the packet handled last (a bundle sealed at the batch's end is sent then).
+    now: Timestamp,
     link_states: Vec<LinkState>,
     /// Small packets of the current capture batch waiting to share a frame, when bundling.
     bundler: Option<Bundler>,
@@ -43,19 +60,33 @@ pub(crate) struct Transmit<'a, R, T> {
 }
 
 impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
-    /// A stage sending on `links` (in link order, with their states), numbering with `sender`,
-    /// bundling small packets when `bundle`; worker `worker` of `control`.
+    /// A stage sending on `links` (in link order, with their states), numbering with `sender`
+    /// (whose flags say whether frames are sealed, with `sealer`), bundling small packets when
+    /// `bundle`; worker `worker` of `control`, which is its lane on every link.
     pub(crate) fn new(
-        sender: Sender,
+        (sender, sealer): (Sender, Option<FrameKey>),
         (links, link_states): (Vec<TxLink<T>>, Vec<LinkState>),
         bundle: bool,
         counters: &'a WorkerCounters,
         (control, worker): (&'a LinkControl<R, T>, usize),
     ) -> Self {
+        // At most 64 workers (the configuration's bound): a lane fits a byte.
+        let lane = worker as u8;
+        let links = links
+            .into_iter()
+            .zip(&link_states)
+            .map(|(l, state)| Link {
+                io: l.io,
+                eth: l.eth,
+                lane: Lane::new(state.id, lane),
+            })
+            .collect();
         Self {
             sender,
             scheduler: Redundant,
             links,
+            sealer,
+            now: Timestamp::ZERO,
             link_states,
             bundler: bundle.then(Bundler::new),
             bundle_links: LinkSet::EMPTY,
@@ -73,9 +104,12 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
         };
         if let Some(sealed) = bundler.seal(&mut self.sender) {
             for index in self.bundle_links.iter() {
-                let (link, state) = (&mut self.links[index], &self.link_states[index]);
-                stage(&mut link.io, &self.counters.links[index], |buf| {
-                    sealed.emit_ethernet(state.id, &link.eth, buf)
+                let Link { io, eth, lane } = &mut self.links[index];
+                let (sealer, now) = (self.sealer.as_ref(), self.now);
+                stage(io, &self.counters.links[index], |buf| {
+                    let stamp = lane.stamp(now);
+                    let emitted = sealed.emit_ethernet(stamp, eth, buf);
+                    finish(sealer, buf, emitted)
                 });
             }
         }
@@ -94,8 +128,10 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
         }
         self.seen_generation = generation;
         while let Some((index, io, eth)) = control.take_tx(worker) {
+            // The lane goes on counting: its counter is the nonce of sealed frames.
             if let Some(link) = self.links.get_mut(index) {
-                *link = TxLink { io, eth };
+                link.io = io;
+                link.eth = eth;
             }
         }
         for (index, state) in self.link_states.iter_mut().enumerate() {
@@ -107,11 +143,14 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
     /// a small one joins the bundle being built instead, which goes out (numbered before this
     /// packet) when it is full or the batch ends.
     fn packet(&mut self, payload: &[u8], now: Timestamp) {
+        self.now = now;
         let chosen = self.scheduler.select(payload.len(), &self.link_states, now);
         let Some(mtu) = chosen.min_mtu(&self.link_states) else {
             self.counters.capture.dropped.fetch_add(1, Relaxed);
             return;
         };
+        // Room for alagg header and payload: the tag, if any, comes after.
+        let mtu = mtu.saturating_sub(self.sender.overhead());
         if self.bundler.is_some() && Bundler::bundleable(payload.len(), mtu) {
             let same_links = chosen == self.bundle_links;
             if same_links && self.bundler.as_mut().is_some_and(|b| b.push(payload, mtu)) {
@@ -130,10 +169,13 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
             return;
         };
         for index in chosen.iter() {
-            let (link, state) = (&mut self.links[index], &self.link_states[index]);
+            let Link { io, eth, lane } = &mut self.links[index];
+            let sealer = self.sealer.as_ref();
             for i in 0..plan.frame_count() {
-                stage(&mut link.io, &self.counters.links[index], |buf| {
-                    plan.emit_ethernet(i, state.id, &link.eth, payload, buf)
+                stage(io, &self.counters.links[index], |buf| {
+                    let stamp = lane.stamp(now);
+                    let emitted = plan.emit_ethernet(i, stamp, eth, payload, buf);
+                    finish(sealer, buf, emitted)
                 });
             }
         }
@@ -168,6 +210,24 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Seals a frame `emitted` into `buf` (Ethernet header first), when frames are sealed.
+fn finish(
+    sealer: Option<&FrameKey>,
+    buf: &mut [u8],
+    emitted: Result<usize, WireError>,
+) -> Result<usize, WireError> {
+    let len = emitted?;
+    match sealer {
+        None => Ok(len),
+        Some(key) => {
+            let frame = buf
+                .get_mut(ETH_HDR_LEN..)
+                .ok_or(WireError::BufferTooSmall)?;
+            Ok(ETH_HDR_LEN + key.seal(frame, len - ETH_HDR_LEN)?)
         }
     }
 }

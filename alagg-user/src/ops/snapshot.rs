@@ -330,6 +330,10 @@ pub(crate) mod tests {
             implausible_seq: 27,
             seq_jumps: 28,
             pending_lost: 29,
+            feedback: 30,
+            unauthenticated: 31,
+            auth_failed: 32,
+            auth_unexpected: 33,
         };
         let engine = EngineSnapshot::from(&stats).counts;
         // Every field is distinct, and every row shows one: nothing is dropped or swapped twice.
@@ -337,7 +341,7 @@ pub(crate) mod tests {
             .iter()
             .map(|row| (row.value)(&engine))
             .collect();
-        assert_eq!(values, (1..=29).collect());
+        assert_eq!(values, (1..=33).collect());
         assert_eq!(engine.out_of_order, 13);
         assert_eq!(engine.reassembled, 21);
     }

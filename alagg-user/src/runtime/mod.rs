@@ -40,7 +40,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alagg_proto::{LinkState, Receiver, ReceiverConfig, Sender, stats::RxStats};
+use alagg_proto::{
+    LinkState, Receiver, ReceiverConfig, Sender,
+    auth::{FrameKey, Keyring, SiteKey},
+    stats::RxStats,
+    wire,
+};
 use ipnet::IpNet;
 
 use crate::{
@@ -104,6 +109,8 @@ pub(crate) struct DatapathConfig {
     /// to another core, dear in a VM) costs more than a short spin; longer spins keep sparse
     /// traffic's latency low at the cost of CPU.
     pub(crate) busy_poll: Duration,
+    /// `[auth]`: the site key, and whether payloads are encrypted too.
+    pub(crate) auth: Option<(SiteKey, bool)>,
 }
 
 /// Errors starting the datapath. Each names what failed and where.
@@ -152,17 +159,19 @@ pub(crate) struct Datapath {
     no_socket: (Option<u64>, Option<Instant>),
 }
 
-/// A per-boot epoch: random, so a restarted alagg is told apart from a replay.
-fn random_epoch() -> u32 {
-    let mut bytes = [0u8; 4];
-    if crate::sys::random_bytes(&mut bytes) {
-        u32::from_ne_bytes(bytes)
-    } else {
-        // Without the syscall, the clock still differs between boots.
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+/// This start's epoch: the wall-clock time in milliseconds and 16 random bits
+/// (`docs/PROTOCOL.md`), so a restarted alagg is told apart from its past, and epochs order by
+/// start.
+fn new_epoch() -> u64 {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut random = [0u8; 2];
+    if !crate::sys::random_bytes(&mut random) {
+        // Without the syscall the time alone still differs between starts.
+        random = [0, 1];
     }
+    wire::epoch(unix_ms, u16::from_ne_bytes(random))
 }
 
 /// The sockets of every link, split between the threads.
@@ -188,17 +197,27 @@ impl Datapath {
             .enumerate()
             .zip(&config.links)
             .map(|((i, found), plan)| LinkState {
-                id: i as u16,
+                // At most 16 links (the configuration's bound): an id fits a byte.
+                id: i as u8,
                 usable: true,
                 weight: 1,
                 mtu: found.mtu.min(link::frame_room(plan.io, &xsk_config)),
             })
             .collect();
         let min_mtu = link_states.iter().map(|l| l.mtu).min().unwrap_or(1500);
+        // By default a packet of the TUN's MTU fills one frame: header and, with [auth], tag.
+        let tag = if config.auth.is_some() {
+            wire::TAG_LEN
+        } else {
+            0
+        };
         let tun_mtu = config
             .tun_mtu
-            .unwrap_or((min_mtu - alagg_proto::wire::DATA_HEADER_LEN) as u32);
-        let receiver = Receiver::new(&config.receiver)?;
+            .unwrap_or((min_mtu - wire::DATA_HEADER_LEN - tag) as u32);
+        let mut receiver = Receiver::new(&config.receiver)?;
+        if let Some((site, _)) = &config.auth {
+            receiver = receiver.with_keyring(Keyring::new(site.clone()));
+        }
 
         let (tun, mut host) = Self::claim_tun(config)?;
         // The XDP program only where a link uses it: AF_PACKET links need none.
@@ -382,11 +401,20 @@ impl Datapath {
         let cores = pick_cores(config);
         let workers = queues.len();
         // One number space for all workers: the peer sees one stream.
-        let epoch = random_epoch();
+        let epoch = new_epoch();
+        let flags = match config.auth {
+            Some((_, true)) => wire::FLAG_AUTH | wire::FLAG_ENCRYPTED,
+            Some((_, false)) => wire::FLAG_AUTH,
+            None => 0,
+        };
         let next_seq = Arc::new(AtomicU64::new(0));
         let mut capture = Vec::new();
         for (w, (queues, links)) in queues.into_iter().zip(tx).enumerate() {
-            let sender = Sender::shared(epoch, Arc::clone(&next_seq));
+            let sender = Sender::shared(epoch, Arc::clone(&next_seq)).with_flags(flags);
+            let sealer = config
+                .auth
+                .as_ref()
+                .map(|(site, _)| FrameKey::derive(site, epoch));
             let link_states = link_states.clone();
             let bundle = config.bundle;
             let name = if workers == 1 {
@@ -400,8 +428,13 @@ impl Datapath {
                 shared,
                 move |counters, control, run| {
                     let counters = &counters.workers[w];
-                    let tx =
-                        Transmit::new(sender, (links, link_states), bundle, counters, (control, w));
+                    let tx = Transmit::new(
+                        (sender, sealer),
+                        (links, link_states),
+                        bundle,
+                        counters,
+                        (control, w),
+                    );
                     worker::run(Capture::new(queues, tx, counters), run);
                 },
             );
@@ -539,9 +572,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn epochs_differ_between_calls() {
-        // Random 32-bit values: a collision among a few is vanishingly unlikely.
-        let epochs: std::collections::HashSet<u32> = (0..8).map(|_| random_epoch()).collect();
-        assert!(epochs.len() >= 7);
+    fn epochs_differ_between_calls_and_order_by_start() {
+        // 16 random bits below the same millisecond: a collision among a few is unlikely.
+        let epochs: Vec<u64> = (0..8).map(|_| new_epoch()).collect();
+        let distinct: std::collections::HashSet<u64> = epochs.iter().copied().collect();
+        assert!(distinct.len() >= 7);
+        thread::sleep(Duration::from_millis(2));
+        let later = new_epoch();
+        assert!(
+            epochs
+                .iter()
+                .all(|&e| wire::epoch_start_ms(e) < wire::epoch_start_ms(later))
+        );
     }
 }

@@ -583,15 +583,7 @@ impl NfQueue {
                     timeout: ACK_TIMEOUT,
                 });
             }
-            let mut pollfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
-            // SAFETY: `pollfd` is one valid, initialised pollfd that outlives the call.
-            let rc = unsafe { libc::poll(&mut pollfd, 1, ms) };
-            if rc <= 0 {
+            if !crate::sys::wait_readable(self.fd.as_raw_fd(), left.max(Duration::from_millis(1))) {
                 continue; // timeout (checked above) or EINTR
             }
             // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
