@@ -301,6 +301,26 @@ pub enum RxOutcome {
     Malformed(WireError),
 }
 
+/// The host's rules for whether a whole packet may be delivered at all (a sane IP header, a
+/// source among the peer's networks, ...); see [`Receiver::with_admission`].
+pub struct Admission(Box<AdmitFn>);
+
+/// Whether a packet may be delivered.
+type AdmitFn = dyn Fn(&[u8]) -> bool + Send;
+
+impl Admission {
+    /// Admission by `admit`, which returns whether a packet may be delivered.
+    pub fn new(admit: impl Fn(&[u8]) -> bool + Send + 'static) -> Self {
+        Admission(Box::new(admit))
+    }
+}
+
+impl core::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Admission")
+    }
+}
+
 /// Receives the frames of one peer on all links: epoch tracking, reassembly, duplicate
 /// elimination and reordering. See the module docs for the pipeline.
 #[derive(Debug)]
@@ -325,6 +345,8 @@ pub struct Receiver {
     max_packet_len: usize,
     /// With `[auth]`: the keys frames are checked with before anything else.
     keyring: Option<Keyring>,
+    /// Whether a packet may be delivered, asked before its number is taken.
+    admission: Option<Admission>,
     /// Where encrypted payloads are decrypted.
     scratch: Vec<u8>,
     stats: RxStats,
@@ -376,6 +398,7 @@ impl Receiver {
             hold_time: config.hold_time,
             max_packet_len: config.max_packet_len,
             keyring: None,
+            admission: None,
             scratch: Vec::new(),
             stats: RxStats::default(),
         })
@@ -385,6 +408,14 @@ impl Receiver {
     /// *Authentication*): a frame without a valid one touches no state.
     pub fn with_keyring(mut self, keyring: Keyring) -> Self {
         self.keyring = Some(keyring);
+        self
+    }
+
+    /// Asks `admission` about every whole packet before its number is marked seen: a packet
+    /// it refuses is dropped (counted `inadmissible`) and takes no number, so a forged packet
+    /// the host would refuse anyway cannot make the genuine packet of that number a duplicate.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = Some(admission);
         self
     }
 
@@ -775,6 +806,12 @@ impl Receiver {
         now: Timestamp,
         deliver: &mut F,
     ) -> RxOutcome {
+        if let Some(admission) = &self.admission {
+            if matches!(self.window.check(seq), SeqCheck::Fresh) && !(admission.0)(packet) {
+                self.stats.inadmissible += 1;
+                return RxOutcome::Refused { link, seq };
+            }
+        }
         match self.window.check_and_mark(seq) {
             SeqCheck::Fresh => {
                 self.last_fresh = Some(now);
@@ -813,6 +850,12 @@ impl Receiver {
             FragOutcome::Rejected => RxOutcome::Refused { link, seq },
             FragOutcome::Complete(packet) => {
                 // `packet` borrows the reassembler; the window and reorder buffer are apart.
+                if let Some(admission) = &self.admission {
+                    if matches!(self.window.check(seq), SeqCheck::Fresh) && !(admission.0)(packet) {
+                        self.stats.inadmissible += 1;
+                        return RxOutcome::Refused { link, seq };
+                    }
+                }
                 match self.window.check_and_mark(seq) {
                     SeqCheck::Fresh => {
                         self.last_fresh = Some(now);
@@ -1769,6 +1812,30 @@ mod tests {
             .iter()
             .map(|p| u64::from_be_bytes(p[..8].try_into().unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn a_packet_the_host_refuses_takes_no_number() {
+        // Admission refuses packets whose byte 8 is 0xee. A forged frame numbered like the next
+        // genuine packet, whole or in fragments, carrying such a packet, is refused; the genuine
+        // packet of that number is delivered after it.
+        for len in [64usize, 4000] {
+            let mut rx = receiver().with_admission(Admission::new(|p: &[u8]| p[8] != 0xee));
+            let mut sink = Sink(Vec::new());
+            let mut genuine = Sender::new(3);
+            let mut forger = Sender::new(3);
+            let good = packet(0, len);
+            let mut bad = good.clone();
+            bad[8] = 0xee;
+            for frame in frames(&mut forger, &bad, 1500, 0) {
+                rx.on_frame(&frame, t(0), sink.f());
+            }
+            for frame in frames(&mut genuine, &good, 1500, 1) {
+                rx.on_frame(&frame, t(0), sink.f());
+            }
+            assert_eq!(sink.0, [good], "{len} bytes");
+            assert_eq!(rx.stats().inadmissible, 1, "{len} bytes");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub mod time;
 pub mod wire;
 
 pub use engine::{
-    Bundler, ConfigError, Order, Plan, PlanError, Receiver, ReceiverConfig, RxOutcome,
+    Admission, Bundler, ConfigError, Order, Plan, PlanError, Receiver, ReceiverConfig, RxOutcome,
     SealedBundle, Sender,
 };
 pub use frag::{Fragmenter, Reassembler};

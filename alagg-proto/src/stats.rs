@@ -141,6 +141,8 @@ pub struct RxStats {
     pub unknown_type: u64,
     /// Data frames longer than the receiver's configured maximum packet.
     pub oversized: u64,
+    /// Whole packets the host's admission refused, before their number was taken.
+    pub inadmissible: u64,
     /// Probe frames.
     pub probes: u64,
     /// Feedback frames.

@@ -165,8 +165,12 @@ counter_set! {
     rx_frames: Frames, "rx_frames", "frames received";
     /// Bytes of alagg frames received on the link.
     rx_bytes: Bytes, "rx_bytes", "bytes received";
-    /// Frames from a MAC other than the configured peer's, or of another ethertype, dropped.
+    /// Frames not from the configured peer's MAC, not to this host's MAC on the link, or of
+    /// another ethertype, dropped.
     rx_foreign: Frames, "rx_foreign", "foreign frames";
+    /// alagg frames naming another link than the one they arrived on, dropped: the hosts list
+    /// their `[[link]]`s in different orders, or the frames are forged.
+    rx_wrong_link: Frames, "rx_wrong_link", "frames of another link";
     /// Packets whose first copy came over the link.
     first: Packets, "first_copies", "first copies";
 }
@@ -250,6 +254,9 @@ engine_counters! {
     unknown_type = unknown_type, "unknown_type", "unknown type";
     /// Data frames longer than the configured maximum packet.
     oversized = oversized, "oversized", "oversized";
+    /// Packets refused by the delivery checks (source, IP header) before they
+    /// took their number (counted by reason under delivery too).
+    inadmissible = inadmissible, "inadmissible", "refused before numbering";
     /// Probe frames received.
     probes = probes, "probes", "probes";
     /// Feedback frames received (the peer's reports on this host's lanes).

@@ -22,6 +22,26 @@ use tun::TunWrite;
 /// IPv4's minimum MTU (RFC 791): no route is smaller, so no smaller TCP packet needs cutting.
 const MIN_MTU: usize = 576;
 
+/// [`ip::admit`]: the packet trimmed to its header's length if it may be delivered, else
+/// `None` with the reason counted. The engine asks it before a packet takes its number
+/// ([`alagg_proto::Receiver::with_admission`]), and the stage again before writing.
+pub(crate) fn admitted<'p>(
+    packet: &'p [u8],
+    destinations: &[IpNet],
+    counters: &DeliveryCounters,
+) -> Option<&'p [u8]> {
+    let reject = match ip::admit(packet, destinations) {
+        Ok(packet) => return Some(packet),
+        Err(reject) => reject,
+    };
+    let counter = match reject {
+        ip::Reject::Source => &counters.rejected_source,
+        ip::Reject::Malformed => &counters.rejected_malformed,
+    };
+    counter.fetch_add(1, Relaxed);
+    None
+}
+
 /// The delivery stage; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct Delivery<'a, W> {
@@ -109,16 +129,8 @@ impl<W: TunWrite> Inbound for Delivery<'_, W> {
     /// the next ones by [`Inbound::flush`]) if its source is one of the destinations and its
     /// IP header is sane; counts what became of it.
     fn packet(&mut self, packet: &[u8]) {
-        let packet = match ip::admit(packet, &self.destinations) {
-            Ok(packet) => packet,
-            Err(ip::Reject::Source) => {
-                self.counters.rejected_source.fetch_add(1, Relaxed);
-                return;
-            }
-            Err(ip::Reject::Malformed) => {
-                self.counters.rejected_malformed.fetch_add(1, Relaxed);
-                return;
-            }
+        let Some(packet) = admitted(packet, &self.destinations, self.counters) else {
+            return;
         };
         let offer = self
             .coalescer

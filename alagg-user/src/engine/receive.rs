@@ -16,6 +16,10 @@ use crate::{
     port::{BATCH, FrameRx, Inbound, LinkControl},
 };
 
+/// Where a frame names the link it was sent on: the third byte of the alagg header
+/// (`docs/PROTOCOL.md`).
+const LINK_BYTE: usize = 2;
+
 /// How often the engine's counters are published to the shared counters.
 pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -25,6 +29,8 @@ pub(crate) struct RxLink<R> {
     /// The link's index.
     pub(crate) link: usize,
     pub(crate) io: R,
+    /// This host's MAC on the link: frames to any other destination are not for it.
+    pub(crate) local_mac: MacAddr,
     pub(crate) peer_mac: MacAddr,
     pub(crate) ethertype: u16,
 }
@@ -113,7 +119,7 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
         let Some(old) = self.links.iter().find(|l| l.link == index) else {
             return;
         };
-        let (peer_mac, ethertype) = (old.peer_mac, old.ethertype);
+        let (local_mac, peer_mac, ethertype) = (old.local_mac, old.peer_mac, old.ethertype);
         // Sockets of other links that failed stay out of the poll set.
         let failed: Vec<usize> = self
             .links
@@ -126,6 +132,7 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
         self.links.extend(sockets.into_iter().map(|io| RxLink {
             link: index,
             io,
+            local_mac,
             peer_mac,
             ethertype,
         }));
@@ -158,7 +165,9 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
                 continue;
             }
             let link_counters = &counters.receiver.links[link.link];
-            let (peer_mac, ethertype) = (link.peer_mac, link.ethertype);
+            let (local_mac, peer_mac, ethertype) = (link.local_mac, link.peer_mac, link.ethertype);
+            // Links are numbered alike on both hosts ([[link]] order): a frame names its link.
+            let link_id = link.link as u8;
             // Drain this link's ring in batches.
             loop {
                 let result = link.io.recv(|frame| {
@@ -167,10 +176,18 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
                         .rx_bytes
                         .fetch_add(frame.len() as u64, Relaxed);
                     if frame.len() < ETH_HDR_LEN
+                        || frame[0..6] != local_mac.0
                         || frame[6..12] != peer_mac.0
                         || frame[12..14] != ethertype.to_be_bytes()
                     {
                         link_counters.rx_foreign.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    if frame
+                        .get(ETH_HDR_LEN + LINK_BYTE)
+                        .is_some_and(|&id| id != link_id)
+                    {
+                        link_counters.rx_wrong_link.fetch_add(1, Relaxed);
                         return;
                     }
                     match receiver.on_frame(&frame[ETH_HDR_LEN..], now, &mut deliver) {

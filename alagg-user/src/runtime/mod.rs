@@ -26,6 +26,7 @@
 //! closed.
 
 mod monitor;
+
 #[cfg(test)]
 mod path_tests;
 pub(crate) mod worker;
@@ -41,7 +42,7 @@ use std::{
 };
 
 use alagg_proto::{
-    LinkState, Receiver, ReceiverConfig, Sender,
+    Admission, LinkState, Receiver, ReceiverConfig, Sender,
     auth::{FrameKey, Keyring, SiteKey},
     stats::RxStats,
     wire,
@@ -55,7 +56,7 @@ use crate::{
     },
     counters::Counters,
     deliver::{
-        Delivery,
+        self, Delivery,
         tun::{Tun, TunError},
     },
     engine::{
@@ -214,6 +215,7 @@ impl Datapath {
         let tun_mtu = config
             .tun_mtu
             .unwrap_or((min_mtu - wire::DATA_HEADER_LEN - tag) as u32);
+        // Made here, before any change to the host, so that a bad configuration changes nothing.
         let mut receiver = Receiver::new(&config.receiver)?;
         if let Some((site, _)) = &config.auth {
             receiver = receiver.with_keyring(Keyring::new(site.clone()));
@@ -236,6 +238,7 @@ impl Datapath {
 
         let control = Arc::new(Control::new(config.links.len(), workers));
         let counters = Arc::new(Counters::new(config.links.len(), workers));
+        let receiver = admitting(receiver, &config.destinations, &counters);
         let queues = Self::open_queues(config, workers)?;
         let shared = Shared {
             counters: Arc::clone(&counters),
@@ -244,7 +247,7 @@ impl Datapath {
             busy_poll: config.busy_poll,
         };
         let cores = pick_cores(config);
-        let coalesce = config.coalesce && crate::deliver::tun::gso_udp_supported();
+        let coalesce = config.coalesce && deliver::tun::gso_udp_supported();
         if config.coalesce && !coalesce {
             tracing::info!(
                 "UDP coalescing needs Linux 6.9 or later (GSO UDP through a TUN device); off"
@@ -350,6 +353,7 @@ impl Datapath {
             open.rx.extend(rx.into_iter().map(|io| RxLink {
                 link: i,
                 io,
+                local_mac: found.mac,
                 peer_mac: plan.peer_mac,
                 ethertype: config.ethertype,
             }));
@@ -565,6 +569,20 @@ fn pin(core: Option<usize>) {
             tracing::warn!(core = id, "could not pin thread to core");
         }
     }
+}
+
+/// `receiver` asking the delivery checks ([`deliver::admitted`]) about every packet before it
+/// takes its number, counting what they refuse, so that a packet the host would refuse (a
+/// forged source, say) cannot make the genuine packet of its number a duplicate.
+pub(crate) fn admitting(
+    receiver: Receiver,
+    destinations: &[IpNet],
+    counters: &Arc<Counters>,
+) -> Receiver {
+    let (destinations, counters) = (destinations.to_vec(), Arc::clone(counters));
+    receiver.with_admission(Admission::new(move |packet| {
+        deliver::admitted(packet, &destinations, &counters.receiver.delivery).is_some()
+    }))
 }
 
 #[cfg(test)]

@@ -11,13 +11,14 @@ use std::{
     io,
     os::fd::RawFd,
     rc::Rc,
+    sync::Arc,
     time::Duration,
 };
 
 use alagg_proto::{
     LinkState, Receiver, ReceiverConfig, Sender, Timestamp,
     auth::{FrameKey, Keyring, SiteKey},
-    wire::{EthernetRepr, FLAG_AUTH, FLAG_ENCRYPTED, MacAddr},
+    wire::{self, ETH_HDR_LEN, EthernetRepr, FLAG_AUTH, FLAG_ENCRYPTED, MacAddr},
 };
 use ipnet::IpNet;
 
@@ -220,7 +221,7 @@ struct Path<'a> {
 }
 
 struct Fixture {
-    counters: Counters,
+    counters: Arc<Counters>,
     control: LinkControl<MemRx, MemTx>,
     tun: MemTun,
 }
@@ -228,7 +229,7 @@ struct Fixture {
 impl Fixture {
     fn new(links: usize) -> Self {
         Self {
-            counters: Counters::new(links, 1),
+            counters: Arc::new(Counters::new(links, 1)),
             control: LinkControl::new(links, 1),
             tun: MemTun::default(),
         }
@@ -265,6 +266,7 @@ impl Fixture {
                 io: MemRx {
                     arrived: Rc::clone(&arrived),
                 },
+                local_mac: HOST_B,
                 peer_mac: HOST_A,
                 ethertype: ETHERTYPE,
             });
@@ -309,6 +311,7 @@ impl Fixture {
         if let Some(keyring) = keyring {
             receiver = receiver.with_keyring(keyring);
         }
+        let receiver = super::admitting(receiver, &destinations(), &self.counters);
         let delivery = Delivery::new(
             &self.tun,
             1480,
@@ -504,7 +507,8 @@ fn frames_from_another_mac_or_ethertype_are_counted_and_never_delivered() {
         .waiting
         .extend(sent.iter().map(|p| (p.clone(), false, false)));
     path.queue.turn(path.now);
-    // Every frame arrives three times: as sent, from a stranger's MAC, with another ethertype.
+    // Every frame arrives five times: from a stranger's MAC, with another ethertype, to
+    // another host's MAC, naming another link, and as sent.
     let frames: Vec<Vec<u8>> = path.wires[0].0.borrow_mut().drain(..).collect();
     {
         let mut arrived = path.wires[0].1.borrow_mut();
@@ -513,7 +517,11 @@ fn frames_from_another_mac_or_ethertype_are_counted_and_never_delivered() {
             stranger[6..12].copy_from_slice(&[2, 9, 9, 9, 9, 9]);
             let mut other = frame.clone();
             other[12..14].copy_from_slice(&0x88b6u16.to_be_bytes());
-            arrived.extend([stranger, other, frame.clone()]);
+            let mut elsewhere = frame.clone();
+            elsewhere[0..6].copy_from_slice(&[2, 8, 8, 8, 8, 8]);
+            let mut relabelled = frame.clone();
+            relabelled[ETH_HDR_LEN + 2] = 1;
+            arrived.extend([stranger, other, elsewhere, relabelled, frame.clone()]);
         }
     }
     path.receive.turn(path.now);
@@ -521,8 +529,42 @@ fn frames_from_another_mac_or_ethertype_are_counted_and_never_delivered() {
         written_ids(&fixture.tun, &sent),
         (0..50).collect::<Vec<_>>()
     );
-    let foreign = fixture.counters.link(0).1.rx_foreign;
-    assert_eq!(foreign, 2 * frames.len() as u64);
+    let rx = fixture.counters.link(0).1;
+    assert_eq!(rx.rx_foreign, 3 * frames.len() as u64);
+    assert_eq!(rx.rx_wrong_link, frames.len() as u64);
+    assert_eq!(rx.first, 50, "every first copy is the genuine frame");
+}
+
+#[test]
+fn a_forged_packet_the_host_refuses_costs_no_genuine_packet() {
+    // Without a key a forged frame looks genuine; one numbered like a genuine packet but
+    // carrying a packet from outside the destinations is refused before it takes the number,
+    // so the genuine frame of that number, arriving after it, is delivered.
+    let fixture = Fixture::new(1);
+    let mut path = fixture.path(&[Impairment::default()], false, 11);
+    let sent = packets(20, 1000, 12);
+    path.queue_mut()
+        .waiting
+        .extend(sent.iter().map(|p| (p.clone(), false, false)));
+    path.queue.turn(path.now);
+    let frames: Vec<Vec<u8>> = path.wires[0].0.borrow_mut().drain(..).collect();
+    {
+        let mut arrived = path.wires[0].1.borrow_mut();
+        for frame in &frames {
+            let mut forged = frame.clone();
+            // The IPv4 source of the packet after the 36-byte data header: 203.0.113.9.
+            let source = ETH_HDR_LEN + wire::DATA_HEADER_LEN + 12;
+            forged[source..source + 4].copy_from_slice(&[203, 0, 113, 9]);
+            arrived.extend([forged, frame.clone()]);
+        }
+    }
+    path.receive.turn(path.now);
+    assert_eq!(
+        written_ids(&fixture.tun, &sent),
+        (0..20).collect::<Vec<_>>()
+    );
+    assert_eq!(fixture.counters.delivery().rejected_source, 20);
+    assert_eq!(path.receive.stats().inadmissible, 20);
 }
 
 #[test]
