@@ -98,6 +98,7 @@ use crate::Timestamp;
 use crate::auth::{AuthError, Keyring};
 use crate::candidate::{Candidate, Candidates, EVIDENCE, SLOTS};
 use crate::frag::{FragOutcome, Reassembler, ReassemblyConfig};
+use crate::lanes::Lanes;
 pub use crate::reorder::Order;
 use crate::reorder::{ReorderBuffer, ReorderConfig};
 use crate::seq::{SeqCheck, SeqWindow, seq_distance};
@@ -131,6 +132,10 @@ pub struct ReceiverConfig {
     pub reassembly_timeout: Duration,
     /// Deliver packets arriving after their gap was given up (out of order). Default true.
     pub deliver_late: bool,
+    /// Give a gap up as soon as every lane heard from within the hold time has gone past it
+    /// (`lanes` module), instead of after the hold time: right when each lane (link and
+    /// sending worker) delivers its frames in order, as an Ethernet link does. Default true.
+    pub release_passed_gaps: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -147,6 +152,7 @@ impl Default for ReceiverConfig {
             reassembly_slots: reassembly.slots,
             reassembly_timeout: reassembly.timeout,
             deliver_late: reorder.deliver_late,
+            release_passed_gaps: true,
         }
     }
 }
@@ -347,6 +353,10 @@ pub struct Receiver {
     keyring: Option<Keyring>,
     /// Whether a packet may be delivered, asked before its number is taken.
     admission: Option<Admission>,
+    /// How far each lane of the current stream has come.
+    lanes: Lanes,
+    /// [`ReceiverConfig::release_passed_gaps`].
+    release_passed_gaps: bool,
     /// Where encrypted payloads are decrypted.
     scratch: Vec<u8>,
     stats: RxStats,
@@ -399,6 +409,8 @@ impl Receiver {
             max_packet_len: config.max_packet_len,
             keyring: None,
             admission: None,
+            lanes: Lanes::default(),
+            release_passed_gaps: config.release_passed_gaps,
             scratch: Vec::new(),
             stats: RxStats::default(),
         })
@@ -590,6 +602,51 @@ impl Receiver {
         now: Timestamp,
         deliver: &mut F,
     ) -> RxOutcome {
+        let outcome = self.handle_believed(repr, payload, now, deliver);
+        // How far the frame's lane has come: the last packet it completes (a fragment other
+        // than the last leaves its packet to come).
+        let seq = repr.seq;
+        let last = match repr.kind {
+            Kind::Data => Some(seq),
+            Kind::Bundle(BundleRepr { count }) => {
+                Some(seq.wrapping_add(u64::from(count.saturating_sub(1))))
+            }
+            Kind::Fragment(frag) if frag.index.saturating_add(1) >= frag.count => Some(seq),
+            Kind::Fragment(_) => Some(seq.wrapping_sub(1)),
+            Kind::Probe(_) | Kind::Feedback => None,
+        };
+        if let Some(last) = last {
+            let lane = (repr.stamp.link, repr.stamp.lane);
+            self.lanes.saw(lane, last, now, self.hold_time);
+            self.release_passed(now, deliver);
+        }
+        outcome
+    }
+
+    /// Gives up at once the gaps every live lane has gone past (`lanes` module): no lane will
+    /// bring them, so they are lost, and holding what follows would only delay it.
+    fn release_passed<F: FnMut(&[u8])>(&mut self, now: Timestamp, deliver: &mut F) {
+        if !self.release_passed_gaps || self.reorder.held() == 0 {
+            return;
+        }
+        let Some(passed) = self.lanes.passed(now, self.hold_time) else {
+            return;
+        };
+        let before = self.reorder.next_expected();
+        self.reorder.skip_to(passed, now, deliver);
+        if self.reorder.next_expected() != before {
+            self.stats.gaps_passed += 1;
+        }
+    }
+
+    /// [`Receiver::on_believed`] before the lanes are told.
+    fn handle_believed<F: FnMut(&[u8])>(
+        &mut self,
+        repr: &Repr,
+        payload: &[u8],
+        now: Timestamp,
+        deliver: &mut F,
+    ) -> RxOutcome {
         let (link, seq) = (repr.stamp.link, repr.seq);
         match repr.kind {
             Kind::Probe(probe) => {
@@ -723,6 +780,7 @@ impl Receiver {
             self.reorder.flush(now, deliver);
             self.window.reset();
             self.reassembly.reset();
+            self.lanes.reset();
             for entry in self.left.iter_mut() {
                 if let Some((epoch, top)) = *entry {
                     if epoch == candidate.epoch {
@@ -1325,6 +1383,16 @@ mod tests {
         Receiver::new(&ReceiverConfig::default()).unwrap()
     }
 
+    /// A receiver that holds every gap for the hold time: for tests of the hold timer that
+    /// make gaps on a single lane (which would otherwise be given up at once, `lanes` module).
+    fn holding_receiver() -> Receiver {
+        Receiver::new(&ReceiverConfig {
+            release_passed_gaps: false,
+            ..ReceiverConfig::default()
+        })
+        .unwrap()
+    }
+
     #[test]
     fn duplicates_across_links_are_dropped_and_first_link_reported() {
         let mut tx = Sender::new(7);
@@ -1414,9 +1482,57 @@ mod tests {
     }
 
     #[test]
+    fn a_gap_every_live_lane_went_past_is_given_up_at_once() {
+        // Packets 0..=3 on two links; 1 is lost on link 0, and on link 1 too in the first case.
+        // Each link delivers in order. Lost on both: given up when the second link goes past
+        // it, with no time passing. Lost on one: held until the slower link brings it. Lost on
+        // both while link 1 is silent: link 1 no longer counts after the hold time.
+        let frames_of = |link| {
+            let mut tx = Sender::new(5);
+            (0..4)
+                .map(|_| packet_frame(&mut tx, link))
+                .collect::<Vec<_>>()
+        };
+        let (on0, on1) = (frames_of(0), frames_of(1));
+        // Lost on both.
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        for f in [&on0[0], &on1[0], &on0[2], &on0[3]] {
+            rx.on_frame(f, t(0), sink.f());
+        }
+        assert_eq!(ids(&sink), [0], "link 1 may still bring 1");
+        rx.on_frame(&on1[2], t(1), sink.f());
+        assert_eq!(ids(&sink), [0, 2, 3], "both links went past 1");
+        let s = rx.stats();
+        assert_eq!(
+            (s.gaps_passed, s.reorder.lost, s.reorder.hold_expired),
+            (1, 1, 0)
+        );
+        // Lost on link 0 only: link 1's copy fills the gap.
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        for f in [&on0[0], &on1[0], &on0[2], &on0[3], &on1[1]] {
+            rx.on_frame(f, t(0), sink.f());
+        }
+        assert_eq!(ids(&sink), [0, 1, 2, 3]);
+        assert_eq!(rx.stats().reorder.lost, 0);
+        // Link 1 silent for a hold time (3 ms) while link 0 flows: it no longer holds the gap.
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        rx.on_frame(&on1[0], t(0), sink.f());
+        rx.on_frame(&on0[0], t(0), sink.f());
+        rx.on_frame(&on0[2], t(2), sink.f());
+        assert_eq!(ids(&sink), [0], "link 1 may still bring 1");
+        rx.on_frame(&on0[3], t(3), sink.f());
+        assert_eq!(ids(&sink), [0, 2, 3], "link 1 silent for the hold time");
+        let s = rx.stats();
+        assert_eq!((s.gaps_passed, s.reorder.hold_expired), (1, 0));
+    }
+
+    #[test]
     fn bundles_deliver_each_packet_once_and_fill_gaps() {
         let mut tx = Sender::new(1);
-        let mut rx = receiver();
+        let mut rx = holding_receiver();
         let mut sink = Sink(Vec::new());
         let f0 = packet_frame(&mut tx, 0);
         let small: Vec<Vec<u8>> = (1..=3).map(|seq| packet(seq, 40 + seq as usize)).collect();
@@ -1506,7 +1622,7 @@ mod tests {
     #[test]
     fn fragment_loss_becomes_a_lost_packet_after_timeouts() {
         let mut tx = Sender::new(1);
-        let mut rx = receiver();
+        let mut rx = holding_receiver();
         let mut sink = Sink(Vec::new());
         let f0 = packet_frame(&mut tx, 0);
         let big = packet(1, 4000);
@@ -1647,7 +1763,7 @@ mod tests {
         ];
         for &(name, times, adopted_at) in cases {
             let mut old = Sender::with_first_seq(1, 1000);
-            let mut rx = receiver();
+            let mut rx = holding_receiver();
             let mut sink = Sink(Vec::new());
             let f0 = packet_frame(&mut old, 0);
             let _gap = packet_frame(&mut old, 0);

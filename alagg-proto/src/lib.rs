@@ -20,6 +20,7 @@ pub mod auth;
 mod candidate;
 pub mod engine;
 pub mod frag;
+mod lanes;
 pub mod reorder;
 pub mod sched;
 pub mod seq;

@@ -143,6 +143,8 @@ pub struct RxStats {
     pub oversized: u64,
     /// Whole packets the host's admission refused, before their number was taken.
     pub inadmissible: u64,
+    /// Gaps given up before their hold time because every live lane had gone past them.
+    pub gaps_passed: u64,
     /// Probe frames.
     pub probes: u64,
     /// Feedback frames.

@@ -170,6 +170,7 @@ fn the_receive_seed_reaches_a_restart() {
         reassembly_slots: 2,
         reassembly_timeout: std::time::Duration::from_micros(500),
         deliver_late: true,
+        release_passed_gaps: true,
     };
     let mut rx = alagg_proto::Receiver::new(&config).unwrap();
     let seed = seeds()

@@ -232,6 +232,8 @@ engine_counters! {
     lost = reorder.lost, "lost", "lost (given up)";
     /// Gaps given up because the hold time expired.
     hold_expired = reorder.hold_expired, "hold_expired", "hold expired";
+    /// Gaps given up at once because every live link had gone past them (lost on every link).
+    gaps_passed = gaps_passed, "gaps_passed", "gaps every link went past";
     /// Gaps given up because the reorder buffer was full.
     overflows = reorder.overflows, "overflows", "reorder overflows";
     /// Fragments stored for reassembly.

@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         reassembly_slots: 2,
         reassembly_timeout: Duration::from_micros(500),
         deliver_late: data.first().is_some_and(|b| b & 1 == 0),
+        release_passed_gaps: data.first().is_some_and(|b| b & 2 == 0),
     };
     let Ok(mut rx) = Receiver::new(&config) else {
         return;

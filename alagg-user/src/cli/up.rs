@@ -30,6 +30,7 @@ fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
         dedup_window: protocol.dedup_window as usize,
         reorder_capacity: protocol.reorder_capacity as usize,
         hold_time: protocol.hold(),
+        release_passed_gaps: protocol.links_keep_order,
         ..ReceiverConfig::default()
     };
     DatapathConfig {

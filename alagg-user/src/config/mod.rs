@@ -292,6 +292,11 @@ pub struct ProtocolConfig {
     /// Most packets held for reordering at once, 1..=65536 and at most `dedup_window`.
     /// Default 1024.
     pub reorder_capacity: u32,
+    /// Whether each link delivers its frames in the order they were sent, as Ethernet does:
+    /// then a gap every link has gone past is given up at once (the packet is lost on every
+    /// link) instead of after `hold_ms`. Turn it off for links that reorder frames (a path
+    /// through several routes, a bonded or load-balanced L2). Default true.
+    pub links_keep_order: bool,
 }
 
 impl Default for ProtocolConfig {
@@ -301,6 +306,7 @@ impl Default for ProtocolConfig {
             hold_ms: 5,
             dedup_window: 4096,
             reorder_capacity: 1024,
+            links_keep_order: true,
         }
     }
 }
@@ -1044,6 +1050,19 @@ impl fmt::Display for Plan<'_> {
             protocol.dedup_window,
             default_note(&protocol.dedup_window, &defaults.dedup_window),
         )?;
+        if protocol.links_keep_order {
+            writeln!(
+                f,
+                "  give a gap up at once when every link has gone past it (links_keep_order, \
+                 default)"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  links may reorder frames: every gap waits the hold time (links_keep_order = \
+                 false)"
+            )?;
+        }
 
         let tun = &config.tun;
         writeln!(f, "receive")?;

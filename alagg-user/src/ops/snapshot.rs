@@ -335,6 +335,7 @@ pub(crate) mod tests {
             auth_failed: 32,
             auth_unexpected: 33,
             inadmissible: 34,
+            gaps_passed: 35,
         };
         let engine = EngineSnapshot::from(&stats).counts;
         // Every field is distinct, and every row shows one: nothing is dropped or swapped twice.
@@ -342,7 +343,7 @@ pub(crate) mod tests {
             .iter()
             .map(|row| (row.value)(&engine))
             .collect();
-        assert_eq!(values, (1..=34).collect());
+        assert_eq!(values, (1..=35).collect());
         assert_eq!(engine.out_of_order, 13);
         assert_eq!(engine.reassembled, 21);
     }
