@@ -20,6 +20,9 @@ use crate::{
 /// (`docs/PROTOCOL.md`).
 const LINK_BYTE: usize = 2;
 
+/// Batches taken from one link's socket per turn at most (each up to [`BATCH`] frames).
+pub(crate) const TURN_BATCHES: usize = 4;
+
 /// How often the engine's counters are published to the shared counters.
 pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -144,8 +147,10 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
         }
     }
 
-    /// Takes replacement sockets from the runtime, then drains every link's ring and gives up
-    /// on gaps whose time is up; returns the frames received.
+    /// Takes replacement sockets from the runtime, then takes what every link's ring holds (up
+    /// to [`TURN_BATCHES`] batches each, so that no link starves the others) and gives up on
+    /// gaps whose time is up; returns the frames received (the worker turns again at once
+    /// while that is not zero).
     pub(crate) fn turn(&mut self, now: Timestamp) -> usize {
         while let Some((index, sockets)) = self.control.take_rx() {
             self.replace(index, sockets);
@@ -168,8 +173,9 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             let (local_mac, peer_mac, ethertype) = (link.local_mac, link.peer_mac, link.ethertype);
             // Links are numbered alike on both hosts ([[link]] order): a frame names its link.
             let link_id = link.link as u8;
-            // Drain this link's ring in batches.
-            loop {
+            // This link's ring in batches, at most TURN_BATCHES of them: a link flooded with
+            // frames must not keep the others and the engine's timers waiting.
+            for _ in 0..TURN_BATCHES {
                 let result = link.io.recv(|frame| {
                     link_counters.rx_frames.fetch_add(1, Relaxed);
                     link_counters

@@ -30,7 +30,7 @@ use crate::{
         tun::{PLAIN_HEADER, TunWrite, VNET_HDR_LEN},
     },
     engine::{
-        receive::{Receive, RxLink},
+        receive::{Receive, RxLink, TURN_BATCHES},
         transmit::{Transmit, TxLink},
     },
     port::{BATCH, Captured, FrameRx, FrameTx, LinkControl, PacketSource, SourceLosses},
@@ -601,6 +601,34 @@ fn a_forged_packet_the_host_refuses_costs_no_genuine_packet() {
     );
     assert_eq!(fixture.counters.delivery().rejected_source, 20);
     assert_eq!(path.receive.stats().inadmissible, 20);
+}
+
+#[test]
+fn a_flooded_link_does_not_keep_the_other_waiting() {
+    // Link 0 holds 5 000 frames (copies of one genuine frame), link 1 one genuine frame: the
+    // first turn takes a bounded share of link 0 and link 1's frame too; later turns take
+    // the rest.
+    let fixture = Fixture::new(2);
+    let mut path = fixture.path(&[Impairment::default(); 2], false, 31);
+    let sent = packets(1, 200, 32);
+    path.queue_mut()
+        .waiting
+        .extend(sent.iter().map(|p| (p.clone(), false, false)));
+    path.queue.turn(path.now);
+    let on0: Vec<Vec<u8>> = path.wires[0].0.borrow_mut().drain(..).collect();
+    let on1: Vec<Vec<u8>> = path.wires[1].0.borrow_mut().drain(..).collect();
+    path.wires[0]
+        .1
+        .borrow_mut()
+        .extend((0..5_000).map(|_| on0[0].clone()));
+    path.wires[1].1.borrow_mut().extend(on1);
+    let got = path.receive.turn(path.now);
+    let (rx0, rx1) = (fixture.counters.link(0).1, fixture.counters.link(1).1);
+    assert_eq!(rx1.rx_frames, 1, "link 1 waited behind link 0");
+    assert!(rx0.rx_frames <= (TURN_BATCHES * BATCH) as u64, "{rx0:?}");
+    assert_eq!(got as u64, rx0.rx_frames + 1);
+    while path.receive.turn(path.now) > 0 {}
+    assert_eq!(fixture.counters.link(0).1.rx_frames, 5_000);
 }
 
 #[test]
