@@ -32,7 +32,10 @@ use crate::{
         receive::{Receive, RxLink},
         transmit::{Transmit, TxLink},
     },
-    port::{BATCH, Captured, FrameRx, FrameTx, LinkControl, PacketSource, SourceLosses},
+    port::{
+        BATCH, Captured, FrameRx, FrameTx, LinkControl, PacketSource, RxLosses, SourceLosses,
+        TxLosses,
+    },
 };
 
 /// A small seeded generator (xorshift64*), so every run sees the same impairments.
@@ -121,9 +124,13 @@ impl FrameTx for MemTx {
         true
     }
 
-    fn flush(&mut self) -> Result<usize, Infallible> {
+    fn flush(&mut self) -> Result<(), Infallible> {
         self.wire.borrow_mut().extend(self.staged.drain(..));
-        Ok(0)
+        Ok(())
+    }
+
+    fn losses(&self) -> TxLosses {
+        TxLosses::default()
     }
 }
 
@@ -150,6 +157,10 @@ impl FrameRx for MemRx {
             n += 1;
         }
         Ok(n)
+    }
+
+    fn losses(&mut self) -> RxLosses {
+        RxLosses::default()
     }
 }
 
