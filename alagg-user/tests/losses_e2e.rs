@@ -153,3 +153,46 @@ fn frames_longer_than_an_af_packet_slot_are_counted_truncated() {
         "{log}"
     );
 }
+
+/// An AF_XDP socket's frames hold 3840 bytes; a longer alagg frame that the XDP program
+/// steers to it is dropped by the kernel (`XDP_STATISTICS` `rx_dropped`), which alagg never
+/// read before issue 17. Now it is `xsk_rx_dropped` in `alagg status` and the exit summary.
+#[test]
+fn frames_an_af_xdp_socket_drops_are_counted_from_its_statistics() {
+    alagg_testbed::require_root!();
+    let pair = Pair::new("xskdrop", 1);
+    for ns in [&pair.a, &pair.b] {
+        ns.ip(&["link", "set", "link0", "mtu", "6000"]).unwrap();
+    }
+    let config = pair.config(0xa, 1);
+    let a = Alagg::start(&pair.a, &config, pair.dir.join("a.log"));
+
+    let long = 3;
+    send_raw(&pair.b, "link0", &vec![frame_from_b(5000); long]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let snapshot = loop {
+        let snapshot = status_json(&pair.a);
+        if snapshot.links[0].rx.xsk_rx_dropped >= long as u64 {
+            break snapshot;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped frames were not counted within 10 s:\n{}",
+            snapshot.render_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    let text = snapshot.render_text();
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("AF_XDP rx dropped:") && l.ends_with("3 frames")),
+        "{text}"
+    );
+    assert_eq!(snapshot.links[0].rx.rx_frames, 0, "{text}");
+    let log = a.stop();
+    assert_eq!(
+        summary_link_value(&log, "link0", "xsk_rx_dropped"),
+        long as u64,
+        "{log}"
+    );
+}
