@@ -152,8 +152,24 @@ counter_set! {
     tx_frames: Frames, "tx_frames", "frames sent";
     /// Bytes staged for transmission on the link (Ethernet frames).
     tx_bytes: Bytes, "tx_bytes", "bytes sent";
-    /// Frames dropped because no transmit frame was free or the device refused them.
+    /// Frames that were to be sent on the link and were not, whatever the cause: the sum of
+    /// the five causes below.
     tx_dropped: Frames, "tx_dropped", "send drops";
+    /// Frames dropped because no transmit frame was free: every AF_XDP transmit frame was on
+    /// the tx ring, its completion not back yet.
+    tx_no_frame: Frames, "tx_no_frame", "  no free frame";
+    /// Frames that could not be written into a transmit buffer (too long for it, or sealing
+    /// failed).
+    tx_unwritable: Frames, "tx_unwritable", "  unwritable";
+    /// Frames given back unsent because the device took nothing from the AF_XDP tx ring for a
+    /// long while (its interface gone or its queue stopped).
+    tx_stalled: Frames, "tx_stalled", "  stalled ring";
+    /// Frames the kernel or the device refused: AF_PACKET frames a `sendmmsg` did not send (an
+    /// error, or the rest of a partial send), AF_XDP frames the device dropped (`EBUSY`).
+    tx_refused: Frames, "tx_refused", "  refused by device";
+    /// Send calls that failed (AF_PACKET `sendmmsg`, the AF_XDP kick); their frames are in
+    /// the causes above.
+    tx_send_errors: Events, "tx_send_errors", "send errors";
 }
 
 counter_set! {
@@ -171,6 +187,29 @@ counter_set! {
     /// alagg frames naming another link than the one they arrived on, dropped: the hosts list
     /// their `[[link]]`s in different orders, or the frames are forged.
     rx_wrong_link: Frames, "rx_wrong_link", "frames of another link";
+    /// AF_PACKET: frames longer than a receive slot, cut short by the kernel (`MSG_TRUNC`)
+    /// and dropped.
+    rx_truncated: Frames, "rx_truncated", "truncated frames";
+    /// AF_PACKET: frames the kernel dropped because the socket's receive buffer was full
+    /// (`PACKET_STATISTICS` `tp_drops`).
+    rx_buffer_full: Frames, "rx_buffer_full", "receive buffer full";
+    /// AF_XDP: frames the kernel dropped for want of a free frame on the fill ring, or too
+    /// long for one (`XDP_STATISTICS` `rx_dropped`).
+    xsk_rx_dropped: Frames, "xsk_rx_dropped", "AF_XDP rx dropped";
+    /// AF_XDP: frames the kernel dropped because the rx ring was full: the receive thread fell
+    /// behind (`rx_ring_full`).
+    xsk_rx_ring_full: Frames, "xsk_rx_ring_full", "AF_XDP rx ring full";
+    /// AF_XDP: frames dropped on an invalid fill-ring descriptor (`rx_invalid_descs`).
+    xsk_rx_invalid: Frames, "xsk_rx_invalid_descs", "AF_XDP rx invalid descriptors";
+    /// AF_XDP: times the kernel found the fill ring empty (`rx_fill_ring_empty_descs`); in
+    /// copy mode each is a frame also counted in the AF_XDP rx drops.
+    xsk_fill_empty: Events, "xsk_fill_ring_empty", "AF_XDP fill ring empty";
+    /// AF_XDP: frames put on the tx ring that the kernel dropped as invalid, such as longer
+    /// than the device's MTU (`tx_invalid_descs`).
+    xsk_tx_invalid: Frames, "xsk_tx_invalid_descs", "AF_XDP tx invalid descriptors";
+    /// AF_XDP: times the kernel found the tx ring empty when kicked (`tx_ring_empty_descs`);
+    /// not a loss.
+    xsk_tx_ring_empty: Events, "xsk_tx_ring_empty", "AF_XDP tx ring found empty";
     /// Packets whose first copy came over the link.
     first: Packets, "first_copies", "first copies";
 }

@@ -36,6 +36,81 @@ pub(crate) trait FrameRx {
 
     /// Hands up to [`BATCH`] received frames to `each`, without blocking; returns how many.
     fn recv(&mut self, each: impl FnMut(&[u8])) -> Result<usize, Self::Error>;
+
+    /// What the socket lost since it was opened, as far as the kernel tells (a system call:
+    /// call it now and then, not per frame). Counts only grow.
+    fn losses(&mut self) -> RxLosses;
+}
+
+/// What a link's socket lost on the way in, counted since it was opened. The AF_XDP fields
+/// are the kernel's `struct xdp_statistics` (include/uapi/linux/if_xdp.h) of the socket,
+/// which covers its transmit ring too; 0 for a packet socket, as the AF_PACKET fields are for
+/// an AF_XDP socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RxLosses {
+    /// AF_PACKET: frames longer than a receive slot (`MSG_TRUNC`), dropped.
+    pub(crate) truncated: u64,
+    /// AF_PACKET: frames the kernel dropped because the socket's receive buffer was full
+    /// (`PACKET_STATISTICS` `tp_drops`).
+    pub(crate) buffer_full: u64,
+    /// AF_XDP `rx_dropped`: frames dropped for want of a frame from the fill ring, or too long
+    /// for one.
+    pub(crate) xsk_rx_dropped: u64,
+    /// AF_XDP `rx_ring_full`: frames dropped because the rx ring was full.
+    pub(crate) xsk_rx_ring_full: u64,
+    /// AF_XDP `rx_invalid_descs`: frames dropped on an invalid fill-ring descriptor.
+    pub(crate) xsk_rx_invalid: u64,
+    /// AF_XDP `rx_fill_ring_empty_descs`: times the kernel found the fill ring empty.
+    pub(crate) xsk_fill_empty: u64,
+    /// AF_XDP `tx_invalid_descs`: transmit descriptors the kernel dropped as invalid.
+    pub(crate) xsk_tx_invalid: u64,
+    /// AF_XDP `tx_ring_empty_descs`: times the kernel found the tx ring empty (no loss).
+    pub(crate) xsk_tx_ring_empty: u64,
+}
+
+impl RxLosses {
+    /// What grew from `before` to `self`, field by field (0 where a count went back, which a
+    /// count since the socket opened never does).
+    pub(crate) fn since(&self, before: &Self) -> Self {
+        let d = |now: u64, then: u64| now.saturating_sub(then);
+        Self {
+            truncated: d(self.truncated, before.truncated),
+            buffer_full: d(self.buffer_full, before.buffer_full),
+            xsk_rx_dropped: d(self.xsk_rx_dropped, before.xsk_rx_dropped),
+            xsk_rx_ring_full: d(self.xsk_rx_ring_full, before.xsk_rx_ring_full),
+            xsk_rx_invalid: d(self.xsk_rx_invalid, before.xsk_rx_invalid),
+            xsk_fill_empty: d(self.xsk_fill_empty, before.xsk_fill_empty),
+            xsk_tx_invalid: d(self.xsk_tx_invalid, before.xsk_tx_invalid),
+            xsk_tx_ring_empty: d(self.xsk_tx_ring_empty, before.xsk_tx_ring_empty),
+        }
+    }
+}
+
+/// What a link's transmit half dropped after [`FrameTx::stage`] took the frames, counted since
+/// it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TxLosses {
+    /// Frames given back unsent because the device took nothing from the AF_XDP tx ring for a
+    /// long while (its interface gone or its queue stopped).
+    pub(crate) stalled: u64,
+    /// Frames the kernel or the device refused: those an AF_PACKET `sendmmsg(2)` did not send
+    /// (an error, or the rest of a partial send), and AF_XDP frames the device dropped
+    /// (`EBUSY` from the kick).
+    pub(crate) refused: u64,
+    /// Send calls that failed (`sendmmsg(2)`, or the AF_XDP kick with an error that is not a
+    /// full device).
+    pub(crate) send_errors: u64,
+}
+
+impl TxLosses {
+    /// What grew from `before` to `self`, field by field.
+    pub(crate) fn since(&self, before: &Self) -> Self {
+        Self {
+            stalled: self.stalled.saturating_sub(before.stalled),
+            refused: self.refused.saturating_sub(before.refused),
+            send_errors: self.send_errors.saturating_sub(before.send_errors),
+        }
+    }
 }
 
 /// The transmit half of a link.
@@ -44,11 +119,17 @@ pub(crate) trait FrameTx {
     type Error: fmt::Display;
 
     /// Writes one frame through `write`, which gets a buffer and returns the length it wrote
-    /// (0: nothing to send). Returns whether a frame was staged (`false`: no room, dropped).
+    /// (0: nothing to send). Returns whether a frame was staged (`false`: `write` wrote
+    /// nothing, or there was no room and `write` was not called; the caller counts the drop).
     fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool;
 
-    /// Sends what is staged; returns the frames the device refused (dropped).
-    fn flush(&mut self) -> Result<usize, Self::Error>;
+    /// Sends what is staged. Frames it drops are counted in [`FrameTx::losses`]; an error is
+    /// for the log.
+    fn flush(&mut self) -> Result<(), Self::Error>;
+
+    /// What the transmit half dropped of the frames it staged, since it was opened (also in a
+    /// [`FrameTx::stage`] that sent a full batch). Cheap: no system call.
+    fn losses(&self) -> TxLosses;
 }
 
 /// One captured packet, writable so that a partial checksum can be completed in place.

@@ -1,5 +1,6 @@
 //! Raw system calls the crate makes outside its socket edges, each behind a typed, safe
-//! wrapper: waiting (`poll(2)`, `ppoll(2)`), socket options, randomness, the caller's
+//! wrapper: waiting (`poll(2)`, `ppoll(2)`), socket options and statistics (`XDP_STATISTICS`,
+//! `PACKET_STATISTICS`), the AF_XDP transmit kick, randomness, the caller's
 //! privileges and alagg's runtime directory in this network namespace. The edges that own a kernel object (AF_XDP, AF_PACKET, NFQUEUE, TUN) keep the
 //! calls tied to their buffers; everything that stands alone is here.
 
@@ -72,6 +73,83 @@ pub(crate) fn set_int_option(fd: RawFd, level: i32, name: i32, value: i32) -> io
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Reads a socket option into `value` (`getsockopt(2)`); returns the length the kernel wrote.
+///
+/// # Safety
+///
+/// `T` must be plain data for which every bit pattern is a valid value (a `#[repr(C)]` struct
+/// of integers), as the kernel may write any bytes into it.
+unsafe fn get_option<T>(fd: RawFd, level: i32, name: i32, value: &mut T) -> io::Result<usize> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is a live, writable `T` of the length passed, and the caller vouches that
+    // any bytes the kernel writes make a valid `T`; the kernel checks the descriptor.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&raw mut *value).cast(), &mut len) };
+    if rc == 0 {
+        Ok(len as usize)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// An AF_XDP socket's statistics (`getsockopt(SOL_XDP, XDP_STATISTICS)`,
+/// include/uapi/linux/if_xdp.h): counts since the socket was bound, never reset. A kernel
+/// older than 5.9 answers with the first three fields only (`struct xdp_statistics_v1`); the
+/// others then read 0.
+pub(crate) fn xdp_statistics(fd: RawFd) -> io::Result<libc::xdp_statistics> {
+    let mut stats = libc::xdp_statistics {
+        rx_dropped: 0,
+        rx_invalid_descs: 0,
+        tx_invalid_descs: 0,
+        rx_ring_full: 0,
+        rx_fill_ring_empty_descs: 0,
+        tx_ring_empty_descs: 0,
+    };
+    // SAFETY: xdp_statistics is a repr(C) struct of u64 counters: any bytes are valid.
+    let len = unsafe { get_option(fd, libc::SOL_XDP, libc::XDP_STATISTICS, &mut stats)? };
+    if len < size_of::<libc::xdp_statistics_v1>() {
+        return Err(io::Error::other(format!(
+            "XDP_STATISTICS answered {len} bytes, fewer than any struct xdp_statistics"
+        )));
+    }
+    Ok(stats)
+}
+
+/// A packet socket's statistics since the previous call (`getsockopt(SOL_PACKET,
+/// PACKET_STATISTICS)`, packet(7)): the kernel resets them on every read, so the caller adds
+/// them up. `tp_drops` counts frames lost because the socket's receive buffer was full.
+pub(crate) fn packet_statistics(fd: RawFd) -> io::Result<libc::tpacket_stats> {
+    let mut stats = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    // SAFETY: tpacket_stats is a repr(C) struct of two c_uint counters: any bytes are valid.
+    unsafe { get_option(fd, libc::SOL_PACKET, libc::PACKET_STATISTICS, &mut stats)? };
+    Ok(stats)
+}
+
+/// Kicks an AF_XDP socket's transmit ring: a `sendto(2)` of nothing that does not block
+/// (Documentation/networking/af_xdp.rst, `XDP_USE_NEED_WAKEUP`). The kernel's error is handed
+/// back as it came: in copy mode `EBUSY` means the device dropped a frame it was given
+/// (`NET_XMIT_DROP`), `EAGAIN` and `ENOBUFS` that it took what it could for now (net/xdp/xsk.c).
+pub(crate) fn kick_tx(fd: RawFd) -> io::Result<()> {
+    // SAFETY: a send of zero bytes from a null buffer to no address: the kernel reads nothing.
+    let rc = unsafe {
+        libc::sendto(
+            fd,
+            std::ptr::null(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 

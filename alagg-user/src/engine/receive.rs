@@ -2,6 +2,10 @@
 //! [`Receiver`]. It drops frames not from the link's configured peer MAC or not of alagg's
 //! ethertype, runs the engine (dedup, reorder, reassembly) and hands what it delivers, in order,
 //! to the delivery stage ([`Inbound`]).
+//!
+//! Every [`PUBLISH_INTERVAL`] (and when it stops, and before a socket is replaced) it asks
+//! each socket what it lost ([`FrameRx::losses`]: AF_XDP's `XDP_STATISTICS`, AF_PACKET's
+//! truncated frames and receive-buffer drops) and adds what is new to the link's counters.
 
 use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
@@ -12,8 +16,8 @@ use alagg_proto::{
 };
 
 use crate::{
-    counters::Counters,
-    port::{BATCH, FrameRx, Inbound, LinkControl},
+    counters::{Counters, LinkRxCounters},
+    port::{BATCH, FrameRx, Inbound, LinkControl, RxLosses},
 };
 
 /// Where a frame names the link it was sent on: the third byte of the alagg header
@@ -45,6 +49,8 @@ pub(crate) struct Receive<'a, R, T, D> {
     /// A `poll(2)` entry per link socket, in `links` order; a socket that failed has a negative
     /// descriptor (the kernel skips it) until the runtime hands over a replacement.
     fds: Vec<libc::pollfd>,
+    /// Per socket, in `links` order: its losses already added to the counters.
+    reported: Vec<RxLosses>,
     receiver: Receiver,
     delivery: D,
     counters: &'a Counters,
@@ -92,6 +98,7 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
     ) -> Self {
         Self {
             fds: poll_fds(&links),
+            reported: vec![RxLosses::default(); links.len()],
             links,
             receiver,
             delivery,
@@ -109,9 +116,11 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
         self.receiver.stats()
     }
 
-    /// Writes what is held, publishes the engine's final counters and returns them.
+    /// Writes what is held, publishes the engine's final counters and the sockets' losses, and
+    /// returns the engine's counters.
     pub(crate) fn finish(mut self) -> RxStats {
         self.delivery.flush();
+        self.count_losses();
         let stats = self.receiver.stats();
         publish(self.counters, stats);
         stats
@@ -123,6 +132,15 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             return;
         };
         let (local_mac, peer_mac, ethertype) = (old.local_mac, old.peer_mac, old.ethertype);
+        // What the old sockets lost counts before they go; the new ones count from 0.
+        self.count_losses();
+        let mut reported: Vec<RxLosses> = self
+            .links
+            .iter()
+            .zip(&self.reported)
+            .filter(|(l, _)| l.link != index)
+            .map(|(_, r)| *r)
+            .collect();
         // Sockets of other links that failed stay out of the poll set.
         let failed: Vec<usize> = self
             .links
@@ -139,6 +157,8 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             peer_mac,
             ethertype,
         }));
+        reported.resize(self.links.len(), RxLosses::default());
+        self.reported = reported;
         self.fds = poll_fds(&self.links);
         for (link, pollfd) in self.links.iter().zip(&mut self.fds) {
             if failed.contains(&link.link) {
@@ -237,8 +257,20 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             }
             self.last = stats;
             publish(self.counters, stats);
+            self.count_losses();
         }
         got
+    }
+
+    /// Asks every socket what it lost and adds what is new to its link's counters.
+    fn count_losses(&mut self) {
+        for (link, reported) in self.links.iter_mut().zip(&mut self.reported) {
+            if let Some(counters) = self.counters.receiver.links.get(link.link) {
+                let now = link.io.losses();
+                add_losses(&now.since(reported), counters);
+                *reported = now;
+            }
+        }
     }
 
     /// The link sockets that have not failed, and how long to sleep on them at most: until the
@@ -286,6 +318,25 @@ fn first_rises(
     rose
 }
 
+/// Adds `new` losses to a link's counters.
+fn add_losses(new: &RxLosses, counters: &LinkRxCounters) {
+    let pairs = [
+        (&counters.rx_truncated, new.truncated),
+        (&counters.rx_buffer_full, new.buffer_full),
+        (&counters.xsk_rx_dropped, new.xsk_rx_dropped),
+        (&counters.xsk_rx_ring_full, new.xsk_rx_ring_full),
+        (&counters.xsk_rx_invalid, new.xsk_rx_invalid),
+        (&counters.xsk_fill_empty, new.xsk_fill_empty),
+        (&counters.xsk_tx_invalid, new.xsk_tx_invalid),
+        (&counters.xsk_tx_ring_empty, new.xsk_tx_ring_empty),
+    ];
+    for (counter, value) in pairs {
+        if value > 0 {
+            counter.fetch_add(value, Relaxed);
+        }
+    }
+}
+
 /// A `poll(2)` entry for each receive half.
 fn poll_fds<R: FrameRx>(links: &[RxLink<R>]) -> Vec<libc::pollfd> {
     links
@@ -308,6 +359,40 @@ fn publish(counters: &Counters, stats: RxStats) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_losses_reach_the_link_counters_each_once() {
+        let counters = LinkRxCounters::default();
+        let first = RxLosses {
+            truncated: 1,
+            buffer_full: 2,
+            xsk_rx_dropped: 3,
+            xsk_rx_ring_full: 4,
+            xsk_rx_invalid: 5,
+            xsk_fill_empty: 6,
+            xsk_tx_invalid: 7,
+            xsk_tx_ring_empty: 8,
+        };
+        let later = RxLosses {
+            buffer_full: 12,
+            ..first
+        };
+        add_losses(&first.since(&RxLosses::default()), &counters);
+        add_losses(&later.since(&first), &counters);
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        let seen = [
+            load(&counters.rx_truncated),
+            load(&counters.rx_buffer_full),
+            load(&counters.xsk_rx_dropped),
+            load(&counters.xsk_rx_ring_full),
+            load(&counters.xsk_rx_invalid),
+            load(&counters.xsk_fill_empty),
+            load(&counters.xsk_tx_invalid),
+            load(&counters.xsk_tx_ring_empty),
+        ];
+        assert_eq!(seen, [1, 12, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(load(&counters.rx_frames), 0);
+    }
 
     #[test]
     fn each_notice_is_given_once_when_its_counter_first_rises() {

@@ -19,7 +19,7 @@ use alagg_proto::{
 
 use crate::{
     counters::{LinkTxCounters, WorkerCounters},
-    port::{FrameTx, LinkControl, Outbound},
+    port::{FrameTx, LinkControl, Outbound, TxLosses},
 };
 
 /// The transmit half of one link and the Ethernet header of its frames.
@@ -35,6 +35,8 @@ struct Link<T> {
     io: T,
     eth: EthernetRepr,
     lane: Lane,
+    /// The socket's losses already added to the counters.
+    reported: TxLosses,
 }
 
 /// The transmit stage of one capture worker.
@@ -79,6 +81,7 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
                 io: l.io,
                 eth: l.eth,
                 lane: Lane::new(state.id, lane),
+                reported: TxLosses::default(),
             })
             .collect();
         Self {
@@ -104,7 +107,7 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
         };
         if let Some(sealed) = bundler.seal(&mut self.sender) {
             for index in self.bundle_links.iter() {
-                let Link { io, eth, lane } = &mut self.links[index];
+                let Link { io, eth, lane, .. } = &mut self.links[index];
                 let (sealer, now) = (self.sealer.as_ref(), self.now);
                 stage(io, &self.counters.links[index], |buf| {
                     let stamp = lane.stamp(now);
@@ -129,9 +132,14 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
         self.seen_generation = generation;
         while let Some((index, io, eth)) = control.take_tx(worker) {
             // The lane goes on counting: its counter is the nonce of sealed frames.
-            if let Some(link) = self.links.get_mut(index) {
+            if let (Some(link), Some(counters)) =
+                (self.links.get_mut(index), self.counters.links.get(index))
+            {
+                // What the old socket dropped counts before it goes; the new one counts from 0.
+                count_losses(&mut link.reported, link.io.losses(), counters);
                 link.io = io;
                 link.eth = eth;
+                link.reported = TxLosses::default();
             }
         }
         for (index, state) in self.link_states.iter_mut().enumerate() {
@@ -169,7 +177,7 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
             return;
         };
         for index in chosen.iter() {
-            let Link { io, eth, lane } = &mut self.links[index];
+            let Link { io, eth, lane, .. } = &mut self.links[index];
             let sealer = self.sealer.as_ref();
             for i in 0..plan.frame_count() {
                 stage(io, &self.counters.links[index], |buf| {
@@ -181,8 +189,9 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
         }
     }
 
-    /// Seals the bundle and sends what every usable link has staged. A link that is not usable
-    /// is not kicked (frames left on its ring wait until it is again).
+    /// Seals the bundle and sends what every usable link has staged, and counts what each
+    /// link's socket dropped. A link that is not usable is not kicked (frames left on its ring
+    /// wait until it is again), but what it dropped is counted.
     fn flush(&mut self) {
         self.seal_bundle();
         let links = self
@@ -191,14 +200,14 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
             .zip(&self.link_states)
             .zip(&self.counters.links);
         for ((link, state), link_counters) in links {
-            if !state.usable {
-                continue;
-            }
-            match link.io.flush() {
-                Ok(0) => {}
-                Ok(dropped) => {
-                    link_counters.tx_dropped.fetch_add(dropped as u64, Relaxed);
-                }
+            let result = if state.usable {
+                link.io.flush()
+            } else {
+                Ok(())
+            };
+            count_losses(&mut link.reported, link.io.losses(), link_counters);
+            match result {
+                Ok(()) => {}
                 Err(error) => {
                     // At most once a second: a broken link must not flood the log.
                     if self
@@ -232,14 +241,17 @@ fn finish(
     }
 }
 
-/// Stages one frame, written by `emit`, on `link`, and counts it.
+/// Stages one frame, written by `emit`, on `link`, and counts it: sent, or dropped for want of
+/// a free frame (`emit` never called) or because it could not be written.
 fn stage(
     link: &mut impl FrameTx,
     counters: &LinkTxCounters,
     emit: impl FnOnce(&mut [u8]) -> Result<usize, WireError>,
 ) {
     let mut len = 0;
+    let mut written = false;
     let staged = link.stage(|buf| {
+        written = true;
         len = emit(buf).unwrap_or(0);
         len
     });
@@ -248,5 +260,124 @@ fn stage(
         counters.tx_bytes.fetch_add(len as u64, Relaxed);
     } else {
         counters.tx_dropped.fetch_add(1, Relaxed);
+        let cause = if written {
+            &counters.tx_unwritable
+        } else {
+            &counters.tx_no_frame
+        };
+        cause.fetch_add(1, Relaxed);
+    }
+}
+
+/// Adds what a link's socket dropped since `reported` (its losses then) to the link's
+/// counters, and remembers `now` as reported.
+fn count_losses(reported: &mut TxLosses, now: TxLosses, counters: &LinkTxCounters) {
+    let new = now.since(reported);
+    *reported = now;
+    if new == TxLosses::default() {
+        return;
+    }
+    counters.tx_stalled.fetch_add(new.stalled, Relaxed);
+    counters.tx_refused.fetch_add(new.refused, Relaxed);
+    counters.tx_send_errors.fetch_add(new.send_errors, Relaxed);
+    counters
+        .tx_dropped
+        .fetch_add(new.stalled.wrapping_add(new.refused), Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+
+    /// A transmit half with room for `room` frames, that has dropped `losses`.
+    struct Stub {
+        room: usize,
+        losses: TxLosses,
+    }
+
+    impl FrameTx for Stub {
+        type Error = Infallible;
+
+        fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
+            if self.room == 0 {
+                return false;
+            }
+            let mut buf = [0u8; 64];
+            let written = write(&mut buf) > 0;
+            self.room -= usize::from(written);
+            written
+        }
+
+        fn flush(&mut self) -> Result<(), Infallible> {
+            Ok(())
+        }
+
+        fn losses(&self) -> TxLosses {
+            self.losses
+        }
+    }
+
+    #[test]
+    fn every_frame_not_staged_is_dropped_with_its_cause() {
+        let counters = LinkTxCounters::default();
+        let mut link = Stub {
+            room: 1,
+            losses: TxLosses::default(),
+        };
+        stage(&mut link, &counters, |_| Ok(60));
+        stage(&mut link, &counters, |_| Ok(60));
+        link.room = 1;
+        stage(&mut link, &counters, |_| Err(WireError::BufferTooSmall));
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        assert_eq!(load(&counters.tx_frames), 1);
+        assert_eq!(load(&counters.tx_bytes), 60);
+        assert_eq!(load(&counters.tx_no_frame), 1);
+        assert_eq!(load(&counters.tx_unwritable), 1);
+        assert_eq!(load(&counters.tx_dropped), 2);
+    }
+
+    #[test]
+    fn socket_losses_are_counted_once_each() {
+        let counters = LinkTxCounters::default();
+        let mut reported = TxLosses::default();
+        let steps = [
+            TxLosses {
+                stalled: 0,
+                refused: 3,
+                send_errors: 1,
+            },
+            // Nothing new: nothing added.
+            TxLosses {
+                stalled: 0,
+                refused: 3,
+                send_errors: 1,
+            },
+            TxLosses {
+                stalled: 64,
+                refused: 5,
+                send_errors: 2,
+            },
+        ];
+        for now in steps {
+            count_losses(&mut reported, now, &counters);
+        }
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        assert_eq!(load(&counters.tx_stalled), 64);
+        assert_eq!(load(&counters.tx_refused), 5);
+        assert_eq!(load(&counters.tx_send_errors), 2);
+        assert_eq!(load(&counters.tx_dropped), 69);
+        // A replacement socket counts from zero again.
+        let mut reported = TxLosses::default();
+        count_losses(
+            &mut reported,
+            TxLosses {
+                refused: 1,
+                ..TxLosses::default()
+            },
+            &counters,
+        );
+        assert_eq!(load(&counters.tx_dropped), 70);
     }
 }

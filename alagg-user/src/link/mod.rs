@@ -14,7 +14,7 @@ use alagg_proto::wire::{EthernetRepr, MacAddr};
 
 use crate::{
     netdev,
-    port::{FrameRx, FrameTx},
+    port::{FrameRx, FrameTx, RxLosses, TxLosses},
 };
 use packet::{PacketError, PacketRx, PacketSocket, PacketTx};
 use xdp::{XdpError, XdpMode, XdpSteering};
@@ -166,6 +166,13 @@ impl FrameRx for LinkRx {
             LinkRx::Packet(packet) => packet.recv(each)?,
         })
     }
+
+    fn losses(&mut self) -> RxLosses {
+        match self {
+            LinkRx::Xsk(xsk) => xsk.losses(),
+            LinkRx::Packet(packet) => packet.losses(),
+        }
+    }
 }
 
 impl FrameTx for LinkTx {
@@ -178,10 +185,17 @@ impl FrameTx for LinkTx {
         }
     }
 
-    fn flush(&mut self) -> Result<usize, LinkIoError> {
+    fn flush(&mut self) -> Result<(), LinkIoError> {
         match self {
-            LinkTx::Xsk(xsk) => xsk.flush().map(|_| 0).map_err(Into::into),
-            LinkTx::Packet(packet) => Ok(packet.flush()?.1),
+            LinkTx::Xsk(xsk) => xsk.flush().map(drop).map_err(Into::into),
+            LinkTx::Packet(packet) => packet.flush().map(drop).map_err(Into::into),
+        }
+    }
+
+    fn losses(&self) -> TxLosses {
+        match self {
+            LinkTx::Xsk(xsk) => xsk.losses(),
+            LinkTx::Packet(packet) => packet.losses(),
         }
     }
 }

@@ -9,11 +9,17 @@
 //! Both halves batch: [`PacketRx::recv`] takes up to [`BATCH`] frames with one `recvmmsg(2)`
 //! into preallocated buffers, and [`PacketTx`] stages frames into preallocated slots and sends
 //! them with one `sendmmsg(2)` per [`BATCH`]. No allocation per frame.
+//!
+//! Losses are counted, not only logged: frames cut short on receipt (`MSG_TRUNC`) and the
+//! kernel's receive-buffer drops (`PACKET_STATISTICS`, reset by every read, so added up here)
+//! in [`PacketRx::losses`]; frames a `sendmmsg(2)` did not send in [`PacketTx::losses`].
 
 use std::{
     fmt, io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
+
+use crate::port::{RxLosses, TxLosses};
 
 /// Frames per `recvmmsg`/`sendmmsg`.
 pub(crate) const BATCH: usize = 64;
@@ -205,6 +211,8 @@ unsafe impl Send for Slots {}
 pub(crate) struct PacketRx {
     fd: OwnedFd,
     slots: Slots,
+    /// Frames lost since the socket opened.
+    losses: RxLosses,
 }
 
 impl PacketRx {
@@ -212,7 +220,17 @@ impl PacketRx {
         Self {
             fd,
             slots: Slots::new(),
+            losses: RxLosses::default(),
         }
+    }
+
+    /// What the socket lost since it opened: frames cut short, and the kernel's drops for a
+    /// full receive buffer, read now (one `getsockopt(2)`, which resets the kernel's count).
+    pub(crate) fn losses(&mut self) -> RxLosses {
+        if let Ok(stats) = crate::sys::packet_statistics(self.fd()) {
+            add_statistics(&mut self.losses, &stats);
+        }
+        self.losses
     }
 
     /// The socket, for `poll(2)`.
@@ -251,6 +269,9 @@ impl PacketRx {
             let len = (self.slots.headers[i].msg_len as usize).min(SLOT);
             if self.slots.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC == 0 {
                 each(&self.slots.slot(i)[..len]);
+            } else {
+                // Longer than a slot: only its start arrived, which is no frame.
+                self.losses.truncated += 1;
             }
         }
         Ok(n)
@@ -263,6 +284,8 @@ pub(crate) struct PacketTx {
     fd: OwnedFd,
     slots: Slots,
     staged: usize,
+    /// Staged frames not sent, since the socket opened.
+    losses: TxLosses,
 }
 
 impl PacketTx {
@@ -271,13 +294,21 @@ impl PacketTx {
             fd,
             slots: Slots::new(),
             staged: 0,
+            losses: TxLosses::default(),
         }
+    }
+
+    /// Staged frames that were not sent, since the socket opened.
+    pub(crate) fn losses(&self) -> TxLosses {
+        self.losses
     }
 
     /// Writes one frame through `write`, which gets a slot and returns the length it wrote
     /// (0: nothing to send). A full batch is sent at once. Returns whether a frame was staged.
     pub(crate) fn stage(&mut self, write: impl FnOnce(&mut [u8]) -> usize) -> bool {
         if self.staged == BATCH {
+            // What this flush does not send is counted in `losses`; its error, if any, comes
+            // again on the next explicit flush, which logs it.
             let _ = self.flush();
             if self.staged == BATCH {
                 return false;
@@ -294,9 +325,10 @@ impl PacketTx {
     }
 
     /// Sends every staged frame (one `sendmmsg(2)`, repeated while it makes progress). Frames
-    /// the device does not take (its queue full, the interface down) are dropped: returns
-    /// `(sent, dropped)`.
-    pub(crate) fn flush(&mut self) -> io::Result<(usize, usize)> {
+    /// the device does not take (its queue full, the interface down) are dropped and counted
+    /// ([`PacketTx::losses`]: refused frames, failed calls). Returns the frames sent; an error
+    /// only when the socket itself failed (not a full or briefly unavailable device).
+    pub(crate) fn flush(&mut self) -> io::Result<usize> {
         let total = self.staged;
         let mut sent = 0;
         let mut result = Ok(());
@@ -310,13 +342,18 @@ impl PacketTx {
                     libc::MSG_DONTWAIT,
                 )
             };
-            if n <= 0 {
+            if n < 0 {
                 let error = io::Error::last_os_error();
                 if error.kind() != io::ErrorKind::Interrupted {
+                    self.losses.send_errors += 1;
                     result = Err(error);
                     break;
                 }
                 continue;
+            }
+            if n == 0 {
+                // No progress and no error: the rest is not sent.
+                break;
             }
             sent += n as usize;
         }
@@ -324,10 +361,10 @@ impl PacketTx {
             iov.iov_len = SLOT;
         }
         self.staged = 0;
+        self.losses.refused += (total - sent) as u64;
         match result {
-            Ok(()) => Ok((sent, 0)),
-            Err(error) if sent > 0 || is_transient(&error) => Ok((sent, total - sent)),
-            Err(error) => Err(error),
+            Err(error) if !is_transient(&error) => Err(error),
+            _ => Ok(sent),
         }
     }
 }
@@ -340,10 +377,72 @@ fn is_transient(error: &io::Error) -> bool {
     )
 }
 
+/// Adds one `PACKET_STATISTICS` read (counts since the previous read) to `losses`.
+fn add_statistics(losses: &mut RxLosses, stats: &libc::tpacket_stats) {
+    losses.buffer_full += u64::from(stats.tp_drops);
+}
+
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
+    use std::os::unix::net::UnixDatagram;
+
     use super::*;
+
+    #[test]
+    fn receive_buffer_drops_add_up_over_reads_that_reset_them() {
+        let mut losses = RxLosses::default();
+        for drops in [3, 0, 4, u32::MAX] {
+            let stats = libc::tpacket_stats {
+                tp_packets: drops.saturating_add(10),
+                tp_drops: drops,
+            };
+            add_statistics(&mut losses, &stats);
+        }
+        assert_eq!(losses.buffer_full, 7 + u64::from(u32::MAX));
+        assert_eq!(losses.truncated, 0);
+    }
+
+    #[test]
+    fn a_frame_longer_than_a_slot_is_counted_truncated_and_not_handed_on() {
+        // A datagram socket stands in for the packet socket: recvmmsg and MSG_TRUNC alike.
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let mut rx = PacketRx::new(OwnedFd::from(b));
+        a.send(&vec![7u8; SLOT + 100]).unwrap();
+        a.send(&[1, 2, 3]).unwrap();
+        let mut seen = Vec::new();
+        assert_eq!(rx.recv(|frame| seen.push(frame.to_vec())).unwrap(), 2);
+        assert_eq!(seen, vec![vec![1, 2, 3]]);
+        // Not a packet socket: PACKET_STATISTICS fails and adds nothing.
+        let losses = rx.losses();
+        assert_eq!((losses.truncated, losses.buffer_full), (1, 0));
+    }
+
+    #[test]
+    fn frames_a_full_peer_refuses_are_counted_with_the_failed_call() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        crate::sys::set_int_option(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 32 * 1024)
+            .unwrap();
+        let mut tx = PacketTx::new(OwnedFd::from(a));
+        let staged = BATCH - 1;
+        for _ in 0..staged {
+            assert!(tx.stage(|buf| buf.len()));
+        }
+        // A full send buffer is the transient kind of failure: no error, the frames counted.
+        let sent = tx.flush().unwrap();
+        let mut arrived = 0;
+        let mut buf = vec![0u8; SLOT];
+        while b.recv(&mut buf).is_ok() {
+            arrived += 1;
+        }
+        let losses = tx.losses();
+        assert_eq!(arrived, sent);
+        assert!(losses.refused > 0, "{losses:?}");
+        assert_eq!(sent as u64 + losses.refused, staged as u64);
+        assert_eq!(losses.send_errors, 1);
+        assert_eq!(tx.staged, 0);
+    }
 
     #[test]
     fn a_missing_interface_is_named() {
@@ -355,7 +454,7 @@ mod tests {
     #[test]
     fn staging_fills_slots_and_refuses_empty_frames() {
         // A transmit half on a socket that is never sent on: staging alone is checked.
-        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let (a, _b) = UnixDatagram::pair().unwrap();
         let mut tx = PacketTx::new(OwnedFd::from(a));
         assert!(!tx.stage(|_| 0));
         assert!(tx.stage(|buf| {

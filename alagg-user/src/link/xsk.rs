@@ -22,6 +22,8 @@ use xsk_rs::{
     config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig},
 };
 
+use crate::port::{RxLosses, TxLosses};
+
 /// Most descriptors moved per ring operation.
 pub const BATCH: usize = 64;
 
@@ -120,6 +122,8 @@ pub struct XskTx {
     in_flight: usize,
     /// Descriptors in the tx ring.
     ring_size: u32,
+    /// Frames dropped after they were staged, since the socket opened.
+    losses: TxLosses,
 }
 
 impl XskSocket {
@@ -210,6 +214,7 @@ impl XskSocket {
                 scratch: vec![FrameDesc::default(); BATCH],
                 in_flight: 0,
                 ring_size: config.ring_size,
+                losses: TxLosses::default(),
             },
         };
         socket.rx.refill()?;
@@ -296,9 +301,25 @@ impl XskRx {
         Ok(self.rx.poll(timeout_ms)?)
     }
 
-    /// The kernel's statistics for this socket (drops, invalid descriptors, full rings).
-    pub fn statistics(&self) -> io::Result<xsk_rs::socket::XdpStatistics> {
-        self.rx.fd().xdp_statistics()
+    /// What the kernel counted lost on this socket since it was bound (`XDP_STATISTICS`, one
+    /// system call); all zero if the kernel does not answer.
+    pub(crate) fn losses(&self) -> RxLosses {
+        crate::sys::xdp_statistics(self.fd())
+            .map(|stats| losses_of(&stats))
+            .unwrap_or_default()
+    }
+}
+
+/// The kernel's statistics of an AF_XDP socket as the losses a link counts.
+pub(crate) fn losses_of(stats: &libc::xdp_statistics) -> RxLosses {
+    RxLosses {
+        xsk_rx_dropped: stats.rx_dropped,
+        xsk_rx_ring_full: stats.rx_ring_full,
+        xsk_rx_invalid: stats.rx_invalid_descs,
+        xsk_fill_empty: stats.rx_fill_ring_empty_descs,
+        xsk_tx_invalid: stats.tx_invalid_descs,
+        xsk_tx_ring_empty: stats.tx_ring_empty_descs,
+        ..RxLosses::default()
     }
 }
 
@@ -327,7 +348,8 @@ impl XskTx {
         }
         self.staged.push(desc);
         if self.staged.len() >= BATCH {
-            // A full batch goes out at once; errors surface on the next explicit flush.
+            // A full batch goes out at once. What it drops is counted in `losses`; a failed
+            // kick leaves the frames on the ring, and the next explicit flush reports it.
             let _ = self.flush();
         }
         true
@@ -352,7 +374,7 @@ impl XskTx {
             }
             // Copy mode sends at most a few dozen descriptors per kick: kick until the kernel
             // has taken every descriptor off the ring.
-            self.tx.wakeup()?;
+            self.kick()?;
             self.reclaim();
             if self.tx.nb_free_exact() > free_before {
                 stalls = 0;
@@ -363,6 +385,7 @@ impl XskTx {
                     // stopped): give the staged frames back instead of spinning.
                     let dropped = self.staged.len();
                     self.free.append(&mut self.staged);
+                    self.losses.stalled += dropped as u64;
                     return Err(XskError::Stalled { dropped });
                 }
                 thread::yield_now();
@@ -389,5 +412,104 @@ impl XskTx {
     /// Frames on the tx ring not yet completed.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// What this half dropped of the frames it staged, since the socket opened.
+    pub(crate) fn losses(&self) -> TxLosses {
+        self.losses
+    }
+
+    /// Kicks the kernel to send what is on the tx ring, and counts what it reports.
+    fn kick(&mut self) -> Result<(), XskError> {
+        let result = crate::sys::kick_tx(self.tx.fd().as_raw_fd());
+        match kick_outcome(result.as_ref().err().and_then(io::Error::raw_os_error)) {
+            Kick::Sent => Ok(()),
+            Kick::DeviceDropped => {
+                self.losses.refused += 1;
+                Ok(())
+            }
+            Kick::Failed => {
+                self.losses.send_errors += 1;
+                result.map_err(XskError::Io)
+            }
+        }
+    }
+}
+
+/// What a transmit kick's answer means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kick {
+    /// The kernel took what it could for now (or the interface is down: the frames wait).
+    Sent,
+    /// The device dropped the frame it was handed (`NET_XMIT_DROP`); its completion comes
+    /// back, so the frame is lost, not leaked.
+    DeviceDropped,
+    /// Another error: the socket is in trouble.
+    Failed,
+}
+
+/// A kick's meaning from its `errno` (`None`: it succeeded). net/xdp/xsk.c,
+/// `__xsk_generic_xmit`: `EAGAIN` asks for another kick (device busy, completion ring full),
+/// `ENOBUFS` a full device, `ENETDOWN` a device down; `EBUSY` reports a frame the device
+/// dropped.
+fn kick_outcome(errno: Option<i32>) -> Kick {
+    match errno {
+        None | Some(libc::EAGAIN | libc::ENOBUFS | libc::ENETDOWN) => Kick::Sent,
+        Some(libc::EBUSY) => Kick::DeviceDropped,
+        Some(_) => Kick::Failed,
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_statistics_map_to_the_link_counters_one_to_one() {
+        let stats = libc::xdp_statistics {
+            rx_dropped: 1,
+            rx_invalid_descs: 2,
+            tx_invalid_descs: 3,
+            rx_ring_full: 4,
+            rx_fill_ring_empty_descs: 5,
+            tx_ring_empty_descs: 6,
+        };
+        let losses = losses_of(&stats);
+        assert_eq!(
+            losses,
+            RxLosses {
+                truncated: 0,
+                buffer_full: 0,
+                xsk_rx_dropped: 1,
+                xsk_rx_ring_full: 4,
+                xsk_rx_invalid: 2,
+                xsk_fill_empty: 5,
+                xsk_tx_invalid: 3,
+                xsk_tx_ring_empty: 6,
+            }
+        );
+    }
+
+    #[test]
+    fn a_kick_that_reports_a_dropped_frame_is_told_from_a_busy_device_and_a_failure() {
+        let cases = [
+            (None, Kick::Sent),
+            (Some(libc::EAGAIN), Kick::Sent),
+            (Some(libc::ENOBUFS), Kick::Sent),
+            (Some(libc::ENETDOWN), Kick::Sent),
+            (Some(libc::EBUSY), Kick::DeviceDropped),
+            (Some(libc::ENXIO), Kick::Failed),
+            (Some(libc::EBADF), Kick::Failed),
+        ];
+        for (errno, kick) in cases {
+            assert_eq!(kick_outcome(errno), kick, "{errno:?}");
+        }
+    }
+
+    #[test]
+    fn xdp_statistics_of_a_socket_that_is_not_af_xdp_fail_cleanly() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(crate::sys::xdp_statistics(socket.as_raw_fd()).is_err());
     }
 }

@@ -222,11 +222,15 @@ pub(crate) mod tests {
                     tx: LinkTxSnapshot {
                         tx_frames: 1000,
                         tx_bytes: 1_268_000,
-                        tx_dropped: 0,
+                        tx_dropped: 3,
+                        tx_refused: 3,
+                        tx_send_errors: 1,
+                        ..LinkTxSnapshot::default()
                     },
                     rx: LinkRxSnapshot {
                         rx_frames: 900,
                         rx_bytes: 512,
+                        rx_truncated: 2,
                         first: 15,
                         ..LinkRxSnapshot::default()
                     },

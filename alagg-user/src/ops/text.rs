@@ -257,6 +257,9 @@ mod tests {
             ("captured", "20 packets"),
             ("queue errors", "3"),
             ("lost (given up)", "2"),
+            ("send drops", "3 frames"),
+            ("refused by device", "3 frames"),
+            ("truncated frames", "2 frames"),
         ] {
             assert!(values.contains(&row), "{row:?} missing in\n{text}");
         }
@@ -331,7 +334,9 @@ mod tests {
             " coalesced=0 ",
             " discarded=9 ",
             " lost=2 ",
-            " links=eth1:tx_frames=1000,tx_bytes=1268000,tx_dropped=0,rx_frames=900,",
+            " links=eth1:tx_frames=1000,tx_bytes=1268000,tx_dropped=3,",
+            ",tx_refused=3,tx_send_errors=1,rx_frames=900,",
+            ",rx_truncated=2,",
             ",first=15;we\"ird\\name:",
         ] {
             assert!(

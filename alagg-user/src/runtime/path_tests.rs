@@ -33,7 +33,10 @@ use crate::{
         receive::{Receive, RxLink, TURN_BATCHES},
         transmit::{Transmit, TxLink},
     },
-    port::{BATCH, Captured, FrameRx, FrameTx, LinkControl, PacketSource, SourceLosses},
+    port::{
+        BATCH, Captured, FrameRx, FrameTx, LinkControl, PacketSource, RxLosses, SourceLosses,
+        TxLosses,
+    },
 };
 
 /// A small seeded generator (xorshift64*), so every run sees the same impairments.
@@ -122,9 +125,13 @@ impl FrameTx for MemTx {
         true
     }
 
-    fn flush(&mut self) -> Result<usize, Infallible> {
+    fn flush(&mut self) -> Result<(), Infallible> {
         self.wire.borrow_mut().extend(self.staged.drain(..));
-        Ok(0)
+        Ok(())
+    }
+
+    fn losses(&self) -> TxLosses {
+        TxLosses::default()
     }
 }
 
@@ -151,6 +158,10 @@ impl FrameRx for MemRx {
             n += 1;
         }
         Ok(n)
+    }
+
+    fn losses(&mut self) -> RxLosses {
+        RxLosses::default()
     }
 }
 

@@ -778,9 +778,9 @@ impl PacketSource for CaptureQueue {
                 Some(p) => (p.csum_not_ready, p.truncated),
                 None => break,
             };
-            let Some(payload) = self.batch.payload_mut(index) else {
-                break;
-            };
+            // The parser kept every payload inside the buffer; were one not, it goes on empty,
+            // so the capture stage counts it dropped: the batch's verdict steals it anyway.
+            let payload = self.batch.payload_mut(index).unwrap_or_default();
             each(Captured {
                 payload,
                 csum_partial,
