@@ -476,7 +476,46 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
 /// Checks an interface name given outside a file (such as `alagg status --tun`) the way the
 /// configuration checks `[tun] name`; the error says what is wrong.
 pub fn check_interface_name(name: &str) -> Result<(), String> {
-    check_ifname("", name).map_err(|invalid| invalid.message)
+    check_tun_name("", name).map_err(|invalid| invalid.message)
+}
+
+/// Checks the TUN device's name: a valid interface name ([`check_ifname`]) made only of ASCII
+/// letters, digits, `-`, `_` and `.`, not starting with `-`. The name is used as it is in the
+/// `TUNSETIFF` request, in `ip` commands, in the iptables rule `-o <name>` and in the chain
+/// `ALAGG-<name>`, so anything one of them reads specially is refused: the kernel takes `%d`
+/// as a pattern and picks a name of its own (`dev_alloc_name`, net/core/dev.c), iptables takes
+/// a trailing `+` as a wildcard (`-o alagg+` matches every `alagg…` device; libxtables'
+/// `xtables_parse_interface`) as nftables does `*`, and a leading `-` or `!` reads as an option
+/// or a negation.
+fn check_tun_name(key: &str, name: &str) -> Result<(), Invalid> {
+    check_ifname(key, name)?;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if let Some(bad) = name.chars().find(|&c| !allowed(c)) {
+        let why = match bad {
+            '%' => "the kernel reads %d as a pattern and would choose the device's name itself",
+            '+' => "iptables reads a trailing + as a wildcard matching other devices",
+            '*' => "nftables reads * as a wildcard matching other devices",
+            '!' => "iptables reads ! as a negation",
+            _ => "ip and iptables need not read it as written",
+        };
+        return Err(invalid(
+            key,
+            format!(
+                "TUN name {name:?} contains {bad:?} ({why}): use only ASCII letters, digits, \
+                 '-', '_' and '.', such as \"alagg0\""
+            ),
+        ));
+    }
+    if name.starts_with('-') {
+        return Err(invalid(
+            key,
+            format!(
+                "TUN name {name:?} starts with '-', which ip and iptables read as an option: \
+                 start it with a letter or digit, such as \"alagg0\""
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an interface name the way the kernel does (`dev_valid_name`, `net/core/dev.c`).
@@ -682,7 +721,7 @@ impl Config {
     }
 
     fn check_tun(&self) -> Result<(), Invalid> {
-        check_ifname("tun.name", &self.tun.name)?;
+        check_tun_name("tun.name", &self.tun.name)?;
         if let Some(mtu) = self.tun.mtu {
             check_range("tun.mtu", mtu, &TUN_MTU_RANGE)?;
             let has_v6 = self
@@ -1425,6 +1464,42 @@ peer_mac = "02:00:00:00:02:02"
                 format!("{BASE}\n[tun]\nname = \"tun:0\"\n"),
                 "tun.name",
                 &["':'"],
+            ),
+            (
+                "kernel name pattern in tun name",
+                format!("{BASE}\n[tun]\nname = \"alagg%d\"\n"),
+                "tun.name",
+                &["'%'", "pattern", "letters, digits"],
+            ),
+            (
+                "iptables wildcard in tun name",
+                format!("{BASE}\n[tun]\nname = \"alagg+\"\n"),
+                "tun.name",
+                &["'+'", "wildcard"],
+            ),
+            (
+                "nftables wildcard in tun name",
+                format!("{BASE}\n[tun]\nname = \"alagg*\"\n"),
+                "tun.name",
+                &["'*'", "wildcard"],
+            ),
+            (
+                "negation in tun name",
+                format!("{BASE}\n[tun]\nname = \"!alagg\"\n"),
+                "tun.name",
+                &["'!'", "negation"],
+            ),
+            (
+                "option-like tun name",
+                format!("{BASE}\n[tun]\nname = \"-alagg\"\n"),
+                "tun.name",
+                &["'-'", "option"],
+            ),
+            (
+                "non-ASCII tun name",
+                format!("{BASE}\n[tun]\nname = \"alägg\"\n"),
+                "tun.name",
+                &["'ä'", "ASCII"],
             ),
             (
                 "no links",
