@@ -82,6 +82,27 @@ pub(crate) fn random_bytes(bytes: &mut [u8]) -> bool {
     usize::try_from(got).is_ok_and(|got| got == bytes.len())
 }
 
+/// Takes an exclusive `flock(2)` on `file` without waiting: `Ok(true)` when this open file
+/// now holds it, `Ok(false)` when another holds it. The lock lasts until the file (every
+/// duplicate of its descriptor) is closed, which the kernel does when the process ends,
+/// however it ends.
+pub(crate) fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    loop {
+        // SAFETY: flock on a descriptor `file` owns and keeps open for the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => {}
+            _ => return Err(error),
+        }
+    }
+}
+
 /// Whether the process runs as root (effective user id 0).
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
