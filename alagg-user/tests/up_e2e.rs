@@ -70,7 +70,11 @@ fn sighup_and_sigquit_stop_alagg_like_sigterm_and_leave_nothing() {
     let config = pair.config(0xa, 1);
     for (name, signal) in [("SIGHUP", libc::SIGHUP), ("SIGQUIT", libc::SIGQUIT)] {
         let a = Alagg::start(&pair.a, &config, pair.dir.join(format!("{name}.log")));
-        assert_ne!(host_state(&pair.a), before, "{name}: alagg up changed nothing");
+        assert_ne!(
+            host_state(&pair.a),
+            before,
+            "{name}: alagg up changed nothing"
+        );
         let (ok, log) = a.signal(signal);
         assert!(ok, "{name}: alagg did not exit cleanly:\n{log}");
         assert!(log.contains("alagg stopped"), "{name}: no teardown:\n{log}");
