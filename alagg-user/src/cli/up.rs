@@ -74,6 +74,13 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
             None
         }
     };
+    let (problems, warnings) = super::judge_memory(&config, super::HostMemory::this_machine());
+    if !problems.is_empty() {
+        bail!("{}: {}", path.display(), problems.join("; "));
+    }
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let signals = TermSignals::block().context("blocking the termination signals")?;
     for (i, link) in config.links.iter().enumerate() {
         tracing::info!(

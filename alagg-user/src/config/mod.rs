@@ -943,6 +943,91 @@ impl Config {
     }
 }
 
+/// Bytes the kernel holds for one packet queued to NFQUEUE besides its data, at most about:
+/// the `sk_buff` and its `skb_shared_info`, headroom and slab rounding (`SKB_TRUESIZE`,
+/// include/linux/skbuff.h).
+pub const QUEUED_PACKET_OVERHEAD: u64 = 1024;
+
+/// Bytes one packet queued whole as GSO (`capture.gso`) can hold: 64 KiB of data in page
+/// fragments, their rounding to pages, and the `sk_buff`.
+pub const QUEUED_GSO_PACKET: u64 = (64 + 4) << 10;
+
+/// What a configuration can make the host hold, at most: the figures `alagg check` prints and
+/// `alagg check` and `alagg up` hold against the machine ([`Config::memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// AF_XDP sockets: one per capture worker on every XDP link.
+    pub sockets: u64,
+    /// Bytes of one socket's UMEM.
+    pub umem_per_socket: u64,
+    /// NFQUEUE queues for everything but whole TCP: `capture.queues`.
+    pub queues: u64,
+    /// NFQUEUE queues for whole TCP (`capture.gso`): `capture.queues`, or 0.
+    pub gso_queues: u64,
+    /// The largest packet on the first kind of queue, in bytes, overhead included.
+    pub packet: u64,
+}
+
+impl MemoryPlan {
+    /// Bytes of UMEM: pinned pages (never swapped out), charged to `RLIMIT_MEMLOCK` unless
+    /// the process has `CAP_IPC_LOCK` (`xdp_umem_account_pages`, net/xdp/xdp_umem.c).
+    pub fn locked(&self) -> u64 {
+        self.sockets * self.umem_per_socket
+    }
+
+    /// Bytes of kernel memory the NFQUEUE queues hold when every one is full
+    /// (`capture.queue_max_len` packets each) of the largest packets.
+    pub fn queued(&self, max_len: u32) -> u64 {
+        u64::from(max_len) * (self.queues * self.packet + self.gso_queues * QUEUED_GSO_PACKET)
+    }
+}
+
+/// `bytes` for a person: GiB, MiB or KiB with one decimal where it matters.
+pub fn human_bytes(bytes: u64) -> String {
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    let (unit, name) = match bytes {
+        b if b >= GIB => (GIB, "GiB"),
+        b if b >= MIB => (MIB, "MiB"),
+        _ => (KIB, "KiB"),
+    };
+    let tenths = (bytes * 10).div_ceil(unit);
+    if tenths % 10 == 0 {
+        format!("{} {name}", tenths / 10)
+    } else {
+        format!("{}.{} {name}", tenths / 10, tenths % 10)
+    }
+}
+
+impl Config {
+    /// What this configuration can make the host hold at most ([`MemoryPlan`]).
+    pub fn memory(&self) -> MemoryPlan {
+        let xsk = crate::link::xsk::XskConfig::default();
+        let xdp_links = self.links.iter().filter(|l| l.io == IoMode::Xdp).count() as u64;
+        let queues = u64::from(self.capture.queues);
+        // Packets reach the queues at most as large as the TUN's MTU, which is at most what a
+        // frame of the roomiest link carries when not configured.
+        let mtu = self.tun.mtu.map_or_else(
+            || {
+                self.links
+                    .iter()
+                    .map(|l| crate::link::frame_room(l.io, &xsk) as u64)
+                    .max()
+                    .unwrap_or(0)
+            },
+            u64::from,
+        );
+        MemoryPlan {
+            sockets: queues * xdp_links,
+            umem_per_socket: u64::from(xsk.frames) * u64::from(xsk.frame_size),
+            queues,
+            gso_queues: if self.capture.gso { queues } else { 0 },
+            packet: mtu + QUEUED_PACKET_OVERHEAD,
+        }
+    }
+}
+
 impl FromStr for Config {
     type Err = ConfigError;
 
@@ -1120,6 +1205,35 @@ impl fmt::Display for Plan<'_> {
             f,
             "  workers poll for {busy} us after their last packet before sleeping{}",
             default_note(&busy, &DEFAULT_BUSY_POLL_US),
+        )?;
+
+        let memory = config.memory();
+        writeln!(f, "memory, at most")?;
+        writeln!(
+            f,
+            "  {} locked: {} AF_XDP socket(s) (capture.queues {} x {} XDP link(s)), a {} UMEM each",
+            human_bytes(memory.locked()),
+            memory.sockets,
+            capture.queues,
+            config.links.iter().filter(|l| l.io == IoMode::Xdp).count(),
+            human_bytes(memory.umem_per_socket),
+        )?;
+        writeln!(
+            f,
+            "  {} of kernel memory when every NFQUEUE queue is full: capture.queue_max_len {} \
+             packets in each of {} queue(s){}",
+            human_bytes(memory.queued(capture.queue_max_len)),
+            capture.queue_max_len,
+            memory.queues + memory.gso_queues,
+            if memory.gso_queues > 0 {
+                format!(
+                    ", {} of them TCP whole (up to {} a packet)",
+                    memory.gso_queues,
+                    human_bytes(QUEUED_GSO_PACKET)
+                )
+            } else {
+                String::new()
+            },
         )?;
 
         writeln!(f, "metrics")?;
@@ -1391,6 +1505,48 @@ peer_mac = "02:00:00:00:02:02"
             for word in *words {
                 assert!(message.contains(word), "{what}: {word:?} not in {message}");
             }
+        }
+    }
+
+    #[test]
+    fn memory_is_counted_per_socket_and_queue() {
+        // BASE: two XDP links, one queue, gso on, TUN MTU 1400 or unset.
+        let config = parse(BASE).unwrap();
+        let memory = config.memory();
+        assert_eq!(memory.sockets, 2);
+        assert_eq!(memory.locked(), 2 * (32 << 20));
+        assert_eq!((memory.queues, memory.gso_queues), (1, 1));
+        let big = parse(&BASE.replace(
+            "[capture]\n",
+            "[capture]\nqueues = 4\nqueue_max_len = 1048576\n",
+        ))
+        .unwrap()
+        .memory();
+        assert_eq!(big.locked(), 8 * (32 << 20));
+        // 4 TCP queues of a million 68 KiB packets: 272 GiB, besides the others.
+        assert!(big.queued(1 << 20) > 272 << 30, "{big:?}");
+        let af_packet = parse(&BASE.replace("[[link]]\n", "[[link]]\nio = \"af_packet\"\n"))
+            .unwrap()
+            .memory();
+        assert_eq!(af_packet.locked(), 0);
+        let plan = config.plan().to_string();
+        assert!(
+            plan.contains("64 MiB locked: 2 AF_XDP socket(s)")
+                && plan.contains("capture.queue_max_len 4096"),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn bytes_read_as_a_person_writes_them() {
+        let cases = [
+            (512, "0.5 KiB"),
+            (32 << 20, "32 MiB"),
+            (3 << 29, "1.5 GiB"),
+            (272 << 30, "272 GiB"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(human_bytes(bytes), text);
         }
     }
 
