@@ -146,7 +146,8 @@ mod tests {
         let defaults = config("", 2);
         let huge = config("queues = 8\nqueue_max_len = 1048576", 4);
         // (what, configuration, host, problems, warnings, words of the first message)
-        let cases: [(&str, &Config, HostMemory, usize, usize, &[&str]); 6] = [
+        type Case<'a> = (&'a str, &'a Config, HostMemory, usize, usize, &'a [&'a str]);
+        let cases: [Case<'_>; 6] = [
             (
                 "defaults on 16 GiB",
                 &defaults,
