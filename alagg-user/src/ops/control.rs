@@ -462,6 +462,20 @@ mod tests {
     }
 
     #[test]
+    fn silent_clients_do_not_hold_a_status_query() {
+        let dir = TempDir::new("silent");
+        let path = socket_path_in(&dir.0, "alagg-t");
+        let _server = ControlServer::start(&path, snapshot(7)).unwrap();
+        // Answered in turn, these would hold a query for 15 x REQUEST_TIMEOUT, past its own
+        // TIMEOUT.
+        let silent: Vec<UnixStream> = (0..crate::ops::serve::MAX_CLIENTS - 1)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        assert_eq!(query(&path).unwrap(), snapshot(7)());
+        drop(silent);
+    }
+
+    #[test]
     fn unknown_requests_get_an_error_and_the_server_goes_on() {
         let dir = TempDir::new("unknown");
         let path = socket_path_in(&dir.0, "alagg-t");
