@@ -74,8 +74,18 @@ fn judge_memory(config: &Config, host: HostMemory) -> (Vec<String>, Vec<String>)
             human_bytes(locked),
             human_bytes(queued)
         );
-        let fix = "lower capture.queue_max_len or capture.queues, turn capture.gso off, or use \
-                   io = \"af_packet\" on some links (no UMEM)";
+        // The longest queues that keep the whole within half the RAM, as a concrete hint.
+        let per_packet = memory.queued(1).max(1);
+        let fitting = (ram / 2).saturating_sub(locked) / per_packet;
+        let hint = if fitting >= 1 && fitting < u64::from(config.capture.queue_max_len) {
+            format!(" ({fitting} keeps it within half the RAM)")
+        } else {
+            String::new()
+        };
+        let fix = format!(
+            "lower capture.queue_max_len{hint} or capture.queues, turn capture.gso off, or use \
+             io = \"af_packet\" on some links (no UMEM)"
+        );
         if total > ram {
             problems.push(format!(
                 "{what}, more than this machine's {} of RAM: {fix}",
@@ -162,7 +172,11 @@ mod tests {
                 host(16, None, true),
                 1,
                 0,
-                &["capture.queue_max_len", "capture.queues", "16 GiB of RAM"],
+                &[
+                    "capture.queue_max_len (12614 keeps",
+                    "capture.queues",
+                    "16 GiB of RAM",
+                ],
             ),
             (
                 "defaults on 512 MiB",
