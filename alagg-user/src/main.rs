@@ -33,7 +33,7 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the aggregator in the foreground until SIGINT or SIGTERM.
+    /// Run the aggregator in the foreground until SIGINT or SIGTERM (or SIGHUP, SIGQUIT).
     ///
     /// Prepares the host (TUN device, a route per destination through it, iptables/ip6tables
     /// NFQUEUE rules, rp_filter on the TUN, XDP on every link), carries the traffic, and on exit

@@ -160,6 +160,66 @@ pub(crate) fn random_bytes(bytes: &mut [u8]) -> bool {
     usize::try_from(got).is_ok_and(|got| got == bytes.len())
 }
 
+/// Takes an exclusive `flock(2)` on `file` without waiting: `Ok(true)` when this open file
+/// now holds it, `Ok(false)` when another holds it. The lock lasts until the file (every
+/// duplicate of its descriptor) is closed, which the kernel does when the process ends,
+/// however it ends.
+pub(crate) fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    loop {
+        // SAFETY: flock on a descriptor `file` owns and keeps open for the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => {}
+            _ => return Err(error),
+        }
+    }
+}
+
+/// The machine's RAM in bytes (`MemTotal` of `/proc/meminfo`), if readable.
+pub(crate) fn mem_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The soft `RLIMIT_MEMLOCK` in bytes (`getrlimit(2)`); `None` when unlimited or unreadable.
+pub(crate) fn memlock_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the live struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// Whether the process has `CAP_IPC_LOCK` in its effective set (`CapEff` of
+/// `/proc/self/status`, bit 14 in include/uapi/linux/capability.h), which lifts
+/// `RLIMIT_MEMLOCK`.
+pub(crate) fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|text| {
+            let hex = text.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
 /// Whether the process runs as root (effective user id 0).
 pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -63,6 +63,30 @@ fn ping_v4_and_v6_both_ways_over_two_links_and_nothing_left_behind() {
 }
 
 #[test]
+fn sighup_and_sigquit_stop_alagg_like_sigterm_and_leave_nothing() {
+    alagg_testbed::require_root!();
+    let pair = Pair::new("sighup", 1);
+    let before = settled_state(&pair.a);
+    let config = pair.config(0xa, 1);
+    for (name, signal) in [("SIGHUP", libc::SIGHUP), ("SIGQUIT", libc::SIGQUIT)] {
+        let a = Alagg::start(&pair.a, &config, pair.dir.join(format!("{name}.log")));
+        assert_ne!(
+            host_state(&pair.a),
+            before,
+            "{name}: alagg up changed nothing"
+        );
+        let (ok, log) = a.signal(signal);
+        assert!(ok, "{name}: alagg did not exit cleanly:\n{log}");
+        assert!(log.contains("alagg stopped"), "{name}: no teardown:\n{log}");
+        assert_eq!(
+            host_state(&pair.a),
+            before,
+            "{name}: alagg up left changes on the host:\n{log}"
+        );
+    }
+}
+
+#[test]
 fn a_peer_killed_and_restarted_is_recognised_and_traffic_resumes() {
     alagg_testbed::require_root!();
     let pair = Pair::new("restart", 2);

@@ -26,6 +26,11 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
              inject packets into this host; add [auth] with a key from `alagg genkey`"
         ),
     }
+    let (memory, warnings) = super::judge_memory(&config, super::HostMemory::this_machine());
+    problems.extend(memory);
+    for warning in warnings {
+        println!("warning: {warning}");
+    }
     if !crate::sys::is_root() {
         problems.push("not running as root: `alagg up` needs root (CAP_NET_ADMIN, CAP_BPF)".into());
     }

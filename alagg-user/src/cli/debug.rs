@@ -15,7 +15,7 @@ use crate::{
 /// batches and batch verdicts, no encapsulation and no transmission.
 pub fn steal(queue: u16) -> anyhow::Result<()> {
     super::require_root()?;
-    let signals = TermSignals::block().context("blocking SIGINT/SIGTERM")?;
+    let signals = TermSignals::block().context("blocking the termination signals")?;
     let mut nfqueue = NfQueue::open(queue, &QueueOptions::default())?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (stolen, batches) = std::thread::scope(|scope| {
@@ -59,7 +59,7 @@ pub fn attach(
 ) -> anyhow::Result<()> {
     super::require_root()?;
     let ethertype = super::parse_ethertype(ethertype).map_err(anyhow::Error::msg)?;
-    let signals = TermSignals::block().context("blocking SIGINT/SIGTERM")?;
+    let signals = TermSignals::block().context("blocking the termination signals")?;
     let mut steering = XdpSteering::load().context("loading the XDP program")?;
     for (link, interface) in (0u32..).zip(interfaces) {
         let got = steering.attach(interface, link, ethertype, mode)?;

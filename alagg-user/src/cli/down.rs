@@ -6,7 +6,7 @@ use anyhow::bail;
 
 use crate::{
     config::Config,
-    host::{HostSetup, Recovery, journal_path, recover},
+    host::{HostSetup, Recovery, journal_path, lock_path, recover},
 };
 
 /// Removes what an `alagg up` for the configuration at `path` that crashed or was killed left
@@ -17,20 +17,40 @@ pub fn down(path: &Path) -> anyhow::Result<()> {
     let tun = &config.tun.name;
     let journal = journal_path(tun);
     let mut done = Vec::new();
-    match recover(&journal)? {
-        Recovery::Live { pid } => bail!(
-            "alagg is running for {} (pid {pid}); stop it with `kill {pid}` (SIGTERM), it cleans \
-             up after itself",
-            path.display()
-        ),
-        Recovery::Clean => {}
-        Recovery::Undone { changes, errors } => {
-            done.push(format!("undid {changes} recorded change(s)"));
+    let mut left = 0;
+    // Held to the end: no `alagg up` for this TUN starts while this cleans up.
+    let _lock = match recover(&journal)? {
+        Recovery::Live { pid } => match pid {
+            Some(pid) => bail!(
+                "alagg is running for {} (pid {pid}); stop it with `kill {pid}` (SIGTERM), it \
+                 cleans up after itself",
+                path.display()
+            ),
+            None => bail!(
+                "alagg is running for {} (it holds {}); stop it with SIGTERM, it cleans up \
+                 after itself",
+                path.display(),
+                lock_path(&journal).display()
+            ),
+        },
+        Recovery::Clean(lock) => lock,
+        Recovery::Undone {
+            changes,
+            errors,
+            left: failed,
+            lock,
+        } => {
+            done.push(format!(
+                "undid {} of {changes} recorded change(s)",
+                changes - failed.len()
+            ));
             for error in errors {
                 eprintln!("alagg: warning: {error}");
             }
+            left = failed.len();
+            lock
         }
-    }
+    };
     if crate::netdev::exists(tun) {
         // A TUN device alagg creates lives only as long as its process: one that exists
         // belongs to a live process.
@@ -46,6 +66,18 @@ pub fn down(path: &Path) -> anyhow::Result<()> {
             Ok(false) => {}
             Err(error) => eprintln!("alagg: warning: {}: {error}", link.interface),
         }
+    }
+    if left > 0 {
+        bail!(
+            "{left} change(s) could not be undone (see the warnings above); they stay in {}: \
+             fix the cause and run `alagg down` again{}",
+            journal.display(),
+            if done.is_empty() {
+                String::new()
+            } else {
+                format!(" (done: {})", done.join("; "))
+            }
+        );
     }
     if done.is_empty() {
         println!("nothing to clean up for {}", path.display());

@@ -17,6 +17,7 @@ pub use genkey::genkey;
 pub use status::status;
 pub use up::up;
 
+use crate::config::Config;
 pub use crate::link::xdp::XdpMode;
 
 fn require_root() -> anyhow::Result<()> {
@@ -26,6 +27,93 @@ fn require_root() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What this machine allows the plan to hold ([`judge_memory`]).
+#[derive(Clone, Copy, Debug)]
+struct HostMemory {
+    /// RAM in bytes, if known.
+    ram: Option<u64>,
+    /// `RLIMIT_MEMLOCK` in bytes; `None`: unlimited.
+    memlock: Option<u64>,
+    /// `CAP_IPC_LOCK`, which lifts the limit.
+    ipc_lock: bool,
+}
+
+impl HostMemory {
+    fn this_machine() -> Self {
+        Self {
+            ram: crate::sys::mem_total(),
+            memlock: crate::sys::memlock_limit(),
+            ipc_lock: crate::sys::has_cap_ipc_lock(),
+        }
+    }
+}
+
+/// Holds the most memory `config` can make the host hold against `host`: `(problems,
+/// warnings)`, each naming the keys to change.
+///
+/// Refused: more than the machine's RAM (every queue full at once, which is when alagg falls
+/// behind, would then exhaust the host far from any sign in the configuration), and UMEM above
+/// `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK` (the kernel would refuse the sockets at start with a
+/// bare ENOBUFS). Warned about: more than half the RAM, a legitimate choice on a machine that
+/// does nothing else, since the worst case needs every queue full of the largest packets.
+fn judge_memory(config: &Config, host: HostMemory) -> (Vec<String>, Vec<String>) {
+    use crate::config::human_bytes;
+    let memory = config.memory();
+    let locked = memory.locked();
+    let queued = memory.queued(config.capture.queue_max_len);
+    let total = locked + queued;
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    if let Some(ram) = host.ram {
+        let what = format!(
+            "this plan can make the host hold {} ({} of AF_XDP UMEM, {} of packets in full \
+             NFQUEUE queues)",
+            human_bytes(total),
+            human_bytes(locked),
+            human_bytes(queued)
+        );
+        // The longest queues that keep the whole within half the RAM, as a concrete hint.
+        let per_packet = memory.queued(1).max(1);
+        let fitting = (ram / 2).saturating_sub(locked) / per_packet;
+        let hint = if fitting >= 1 && fitting < u64::from(config.capture.queue_max_len) {
+            format!(" ({fitting} keeps it within half the RAM)")
+        } else {
+            String::new()
+        };
+        let fix = format!(
+            "lower capture.queue_max_len{hint} or capture.queues, turn capture.gso off, or use \
+             io = \"af_packet\" on some links (no UMEM)"
+        );
+        if total > ram {
+            problems.push(format!(
+                "{what}, more than this machine's {} of RAM: {fix}",
+                human_bytes(ram)
+            ));
+        } else if total > ram / 2 {
+            warnings.push(format!(
+                "{what}, more than half of this machine's {} of RAM; if that is more than it \
+                 can spare: {fix}",
+                human_bytes(ram)
+            ));
+        }
+    }
+    if let Some(limit) = host
+        .memlock
+        .filter(|&limit| !host.ipc_lock && locked > limit)
+    {
+        problems.push(format!(
+            "the AF_XDP sockets lock {} of UMEM ({} socket(s): capture.queues x XDP links), \
+             above RLIMIT_MEMLOCK ({}) and without CAP_IPC_LOCK: raise the limit \
+             (LimitMEMLOCK=infinity in the systemd unit, `ulimit -l unlimited`), or lower \
+             capture.queues, or use io = \"af_packet\" on some links",
+            human_bytes(locked),
+            memory.sockets,
+            human_bytes(limit)
+        ));
+    }
+    (problems, warnings)
 }
 
 /// Parses an ethertype given in hexadecimal (`0x88b5` or `88b5`); refuses values that are
@@ -43,8 +131,110 @@ pub fn parse_ethertype(text: &str) -> Result<u16, String> {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests panic on failure by design")]
 mod tests {
     use super::*;
+
+    fn config(capture: &str, links: usize) -> Config {
+        let mut text = format!("[capture]\ndestinations = [\"10.0.9.2/32\"]\n{capture}\n");
+        for i in 0..links {
+            text.push_str(&format!(
+                "[[link]]\ninterface = \"eth{i}\"\npeer_mac = \"02:00:00:00:0{i}:02\"\n"
+            ));
+        }
+        Config::parse(&text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn memory_beyond_the_machine_is_refused_naming_the_keys() {
+        const GIB: u64 = 1 << 30;
+        let host = |ram_gib: u64, memlock: Option<u64>, ipc_lock| HostMemory {
+            ram: Some(ram_gib * GIB),
+            memlock,
+            ipc_lock,
+        };
+        let defaults = config("", 2);
+        let huge = config("queues = 8\nqueue_max_len = 1048576", 4);
+        // (what, configuration, host, problems, warnings, words of the first message)
+        type Case<'a> = (&'a str, &'a Config, HostMemory, usize, usize, &'a [&'a str]);
+        let cases: [Case<'_>; 6] = [
+            (
+                "defaults on 16 GiB",
+                &defaults,
+                host(16, None, true),
+                0,
+                0,
+                &[],
+            ),
+            (
+                "a million packets a queue on 16 GiB",
+                &huge,
+                host(16, None, true),
+                1,
+                0,
+                &[
+                    "capture.queue_max_len (12614 keeps",
+                    "capture.queues",
+                    "16 GiB of RAM",
+                ],
+            ),
+            (
+                "defaults on 512 MiB",
+                &defaults,
+                HostMemory {
+                    ram: Some(GIB / 2),
+                    memlock: None,
+                    ipc_lock: true,
+                },
+                0,
+                1,
+                &["more than half", "capture.queue_max_len"],
+            ),
+            (
+                "UMEM above RLIMIT_MEMLOCK",
+                &defaults,
+                host(16, Some(8 << 20), false),
+                1,
+                0,
+                &["RLIMIT_MEMLOCK", "LimitMEMLOCK", "capture.queues", "64 MiB"],
+            ),
+            (
+                "CAP_IPC_LOCK lifts RLIMIT_MEMLOCK",
+                &defaults,
+                host(16, Some(8 << 20), true),
+                0,
+                0,
+                &[],
+            ),
+            (
+                "RAM unknown",
+                &huge,
+                HostMemory {
+                    ram: None,
+                    memlock: None,
+                    ipc_lock: true,
+                },
+                0,
+                0,
+                &[],
+            ),
+        ];
+        for (what, config, host, problems, warnings, words) in cases {
+            let (got_problems, got_warnings) = judge_memory(config, host);
+            assert_eq!(
+                (got_problems.len(), got_warnings.len()),
+                (problems, warnings),
+                "{what}: {got_problems:?} {got_warnings:?}"
+            );
+            let first = got_problems.first().or(got_warnings.first());
+            for word in words {
+                assert!(
+                    first.is_some_and(|m| m.contains(word)),
+                    "{what}: no {word:?} in {first:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn ethertypes_parse_in_hex_and_reject_lengths() {

@@ -1,4 +1,5 @@
-//! `alagg up`: the aggregator in the foreground until SIGINT or SIGTERM.
+//! `alagg up`: the aggregator in the foreground until SIGINT, SIGTERM or another terminating
+//! signal ([`TERMINATING`](crate::host::signals::TERMINATING)).
 
 use std::{path::Path, time::Duration};
 
@@ -58,7 +59,8 @@ fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
     }
 }
 
-/// Runs the aggregator with the configuration at `path` until SIGINT or SIGTERM, then tears
+/// Runs the aggregator with the configuration at `path` until SIGINT, SIGTERM (or SIGHUP,
+/// SIGQUIT and the other terminating signals), then tears
 /// down and prints a one-line summary of the counters.
 pub fn up(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
@@ -73,7 +75,14 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
             None
         }
     };
-    let signals = TermSignals::block().context("blocking SIGINT/SIGTERM")?;
+    let (problems, warnings) = super::judge_memory(&config, super::HostMemory::this_machine());
+    if !problems.is_empty() {
+        bail!("{}: {}", path.display(), problems.join("; "));
+    }
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let signals = TermSignals::block().context("blocking the termination signals")?;
     for (i, link) in config.links.iter().enumerate() {
         tracing::info!(
             link = i,
@@ -125,7 +134,11 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
     );
     // Links are looked at twice a second: down, gone and back are acted on and logged once.
     let mut failed = false;
-    while signals.wait(Duration::from_millis(500)).is_none() {
+    loop {
+        if let Some(signal) = signals.wait(Duration::from_millis(500)) {
+            tracing::info!(signal, "signal received");
+            break;
+        }
         datapath.monitor();
         if !datapath.workers_alive() {
             tracing::error!("a worker thread stopped unexpectedly; shutting down");

@@ -482,7 +482,46 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
 /// Checks an interface name given outside a file (such as `alagg status --tun`) the way the
 /// configuration checks `[tun] name`; the error says what is wrong.
 pub fn check_interface_name(name: &str) -> Result<(), String> {
-    check_ifname("", name).map_err(|invalid| invalid.message)
+    check_tun_name("", name).map_err(|invalid| invalid.message)
+}
+
+/// Checks the TUN device's name: a valid interface name ([`check_ifname`]) made only of ASCII
+/// letters, digits, `-`, `_` and `.`, not starting with `-`. The name is used as it is in the
+/// `TUNSETIFF` request, in `ip` commands, in the iptables rule `-o <name>` and in the chain
+/// `ALAGG-<name>`, so anything one of them reads specially is refused: the kernel takes `%d`
+/// as a pattern and picks a name of its own (`dev_alloc_name`, net/core/dev.c), iptables takes
+/// a trailing `+` as a wildcard (`-o alagg+` matches every `alagg…` device; libxtables'
+/// `xtables_parse_interface`) as nftables does `*`, and a leading `-` or `!` reads as an option
+/// or a negation.
+fn check_tun_name(key: &str, name: &str) -> Result<(), Invalid> {
+    check_ifname(key, name)?;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if let Some(bad) = name.chars().find(|&c| !allowed(c)) {
+        let why = match bad {
+            '%' => "the kernel reads %d as a pattern and would choose the device's name itself",
+            '+' => "iptables reads a trailing + as a wildcard matching other devices",
+            '*' => "nftables reads * as a wildcard matching other devices",
+            '!' => "iptables reads ! as a negation",
+            _ => "ip and iptables need not read it as written",
+        };
+        return Err(invalid(
+            key,
+            format!(
+                "TUN name {name:?} contains {bad:?} ({why}): use only ASCII letters, digits, \
+                 '-', '_' and '.', such as \"alagg0\""
+            ),
+        ));
+    }
+    if name.starts_with('-') {
+        return Err(invalid(
+            key,
+            format!(
+                "TUN name {name:?} starts with '-', which ip and iptables read as an option: \
+                 start it with a letter or digit, such as \"alagg0\""
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an interface name the way the kernel does (`dev_valid_name`, `net/core/dev.c`).
@@ -688,7 +727,7 @@ impl Config {
     }
 
     fn check_tun(&self) -> Result<(), Invalid> {
-        check_ifname("tun.name", &self.tun.name)?;
+        check_tun_name("tun.name", &self.tun.name)?;
         if let Some(mtu) = self.tun.mtu {
             check_range("tun.mtu", mtu, &TUN_MTU_RANGE)?;
             let has_v6 = self
@@ -910,6 +949,91 @@ impl Config {
     }
 }
 
+/// Bytes the kernel holds for one packet queued to NFQUEUE besides its data, at most about:
+/// the `sk_buff` and its `skb_shared_info`, headroom and slab rounding (`SKB_TRUESIZE`,
+/// include/linux/skbuff.h).
+pub const QUEUED_PACKET_OVERHEAD: u64 = 1024;
+
+/// Bytes one packet queued whole as GSO (`capture.gso`) can hold: 64 KiB of data in page
+/// fragments, their rounding to pages, and the `sk_buff`.
+pub const QUEUED_GSO_PACKET: u64 = (64 + 4) << 10;
+
+/// What a configuration can make the host hold, at most: the figures `alagg check` prints and
+/// `alagg check` and `alagg up` hold against the machine ([`Config::memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// AF_XDP sockets: one per capture worker on every XDP link.
+    pub sockets: u64,
+    /// Bytes of one socket's UMEM.
+    pub umem_per_socket: u64,
+    /// NFQUEUE queues for everything but whole TCP: `capture.queues`.
+    pub queues: u64,
+    /// NFQUEUE queues for whole TCP (`capture.gso`): `capture.queues`, or 0.
+    pub gso_queues: u64,
+    /// The largest packet on the first kind of queue, in bytes, overhead included.
+    pub packet: u64,
+}
+
+impl MemoryPlan {
+    /// Bytes of UMEM: pinned pages (never swapped out), charged to `RLIMIT_MEMLOCK` unless
+    /// the process has `CAP_IPC_LOCK` (`xdp_umem_account_pages`, net/xdp/xdp_umem.c).
+    pub fn locked(&self) -> u64 {
+        self.sockets * self.umem_per_socket
+    }
+
+    /// Bytes of kernel memory the NFQUEUE queues hold when every one is full
+    /// (`capture.queue_max_len` packets each) of the largest packets.
+    pub fn queued(&self, max_len: u32) -> u64 {
+        u64::from(max_len) * (self.queues * self.packet + self.gso_queues * QUEUED_GSO_PACKET)
+    }
+}
+
+/// `bytes` for a person: GiB, MiB or KiB with one decimal where it matters.
+pub fn human_bytes(bytes: u64) -> String {
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    let (unit, name) = match bytes {
+        b if b >= GIB => (GIB, "GiB"),
+        b if b >= MIB => (MIB, "MiB"),
+        _ => (KIB, "KiB"),
+    };
+    let tenths = (bytes * 10).div_ceil(unit);
+    if tenths % 10 == 0 {
+        format!("{} {name}", tenths / 10)
+    } else {
+        format!("{}.{} {name}", tenths / 10, tenths % 10)
+    }
+}
+
+impl Config {
+    /// What this configuration can make the host hold at most ([`MemoryPlan`]).
+    pub fn memory(&self) -> MemoryPlan {
+        let xsk = crate::link::xsk::XskConfig::default();
+        let xdp_links = self.links.iter().filter(|l| l.io == IoMode::Xdp).count() as u64;
+        let queues = u64::from(self.capture.queues);
+        // Packets reach the queues at most as large as the TUN's MTU, which is at most what a
+        // frame of the roomiest link carries when not configured.
+        let mtu = self.tun.mtu.map_or_else(
+            || {
+                self.links
+                    .iter()
+                    .map(|l| crate::link::frame_room(l.io, &xsk) as u64)
+                    .max()
+                    .unwrap_or(0)
+            },
+            u64::from,
+        );
+        MemoryPlan {
+            sockets: queues * xdp_links,
+            umem_per_socket: u64::from(xsk.frames) * u64::from(xsk.frame_size),
+            queues,
+            gso_queues: if self.capture.gso { queues } else { 0 },
+            packet: mtu + QUEUED_PACKET_OVERHEAD,
+        }
+    }
+}
+
 impl FromStr for Config {
     type Err = ConfigError;
 
@@ -1100,6 +1224,35 @@ impl fmt::Display for Plan<'_> {
             f,
             "  workers poll for {busy} us after their last packet before sleeping{}",
             default_note(&busy, &DEFAULT_BUSY_POLL_US),
+        )?;
+
+        let memory = config.memory();
+        writeln!(f, "memory, at most")?;
+        writeln!(
+            f,
+            "  {} locked: {} AF_XDP socket(s) (capture.queues {} x {} XDP link(s)), a {} UMEM each",
+            human_bytes(memory.locked()),
+            memory.sockets,
+            capture.queues,
+            config.links.iter().filter(|l| l.io == IoMode::Xdp).count(),
+            human_bytes(memory.umem_per_socket),
+        )?;
+        writeln!(
+            f,
+            "  {} of kernel memory when every NFQUEUE queue is full: capture.queue_max_len {} \
+             packets in each of {} queue(s){}",
+            human_bytes(memory.queued(capture.queue_max_len)),
+            capture.queue_max_len,
+            memory.queues + memory.gso_queues,
+            if memory.gso_queues > 0 {
+                format!(
+                    ", {} of them TCP whole (up to {} a packet)",
+                    memory.gso_queues,
+                    human_bytes(QUEUED_GSO_PACKET)
+                )
+            } else {
+                String::new()
+            },
         )?;
 
         writeln!(f, "metrics")?;
@@ -1375,6 +1528,48 @@ peer_mac = "02:00:00:00:02:02"
     }
 
     #[test]
+    fn memory_is_counted_per_socket_and_queue() {
+        // BASE: two XDP links, one queue, gso on, TUN MTU 1400 or unset.
+        let config = parse(BASE).unwrap();
+        let memory = config.memory();
+        assert_eq!(memory.sockets, 2);
+        assert_eq!(memory.locked(), 2 * (32 << 20));
+        assert_eq!((memory.queues, memory.gso_queues), (1, 1));
+        let big = parse(&BASE.replace(
+            "[capture]\n",
+            "[capture]\nqueues = 4\nqueue_max_len = 1048576\n",
+        ))
+        .unwrap()
+        .memory();
+        assert_eq!(big.locked(), 8 * (32 << 20));
+        // 4 TCP queues of a million 68 KiB packets: 272 GiB, besides the others.
+        assert!(big.queued(1 << 20) > 272 << 30, "{big:?}");
+        let af_packet = parse(&BASE.replace("[[link]]\n", "[[link]]\nio = \"af_packet\"\n"))
+            .unwrap()
+            .memory();
+        assert_eq!(af_packet.locked(), 0);
+        let plan = config.plan().to_string();
+        assert!(
+            plan.contains("64 MiB locked: 2 AF_XDP socket(s)")
+                && plan.contains("capture.queue_max_len 4096"),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn bytes_read_as_a_person_writes_them() {
+        let cases = [
+            (512, "0.5 KiB"),
+            (32 << 20, "32 MiB"),
+            (3 << 29, "1.5 GiB"),
+            (272 << 30, "272 GiB"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(human_bytes(bytes), text);
+        }
+    }
+
+    #[test]
     fn invalid_values_are_rejected() {
         let extra_link = "\n[[link]]\ninterface = \"eth3\"\npeer_mac = \"02:00:00:00:03:02\"\n";
         // (what, the TOML, the key named, words the message must contain)
@@ -1444,6 +1639,42 @@ peer_mac = "02:00:00:00:02:02"
                 format!("{BASE}\n[tun]\nname = \"tun:0\"\n"),
                 "tun.name",
                 &["':'"],
+            ),
+            (
+                "kernel name pattern in tun name",
+                format!("{BASE}\n[tun]\nname = \"alagg%d\"\n"),
+                "tun.name",
+                &["'%'", "pattern", "letters, digits"],
+            ),
+            (
+                "iptables wildcard in tun name",
+                format!("{BASE}\n[tun]\nname = \"alagg+\"\n"),
+                "tun.name",
+                &["'+'", "wildcard"],
+            ),
+            (
+                "nftables wildcard in tun name",
+                format!("{BASE}\n[tun]\nname = \"alagg*\"\n"),
+                "tun.name",
+                &["'*'", "wildcard"],
+            ),
+            (
+                "negation in tun name",
+                format!("{BASE}\n[tun]\nname = \"!alagg\"\n"),
+                "tun.name",
+                &["'!'", "negation"],
+            ),
+            (
+                "option-like tun name",
+                format!("{BASE}\n[tun]\nname = \"-alagg\"\n"),
+                "tun.name",
+                &["'-'", "option"],
+            ),
+            (
+                "non-ASCII tun name",
+                format!("{BASE}\n[tun]\nname = \"alägg\"\n"),
+                "tun.name",
+                &["'ä'", "ASCII"],
             ),
             (
                 "no links",

@@ -3,12 +3,22 @@
 //! destinations' traffic. Every change is recorded as the command that undoes it; teardown runs
 //! them in reverse order, also when `up` fails half-way, so exactly what was added is removed.
 //!
+//! With an undo journal (`/run/alagg/<tun>.undo`, what `alagg down` replays after a crash) the
+//! undo command of a change is written to the journal *before* the change is made, and taken
+//! out again if the change fails: whenever the process dies, everything it changed is in the
+//! journal (an undo of a change that was never made finds nothing to remove, which is not an
+//! error). Undo commands that fail stay in the journal, so `alagg down` can try them again.
+//! Whether a journal's owner still runs is decided by a lock ([`InstanceLock`]), not by its
+//! pid, which a crashed instance leaves to whatever process gets it next.
+//!
 //! Rules live in a chain of alagg's own per TUN device (`ALAGG-<tun>` in the mangle table),
 //! jumped to from POSTROUTING for packets leaving through the TUN: locally generated and
 //! forwarded traffic alike, after routing chose alagg for it.
 
 use std::{
     fmt,
+    fs::File,
+    io::Write as _,
     net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
@@ -88,13 +98,30 @@ fn queue_target(first: u16, count: u16) -> [String; 2] {
     }
 }
 
+/// Runs one command of a host change or of its undo: [`run`], but for tests.
+type Runner = fn(&str, &[&str]) -> Result<(), HostError>;
+
 /// The changes made to the host, undone in reverse order on [`HostSetup::teardown`] or drop.
-/// With a journal, the undo commands are also kept in a file (rewritten after every change), so
-/// that `alagg down` can undo what a killed instance left.
-#[derive(Default)]
+/// With a journal, the undo commands are also kept in a file, each written there before its
+/// change is made, so that `alagg down` can undo what a killed instance left; the instance's
+/// [`InstanceLock`] is held as long as this value lives.
 pub(crate) struct HostSetup {
     undo: Vec<Vec<String>>,
     journal: Option<PathBuf>,
+    /// Held, never read: the instance's lock lasts as long as this value.
+    _lock: Option<InstanceLock>,
+    runner: Runner,
+}
+
+impl Default for HostSetup {
+    fn default() -> Self {
+        Self {
+            undo: Vec::new(),
+            journal: None,
+            _lock: None,
+            runner: run,
+        }
+    }
 }
 
 /// Where `alagg up` keeps the undo journal for TUN device `tun`.
@@ -102,18 +129,88 @@ pub(crate) fn journal_path(tun: &str) -> PathBuf {
     run_dir().join(format!("{tun}.undo"))
 }
 
+/// The lock file beside `journal` ([`InstanceLock`]).
+pub(crate) fn lock_path(journal: &Path) -> PathBuf {
+    journal.with_extension("lock")
+}
+
 /// Field separator of a journal line (ASCII unit separator: never in an argument).
 const SEP: char = '\u{1f}';
 
-/// What [`recover`] found.
-#[derive(Debug, PartialEq, Eq)]
+/// The exclusive `flock(2)` an instance holds on the lock file beside its journal
+/// (`/run/alagg/<tun>.lock`) for its whole life. The kernel releases it when the process ends,
+/// however it ends, so a journal's owner runs exactly while its lock is held: unlike a pid,
+/// which after a crash may be any other process's, another alagg's too. The file is never
+/// removed (a process could lock a file another has just unlinked and both would think they
+/// own the name); it holds the owner's pid, for messages only.
+#[derive(Debug)]
+pub(crate) struct InstanceLock {
+    _file: File,
+}
+
+/// What [`InstanceLock::acquire`] found.
+#[derive(Debug)]
+enum Lock {
+    /// This process holds the lock now.
+    Taken(InstanceLock),
+    /// Another process holds it.
+    Held {
+        /// The pid it wrote, if readable.
+        pid: Option<u32>,
+    },
+}
+
+impl InstanceLock {
+    /// Takes the lock for `journal` without waiting, making its directory (root-only) first.
+    fn acquire(journal: &Path) -> Result<Lock, HostError> {
+        let path = lock_path(journal);
+        let fail = |what: &str, error: std::io::Error| HostError {
+            command: format!("{what} {}", path.display()),
+            message: error.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                    )
+                })
+                .map_err(|e| HostError {
+                    command: format!("mkdir {}", dir.display()),
+                    message: e.to_string(),
+                })?;
+        }
+        // Opened without truncating: the holder's pid must stay readable to others.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| fail("opening", e))?;
+        if !crate::sys::try_lock_exclusive(&file).map_err(|e| fail("locking", e))? {
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().strip_prefix("pid ")?.parse().ok());
+            return Ok(Lock::Held { pid });
+        }
+        file.set_len(0)
+            .and_then(|()| writeln!(file, "pid {}", std::process::id()))
+            .map_err(|e| fail("writing", e))?;
+        Ok(Lock::Taken(InstanceLock { _file: file }))
+    }
+}
+
+/// What [`recover`] found. Unless the journal's owner runs, the caller now holds its lock.
+#[derive(Debug)]
 pub(crate) enum Recovery {
     /// No journal: nothing was left behind.
-    Clean,
-    /// The journal's owner is still running.
+    Clean(InstanceLock),
+    /// The journal's owner is still running (it holds the lock).
     Live {
-        /// Its process id.
-        pid: u32,
+        /// Its process id, if it could be read.
+        pid: Option<u32>,
     },
     /// The changes of a dead instance were undone.
     Undone {
@@ -121,14 +218,30 @@ pub(crate) enum Recovery {
         changes: usize,
         /// Those that failed for another reason than the state being gone already.
         errors: Vec<HostError>,
+        /// The undo commands that failed, oldest first: still in the journal, which is kept
+        /// for another try.
+        left: Vec<Vec<String>>,
+        /// The lock, now this process's.
+        lock: InstanceLock,
     },
 }
 
-/// Undoes what a dead `alagg up` recorded in `journal`, unless its owner still runs.
+/// Undoes what a dead `alagg up` recorded in `journal`, unless its owner still runs. The
+/// journal is removed once everything in it is undone; commands that failed stay in it.
 pub(crate) fn recover(journal: &Path) -> Result<Recovery, HostError> {
+    recover_with(journal, run)
+}
+
+fn recover_with(journal: &Path, runner: Runner) -> Result<Recovery, HostError> {
+    let lock = match InstanceLock::acquire(journal)? {
+        Lock::Taken(lock) => lock,
+        Lock::Held { pid } => return Ok(Recovery::Live { pid }),
+    };
     let text = match std::fs::read_to_string(journal) {
         Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Recovery::Clean),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Recovery::Clean(lock));
+        }
         Err(error) => {
             return Err(HostError {
                 command: format!("reading {}", journal.display()),
@@ -136,28 +249,57 @@ pub(crate) fn recover(journal: &Path) -> Result<Recovery, HostError> {
             });
         }
     };
-    let mut lines = text.lines();
-    let pid = lines
-        .next()
-        .and_then(|l| l.strip_prefix("pid "))
-        .and_then(|p| p.parse::<u32>().ok());
-    if let Some(pid) = pid.filter(|&pid| is_alagg(pid)) {
-        return Ok(Recovery::Live { pid });
-    }
     let mut setup = HostSetup::new();
-    setup.undo = lines
-        .filter(|l| !l.is_empty())
+    setup.runner = runner;
+    setup.undo = text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("pid "))
         .map(|l| l.split(SEP).map(str::to_owned).collect())
         .collect();
     let changes = setup.undo.len();
-    let errors = setup.teardown();
-    let _ = std::fs::remove_file(journal);
-    Ok(Recovery::Undone { changes, errors })
+    let (errors, left) = setup.undo_all();
+    keep_or_remove(journal, &left);
+    Ok(Recovery::Undone {
+        changes,
+        errors,
+        left,
+        lock,
+    })
 }
 
-/// Whether process `pid` exists and is an alagg.
-fn is_alagg(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "alagg")
+/// Removes `journal` when nothing is `left` to undo; else rewrites it with what is left (and
+/// says so), for `alagg down` to try again.
+fn keep_or_remove(journal: &Path, left: &[Vec<String>]) {
+    if left.is_empty() {
+        let _ = std::fs::remove_file(journal);
+        return;
+    }
+    match write_journal_file(journal, left) {
+        Ok(()) => tracing::warn!(
+            journal = %journal.display(),
+            left = left.len(),
+            "some changes could not be undone; they stay in the journal: fix the cause (see \
+             the errors) and run `alagg down` to try again"
+        ),
+        Err(error) => tracing::warn!(%error, "keeping the undo journal"),
+    }
+}
+
+/// Writes `commands` (oldest first) to the journal at `path`, atomically (a temporary file
+/// renamed over it).
+fn write_journal_file(path: &Path, commands: &[Vec<String>]) -> Result<(), HostError> {
+    let mut text = format!("pid {}\n", std::process::id());
+    for command in commands {
+        text.push_str(&command.join(&SEP.to_string()));
+        text.push('\n');
+    }
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|e| HostError {
+            command: format!("writing {}", path.display()),
+            message: e.to_string(),
+        })
 }
 
 impl fmt::Debug for HostSetup {
@@ -174,51 +316,54 @@ impl HostSetup {
         Self::default()
     }
 
-    /// Nothing changed yet; every change will be journaled in `path` (its directory is made,
-    /// root-only).
-    pub(crate) fn with_journal(path: PathBuf) -> Result<Self, HostError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .and_then(|()| {
-                    std::fs::set_permissions(
-                        dir,
-                        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-                    )
-                })
-                .map_err(|e| HostError {
-                    command: format!("mkdir {}", dir.display()),
-                    message: e.to_string(),
-                })?;
-        }
+    /// Nothing changed yet by this process; every change will be journaled in `path`, whose
+    /// lock this process holds (from [`recover`]). `left` are undo commands an earlier instance's
+    /// journal kept (oldest first): they are undone last, at teardown.
+    pub(crate) fn with_journal(
+        path: PathBuf,
+        lock: InstanceLock,
+        left: Vec<Vec<String>>,
+    ) -> Result<Self, HostError> {
         let setup = Self {
-            undo: Vec::new(),
+            undo: left,
             journal: Some(path),
+            _lock: Some(lock),
+            runner: run,
         };
         setup.write_journal()?;
         Ok(setup)
     }
 
+    /// Records an undo command for a change that needs no command of its own (or is made of
+    /// several, all covered by it), before making it.
     fn record(&mut self, command: Vec<String>) -> Result<(), HostError> {
         self.undo.push(command);
-        self.write_journal()
+        if let Err(error) = self.write_journal() {
+            self.undo.pop();
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Makes one change, `program args`, whose undo is `undo`: journaled first, then made; if
+    /// the change fails, its undo is taken out again.
+    fn change(&mut self, program: &str, args: &[&str], undo: Vec<String>) -> Result<(), HostError> {
+        self.record(undo)?;
+        if let Err(error) = (self.runner)(program, args) {
+            self.undo.pop();
+            // Best effort: a journal still naming the undo of a change never made costs an
+            // undo that finds nothing.
+            let _ = self.write_journal();
+            return Err(error);
+        }
+        Ok(())
     }
 
     fn write_journal(&self) -> Result<(), HostError> {
-        let Some(path) = &self.journal else {
-            return Ok(());
-        };
-        let mut text = format!("pid {}\n", std::process::id());
-        for command in &self.undo {
-            text.push_str(&command.join(&SEP.to_string()));
-            text.push('\n');
+        match &self.journal {
+            Some(path) => write_journal_file(path, &self.undo),
+            None => Ok(()),
         }
-        let temporary = path.with_extension("tmp");
-        std::fs::write(&temporary, text)
-            .and_then(|()| std::fs::rename(&temporary, path))
-            .map_err(|e| HostError {
-                command: format!("writing {}", path.display()),
-                message: e.to_string(),
-            })
     }
 
     /// Brings `tun` up with `mtu` and sets its rp_filter to loose (2). IPv4 reverse-path
@@ -232,16 +377,17 @@ impl HostSetup {
         mtu: u32,
         address: IpNet,
     ) -> Result<(), HostError> {
-        run(
+        // The device's own settings need no undo: it vanishes with this process.
+        (self.runner)(
             "ip",
             &["link", "set", "dev", tun, "mtu", &mtu.to_string(), "up"],
         )?;
         let address = address.to_string();
-        run(
+        self.change(
             "ip",
             &["addr", "add", &address, "dev", tun, "scope", "link"],
+            argv(&["ip", "addr", "del", &address, "dev", tun]),
         )?;
-        self.record(argv(&["ip", "addr", "del", &address, "dev", tun]))?;
         let rp_filter = format!("/proc/sys/net/ipv4/conf/{tun}/rp_filter");
         std::fs::write(&rp_filter, "2").map_err(|e| HostError {
             command: format!("echo 2 > {rp_filter}"),
@@ -275,10 +421,8 @@ impl HostSetup {
             // address the source of local traffic; scope global keeps the host's own.
             args.extend(["scope", "global"]);
         }
-        run("ip", &args)?;
-        let family = family.ip_flag();
-        self.record(argv(&["ip", family, "route", "del", &net, "dev", tun]))?;
-        Ok(())
+        let undo = argv(&["ip", family.ip_flag(), "route", "del", &net, "dev", tun]);
+        self.change("ip", &args, undo)
     }
 
     /// Installs the NFQUEUE rules that capture traffic to `destinations` leaving through `tun`.
@@ -298,8 +442,12 @@ impl HostSetup {
                 continue;
             }
             let iptables = family.iptables();
-            run(iptables, &["-w", "-t", "mangle", "-N", &chain])?;
-            self.record(argv(&[iptables, "-w", "-t", "mangle", "-X", &chain]))?;
+            self.change(
+                iptables,
+                &["-w", "-t", "mangle", "-N", &chain],
+                argv(&[iptables, "-w", "-t", "mangle", "-X", &chain]),
+            )?;
+            // Covers every rule appended to the chain below.
             self.record(argv(&[iptables, "-w", "-t", "mangle", "-F", &chain]))?;
             for net in nets {
                 let net = net.to_string();
@@ -316,7 +464,7 @@ impl HostSetup {
                     if queue.bypass {
                         rule.push("--queue-bypass");
                     }
-                    run(iptables, &rule)?;
+                    (self.runner)(iptables, &rule)?;
                 }
                 let mut rule = vec![
                     "-w", "-t", "mangle", "-A", &chain, "-d", &net, "-j", "NFQUEUE",
@@ -329,16 +477,14 @@ impl HostSetup {
                 if queue.bypass {
                     rule.push("--queue-bypass");
                 }
-                run(iptables, &rule)?;
+                (self.runner)(iptables, &rule)?;
             }
             let jump = ["POSTROUTING", "-o", tun, "-j", &chain];
-            run(
+            self.change(
                 iptables,
                 &[&["-w", "-t", "mangle", "-I"], &jump[..]].concat(),
+                argv(&[&[iptables, "-w", "-t", "mangle", "-D"], &jump[..]].concat()),
             )?;
-            self.record(argv(
-                &[&[iptables, "-w", "-t", "mangle", "-D"], &jump[..]].concat(),
-            ))?;
         }
         Ok(())
     }
@@ -374,23 +520,35 @@ impl HostSetup {
     }
 
     /// Undoes every change, newest first. Returns the failures (already-gone state is not one).
+    /// The journal is removed when everything was undone; else it keeps the commands that
+    /// failed, for `alagg down` to try again.
     pub(crate) fn teardown(&mut self) -> Vec<HostError> {
+        let (errors, left) = self.undo_all();
+        if let Some(path) = self.journal.take() {
+            keep_or_remove(&path, &left);
+        }
+        errors
+    }
+
+    /// Runs every undo command, newest first; returns the failures and the commands that
+    /// failed (oldest first).
+    fn undo_all(&mut self) -> (Vec<HostError>, Vec<Vec<String>>) {
         let mut errors = Vec::new();
+        let mut left = Vec::new();
         while let Some(command) = self.undo.pop() {
             let Some((program, args)) = command.split_first() else {
                 continue;
             };
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            if let Err(error) = run(program, &args) {
+            if let Err(error) = (self.runner)(program, &args) {
                 if !is_already_gone(&error) {
                     errors.push(error);
+                    left.push(command);
                 }
             }
         }
-        if let Some(path) = self.journal.take() {
-            let _ = std::fs::remove_file(path);
-        }
-        errors
+        left.reverse();
+        (errors, left)
     }
 }
 
@@ -421,6 +579,10 @@ fn is_already_gone(error: &HostError) -> bool {
         "does not exist",
         "not found",
         "bad rule",
+        // iptables -F/-X of a chain that is not there.
+        "by that name",
+        // ip addr del of an address that is not there.
+        "cannot assign requested address",
     ]
     .iter()
     .any(|needle| message.contains(needle))
@@ -450,8 +612,262 @@ fn run(program: &str, args: &[&str]) -> Result<(), HostError> {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests panic on failure by design")]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
+
+    /// A directory of a test's own, removed when dropped (also when the test fails).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("alagg-host-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn journal(&self) -> PathBuf {
+            self.0.join("t0.undo")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    thread_local! {
+        /// The journal the fake runner looks at, and what it saw: each command it ran, with
+        /// the journal's text at that moment.
+        static JOURNAL: RefCell<PathBuf> = RefCell::new(PathBuf::new());
+        static SEEN: RefCell<Vec<(String, String)>> = const { RefCell::new(Vec::new()) };
+        /// Commands containing this fail ("Permission denied").
+        static FAIL: RefCell<Option<&'static str>> = const { RefCell::new(None) };
+    }
+
+    /// A runner that changes nothing: it notes each command and the journal as it was then,
+    /// and fails the commands containing [`FAIL`].
+    fn fake(program: &str, args: &[&str]) -> Result<(), HostError> {
+        let command = format!("{program} {}", args.join(" "));
+        let journal = JOURNAL
+            .with_borrow(|path| std::fs::read_to_string(path))
+            .unwrap_or_default()
+            .replace(SEP, " ");
+        SEEN.with_borrow_mut(|seen| seen.push((command.clone(), journal)));
+        match FAIL.with_borrow(|fail| fail.filter(|f| command.contains(f))) {
+            Some(_) => Err(HostError {
+                command,
+                message: "Permission denied".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A journaled setup that runs `fake`, with the lock of `dir`'s journal.
+    fn fake_setup(dir: &TempDir) -> HostSetup {
+        JOURNAL.with_borrow_mut(|path| *path = dir.journal());
+        let Recovery::Clean(lock) = recover_with(&dir.journal(), fake).unwrap() else {
+            panic!("a fresh directory has no journal");
+        };
+        let mut setup = HostSetup::with_journal(dir.journal(), lock, Vec::new()).unwrap();
+        setup.runner = fake;
+        setup
+    }
+
+    fn queue_spec() -> QueueSpec {
+        QueueSpec {
+            first: 0,
+            count: 1,
+            bypass: true,
+            cpu_fanout: false,
+            tcp: Some(1),
+        }
+    }
+
+    #[test]
+    fn every_change_is_journaled_before_it_is_made() {
+        let dir = TempDir::new("before");
+        let mut setup = fake_setup(&dir);
+        let v4: IpNet = "10.0.9.0/24".parse().unwrap();
+        let v6: IpNet = "fd00::/64".parse().unwrap();
+        setup.route(&v4, "alagg-nx9", 1400).unwrap();
+        setup.route(&v6, "alagg-nx9", 1400).unwrap();
+        setup.capture("alagg-nx9", &[v4, v6], queue_spec()).unwrap();
+        // Fails at the rp_filter of a device that does not exist, after its address.
+        let _ = setup.prepare_tun("alagg-nx9", 1400, default_tun_address());
+        // (a command that changes the host, the undo the journal must hold when it runs)
+        let cases = [
+            (
+                "ip -4 route add 10.0.9.0/24",
+                "ip -4 route del 10.0.9.0/24 dev alagg-nx9",
+            ),
+            (
+                "ip -6 route add fd00::/64",
+                "ip -6 route del fd00::/64 dev alagg-nx9",
+            ),
+            (
+                "iptables -w -t mangle -N",
+                "iptables -w -t mangle -X ALAGG-alagg-nx9",
+            ),
+            (
+                "iptables -w -t mangle -A",
+                "iptables -w -t mangle -F ALAGG-alagg-nx9",
+            ),
+            (
+                "ip6tables -w -t mangle -A",
+                "ip6tables -w -t mangle -F ALAGG-alagg-nx9",
+            ),
+            (
+                "iptables -w -t mangle -I POSTROUTING",
+                "iptables -w -t mangle -D POSTROUTING -o alagg-nx9 -j ALAGG-alagg-nx9",
+            ),
+            (
+                "ip6tables -w -t mangle -I POSTROUTING",
+                "ip6tables -w -t mangle -D POSTROUTING -o alagg-nx9 -j ALAGG-alagg-nx9",
+            ),
+            ("ip addr add", "ip addr del 169.254.88.1/32 dev alagg-nx9"),
+        ];
+        let seen = SEEN.with_borrow(Clone::clone);
+        for (change, undo) in cases {
+            let runs: Vec<&(String, String)> =
+                seen.iter().filter(|(c, _)| c.starts_with(change)).collect();
+            assert!(!runs.is_empty(), "{change} never ran: {seen:#?}");
+            for (command, journal) in runs {
+                assert!(
+                    journal.lines().any(|l| l == undo),
+                    "`{command}` ran before the journal held `{undo}`:\n{journal}"
+                );
+            }
+        }
+        drop(setup);
+    }
+
+    #[test]
+    fn a_failed_change_takes_its_undo_out_of_the_journal() {
+        let dir = TempDir::new("failed");
+        let mut setup = fake_setup(&dir);
+        FAIL.with_borrow_mut(|fail| *fail = Some("route add"));
+        let net: IpNet = "10.0.9.0/24".parse().unwrap();
+        assert!(setup.route(&net, "alagg-nx9", 1400).is_err());
+        let journal = std::fs::read_to_string(dir.journal()).unwrap();
+        assert!(!journal.contains("route"), "{journal}");
+        assert!(setup.undo.is_empty());
+        FAIL.with_borrow_mut(|fail| *fail = None);
+    }
+
+    #[test]
+    fn a_failed_undo_keeps_the_journal_for_another_try() {
+        let dir = TempDir::new("kept");
+        let mut setup = fake_setup(&dir);
+        let net: IpNet = "10.0.9.0/24".parse().unwrap();
+        setup.route(&net, "alagg-nx9", 1400).unwrap();
+        setup.capture("alagg-nx9", &[net], queue_spec()).unwrap();
+        FAIL.with_borrow_mut(|fail| *fail = Some("route del"));
+        let errors = setup.teardown();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        drop(setup);
+        let journal = std::fs::read_to_string(dir.journal()).unwrap();
+        let undo: Vec<&str> = journal.lines().filter(|l| !l.starts_with("pid ")).collect();
+        assert_eq!(
+            undo,
+            [[
+                "ip",
+                "-4",
+                "route",
+                "del",
+                "10.0.9.0/24",
+                "dev",
+                "alagg-nx9"
+            ]
+            .join(&SEP.to_string())],
+            "only the failed undo stays"
+        );
+
+        // `alagg down` while the cause lasts: tried again, still kept.
+        let Recovery::Undone { errors, left, .. } = recover_with(&dir.journal(), fake).unwrap()
+        else {
+            panic!("the journal was not replayed");
+        };
+        assert_eq!((errors.len(), left.len()), (1, 1));
+        assert!(
+            dir.journal().exists(),
+            "the journal went with a failed undo"
+        );
+
+        // Once the cause is fixed: undone, and the journal goes.
+        FAIL.with_borrow_mut(|fail| *fail = None);
+        let Recovery::Undone {
+            changes,
+            errors,
+            left,
+            ..
+        } = recover_with(&dir.journal(), fake).unwrap()
+        else {
+            panic!("the journal was not replayed");
+        };
+        assert_eq!((changes, errors.len(), left.len()), (1, 0, 0));
+        assert!(!dir.journal().exists());
+    }
+
+    #[test]
+    fn a_journal_is_live_exactly_while_its_lock_is_held() {
+        let dir = TempDir::new("lock");
+        let setup = fake_setup(&dir);
+        setup.write_journal().unwrap();
+        // While the owner holds the lock (another open file: flock(2) locks conflict between
+        // open files, also in one process), the journal is live whatever its pid line says.
+        let journal = std::fs::read_to_string(dir.journal()).unwrap();
+        std::fs::write(
+            dir.journal(),
+            journal.replace(&format!("pid {}", std::process::id()), "pid 4194304"),
+        )
+        .unwrap();
+        match recover_with(&dir.journal(), fake).unwrap() {
+            Recovery::Live { pid } => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("a held lock was taken for a dead owner: {other:?}"),
+        }
+        assert!(dir.journal().exists());
+        // The owner gone (its lock released with its file), the journal is a dead one's.
+        drop(setup);
+        std::fs::write(dir.journal(), "pid 1\n").unwrap();
+        assert!(matches!(
+            recover_with(&dir.journal(), fake).unwrap(),
+            Recovery::Undone { changes: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn a_journal_whose_pid_now_runs_another_alagg_is_recovered() {
+        // A crashed instance's pid reused by another process called alagg (here a copy of
+        // sleep(1) under that name): not the journal's owner, which holds no lock.
+        let dir = TempDir::new("reuse");
+        let impostor = dir.0.join("alagg");
+        std::fs::copy("/bin/sleep", &impostor).unwrap();
+        let mut child = Command::new(&impostor).arg("30").spawn().unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id()));
+        JOURNAL.with_borrow_mut(|path| *path = dir.journal());
+        std::fs::write(
+            dir.journal(),
+            format!("pid {}\nip{SEP}route{SEP}del{SEP}10.0.9.0/24\n", child.id()),
+        )
+        .unwrap();
+        let recovered = recover_with(&dir.journal(), fake);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(comm.unwrap().trim(), "alagg");
+        match recovered.unwrap() {
+            Recovery::Undone {
+                changes: 1, errors, ..
+            } => assert!(errors.is_empty()),
+            other => panic!("a dead instance's journal was taken for a live one: {other:?}"),
+        }
+        assert!(!dir.journal().exists());
+    }
 
     #[test]
     fn chain_names_fit_iptables() {

@@ -1,17 +1,33 @@
-//! Termination signals without handlers: SIGINT and SIGTERM are blocked in every thread and
-//! collected synchronously with `sigtimedwait(2)`, so the main loop sees them at a well-defined
-//! point and tears down in order.
+//! Termination signals without handlers: every signal whose default action ends the process
+//! and that someone may send to stop it ([`TERMINATING`]: SIGINT, SIGTERM, SIGHUP, SIGQUIT,
+//! SIGUSR1, SIGUSR2, SIGALRM, SIGPWR; `signal(7)`) is blocked in every thread and collected
+//! synchronously with `sigtimedwait(2)`, so the main loop sees it at a well-defined point and
+//! tears down in order. Left unblocked, any of them would end `alagg up` without teardown
+//! (capture rules, routes and the undo journal left behind, as after `kill -9`). SIGKILL and
+//! SIGSTOP cannot be caught; the faults (SIGSEGV, SIGBUS, ...) are not requests to stop.
 
 use std::{io, mem::MaybeUninit, time::Duration};
 
-/// SIGINT and SIGTERM, blocked for this thread and every thread it spawns afterwards.
+/// The signals `alagg up` stops cleanly on.
+pub(crate) const TERMINATING: [libc::c_int; 8] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGPWR,
+];
+
+/// The [`TERMINATING`] signals, blocked for this thread and every thread it spawns afterwards.
 #[derive(Debug)]
 pub(crate) struct TermSignals {
     set: libc::sigset_t,
 }
 
 impl TermSignals {
-    /// Blocks SIGINT and SIGTERM in the calling thread. Call it before spawning threads so that
+    /// Blocks the [`TERMINATING`] signals in the calling thread. Call it before spawning threads so that
     /// they inherit the mask and no signal is delivered to them.
     pub(crate) fn block() -> io::Result<Self> {
         let mut set = MaybeUninit::<libc::sigset_t>::uninit();
@@ -20,8 +36,9 @@ impl TermSignals {
         let set = unsafe {
             libc::sigemptyset(set.as_mut_ptr());
             let mut set = set.assume_init();
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
+            for signal in TERMINATING {
+                libc::sigaddset(&mut set, signal);
+            }
             let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
@@ -31,7 +48,8 @@ impl TermSignals {
         Ok(Self { set })
     }
 
-    /// Waits up to `timeout` for SIGINT or SIGTERM; returns the signal number if one came.
+    /// Waits up to `timeout` for one of the [`TERMINATING`] signals; returns its number if one
+    /// came.
     pub(crate) fn wait(&self, timeout: Duration) -> Option<i32> {
         let timeout = libc::timespec {
             tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
@@ -60,6 +78,22 @@ mod tests {
         .ok()
         .flatten();
         assert_eq!(got, Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn every_terminating_signal_is_collected() {
+        for signal in TERMINATING {
+            let got = std::thread::spawn(move || {
+                let signals = TermSignals::block().ok()?;
+                // SAFETY: sends `signal` to this very thread, where it is blocked.
+                unsafe { libc::pthread_kill(libc::pthread_self(), signal) };
+                signals.wait(Duration::from_secs(1))
+            })
+            .join()
+            .ok()
+            .flatten();
+            assert_eq!(got, Some(signal), "signal {signal}");
+        }
     }
 
     #[test]

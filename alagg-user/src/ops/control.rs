@@ -12,7 +12,8 @@
 //! one line of JSON, the [`Snapshot`], or `{"error": "..."}` for anything else. Both sides
 //! bound the line length and time out ([`TIMEOUT`]), so a hung peer never hangs the other.
 //!
-//! The server is one thread that accepts and answers connections in turn. Dropping the
+//! The server is one thread that accepts connections, each answered on a thread of its own
+//! ([`super::serve`]), so a silent client never holds another. Dropping the
 //! [`ControlServer`] wakes it (by connecting to it), joins it and removes the socket file, unless
 //! the file has been replaced by another instance's in the meantime.
 
@@ -27,20 +28,20 @@ use std::{
     },
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering::SeqCst},
     },
     thread::JoinHandle,
     time::Duration,
 };
 
-use super::{serve::serve_in_turn, snapshot::Snapshot};
+use super::{serve::serve_each, snapshot::Snapshot};
 
 /// How long either side waits for the other to read or write.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long the server waits for a request line: a client sends it at once, and a silent one
-/// must not hold the others (answered in turn) past their [`TIMEOUT`].
+/// How long the server waits for a request line: a client sends it at once; a silent one holds
+/// only its own thread ([`super::serve`]) that long.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Longest request line the server reads.
@@ -266,7 +267,7 @@ impl ControlServer {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("alagg-control".into())
-                .spawn(move || serve(&listener, &stop, &snapshot))
+                .spawn(move || serve(&listener, &stop, snapshot))
         };
         let thread = match thread {
             Ok(thread) => thread,
@@ -358,11 +359,24 @@ fn remove_stale(path: &Path) -> Result<(), ControlError> {
     }
 }
 
-/// The server thread: accepts and answers connections in turn until `stop`.
-fn serve(listener: &UnixListener, stop: &AtomicBool, snapshot: &dyn Fn() -> Snapshot) {
-    serve_in_turn(listener.incoming(), stop, "control socket", |stream| {
-        answer(stream, snapshot)
-    });
+/// The server thread: accepts connections until `stop`, each answered on a thread of its own.
+/// The snapshot source is called under a mutex, held only while it runs.
+fn serve(
+    listener: &UnixListener,
+    stop: &AtomicBool,
+    snapshot: impl Fn() -> Snapshot + Send + 'static,
+) {
+    let snapshot = Mutex::new(snapshot);
+    serve_each(
+        listener.incoming(),
+        stop,
+        "control socket",
+        Arc::new(move |stream| {
+            answer(stream, &|| {
+                (snapshot.lock().unwrap_or_else(PoisonError::into_inner))()
+            })
+        }),
+    );
 }
 
 fn answer(stream: UnixStream, snapshot: &dyn Fn() -> Snapshot) -> io::Result<()> {
@@ -445,6 +459,20 @@ mod tests {
         drop(server);
         assert!(!path.exists(), "socket removed on drop");
         assert!(matches!(query(&path), Err(ControlError::NotRunning { .. })));
+    }
+
+    #[test]
+    fn silent_clients_do_not_hold_a_status_query() {
+        let dir = TempDir::new("silent");
+        let path = socket_path_in(&dir.0, "alagg-t");
+        let _server = ControlServer::start(&path, snapshot(7)).unwrap();
+        // Answered in turn, these would hold a query for 15 x REQUEST_TIMEOUT, past its own
+        // TIMEOUT.
+        let silent: Vec<UnixStream> = (0..crate::ops::serve::MAX_CLIENTS - 1)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        assert_eq!(query(&path).unwrap(), snapshot(7)());
+        drop(silent);
     }
 
     #[test]

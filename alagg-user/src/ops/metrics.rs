@@ -2,11 +2,14 @@
 //! the [`Snapshot`] in the text exposition format 0.0.4 ([`Snapshot::render_prometheus`]).
 //!
 //! A minimal HTTP/1.1 server on a std `TcpListener`, enough for a Prometheus scraper or `curl`:
-//! one thread answers connections in turn, one request each (`Connection: close`). The request
-//! head is read with a timeout and at most [`MAX_HEAD`] bytes; the body of a request, if any, is
-//! ignored. `GET` or `HEAD` of `/metrics` (any query string) is 200, other paths 404, other
+//! one thread accepts, and each connection is answered on a thread of its own (at most
+//! [`MAX_CLIENTS`](super::serve::MAX_CLIENTS) at once, [`super::serve`]), one request each
+//! (`Connection: close`), so a client that connects and sends nothing never holds another's
+//! scrape. The whole request head must arrive within [`TIMEOUT`] (a client sending it a byte at
+//! a time is cut off then too) and be at most [`MAX_HEAD`] bytes; the body of a request, if any,
+//! is ignored. `GET` or `HEAD` of `/metrics` (any query string) is 200, other paths 404, other
 //! methods 405, anything unparsable 400 (RFC 9110, RFC 9112). The server holds no state between
-//! requests, so a bad client costs at most its timeout. Dropping the [`MetricsServer`] stops it.
+//! requests, so a bad client costs at most its own thread for its timeout. Dropping the [`MetricsServer`] stops it.
 
 #![deny(unsafe_code)]
 
@@ -14,19 +17,20 @@ use std::{
     io::{self, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering::SeqCst},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use super::{serve::serve_in_turn, snapshot::Snapshot};
+use super::{serve::serve_each, snapshot::Snapshot};
 
 /// Longest request head read; longer heads are answered 431.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
 
-/// How long a client may take to send its request head, and to take the answer.
+/// How long a client may take to send its whole request head, and to take each part of the
+/// answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The content type of the Prometheus text exposition format.
@@ -73,7 +77,7 @@ impl MetricsServer {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("alagg-metrics".into())
-                .spawn(move || serve(&listener, &stop, &snapshot))
+                .spawn(move || serve(&listener, &stop, snapshot))
                 .map_err(MetricsError::Thread)?
         };
         tracing::info!(%local, "metrics served at http://{local}/metrics");
@@ -111,11 +115,24 @@ impl Drop for MetricsServer {
     }
 }
 
-/// The server thread: accepts and answers connections in turn until `stop`.
-fn serve(listener: &TcpListener, stop: &AtomicBool, snapshot: &dyn Fn() -> Snapshot) {
-    serve_in_turn(listener.incoming(), stop, "metrics", |stream| {
-        answer(stream, snapshot)
-    });
+/// The server thread: accepts connections until `stop`, each answered on a thread of its own.
+/// The snapshot source is called under a mutex, held only while it runs.
+fn serve(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    snapshot: impl Fn() -> Snapshot + Send + 'static,
+) {
+    let snapshot = Mutex::new(snapshot);
+    serve_each(
+        listener.incoming(),
+        stop,
+        "metrics",
+        Arc::new(move |stream| {
+            answer(stream, &|| {
+                (snapshot.lock().unwrap_or_else(PoisonError::into_inner))()
+            })
+        }),
+    );
 }
 
 /// What a request head asks for.
@@ -159,9 +176,10 @@ fn parse(head: &[u8]) -> Request {
     }
 }
 
-/// Reads the request head: up to the blank line, at most [`MAX_HEAD`] bytes. `None` when it is
-/// too long.
+/// Reads the request head: up to the blank line, at most [`MAX_HEAD`] bytes, all of it within
+/// [`TIMEOUT`]. `None` when it is too long.
 fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let deadline = Instant::now() + TIMEOUT;
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
@@ -171,6 +189,11 @@ fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
         if head.len() >= MAX_HEAD {
             return Ok(None);
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
         let room = (MAX_HEAD - head.len()).min(chunk.len());
         let read = stream.read(chunk.get_mut(..room).unwrap_or(&mut []))?;
         if read == 0 {
@@ -317,6 +340,76 @@ mod tests {
         drop(TcpStream::connect(server.local_addr()).unwrap());
         let response = exchange(&server, b"GET /metrics HTTP/1.1\r\n\r\n");
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    }
+
+    #[test]
+    fn a_silent_client_does_not_hold_other_scrapes() {
+        let server = server();
+        // Connected, never sending a byte: each holds a connection until the server's timeout.
+        // With the slow one and the scrape, the most answered at once.
+        let silent: Vec<TcpStream> = (0..crate::ops::serve::MAX_CLIENTS - 2)
+            .map(|_| TcpStream::connect(server.local_addr()).unwrap())
+            .collect();
+        // A slow one: a byte now and then, never the end of its head.
+        let mut slow = TcpStream::connect(server.local_addr()).unwrap();
+        slow.write_all(b"GET /met").unwrap();
+        // Well under TIMEOUT: answered while the others are still held.
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT / 2)).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut response = Vec::new();
+        let read = stream.read_to_end(&mut response);
+        let response = String::from_utf8_lossy(&response);
+        assert!(
+            read.is_ok() && response.starts_with("HTTP/1.1 200 OK"),
+            "a scrape behind silent clients: {read:?} {response:?}"
+        );
+        // Beyond the most clients at once, a connection is closed at once rather than queued.
+        let more: Vec<TcpStream> = (0..2)
+            .map(|_| TcpStream::connect(server.local_addr()).unwrap())
+            .collect();
+        let mut extra = TcpStream::connect(server.local_addr()).unwrap();
+        extra.set_read_timeout(Some(TIMEOUT / 2)).unwrap();
+        let mut rest = Vec::new();
+        match extra.read_to_end(&mut rest) {
+            Ok(0) => {}
+            Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {}
+            other => panic!("a connection beyond the limit: {other:?} {rest:?}"),
+        }
+        drop((silent, slow, more));
+    }
+
+    #[test]
+    fn a_client_sending_its_head_byte_by_byte_is_cut_off_at_the_timeout() {
+        let server = server();
+        let mut slow = TcpStream::connect(server.local_addr()).unwrap();
+        slow.set_read_timeout(Some(TIMEOUT * 3)).unwrap();
+        let started = Instant::now();
+        let mut closed = false;
+        for byte in b"GET /metrics HTTP/1.1\r\nX-Padding: "
+            .iter()
+            .cycle()
+            .take(400)
+        {
+            if slow.write_all(&[*byte]).is_err() {
+                closed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            if started.elapsed() > TIMEOUT * 3 {
+                break;
+            }
+        }
+        let mut rest = Vec::new();
+        let eof = closed || slow.read_to_end(&mut rest).is_ok_and(|_| rest.is_empty());
+        assert!(
+            eof,
+            "the server still waits on a head sent byte by byte: {rest:?}"
+        );
+        assert!(
+            started.elapsed() < TIMEOUT * 3,
+            "not cut off at the timeout"
+        );
     }
 
     #[test]

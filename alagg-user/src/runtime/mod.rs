@@ -63,7 +63,7 @@ use crate::{
         receive::{Receive, RxLink},
         transmit::{Transmit, TxLink},
     },
-    host::{HostError, HostSetup, QueueSpec, Recovery, journal_path, recover},
+    host::{HostError, HostSetup, QueueSpec, Recovery, journal_path, lock_path, recover},
     link::{self, IoMode, LinkError, LinkPlan, LinkRx, LinkTx, xdp::XdpSteering, xsk::XskConfig},
     ops::snapshot::Snapshot,
     port::LinkControl,
@@ -317,16 +317,43 @@ impl Datapath {
     fn claim_tun(config: &DatapathConfig) -> Result<(Tun, HostSetup), UpError> {
         let tun = Tun::create(&config.tun_name)?;
         let journal = journal_path(tun.name());
-        match recover(&journal)? {
-            Recovery::Undone { changes, .. } => {
+        let (lock, left) = match recover(&journal)? {
+            Recovery::Clean(lock) => (lock, Vec::new()),
+            Recovery::Undone {
+                changes,
+                errors,
+                left,
+                lock,
+            } => {
                 tracing::warn!(
                     changes,
                     "undid what an alagg that did not stop cleanly left"
                 );
+                for error in errors {
+                    tracing::warn!(%error, "undoing what the earlier alagg left");
+                }
+                if !left.is_empty() {
+                    tracing::warn!(
+                        left = left.len(),
+                        "will try to undo the rest again when this alagg stops"
+                    );
+                }
+                (lock, left)
             }
-            Recovery::Clean | Recovery::Live { .. } => {}
-        }
-        let mut host = HostSetup::with_journal(journal)?;
+            // Only an `alagg down` (or a process starting up) can hold it while this one owns
+            // the TUN device.
+            Recovery::Live { pid } => {
+                return Err(UpError::Host(HostError {
+                    command: format!("locking {}", lock_path(&journal).display()),
+                    message: format!(
+                        "another alagg process{} holds it (an `alagg down`?): wait for it to \
+                         end and start again",
+                        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+                    ),
+                }));
+            }
+        };
+        let mut host = HostSetup::with_journal(journal, lock, left)?;
         host.remove_stale_capture(tun.name());
         Ok((tun, host))
     }

@@ -272,6 +272,24 @@ pub fn summary_link_value(log: &str, link: &str, name: &str) -> u64 {
 }
 
 impl Alagg {
+    /// Sends `signal` and waits (up to 10 s, then SIGKILL) for the process to end; returns
+    /// whether it exited with success and its log.
+    pub fn signal(mut self, signal: i32) -> (bool, String) {
+        let pid = i32::try_from(self.child.id()).unwrap_or(0);
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status.success(), self.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (false, self.log())
+    }
+
     /// SIGKILL: no teardown at all, as after a crash.
     pub fn kill(mut self) {
         let _ = self.child.kill();
