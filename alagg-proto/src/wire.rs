@@ -253,18 +253,21 @@ impl FrameType {
     }
 }
 
+#[inline]
 fn read_u16(b: &[u8], f: field::Field) -> u16 {
     let mut a = [0u8; 2];
     a.copy_from_slice(&b[f]);
     u16::from_be_bytes(a)
 }
 
+#[inline]
 fn read_u32(b: &[u8], f: field::Field) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[f]);
     u32::from_be_bytes(a)
 }
 
+#[inline]
 fn read_u64(b: &[u8], f: field::Field) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[f]);
