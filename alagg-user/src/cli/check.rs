@@ -35,8 +35,7 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         problems.push("not running as root: `alagg up` needs root (CAP_NET_ADMIN, CAP_BPF)".into());
     }
     for link in &config.links {
-        let dir = format!("/sys/class/net/{}", link.interface);
-        match std::fs::read_to_string(format!("{dir}/operstate")) {
+        match crate::netdev::attribute(&link.interface, "operstate") {
             Err(_) => problems.push(format!(
                 "link {}: no such interface (check `ip link`)",
                 link.interface

@@ -119,9 +119,8 @@ fn judge_memory(config: &Config, host: HostMemory) -> (Vec<String>, Vec<String>)
 /// Parses an ethertype given in hexadecimal (`0x88b5` or `88b5`); refuses values that are
 /// lengths.
 pub fn parse_ethertype(text: &str) -> Result<u16, String> {
-    let digits = text.trim_start_matches("0x").trim_start_matches("0X");
-    let value = u16::from_str_radix(digits, 16)
-        .map_err(|_| format!("{text:?} is not a 16-bit hexadecimal ethertype such as 0x88b5"))?;
+    let value = crate::config::hex_ethertype(text, true)
+        .ok_or_else(|| format!("{text:?} is not a 16-bit hexadecimal ethertype such as 0x88b5"))?;
     if value < 0x0600 {
         return Err(format!(
             "{text} is a length, not an ethertype: ethertypes start at 0x0600 (IEEE 802.3 clause 3.2.6)"

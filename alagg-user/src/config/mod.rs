@@ -422,6 +422,20 @@ fn de_destinations<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpN
     Ok(list.into_iter().map(|destination| destination.0).collect())
 }
 
+/// An ethertype written in hexadecimal: `0x` (or `0X`) and one to four digits, or with `bare`
+/// the digits alone too (`88b5`, as the debug verbs take it). The one parser of both.
+pub(crate) fn hex_ethertype(text: &str, bare: bool) -> Option<u16> {
+    let digits = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(digits) => digits,
+        None if bare => text,
+        None => return None,
+    };
+    if digits.is_empty() || digits.len() > 4 {
+        return None;
+    }
+    u16::from_str_radix(digits, 16).ok()
+}
+
 /// `protocol.ethertype`: a string `"0x88b5"` or an integer.
 fn de_ethertype<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
     struct EthertypeVisitor;
@@ -450,16 +464,12 @@ fn de_ethertype<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Er
         }
 
         fn visit_str<E: de::Error>(self, text: &str) -> Result<u16, E> {
-            text.strip_prefix("0x")
-                .or_else(|| text.strip_prefix("0X"))
-                .filter(|digits| !digits.is_empty() && digits.len() <= 4)
-                .and_then(|digits| u16::from_str_radix(digits, 16).ok())
-                .ok_or_else(|| {
-                    E::custom(format!(
-                        "{text:?} is not an ethertype: write \"0x\" and up to four hexadecimal \
+            hex_ethertype(text, false).ok_or_else(|| {
+                E::custom(format!(
+                    "{text:?} is not an ethertype: write \"0x\" and up to four hexadecimal \
                          digits, such as \"0x88b5\", or an integer"
-                    ))
-                })
+                ))
+            })
         }
     }
 
