@@ -311,14 +311,69 @@ pub enum RxOutcome {
 /// source among the peer's networks, ...); see [`Receiver::with_admission`].
 pub struct Admission(Box<AdmitFn>);
 
-/// Whether a packet may be delivered.
-type AdmitFn = dyn Fn(&[u8]) -> bool + Send;
+/// The length a packet is delivered with (its header's, without a frame's padding), if it
+/// may be delivered at all.
+type AdmitFn = dyn Fn(&[u8]) -> Option<usize> + Send;
 
 impl Admission {
-    /// Admission by `admit`, which returns whether a packet may be delivered.
-    pub fn new(admit: impl Fn(&[u8]) -> bool + Send + 'static) -> Self {
+    /// Admission by `admit`, which returns the length to deliver a packet with (at most its
+    /// length), or `None` if it may not be delivered.
+    pub fn new(admit: impl Fn(&[u8]) -> Option<usize> + Send + 'static) -> Self {
         Admission(Box::new(admit))
     }
+}
+
+/// Why a whole packet did not take its number.
+enum NotTaken {
+    /// The window has seen it, or it is older than the window.
+    Seen(SeqCheck),
+    /// The host's admission refused it.
+    Refused,
+}
+
+impl NotTaken {
+    fn outcome(self, link: LinkId, seq: u64) -> RxOutcome {
+        match self {
+            NotTaken::Seen(SeqCheck::TooOld) => RxOutcome::TooOld { link, seq },
+            NotTaken::Seen(_) => RxOutcome::Duplicate { link, seq },
+            NotTaken::Refused => RxOutcome::Refused { link, seq },
+        }
+    }
+}
+
+/// When the current epoch last delivered a packet the window had not seen, and how many it has
+/// delivered since it was adopted, up to [`EVIDENCE`]: until it has shown as much as a
+/// candidate must, it is not trusted to be the present either.
+#[derive(Clone, Copy, Debug, Default)]
+struct Fresh {
+    last: Option<Timestamp>,
+    count: u32,
+}
+
+/// The one place a whole packet takes its number: fresh in `window`, put to `admission` (which
+/// trims it), marked. A packet refused takes no number and is counted in `stats`.
+fn take_number<'p>(
+    (window, admission, fresh): (&mut SeqWindow, Option<&Admission>, &mut Fresh),
+    stats: &mut RxStats,
+    (seq, packet, now): (u64, &'p [u8], Timestamp),
+) -> Result<&'p [u8], NotTaken> {
+    let verdict = window.check(seq);
+    if !matches!(verdict, SeqCheck::Fresh) {
+        window.count(verdict);
+        return Err(NotTaken::Seen(verdict));
+    }
+    let packet = match admission.map(|admit| (admit.0)(packet)) {
+        None => packet,
+        Some(Some(len)) => &packet[..len.min(packet.len())],
+        Some(None) => {
+            stats.inadmissible += 1;
+            return Err(NotTaken::Refused);
+        }
+    };
+    window.check_and_mark(seq);
+    fresh.last = Some(now);
+    fresh.count = (fresh.count + 1).min(EVIDENCE);
+    Ok(packet)
 }
 
 impl core::fmt::Debug for Admission {
@@ -336,11 +391,8 @@ pub struct Receiver {
     left: [Option<(u64, Option<u64>)>; EPOCHS_LEFT],
     /// Where the next epoch left is remembered in `left` (a ring).
     left_next: usize,
-    /// When the current epoch last delivered a packet the window had not seen.
-    last_fresh: Option<Timestamp>,
-    /// Packets the current epoch has delivered since it was adopted, up to [`EVIDENCE`]: until
-    /// it has shown as much as a candidate must, it is not trusted to be the present either.
-    fresh_count: u32,
+    /// What the current epoch has delivered lately.
+    fresh: Fresh,
     candidates: Candidates,
     window: SeqWindow,
     /// Furthest ahead of the window's top a frame's first number is believed on its own.
@@ -387,8 +439,7 @@ impl Receiver {
             epoch: None,
             left: [None; EPOCHS_LEFT],
             left_next: 0,
-            last_fresh: None,
-            fresh_count: 0,
+            fresh: Fresh::default(),
             candidates: Candidates::default(),
             max_jump: window.size() / 4,
             window,
@@ -536,7 +587,7 @@ impl Receiver {
             // The first epoch seen is adopted at once.
             None => {
                 self.epoch = Some(repr.epoch);
-                self.fresh_count = 0;
+                self.fresh = Fresh::default();
             }
             Some(_) => {
                 return self.on_doubted(
@@ -603,6 +654,9 @@ impl Receiver {
         deliver: &mut F,
     ) -> RxOutcome {
         let outcome = self.handle_believed(repr, payload, now, deliver);
+        if !self.release_passed_gaps {
+            return outcome;
+        }
         // How far the frame's lane has come: the last packet it completes (a fragment other
         // than the last leaves its packet to come).
         let seq = repr.seq;
@@ -626,7 +680,7 @@ impl Receiver {
     /// Gives up at once the gaps every live lane has gone past (`lanes` module): no lane will
     /// bring them, so they are lost, and holding what follows would only delay it.
     fn release_passed<F: FnMut(&[u8])>(&mut self, now: Timestamp, deliver: &mut F) {
-        if !self.release_passed_gaps || self.reorder.held() == 0 {
+        if self.reorder.held() == 0 {
             return;
         }
         let Some(passed) = self.lanes.passed(now, self.hold_time) else {
@@ -721,7 +775,7 @@ impl Receiver {
             // time, as from a stream flowing now.
             // A current epoch that has not shown a candidate's evidence itself (one frame seen
             // before the peer's own, say) is no present to protect.
-            let established = self.fresh_count >= EVIDENCE;
+            let established = self.fresh.count >= EVIDENCE;
             let future = doubt == Doubt::Jump || !older || !established;
             let window = if future {
                 RESTART_EVIDENCE_WINDOW.max(self.hold_time)
@@ -733,7 +787,8 @@ impl Receiver {
                 .record((repr.epoch, seq), now, self.hold_time, window);
             if let Some(recorded) = recorded {
                 let quiet = self
-                    .last_fresh
+                    .fresh
+                    .last
                     .is_none_or(|t| t.saturating_add(self.hold_time) <= now);
                 if recorded.evidence >= EVIDENCE && quiet {
                     self.adopt(recorded.slot, seq, now, deliver);
@@ -792,8 +847,7 @@ impl Receiver {
                 }
             }
             self.epoch = Some(candidate.epoch);
-            self.last_fresh = None;
-            self.fresh_count = 0;
+            self.fresh = Fresh::default();
             self.stats.epoch_changes += 1;
         }
         let epoch = candidate.epoch;
@@ -864,21 +918,13 @@ impl Receiver {
         now: Timestamp,
         deliver: &mut F,
     ) -> RxOutcome {
-        if let Some(admission) = &self.admission {
-            if matches!(self.window.check(seq), SeqCheck::Fresh) && !(admission.0)(packet) {
-                self.stats.inadmissible += 1;
-                return RxOutcome::Refused { link, seq };
-            }
-        }
-        match self.window.check_and_mark(seq) {
-            SeqCheck::Fresh => {
-                self.last_fresh = Some(now);
-                self.fresh_count = (self.fresh_count + 1).min(EVIDENCE);
+        let parts = (&mut self.window, self.admission.as_ref(), &mut self.fresh);
+        match take_number(parts, &mut self.stats, (seq, packet, now)) {
+            Ok(packet) => {
                 let order = self.reorder.push(seq, packet, now, deliver);
                 RxOutcome::Accepted { link, seq, order }
             }
-            SeqCheck::Duplicate => RxOutcome::Duplicate { link, seq },
-            SeqCheck::TooOld => RxOutcome::TooOld { link, seq },
+            Err(not) => not.outcome(link, seq),
         }
     }
 
@@ -908,21 +954,13 @@ impl Receiver {
             FragOutcome::Rejected => RxOutcome::Refused { link, seq },
             FragOutcome::Complete(packet) => {
                 // `packet` borrows the reassembler; the window and reorder buffer are apart.
-                if let Some(admission) = &self.admission {
-                    if matches!(self.window.check(seq), SeqCheck::Fresh) && !(admission.0)(packet) {
-                        self.stats.inadmissible += 1;
-                        return RxOutcome::Refused { link, seq };
-                    }
-                }
-                match self.window.check_and_mark(seq) {
-                    SeqCheck::Fresh => {
-                        self.last_fresh = Some(now);
-                        self.fresh_count = (self.fresh_count + 1).min(EVIDENCE);
+                let parts = (&mut self.window, self.admission.as_ref(), &mut self.fresh);
+                match take_number(parts, &mut self.stats, (seq, packet, now)) {
+                    Ok(packet) => {
                         let order = self.reorder.push(seq, packet, now, deliver);
                         RxOutcome::Accepted { link, seq, order }
                     }
-                    SeqCheck::Duplicate => RxOutcome::Duplicate { link, seq },
-                    SeqCheck::TooOld => RxOutcome::TooOld { link, seq },
+                    Err(not) => not.outcome(link, seq),
                 }
             }
         }
@@ -1936,7 +1974,8 @@ mod tests {
         // genuine packet, whole or in fragments, carrying such a packet, is refused; the genuine
         // packet of that number is delivered after it.
         for len in [64usize, 4000] {
-            let mut rx = receiver().with_admission(Admission::new(|p: &[u8]| p[8] != 0xee));
+            let admit = |p: &[u8]| (p[8] != 0xee).then_some(p.len());
+            let mut rx = receiver().with_admission(Admission::new(admit));
             let mut sink = Sink(Vec::new());
             let mut genuine = Sender::new(3);
             let mut forger = Sender::new(3);

@@ -1,6 +1,7 @@
-//! The delivery stage: packets the engine delivered are admitted (sane IP header, source in the
-//! configured destinations: [`crate::ip::admit`]) and written to the TUN device ([`tun`]) with
-//! the offloads a NIC would give ([`offload`]): consecutive UDP datagrams of a flow joined into
+//! The delivery stage: packets the engine delivered, each admitted before it took its number
+//! ([`admitted`]: sane IP header, source in the configured destinations, asked by the engine
+//! through [`alagg_proto::Admission`]), are written to the TUN device ([`tun`]) with the
+//! offloads a NIC would give ([`offload`]): consecutive UDP datagrams of a flow joined into
 //! one GSO write, large TCP announced as GSO with segments that fit the route on ([`pmtu`]).
 //!
 //! Invariant: packets enter the stack in the order the engine delivered them; what the
@@ -24,7 +25,8 @@ const MIN_MTU: usize = 576;
 
 /// [`ip::admit`]: the packet trimmed to its header's length if it may be delivered, else
 /// `None` with the reason counted. The engine asks it before a packet takes its number
-/// ([`alagg_proto::Receiver::with_admission`]), and the stage again before writing.
+/// ([`alagg_proto::Receiver::with_admission`], wired by the runtime), and delivers the packet
+/// trimmed; the stage takes what it delivers as admitted.
 pub(crate) fn admitted<'p>(
     packet: &'p [u8],
     destinations: &[IpNet],
@@ -56,17 +58,15 @@ pub(crate) struct Delivery<'a, W> {
     scratch: Vec<u8>,
     /// `None`: every packet is written on its own.
     coalescer: Option<Coalescer>,
-    destinations: Vec<IpNet>,
     counters: &'a DeliveryCounters,
 }
 
 impl<'a, W: TunWrite> Delivery<'a, W> {
-    /// A stage writing to `tun`, whose MTU is `tun_mtu`, packets from `destinations`; UDP is
-    /// coalesced when `coalesce`.
+    /// A stage writing to `tun`, whose MTU is `tun_mtu`, the packets the engine admitted; UDP
+    /// is coalesced when `coalesce`.
     pub(crate) fn new(
         tun: W,
         tun_mtu: usize,
-        destinations: Vec<IpNet>,
         coalesce: bool,
         counters: &'a DeliveryCounters,
     ) -> Self {
@@ -77,7 +77,6 @@ impl<'a, W: TunWrite> Delivery<'a, W> {
             tcp_gso: true,
             scratch: Vec::new(),
             coalescer: coalesce.then(Coalescer::new),
-            destinations,
             counters,
         }
     }
@@ -125,13 +124,9 @@ impl<'a, W: TunWrite> Delivery<'a, W> {
 }
 
 impl<W: TunWrite> Inbound for Delivery<'_, W> {
-    /// Takes a packet the engine delivered: written to the TUN device (now, or coalesced with
-    /// the next ones by [`Inbound::flush`]) if its source is one of the destinations and its
-    /// IP header is sane; counts what became of it.
+    /// Takes a packet the engine delivered, admitted ([`admitted`]): written to the TUN device
+    /// (now, or coalesced with the next ones by [`Inbound::flush`]); counts what became of it.
     fn packet(&mut self, packet: &[u8]) {
-        let Some(packet) = admitted(packet, &self.destinations, self.counters) else {
-            return;
-        };
         let offer = self
             .coalescer
             .as_mut()

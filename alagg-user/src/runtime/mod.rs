@@ -258,20 +258,14 @@ impl Datapath {
             let tun = tun
                 .try_clone()
                 .map_err(|e| UpError::Thread("receive".into(), e))?;
-            let destinations = config.destinations.clone();
             let rx = links.rx;
             spawn_worker(
                 "alagg-rx",
                 cores.get(workers).copied(),
                 &shared,
                 move |counters, control, run| {
-                    let delivery = Delivery::new(
-                        tun,
-                        tun_mtu as usize,
-                        destinations,
-                        coalesce,
-                        &counters.receiver.delivery,
-                    );
+                    let delivery =
+                        Delivery::new(tun, tun_mtu as usize, coalesce, &counters.receiver.delivery);
                     let stage = Receive::new(rx, receiver, delivery, counters, control);
                     worker::run(stage, run).finish()
                 },
@@ -608,7 +602,7 @@ pub(crate) fn admitting(
 ) -> Receiver {
     let (destinations, counters) = (destinations.to_vec(), Arc::clone(counters));
     receiver.with_admission(Admission::new(move |packet| {
-        deliver::admitted(packet, &destinations, &counters.receiver.delivery).is_some()
+        deliver::admitted(packet, &destinations, &counters.receiver.delivery).map(<[u8]>::len)
     }))
 }
 

@@ -326,13 +326,7 @@ impl Fixture {
             receiver = receiver.with_keyring(keyring);
         }
         let receiver = super::admitting(receiver, &destinations(), &self.counters);
-        let delivery = Delivery::new(
-            &self.tun,
-            1480,
-            destinations(),
-            false,
-            &self.counters.receiver.delivery,
-        );
+        let delivery = Delivery::new(&self.tun, 1480, false, &self.counters.receiver.delivery);
         let receive = Receive::new(rx_links, receiver, delivery, &self.counters, &self.control);
         Path {
             queue,
