@@ -16,17 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alagg::ops::snapshot::Snapshot;
 use alagg_testbed::Netns;
 use common::*;
-
-/// `alagg status --json` in `ns`, parsed.
-fn status_json(ns: &Netns) -> Snapshot {
-    let out = ns
-        .exec(ALAGG, &["status", "--tun", "alagg0", "--json"])
-        .unwrap_or_else(|e| panic!("alagg status --json in {}: {e}", ns.name()));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}:\n{out}"))
-}
 
 /// Sends `frames` raw Ethernet frames out of `interface` in `ns` (AF_PACKET, as the peer's
 /// alagg would, but of any length).

@@ -22,14 +22,6 @@ use alagg::ops::snapshot::Snapshot;
 use alagg_testbed::Netns;
 use common::*;
 
-/// `alagg status --json` in `ns`, parsed.
-fn status_json(ns: &Netns) -> Snapshot {
-    let out = ns
-        .exec(ALAGG, &["status", "--tun", "alagg0", "--json"])
-        .unwrap_or_else(|e| panic!("alagg status --json in {}: {e}", ns.name()));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}:\n{out}"))
-}
-
 /// Waits until `check` holds for a fresh snapshot (counters are published every 100 ms).
 fn wait_status(ns: &Netns, what: &str, check: impl Fn(&Snapshot) -> bool) -> Snapshot {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -28,14 +28,14 @@ use std::{
     },
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicBool, Ordering::SeqCst},
     },
     thread::JoinHandle,
     time::Duration,
 };
 
-use super::{serve::serve_each, snapshot::Snapshot};
+use super::{serve::serve_snapshots, snapshot::Snapshot};
 
 /// How long either side waits for the other to read or write.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
@@ -360,22 +360,16 @@ fn remove_stale(path: &Path) -> Result<(), ControlError> {
 }
 
 /// The server thread: accepts connections until `stop`, each answered on a thread of its own.
-/// The snapshot source is called under a mutex, held only while it runs.
 fn serve(
     listener: &UnixListener,
     stop: &AtomicBool,
     snapshot: impl Fn() -> Snapshot + Send + 'static,
 ) {
-    let snapshot = Mutex::new(snapshot);
-    serve_each(
+    serve_snapshots(
         listener.incoming(),
         stop,
         "control socket",
-        Arc::new(move |stream| {
-            answer(stream, &|| {
-                (snapshot.lock().unwrap_or_else(PoisonError::into_inner))()
-            })
-        }),
+        (snapshot, answer),
     );
 }
 

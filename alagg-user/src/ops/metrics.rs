@@ -17,14 +17,14 @@ use std::{
     io::{self, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicBool, Ordering::SeqCst},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use super::{serve::serve_each, snapshot::Snapshot};
+use super::{serve::serve_snapshots, snapshot::Snapshot};
 
 /// Longest request head read; longer heads are answered 431.
 pub(crate) const MAX_HEAD: usize = 8 * 1024;
@@ -116,23 +116,12 @@ impl Drop for MetricsServer {
 }
 
 /// The server thread: accepts connections until `stop`, each answered on a thread of its own.
-/// The snapshot source is called under a mutex, held only while it runs.
 fn serve(
     listener: &TcpListener,
     stop: &AtomicBool,
     snapshot: impl Fn() -> Snapshot + Send + 'static,
 ) {
-    let snapshot = Mutex::new(snapshot);
-    serve_each(
-        listener.incoming(),
-        stop,
-        "metrics",
-        Arc::new(move |stream| {
-            answer(stream, &|| {
-                (snapshot.lock().unwrap_or_else(PoisonError::into_inner))()
-            })
-        }),
-    );
+    serve_snapshots(listener.incoming(), stop, "metrics", (snapshot, answer));
 }
 
 /// What a request head asks for.

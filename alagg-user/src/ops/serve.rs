@@ -10,11 +10,13 @@
 use std::{
     io,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
     },
     time::Duration,
 };
+
+use super::snapshot::Snapshot;
 
 /// Most connections answered at once, per server.
 pub(crate) const MAX_CLIENTS: usize = 16;
@@ -26,6 +28,28 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, SeqCst);
     }
+}
+
+/// How a server answers one connection, given the snapshot source.
+type Answer<S> = fn(S, &dyn Fn() -> Snapshot) -> io::Result<()>;
+
+/// [`serve_each`] for the servers of snapshots (control socket, metrics endpoint): `answer`
+/// gets the connection and the snapshot source, which is called under a mutex, held only while
+/// it runs.
+pub(crate) fn serve_snapshots<S: Send + 'static>(
+    incoming: impl Iterator<Item = io::Result<S>>,
+    stop: &AtomicBool,
+    what: &'static str,
+    (snapshot, answer): (impl Fn() -> Snapshot + Send + 'static, Answer<S>),
+) {
+    let snapshot = Mutex::new(snapshot);
+    let take = move || (snapshot.lock().unwrap_or_else(PoisonError::into_inner))();
+    serve_each(
+        incoming,
+        stop,
+        what,
+        Arc::new(move |stream| answer(stream, &take)),
+    );
 }
 
 /// Takes the connections of `incoming` and answers each with `answer` on a thread of its own,

@@ -397,3 +397,11 @@ pub fn udp_numbered_between(
     });
     seen
 }
+
+/// `alagg status --json` in `ns`, parsed.
+pub fn status_json(ns: &Netns) -> alagg::ops::snapshot::Snapshot {
+    let out = ns
+        .exec(ALAGG, &["status", "--tun", "alagg0", "--json"])
+        .unwrap_or_else(|e| panic!("alagg status --json in {}: {e}", ns.name()));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}:\n{out}"))
+}
