@@ -1,7 +1,7 @@
 //! Privileged end-to-end tests on the testbed (two hosts, links through a wire namespace with
 //! a bridge each): what alagg is for. A link cut in the middle of a TCP transfer and healed
 //! later loses nothing and causes no TCP retransmission; 10 % random loss on each of two links
-//! still delivers at least 98.5 % of UDP datagrams (independent losses: 1 % expected).
+//! still delivers at least 98 % of UDP datagrams (independent losses: 1 % expected).
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -220,8 +220,11 @@ fn ten_percent_loss_on_each_of_two_links_still_delivers_udp() {
     let ratio = delivered as f64 / f64::from(count);
     let log_b = run.b.stop();
     assert_eq!(duplicates, 0, "duplicates reached the application");
+    // A frame is lost on both links 1 % of the time, and bundles lose their packets together
+    // (about 8 per frame here): some 25 such frames in a run, so the spread is wide; 98 % is
+    // five standard deviations below the expected 99 % (98.45 % was seen once).
     assert!(
-        ratio >= 0.985,
+        ratio >= 0.98,
         "delivered {delivered} of {count} ({:.2} %):\n{log_b}",
         ratio * 100.0
     );
