@@ -9,8 +9,7 @@
 //! # use alagg_proto::{Lane, Sender, Redundant, Scheduler, LinkState, Timestamp};
 //! # use alagg_proto::wire::{EthernetRepr, MacAddr, DEFAULT_ETHERTYPE};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let links = [LinkState { id: 0, usable: true, weight: 1, mtu: 1500 },
-//!              LinkState { id: 1, usable: true, weight: 1, mtu: 1500 }];
+//! let links = [LinkState::new(0, 1500), LinkState::new(1, 1500)];
 //! let eth = EthernetRepr { dst: MacAddr([2, 0, 0, 0, 0, 2]), src: MacAddr([2, 0, 0, 0, 0, 1]),
 //!                          ethertype: DEFAULT_ETHERTYPE };
 //! let (mut sender, mut sched) = (Sender::new(0x1234_5678), Redundant);
@@ -98,15 +97,17 @@ use crate::Timestamp;
 use crate::auth::{AuthError, Keyring};
 use crate::candidate::{Candidate, Candidates, EVIDENCE, SLOTS};
 use crate::frag::{FragOutcome, Reassembler, ReassemblyConfig};
+use crate::health::Health;
 use crate::lanes::Lanes;
 pub use crate::reorder::Order;
 use crate::reorder::{ReorderBuffer, ReorderConfig};
-use crate::seq::{SeqCheck, SeqWindow, seq_distance};
+use crate::seq::{SeqCheck, SeqWindow, seq_before, seq_distance};
 use crate::stats::{RxStats, TxStats};
 use crate::wire::{
     BUNDLE_ENTRY_HEADER_LEN, BUNDLE_HEADER_LEN, BundleEntries, BundleRepr, DATA_HEADER_LEN,
-    ETH_HDR_LEN, EthernetRepr, FLAG_AUTH, FRAGMENT_HEADER_LEN, FragmentLayout, FragmentRepr, Frame,
-    Kind, LinkId, ProbeRepr, Repr, Stamp, WireError, epoch_start_ms,
+    ETH_HDR_LEN, EthernetRepr, FEEDBACK_REPORT_LEN, FLAG_AUTH, FRAGMENT_HEADER_LEN, FragmentLayout,
+    FragmentRepr, Frame, Kind, LaneReport, LinkId, ProbeRepr, Repr, Stamp, WireError,
+    epoch_start_ms,
 };
 
 /// Sizing and timing of a [`Receiver`].
@@ -411,6 +412,8 @@ pub struct Receiver {
     release_passed_gaps: bool,
     /// Where encrypted payloads are decrypted.
     scratch: Vec<u8>,
+    /// The peer's lanes as metered here, and this host's links as the peer's feedback shows.
+    health: Health,
     stats: RxStats,
 }
 
@@ -463,6 +466,7 @@ impl Receiver {
             lanes: Lanes::default(),
             release_passed_gaps: config.release_passed_gaps,
             scratch: Vec::new(),
+            health: Health::default(),
             stats: RxStats::default(),
         })
     }
@@ -480,6 +484,26 @@ impl Receiver {
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = Some(admission);
         self
+    }
+
+    /// Keeps the health of `links` links (`health` module), from `now`: the peer's lanes are
+    /// metered and its feedback read. Without it, feedback is counted and ignored.
+    pub fn with_health(mut self, links: usize, now: Timestamp) -> Self {
+        self.health = Health::new(links, now);
+        // At most 64 links (`sched::MAX_LINKS`): the count fits a byte.
+        self.lanes
+            .set_links(links.min(crate::sched::MAX_LINKS) as u8);
+        self
+    }
+
+    /// Link health: the meters to report from, and this host's links as the peer sees them.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Link health, to tick it or tell it of a carrier loss.
+    pub fn health_mut(&mut self) -> &mut Health {
+        &mut self.health
     }
 
     /// The peer's current epoch, once a frame has been seen.
@@ -582,6 +606,21 @@ impl Receiver {
             Ok(ok) => ok,
             Err(e) => return self.malformed(e),
         };
+        self.health
+            .meters
+            .saw(repr.epoch, repr.stamp, bytes.len(), now);
+        // Feedback reports on this host's lanes, whatever the peer's start: it is read even
+        // while the peer's epoch is in doubt.
+        if let Kind::Feedback = repr.kind {
+            self.stats.feedback += 1;
+            let link = repr.stamp.link;
+            self.health
+                .on_feedback(link, repr.stamp.tx_time, frame.payload(), now);
+            if self.epoch == Some(repr.epoch) {
+                self.lane_floor(&repr, now, &mut deliver);
+            }
+            return RxOutcome::Feedback { link };
+        }
         match self.epoch {
             Some(epoch) if epoch == repr.epoch => {}
             // The first epoch seen is adopted at once.
@@ -600,19 +639,11 @@ impl Receiver {
                 );
             }
         }
-        match repr.kind {
-            Kind::Probe(probe) => {
-                self.stats.probes += 1;
-                let (link, seq) = (repr.stamp.link, repr.stamp.lane_seq);
-                return RxOutcome::Probe { link, seq, probe };
-            }
-            Kind::Feedback => {
-                self.stats.feedback += 1;
-                return RxOutcome::Feedback {
-                    link: repr.stamp.link,
-                };
-            }
-            _ => {}
+        if let Kind::Probe(probe) = repr.kind {
+            self.stats.probes += 1;
+            self.lane_floor(&repr, now, &mut deliver);
+            let (link, seq) = (repr.stamp.link, repr.stamp.lane_seq);
+            return RxOutcome::Probe { link, seq, probe };
         }
         if self.implausible(&repr) {
             return self.on_doubted(
@@ -675,6 +706,24 @@ impl Receiver {
             self.release_passed(now, deliver);
         }
         outcome
+    }
+
+    /// A probe or feedback frame of the current epoch: its `seq` is the next number its
+    /// sender's worker may give (`docs/PROTOCOL.md`), so its lane brings nothing below it that
+    /// it has not brought. Believed only up to the highest number seen: a forged far-ahead
+    /// `seq` releases no more than the genuine stream has gone past.
+    fn lane_floor<F: FnMut(&[u8])>(&mut self, repr: &Repr, now: Timestamp, deliver: &mut F) {
+        if !self.release_passed_gaps || repr.seq == 0 {
+            return;
+        }
+        let Some(top) = self.window.top() else {
+            return;
+        };
+        let floor = repr.seq.wrapping_sub(1);
+        let last = if seq_before(top, floor) { top } else { floor };
+        self.lanes
+            .floor((repr.stamp.link, repr.stamp.lane), last, now);
+        self.release_passed(now, deliver);
     }
 
     /// Gives up at once the gaps every live lane has gone past (`lanes` module): no lane will
@@ -765,7 +814,7 @@ impl Receiver {
             self.stats.stale_epoch += 1;
             return RxOutcome::StaleEpoch { link };
         }
-        // A probe's number is its link's probe counter: no evidence of a stream.
+        // A probe carries no packet: no evidence of a stream.
         if !matches!(repr.kind, Kind::Probe(_)) {
             // Evidence may come slowly from a stream that can only be the future (an epoch that
             // started after the current one, the current one far ahead), or when the current
@@ -1113,16 +1162,70 @@ impl Sender {
         })
     }
 
-    /// A probe's header, with the `stamp` of the lane it goes on.
+    /// A probe's header, with the `stamp` of the lane it goes on; its `seq` is the next number
+    /// this sender may give ([`Sender::next_seq`]).
     pub fn probe(&self, stamp: Stamp, probe: ProbeRepr) -> Repr {
         Repr {
             stamp,
             epoch: self.epoch,
-            seq: 0,
+            seq: self.next_seq(),
             payload_len: 0,
             flags: self.flags,
             kind: Kind::Probe(probe),
         }
+    }
+}
+
+impl Sender {
+    /// Writes a probe frame, Ethernet header first, into `out`: on the lane of `stamp`, echoing
+    /// `probe`. Returns the frame length (before any tag).
+    pub fn emit_probe(
+        &self,
+        stamp: Stamp,
+        probe: ProbeRepr,
+        eth: &EthernetRepr,
+        out: &mut [u8],
+    ) -> Result<usize, WireError> {
+        eth.emit(out)?;
+        let n = self.probe(stamp, probe).emit(&mut out[ETH_HDR_LEN..])?;
+        Ok(ETH_HDR_LEN + n)
+    }
+
+    /// Writes a feedback frame with `reports` (on the peer's lanes of the link it goes on),
+    /// Ethernet header first, into `out`; its `seq` is [`Sender::next_seq`], as a probe's.
+    /// Returns the frame length (before any tag).
+    pub fn emit_feedback(
+        &self,
+        stamp: Stamp,
+        reports: &[LaneReport],
+        eth: &EthernetRepr,
+        out: &mut [u8],
+    ) -> Result<usize, WireError> {
+        let payload_len = reports
+            .len()
+            .checked_mul(FEEDBACK_REPORT_LEN)
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or(WireError::FieldOverflow)?;
+        let repr = Repr {
+            stamp,
+            epoch: self.epoch,
+            seq: self.next_seq(),
+            payload_len,
+            flags: self.flags,
+            kind: Kind::Feedback,
+        };
+        let total = ETH_HDR_LEN + repr.frame_len();
+        if out.len() < total {
+            return Err(WireError::BufferTooSmall);
+        }
+        eth.emit(out)?;
+        let header = repr.emit(&mut out[ETH_HDR_LEN..])?;
+        let mut at = ETH_HDR_LEN + header;
+        for report in reports {
+            report.emit(&mut out[at..])?;
+            at += FEEDBACK_REPORT_LEN;
+        }
+        Ok(total)
     }
 }
 
@@ -1565,6 +1668,100 @@ mod tests {
         assert_eq!(ids(&sink), [0, 2, 3], "link 1 silent for the hold time");
         let s = rx.stats();
         assert_eq!((s.gaps_passed, s.reorder.hold_expired), (1, 0));
+    }
+
+    #[test]
+    fn a_probe_tells_that_its_lane_went_past_a_gap() {
+        // Striped: 0 and 2 on link 0, 1 on link 1 and lost there. Link 1 stays heard; its
+        // probe says the next number its sender gives is 3, so nothing below 3 will come on it.
+        let mut tx = Sender::new(5);
+        let f0 = packet_frame(&mut tx, 0);
+        let f1 = packet_frame(&mut tx, 1);
+        let f2 = packet_frame(&mut tx, 0);
+        let probe_frame = |tx: &Sender, seq| {
+            let mut buf = [0u8; 64];
+            let stamp = Stamp {
+                lane_seq: seq,
+                ..Stamp::on(1)
+            };
+            let n = tx
+                .probe(stamp, ProbeRepr::default())
+                .emit(&mut buf)
+                .unwrap();
+            buf[..n].to_vec()
+        };
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        rx.on_frame(&f0, t(0), sink.f());
+        // An early probe of link 1 (sent before 1): the lane is known and may bring 1.
+        let mut early = Sender::new(5);
+        early.plan(1, 1500).unwrap();
+        rx.on_frame(&probe_frame(&early, 0), t(0), sink.f());
+        drop(f1);
+        rx.on_frame(&f2, t(1), sink.f());
+        assert_eq!(ids(&sink), [0], "link 1 may still bring 1");
+        rx.on_frame(&probe_frame(&tx, 1), t(2), sink.f());
+        assert_eq!(ids(&sink), [0, 2], "link 1's probe went past 1");
+        let s = rx.stats();
+        assert_eq!((s.gaps_passed, s.reorder.lost, s.probes), (1, 1, 2));
+        // A forged probe far ahead releases nothing the stream has not gone past.
+        let mut rx = receiver();
+        let mut sink = Sink(Vec::new());
+        rx.on_frame(&f0, t(0), sink.f());
+        rx.on_frame(&probe_frame(&early, 0), t(0), sink.f());
+        rx.on_frame(&f2, t(1), sink.f());
+        let mut far = Sender::with_first_seq(5, 1 << 40);
+        far.plan(1, 1500).unwrap();
+        rx.on_frame(&probe_frame(&far, 1), t(2), sink.f());
+        // Link 1's top is capped at 2, the highest seen: 1 is passed, nothing beyond.
+        assert_eq!(ids(&sink), [0, 2]);
+        assert_eq!(rx.stats().reorder.lost, 1);
+    }
+
+    #[test]
+    fn feedback_reaches_link_health_whatever_the_peer_epoch() {
+        use crate::health::{Condition, micros};
+        let mut rx = receiver().with_health(2, t(0));
+        let mut data = Sender::new(5);
+        rx.on_frame(&packet_frame(&mut data, 0), t(0), |_: &[u8]| {});
+        // The peer reports on this host's lane 0 of link 1, from another start than its data's.
+        let peer = Sender::new(9);
+        let eth = EthernetRepr {
+            dst: crate::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+            src: crate::wire::MacAddr([2, 0, 0, 0, 0, 2]),
+            ethertype: crate::wire::DEFAULT_ETHERTYPE,
+        };
+        let mut buf = [0u8; 256];
+        for i in 1..=3u64 {
+            let report = LaneReport {
+                highest: 10 * i,
+                received: 10 * i as u32,
+                echo_time: micros(t(10 * i - 4)),
+                echo_delay: 1_000,
+                ..LaneReport::default()
+            };
+            let stamp = Stamp {
+                tx_time: micros(t(10 * i - 1)),
+                ..Stamp::on(1)
+            };
+            let n = peer
+                .emit_feedback(stamp, &[report], &eth, &mut buf)
+                .unwrap();
+            let outcome = rx.on_frame(&buf[ETH_HDR_LEN..n], t(10 * i), |_: &[u8]| {});
+            assert_eq!(outcome, RxOutcome::Feedback { link: 1 });
+        }
+        let view = rx.health().link(1).unwrap().view();
+        assert_eq!(view.condition, Condition::Up);
+        assert_eq!(view.srtt, Some(Duration::from_millis(3)));
+        assert_eq!(rx.stats().feedback, 3);
+        // The peer's frames were metered on their lanes.
+        let mut reports = Vec::new();
+        rx.health().meters.reports(1, t(40), &mut reports);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].received, 3);
+        // Link 0 has no feedback: still unknown.
+        let view = rx.health().link(0).unwrap().view();
+        assert_eq!(view.condition, Condition::Unknown);
     }
 
     #[test]

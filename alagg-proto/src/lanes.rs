@@ -44,6 +44,10 @@ pub(crate) struct Lanes {
     latest: Option<Timestamp>,
     /// When the stream last resumed after a pause of a hold time or more.
     resumed: Timestamp,
+    /// The sender's links (0 if not known): a worker heard on one link will use the others.
+    links: u8,
+    /// Per lane number (sending worker) heard, when it was first heard.
+    workers: Vec<(u8, Timestamp)>,
 }
 
 impl Lanes {
@@ -60,6 +64,27 @@ impl Lanes {
             self.resumed = now;
         }
         self.latest = Some(now);
+        self.raise((link, lane), last, now);
+    }
+
+    /// Lane `lane` of `link` sent, at `now`, a frame that carries no packet (a probe, feedback)
+    /// and says it will bring no packet numbered up to `last` that it has not brought. The lane
+    /// is heard from, and its top moves to `last` if that is higher; the stream's own timing
+    /// (when it paused or resumed) is not touched, since no packet came.
+    pub(crate) fn floor(&mut self, lane: (u8, u8), last: u64, now: Timestamp) {
+        self.raise(lane, last, now);
+    }
+
+    /// The sender has `links` links (numbered from 0): until a worker heard on one of them has
+    /// been heard on all, or a hold time has passed since it was first heard, its lanes not yet
+    /// heard may still bring anything, so nothing is given up.
+    pub(crate) fn set_links(&mut self, links: u8) {
+        self.links = links;
+    }
+
+    /// Moves a lane's top to `last` if higher and marks it heard at `now`; a lane not known yet
+    /// is added, in the place of the one heard from least recently if there is no room.
+    fn raise(&mut self, (link, lane): (u8, u8), last: u64, now: Timestamp) {
         if let Some(known) = self
             .lanes
             .iter_mut()
@@ -70,6 +95,9 @@ impl Lanes {
             }
             known.last = now;
             return;
+        }
+        if !self.workers.iter().any(|(w, _)| *w == lane) && self.workers.len() < MAX_LANES {
+            self.workers.push((lane, now));
         }
         let entry = LaneTop {
             link,
@@ -96,6 +124,19 @@ impl Lanes {
         if self.evicted.is_some_and(is_live) {
             return None;
         }
+        // A worker new to the stream whose lanes are not all heard yet: one may bring anything.
+        let unheard = self.workers.iter().any(|&(worker, first)| {
+            is_live(first)
+                && (0..self.links).any(|link| {
+                    !self
+                        .lanes
+                        .iter()
+                        .any(|l| l.link == link && l.lane == worker)
+                })
+        });
+        if unheard {
+            return None;
+        }
         let waking = is_live(self.resumed);
         self.lanes
             .iter()
@@ -106,7 +147,10 @@ impl Lanes {
 
     /// Forgets every lane (the peer restarted: a new stream).
     pub(crate) fn reset(&mut self) {
-        *self = Lanes::default();
+        *self = Lanes {
+            links: self.links,
+            ..Lanes::default()
+        };
     }
 }
 
@@ -145,6 +189,47 @@ mod tests {
         lanes.saw((0, 0), u64::MAX, ms(0), HOLD);
         lanes.saw((1, 0), 2, ms(0), HOLD);
         assert_eq!(lanes.passed(ms(0), HOLD), Some(0));
+    }
+
+    #[test]
+    fn a_floor_moves_a_known_lane_and_keeps_it_live() {
+        let mut lanes = Lanes::default();
+        lanes.saw((0, 0), 10, ms(0), HOLD);
+        lanes.saw((1, 0), 7, ms(0), HOLD);
+        // Link 1's probe: nothing up to 9 will come on it.
+        lanes.floor((1, 0), 9, ms(4));
+        assert_eq!(lanes.passed(ms(4), HOLD), Some(10));
+        // A lower floor changes nothing; an unknown lane is known from its first one.
+        lanes.floor((1, 0), 3, ms(4));
+        assert_eq!(lanes.passed(ms(4), HOLD), Some(10));
+        lanes.floor((2, 0), 8, ms(4));
+        assert_eq!(lanes.passed(ms(4), HOLD), Some(9));
+        lanes.floor((2, 0), 20, ms(4));
+        // Probes keep link 1 live after link 0 went quiet...
+        lanes.floor((1, 0), 9, ms(8));
+        assert_eq!(lanes.passed(ms(8), HOLD), Some(10));
+        // ... but do not count as the stream resuming after a pause.
+        lanes.floor((1, 0), 9, ms(30));
+        assert_eq!(lanes.passed(ms(31), HOLD), Some(10));
+        assert_eq!(lanes.passed(ms(36), HOLD), None);
+    }
+
+    #[test]
+    fn a_worker_heard_on_one_link_holds_gaps_until_heard_on_all() {
+        let mut lanes = Lanes::default();
+        lanes.set_links(2);
+        // Worker 0 on link 0 only: link 1 may still bring anything.
+        lanes.saw((0, 0), 10, ms(0), HOLD);
+        assert_eq!(lanes.passed(ms(1), HOLD), None);
+        lanes.saw((1, 0), 4, ms(2), HOLD);
+        assert_eq!(lanes.passed(ms(2), HOLD), Some(5));
+        // Worker 3 appears on link 1; after a hold time its silence on link 0 no longer counts.
+        lanes.saw((1, 3), 20, ms(3), HOLD);
+        assert_eq!(lanes.passed(ms(3), HOLD), None);
+        lanes.saw((0, 0), 30, ms(7), HOLD);
+        lanes.saw((1, 3), 30, ms(7), HOLD);
+        assert_eq!(lanes.passed(ms(7), HOLD), None);
+        assert_eq!(lanes.passed(ms(9), HOLD), Some(31));
     }
 
     #[test]

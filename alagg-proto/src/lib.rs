@@ -20,6 +20,7 @@ pub mod auth;
 mod candidate;
 pub mod engine;
 pub mod frag;
+pub mod health;
 mod lanes;
 pub mod reorder;
 pub mod sched;
@@ -34,7 +35,7 @@ pub use engine::{
 };
 pub use frag::{Fragmenter, Reassembler};
 pub use reorder::ReorderBuffer;
-pub use sched::{LinkSet, LinkState, Redundant, Scheduler};
+pub use sched::{Adaptive, AnyScheduler, Backup, LinkSet, LinkState, Redundant, Scheduler, Stripe};
 pub use seq::{SeqCheck, SeqWindow};
 pub use time::Timestamp;
 pub use wire::{Lane, LinkId, Stamp};

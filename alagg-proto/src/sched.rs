@@ -1,10 +1,14 @@
 //! Scheduling: which links carry a packet.
 //!
 //! A [`Scheduler`] looks at the links' state and the packet and returns a [`LinkSet`], a bit set
-//! of indexes into the caller's link table. The engine never looks inside: redundant sending,
-//! weighted striping, active-backup and adaptive redundancy are all a `select` away, and link
-//! observations (up/down, round-trip time, loss) reach a scheduler through
-//! [`Scheduler::observe`], which the simple schedulers ignore.
+//! of indexes into the caller's link table. The engine never looks inside. The links' state
+//! ([`LinkState`]) carries their health as the peer's feedback shows it ([`HealthView`], from
+//! [`crate::health`]): condition, round-trip time, loss and delivery rate.
+//! - [`Redundant`]: every usable link (a packet survives if any one delivers it);
+//! - [`Stripe`]: the one link where the packet would arrive first (earliest delivery time);
+//! - [`Backup`]: the best healthy link by priority;
+//! - [`Adaptive`]: as [`Stripe`], plus a copy on a second link when the first is lossy or
+//!   far slower than the best.
 //!
 //! All copies of one packet must use the same fragment boundaries, so the sender plans a packet
 //! with the smallest MTU of the chosen links ([`LinkSet::min_mtu`]).
@@ -12,22 +16,54 @@
 use core::time::Duration;
 
 use crate::Timestamp;
+use crate::health::{Condition, HealthView};
 use crate::wire::LinkId;
 
 /// Most links a [`LinkSet`] can name.
 pub const MAX_LINKS: usize = 64;
 
 /// What the datapath knows about one link, as schedulers see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkState {
     /// The id this side writes into frames sent on the link.
     pub id: LinkId,
-    /// Whether the link may carry traffic (carrier up, probes answered).
+    /// Whether the link may carry traffic: its carrier is up and its health is not `Down`.
     pub usable: bool,
-    /// Relative share for weighted schedulers; ignored by [`Redundant`].
-    pub weight: u32,
+    /// For [`Backup`]: lower is preferred.
+    pub priority: u32,
+    /// The sender's cap on the link's rate, bits per second; 0 for none (measured).
+    pub rate_cap_bps: u64,
     /// Bytes available after the Ethernet header: the interface MTU.
     pub mtu: usize,
+    /// The link's health from the peer's feedback.
+    pub health: HealthView,
+}
+
+impl LinkState {
+    /// A usable link of `mtu` bytes with id `id`, priority `id`, no cap and no health yet.
+    pub fn new(id: LinkId, mtu: usize) -> Self {
+        LinkState {
+            id,
+            usable: true,
+            priority: u32::from(id),
+            rate_cap_bps: 0,
+            mtu,
+            health: HealthView::default(),
+        }
+    }
+
+    /// How much a scheduler should prefer the link, best first: up (or not yet known), then
+    /// degraded; `None` if not usable.
+    fn class(&self) -> Option<u8> {
+        if !self.usable {
+            return None;
+        }
+        match self.health.condition {
+            Condition::Up | Condition::Unknown => Some(0),
+            Condition::Degraded => Some(1),
+            Condition::Down => None,
+        }
+    }
 }
 
 /// A set of link indexes (positions in the caller's link table), at most [`MAX_LINKS`].
@@ -82,31 +118,11 @@ impl LinkSet {
     }
 }
 
-/// Something the datapath learned about a link, for schedulers that adapt.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum LinkEvent {
-    /// The link became usable.
-    Up,
-    /// The link stopped being usable.
-    Down,
-    /// A round-trip time measured with probes.
-    Rtt(Duration),
-    /// Share of this link's copies that arrived first at the peer, 0.0 to 1.0.
-    FirstShare(f32),
-    /// Estimated loss ratio of the link, 0.0 to 1.0.
-    Loss(f32),
-}
-
 /// Decides, packet by packet, which links carry it.
 pub trait Scheduler {
     /// The links to send a `packet_len`-byte packet on; indexes into `links`. An empty set means
     /// the packet is dropped (no usable link).
     fn select(&mut self, packet_len: usize, links: &[LinkState], now: Timestamp) -> LinkSet;
-
-    /// Feeds an observation about link `index`; ignored unless the scheduler adapts.
-    fn observe(&mut self, index: usize, event: LinkEvent, now: Timestamp) {
-        let _ = (index, event, now);
-    }
 }
 
 /// Sends every packet on every usable link: a packet survives if any one link delivers it
@@ -126,17 +142,407 @@ impl Scheduler for Redundant {
     }
 }
 
+/// Rate assumed for a link whose delivery rate is not measured yet, bits per second.
+pub const RATE_FLOOR_BPS: u64 = 10_000_000;
+/// A link is given this much more than the highest rate it delivered lately, so that its share
+/// grows while it keeps up (the probing of BBR, and of MUD's rate control).
+const RATE_GAIN: f64 = 1.25;
+/// Bytes on the wire per frame beyond the packet: Ethernet, alagg header, tag.
+const FRAME_OVERHEAD: usize = 14 + 36 + 16;
+/// When every link's queue (as the scheduler models it) is this far behind, all move back by
+/// the same time: the order between them is kept and the numbers stay bounded.
+const BACKLOG_RENORMALISE: Duration = Duration::from_millis(100);
+
+/// The rate a scheduler counts on for `link`, bytes per second.
+fn rate_bytes(link: &LinkState) -> f64 {
+    let measured = (link.health.rate_bps as f64 * RATE_GAIN).max(RATE_FLOOR_BPS as f64);
+    let bps = if link.rate_cap_bps > 0 {
+        measured.min(link.rate_cap_bps as f64)
+    } else {
+        measured
+    };
+    bps / 8.0
+}
+
+/// Half the link's smoothed round-trip time, seconds: its one-way delay as far as comparing
+/// links goes (0 until measured).
+fn one_way(link: &LinkState) -> f64 {
+    link.health.srtt.map_or(0.0, |rtt| rtt.as_secs_f64() / 2.0)
+}
+
+/// Stripes packets: each goes on the usable link where it would arrive first, its queue (the
+/// bytes sent on it not yet drained at its rate) over its rate plus its one-way delay (earliest
+/// delivery time, as in ECF and BLEST: a slow link is passed over when waiting for a faster one
+/// delivers sooner). Links of different rates and delays are filled in proportion, and frames
+/// arrive nearly in order. Degraded links are used only when no link is up.
+///
+/// The queues are the scheduler's model, not a pacer: what it sends goes out at once.
+#[derive(Clone, Debug)]
+pub struct Stripe {
+    /// Modelled queue per link, bytes.
+    backlog: [f64; MAX_LINKS],
+    last: Option<Timestamp>,
+}
+
+impl Default for Stripe {
+    fn default() -> Self {
+        Stripe {
+            backlog: [0.0; MAX_LINKS],
+            last: None,
+        }
+    }
+}
+
+impl Stripe {
+    /// Drains every link's modelled queue at its rate up to `now`.
+    fn drain(&mut self, links: &[LinkState], now: Timestamp) {
+        let elapsed = self
+            .last
+            .map_or(0.0, |t| now.saturating_since(t).as_secs_f64());
+        self.last = Some(now);
+        for (backlog, link) in self.backlog.iter_mut().zip(links) {
+            *backlog = (*backlog - elapsed * rate_bytes(link)).max(0.0);
+        }
+    }
+
+    /// The usable link of the best class with the earliest delivery, other than `except`.
+    fn earliest(&self, links: &[LinkState], except: Option<usize>) -> Option<(usize, f64)> {
+        let best_class = links
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != except)
+            .filter_map(|(_, l)| l.class())
+            .min()?;
+        links
+            .iter()
+            .enumerate()
+            .take(MAX_LINKS)
+            .filter(|(i, l)| Some(*i) != except && l.class() == Some(best_class))
+            .map(|(i, l)| (i, self.backlog[i] / rate_bytes(l) + one_way(l)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Counts `bytes` onto link `index`'s queue, keeping the queues bounded.
+    fn enqueue(&mut self, index: usize, bytes: usize, links: &[LinkState]) {
+        self.backlog[index] += bytes as f64;
+        let behind = links
+            .iter()
+            .zip(&self.backlog)
+            .filter(|(l, _)| l.class().is_some())
+            .map(|(l, b)| b / rate_bytes(l))
+            .reduce(f64::min)
+            .unwrap_or(0.0);
+        if behind > BACKLOG_RENORMALISE.as_secs_f64() {
+            for (backlog, link) in self.backlog.iter_mut().zip(links) {
+                *backlog = (*backlog - behind * rate_bytes(link)).max(0.0);
+            }
+        }
+    }
+
+    /// The bytes a `packet_len`-byte packet puts on a link.
+    fn wire_bytes(packet_len: usize, mtu: usize) -> usize {
+        let per_frame = mtu.saturating_sub(FRAME_OVERHEAD).max(1);
+        packet_len + packet_len.div_ceil(per_frame) * FRAME_OVERHEAD
+    }
+}
+
+impl Scheduler for Stripe {
+    fn select(&mut self, packet_len: usize, links: &[LinkState], now: Timestamp) -> LinkSet {
+        self.drain(links, now);
+        let mut set = LinkSet::EMPTY;
+        if let Some((index, _)) = self.earliest(links, None) {
+            self.enqueue(index, Self::wire_bytes(packet_len, links[index].mtu), links);
+            set.insert(index);
+        }
+        set
+    }
+}
+
+/// All traffic on one link: the usable link of the best class (up before degraded) with the
+/// lowest priority (then the lowest index). The others carry only probes. A link that failed
+/// comes back only once its health is up again, after its hold-down (`health` module), so
+/// traffic does not flap back to a primary that is not yet sound.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Backup;
+
+impl Scheduler for Backup {
+    fn select(&mut self, _packet_len: usize, links: &[LinkState], _now: Timestamp) -> LinkSet {
+        let best = links
+            .iter()
+            .enumerate()
+            .take(MAX_LINKS)
+            .filter_map(|(i, l)| l.class().map(|c| ((c, l.priority, i), i)))
+            .min_by_key(|(key, _)| *key);
+        let mut set = LinkSet::EMPTY;
+        if let Some((_, index)) = best {
+            set.insert(index);
+        }
+        set
+    }
+}
+
+/// Loss ratio above which [`Adaptive`] sends a second copy.
+pub const ADAPTIVE_LOSS: f32 = 0.01;
+/// A link whose one-way delay exceeds the best link's by this much and this factor gets a
+/// second copy from [`Adaptive`] too.
+const ADAPTIVE_SLOWER: Duration = Duration::from_millis(20);
+
+/// Stripes as [`Stripe`] while the links are clean; a packet whose link loses more than
+/// [`ADAPTIVE_LOSS`] of its frames (or is degraded, or far slower than the best link) also goes
+/// on the next-earliest link, so residual loss stays low with the least extra traffic.
+#[derive(Clone, Debug, Default)]
+pub struct Adaptive {
+    stripe: Stripe,
+}
+
+impl Adaptive {
+    /// Whether a packet sent on `link` alone is at risk.
+    fn at_risk(link: &LinkState, links: &[LinkState]) -> bool {
+        if link.health.condition == Condition::Degraded || link.health.loss > ADAPTIVE_LOSS {
+            return true;
+        }
+        let best = links
+            .iter()
+            .filter(|l| l.class().is_some())
+            .map(one_way)
+            .reduce(f64::min)
+            .unwrap_or(0.0);
+        let slow = one_way(link);
+        slow > 2.0 * best && slow - best > ADAPTIVE_SLOWER.as_secs_f64()
+    }
+}
+
+impl Scheduler for Adaptive {
+    fn select(&mut self, packet_len: usize, links: &[LinkState], now: Timestamp) -> LinkSet {
+        let stripe = &mut self.stripe;
+        stripe.drain(links, now);
+        let mut set = LinkSet::EMPTY;
+        let Some((first, _)) = stripe.earliest(links, None) else {
+            return set;
+        };
+        set.insert(first);
+        stripe.enqueue(
+            first,
+            Stripe::wire_bytes(packet_len, links[first].mtu),
+            links,
+        );
+        if Self::at_risk(&links[first], links) {
+            if let Some((second, _)) = stripe.earliest(links, Some(first)) {
+                set.insert(second);
+                let bytes = Stripe::wire_bytes(packet_len, links[second].mtu);
+                stripe.enqueue(second, bytes, links);
+            }
+        }
+        set
+    }
+}
+
+/// One of the schedulers, chosen by configuration: static dispatch, no allocation.
+#[derive(Clone, Debug)]
+pub enum AnyScheduler {
+    /// [`Redundant`].
+    Redundant(Redundant),
+    /// [`Stripe`].
+    Stripe(Stripe),
+    /// [`Backup`].
+    Backup(Backup),
+    /// [`Adaptive`].
+    Adaptive(Adaptive),
+}
+
+impl Scheduler for AnyScheduler {
+    #[inline]
+    fn select(&mut self, packet_len: usize, links: &[LinkState], now: Timestamp) -> LinkSet {
+        match self {
+            AnyScheduler::Redundant(s) => s.select(packet_len, links, now),
+            AnyScheduler::Stripe(s) => s.select(packet_len, links, now),
+            AnyScheduler::Backup(s) => s.select(packet_len, links, now),
+            AnyScheduler::Adaptive(s) => s.select(packet_len, links, now),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn link(id: LinkId, usable: bool, mtu: usize) -> LinkState {
         LinkState {
-            id,
             usable,
-            weight: 1,
-            mtu,
+            ..LinkState::new(id, mtu)
         }
+    }
+
+    /// A link measured at `mbit` Mbit/s with `rtt_ms` round trip, in `condition`.
+    fn measured(id: LinkId, mbit: u64, rtt_ms: u64, condition: Condition) -> LinkState {
+        LinkState {
+            health: HealthView {
+                condition,
+                srtt: Some(Duration::from_millis(rtt_ms)),
+                rate_bps: mbit * 1_000_000,
+                ..HealthView::default()
+            },
+            ..LinkState::new(id, 1500)
+        }
+    }
+
+    fn at_us(us: u64) -> Timestamp {
+        Timestamp::from_nanos(us * 1_000)
+    }
+
+    /// Bytes of `packets` 1400-byte packets sent one per `gap_us` that `scheduler` puts on each
+    /// of `links`, and the packets that got two copies.
+    fn share(
+        scheduler: &mut impl Scheduler,
+        links: &[LinkState],
+        packets: usize,
+        gap_us: u64,
+    ) -> (Vec<usize>, usize) {
+        let mut bytes = vec![0; links.len()];
+        let mut doubled = 0;
+        for i in 0..packets {
+            let set = scheduler.select(1400, links, at_us(i as u64 * gap_us));
+            doubled += usize::from(set.len() > 1);
+            for l in set.iter() {
+                bytes[l] += 1400;
+            }
+        }
+        (bytes, doubled)
+    }
+
+    #[test]
+    fn stripe_fills_links_in_proportion_to_their_rates() {
+        // 200 and 100 Mbit/s measured (so counted at 1.25 times that), same delay, offered
+        // 560 Mbit/s (1400 bytes every 20 us): 2 to 1.
+        let links = [
+            measured(0, 200, 2, Condition::Up),
+            measured(1, 100, 2, Condition::Up),
+        ];
+        let (bytes, doubled) = share(&mut Stripe::default(), &links, 30_000, 20);
+        let ratio = bytes[0] as f64 / bytes[1] as f64;
+        assert!((ratio - 2.0).abs() < 0.05, "ratio {ratio}");
+        assert_eq!(doubled, 0);
+        // Offered below the fast link's rate, with the slow link 20 ms further away: all on the
+        // fast link (waiting there is quicker than the slow link's delay).
+        let links = [
+            measured(0, 200, 2, Condition::Up),
+            measured(1, 100, 42, Condition::Up),
+        ];
+        let (bytes, _) = share(&mut Stripe::default(), &links, 10_000, 100);
+        assert_eq!(bytes[1], 0);
+        // Links without measurements share alike.
+        let links = [link(0, true, 1500), link(1, true, 1500)];
+        let (bytes, _) = share(&mut Stripe::default(), &links, 1_000, 10);
+        assert_eq!(bytes[0], bytes[1]);
+    }
+
+    #[test]
+    fn stripe_keeps_its_proportions_when_every_link_is_overrun() {
+        // 2 Gbit/s offered onto 200 + 100 Mbit/s for 2 s: the queues are renormalised, the
+        // proportion holds.
+        let links = [
+            measured(0, 200, 2, Condition::Up),
+            measured(1, 100, 2, Condition::Up),
+        ];
+        let mut stripe = Stripe::default();
+        let (bytes, _) = share(&mut stripe, &links, 350_000, 5);
+        let ratio = bytes[0] as f64 / bytes[1] as f64;
+        assert!((ratio - 2.0).abs() < 0.05, "ratio {ratio}");
+        assert!(stripe.backlog.iter().all(|b| b.is_finite() && *b < 1e8));
+    }
+
+    #[test]
+    fn stripe_avoids_down_and_degraded_links() {
+        let links = [
+            measured(0, 100, 2, Condition::Down),
+            measured(1, 100, 2, Condition::Degraded),
+            measured(2, 100, 2, Condition::Up),
+        ];
+        let (bytes, _) = share(&mut Stripe::default(), &links, 100, 10);
+        assert_eq!(bytes, [0, 0, 140_000]);
+        // Degraded is better than nothing.
+        let links = [links[0], links[1]];
+        let (bytes, _) = share(&mut Stripe::default(), &links, 100, 10);
+        assert_eq!(bytes, [0, 140_000]);
+        // Nothing usable: the packet is dropped.
+        let set = Stripe::default().select(100, &[links[0]], Timestamp::ZERO);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn backup_uses_the_best_healthy_link_by_priority() {
+        let mut links = [
+            measured(0, 100, 2, Condition::Up),
+            measured(1, 100, 2, Condition::Up),
+            measured(2, 100, 2, Condition::Up),
+        ];
+        links[0].priority = 5;
+        links[1].priority = 1;
+        links[2].priority = 1;
+        let pick = |links: &[LinkState]| {
+            Backup
+                .select(100, links, Timestamp::ZERO)
+                .iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pick(&links), [1], "lowest priority, then lowest index");
+        links[1].health.condition = Condition::Down;
+        assert_eq!(pick(&links), [2]);
+        links[2].health.condition = Condition::Degraded;
+        assert_eq!(pick(&links), [0], "up before degraded");
+        links[0].usable = false;
+        assert_eq!(pick(&links), [2]);
+        links[2].usable = false;
+        assert!(pick(&links).is_empty());
+    }
+
+    #[test]
+    fn adaptive_copies_only_what_a_lossy_or_slow_link_carries() {
+        let clean = [
+            measured(0, 100, 2, Condition::Up),
+            measured(1, 100, 2, Condition::Up),
+        ];
+        let (_, doubled) = share(&mut Adaptive::default(), &clean, 1_000, 100);
+        assert_eq!(doubled, 0);
+        // Link 1 loses 3 %: under a load that needs both links, the packets it carries get a
+        // copy on link 0; link 0's do not.
+        let mut lossy = clean;
+        lossy[1].health.loss = 0.03;
+        let (bytes, doubled) = share(&mut Adaptive::default(), &lossy, 1_000, 5);
+        assert!(doubled > 0 && doubled < 1_000, "doubled {doubled}");
+        assert_eq!(bytes[0] + bytes[1], (1_000 + doubled) * 1400);
+        // A link far slower than the best: its packets get a copy too.
+        let slow = [
+            measured(0, 100, 2, Condition::Up),
+            measured(1, 100, 100, Condition::Up),
+        ];
+        let mut adaptive = Adaptive::default();
+        let mut doubled = 0;
+        for i in 0..20_000u64 {
+            let set = adaptive.select(1400, &slow, at_us(i * 5));
+            if set.contains(1) {
+                doubled += usize::from(set.len() == 2);
+                assert_eq!(
+                    set.len(),
+                    2,
+                    "a packet on the slow link goes on the fast one too"
+                );
+            }
+        }
+        assert!(doubled > 0);
+    }
+
+    #[test]
+    fn any_scheduler_dispatches() {
+        let links = [link(0, true, 1500), link(1, true, 1500)];
+        let mut redundant = AnyScheduler::Redundant(Redundant);
+        assert_eq!(redundant.select(100, &links, Timestamp::ZERO).len(), 2);
+        let mut backup = AnyScheduler::Backup(Backup);
+        assert_eq!(backup.select(100, &links, Timestamp::ZERO).len(), 1);
+        let mut stripe = AnyScheduler::Stripe(Stripe::default());
+        assert_eq!(stripe.select(100, &links, Timestamp::ZERO).len(), 1);
+        let mut adaptive = AnyScheduler::Adaptive(Adaptive::default());
+        assert_eq!(adaptive.select(100, &links, Timestamp::ZERO).len(), 1);
     }
 
     #[test]

@@ -12,10 +12,19 @@
 use std::{
     fmt,
     os::fd::RawFd,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering::Release},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{
+            AtomicBool, AtomicU8, AtomicU32, AtomicU64,
+            Ordering::{Relaxed, Release},
+        },
+    },
 };
 
-use alagg_proto::wire::EthernetRepr;
+use alagg_proto::{
+    health::{Condition, HealthView},
+    wire::{EthernetRepr, LaneReport},
+};
 use crossbeam_queue::ArrayQueue;
 
 /// Frames a [`FrameRx`] hands over per call at most, and packets a [`PacketSource`] per batch.
@@ -173,8 +182,13 @@ pub(crate) trait PacketSource {
 
 /// What the capture stage hands its packets to (the transmit stage).
 pub(crate) trait Outbound {
-    /// Called at the start of every capture turn, before any packet: take link changes.
-    fn refresh(&mut self);
+    /// Called at the start of every capture turn, before any packet, at `now`: take link
+    /// changes and health, and send what is due without packets (probes, feedback).
+    fn refresh(&mut self, now: alagg_proto::Timestamp);
+
+    /// How long the stage may sleep from `now` before [`Outbound::refresh`] has something to
+    /// send; `None`: nothing is due.
+    fn due(&self, now: alagg_proto::Timestamp) -> Option<std::time::Duration>;
 
     /// Sends one captured packet (or stages it to be sent with the next ones).
     fn packet(&mut self, packet: &[u8], now: alagg_proto::Timestamp);
@@ -192,11 +206,79 @@ pub(crate) trait Inbound {
     fn flush(&mut self);
 }
 
+/// Link health as the receive stage publishes it for the transmit stages: the link's
+/// [`HealthView`] in atomics, and the reports on the peer's lanes of the link that the next
+/// feedback frame carries. Written every few milliseconds, never per packet.
+#[derive(Debug, Default)]
+pub(crate) struct HealthBoard {
+    condition: AtomicU8,
+    /// Microseconds; 0 when not measured.
+    srtt_us: AtomicU32,
+    min_rtt_us: AtomicU32,
+    /// Parts per million.
+    loss_ppm: AtomicU32,
+    rate_bps: AtomicU64,
+    downs: AtomicU64,
+    reports: Mutex<Vec<LaneReport>>,
+}
+
+impl HealthBoard {
+    /// Publishes `view`.
+    pub(crate) fn set_view(&self, view: &HealthView) {
+        let us = |d: Option<std::time::Duration>| {
+            d.map_or(0, |d| {
+                u32::try_from(d.as_micros()).unwrap_or(u32::MAX).max(1)
+            })
+        };
+        self.condition.store(view.condition.code(), Relaxed);
+        self.srtt_us.store(us(view.srtt), Relaxed);
+        self.min_rtt_us.store(us(view.min_rtt), Relaxed);
+        // 0.0..=1.0 scaled to parts per million.
+        let ppm = (view.loss.clamp(0.0, 1.0) * 1_000_000.0) as u32;
+        self.loss_ppm.store(ppm, Relaxed);
+        self.rate_bps.store(view.rate_bps, Relaxed);
+        self.downs.store(view.downs, Relaxed);
+    }
+
+    /// The view last published.
+    pub(crate) fn view(&self) -> HealthView {
+        let us = |v: u32| (v > 0).then(|| std::time::Duration::from_micros(u64::from(v)));
+        HealthView {
+            condition: Condition::from_code(self.condition.load(Relaxed)),
+            srtt: us(self.srtt_us.load(Relaxed)),
+            min_rtt: us(self.min_rtt_us.load(Relaxed)),
+            loss: self.loss_ppm.load(Relaxed) as f32 / 1_000_000.0,
+            rate_bps: self.rate_bps.load(Relaxed),
+            downs: self.downs.load(Relaxed),
+        }
+    }
+
+    /// Replaces the reports with what `fill` writes into the (cleared) list.
+    pub(crate) fn set_reports(&self, fill: impl FnOnce(&mut Vec<LaneReport>)) {
+        // A panic while holding the lock cannot leave the list half-written in a way that
+        // matters: it is rewritten whole every time.
+        let mut reports = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
+        reports.clear();
+        fill(&mut reports);
+    }
+
+    /// Copies the reports into `out` (cleared first).
+    pub(crate) fn reports(&self, out: &mut Vec<LaneReport>) {
+        out.clear();
+        let reports = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
+        out.extend_from_slice(&reports);
+    }
+}
+
 /// What the runtime tells the stages about links: whether each may carry traffic, and
-/// replacement sockets for a link whose interface disappeared and came back. Lock-free: the
-/// stages read one number per turn and the queues only when it changed.
+/// replacement sockets for a link whose interface disappeared and came back; and, from the
+/// receive stage to the transmit stages, each link's health ([`HealthBoard`]). Lock-free on the
+/// per-packet path: the stages read one number per turn and the rest only when it changed.
 #[derive(Debug)]
 pub(crate) struct LinkControl<R, T> {
+    /// Per link, its health; `health_generation` counts publications.
+    health: Vec<HealthBoard>,
+    health_generation: AtomicU64,
     /// Bumped after every change below.
     generation: AtomicU64,
     usable: Vec<AtomicBool>,
@@ -211,6 +293,8 @@ impl<R, T> LinkControl<R, T> {
     pub(crate) fn new(links: usize, workers: usize) -> Self {
         let depth = 4 * links.max(1);
         Self {
+            health: (0..links).map(|_| HealthBoard::default()).collect(),
+            health_generation: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             usable: (0..links).map(|_| AtomicBool::new(true)).collect(),
             new_tx: (0..workers).map(|_| ArrayQueue::new(depth)).collect(),
@@ -219,6 +303,23 @@ impl<R, T> LinkControl<R, T> {
     }
 
     /// The number of capture workers.
+    /// Link `link`'s health board, if there is such a link.
+    pub(crate) fn health(&self, link: usize) -> Option<&HealthBoard> {
+        self.health.get(link)
+    }
+
+    /// Tells the transmit stages that the health boards were written.
+    pub(crate) fn health_published(&self) {
+        self.health_generation.fetch_add(1, Release);
+    }
+
+    /// How many times the health boards were written (a transmit stage reads them when this
+    /// changed).
+    pub(crate) fn health_generation(&self) -> u64 {
+        self.health_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub(crate) fn workers(&self) -> usize {
         self.new_tx.len()
     }
@@ -228,7 +329,7 @@ impl<R, T> LinkControl<R, T> {
         let Some(flag) = self.usable.get(link) else {
             return;
         };
-        if flag.swap(usable, std::sync::atomic::Ordering::Relaxed) != usable {
+        if flag.swap(usable, Relaxed) != usable {
             self.generation.fetch_add(1, Release);
         }
     }
@@ -250,9 +351,7 @@ impl<R, T> LinkControl<R, T> {
 
     /// Whether `link` may carry traffic.
     pub(crate) fn usable(&self, link: usize) -> bool {
-        self.usable
-            .get(link)
-            .is_some_and(|u| u.load(std::sync::atomic::Ordering::Relaxed))
+        self.usable.get(link).is_some_and(|u| u.load(Relaxed))
     }
 
     /// The next replacement transmit half for capture worker `worker`.

@@ -16,6 +16,7 @@ use std::{
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -108,6 +109,8 @@ fn authenticated_pair_carries_traffic_and_refuses_changed_and_replayed_frames(en
 
     // Genuine frames, as an attacker on link 1 sees them, while a numbered stream runs.
     let port = 5300;
+    // Links are never silent (feedback every 10 ms): the tap stops when the stream has ended.
+    let stream_done = AtomicBool::new(false);
     let (seen, captured) = thread::scope(|scope| {
         let tap = scope.spawn(|| {
             pair.b
@@ -115,8 +118,12 @@ fn authenticated_pair_carries_traffic_and_refuses_changed_and_replayed_frames(en
                     let socket = RawSocket::open("link1", 0x88b5).expect("tap");
                     let mut frames = Vec::new();
                     let mut buf = [0u8; 2048];
-                    while let Some(n) = socket.recv(&mut buf, Duration::from_millis(700)).unwrap() {
-                        // Data frames and bundles only (types 1 and 4), not probes.
+                    while !stream_done.load(Ordering::Relaxed) {
+                        let Some(n) = socket.recv(&mut buf, Duration::from_millis(100)).unwrap()
+                        else {
+                            continue;
+                        };
+                        // Data frames and bundles only (types 1 and 4), not probes or feedback.
                         let carries_packets = matches!(buf[ETH + 1], 1 | 4);
                         if frames.len() < 300 && carries_packets && n > PAYLOAD + 16 {
                             frames.push(buf[..n].to_vec());
@@ -128,6 +135,7 @@ fn authenticated_pair_carries_traffic_and_refuses_changed_and_replayed_frames(en
         });
         thread::sleep(Duration::from_millis(100));
         let seen = udp_numbered(&pair, port, 2_000, 64);
+        stream_done.store(true, Ordering::Relaxed);
         (seen, tap.join().unwrap())
     });
     assert!(

@@ -80,7 +80,8 @@ fn full_example_spells_out_the_defaults() {
                 link.peer_mac,
                 link.io,
                 link.xdp_mode,
-                link.weight,
+                link.priority,
+                link.rate_mbit,
             )
         })
         .collect();
@@ -92,14 +93,16 @@ fn full_example_spells_out_the_defaults() {
                 mac("02:00:00:00:01:02"),
                 IoMode::Xdp,
                 XdpMode::Auto,
-                1
+                None,
+                0
             ),
             (
                 "eth2",
                 mac("02:00:00:00:02:02"),
                 IoMode::Xdp,
                 XdpMode::Auto,
-                1
+                None,
+                0
             ),
         ]
     );

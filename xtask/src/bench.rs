@@ -12,6 +12,8 @@
 //! - `alagg N link(s)`: `alagg up` on both hosts over the first N links, redundant mode;
 //! - `alagg 2 links, auth` and `auth + encrypt`: the same with `[auth]` on both hosts, a tag
 //!   on every frame and with the payload encrypted too (what authentication costs);
+//! - `alagg 2 links, stripe` and `adaptive`: the other scheduling modes (each packet on one
+//!   link; and a second copy where a link is lossy), also on the impaired links;
 //! - `veth: ...`: direct, the steal loop and alagg on two links again, on a second bed whose
 //!   links are plain veth pairs with no bridge between ([`Testbed::new_direct`]): the cheapest
 //!   wire, so closer to what alagg itself costs.
@@ -75,8 +77,14 @@ const JUMBO_NAME: &str = "alagg 2 links, 9000 MTU";
 /// `[auth]` on both hosts: a tag on every frame, and with the payload encrypted.
 const AUTH_NAME: &str = "alagg 2 links, auth";
 const AUTH_ENCRYPT_NAME: &str = "alagg 2 links, auth + encrypt";
+/// `[scheduler] mode = "stripe"`: each packet on one link, the links' capacity adding up.
+const STRIPE: (&str, &str) = ("-stripe", "\n[scheduler]\nmode = \"stripe\"\n");
+const STRIPE_NAME: &str = "alagg 2 links, stripe";
+/// `[scheduler] mode = "adaptive"`: striped, a second copy where a link is lossy.
+const ADAPTIVE: (&str, &str) = ("-adaptive", "\n[scheduler]\nmode = \"adaptive\"\n");
+const ADAPTIVE_NAME: &str = "alagg 2 links, adaptive";
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 16] = [
+const CONFIGS: [&str; 18] = [
     "direct",
     "nfqueue steal",
     "mptcp 2 links",
@@ -90,12 +98,20 @@ const CONFIGS: [&str; 16] = [
     JUMBO_NAME,
     AUTH_NAME,
     AUTH_ENCRYPT_NAME,
+    STRIPE_NAME,
+    ADAPTIVE_NAME,
     "veth: direct",
     "veth: nfqueue steal",
     "veth: alagg 2 links",
 ];
 /// The configurations measured on impaired links.
-const IMPAIRED: [&str; 3] = ["direct", "mptcp 2 links", "alagg 2 links"];
+const IMPAIRED: [&str; 5] = [
+    "direct",
+    "mptcp 2 links",
+    "alagg 2 links",
+    STRIPE_NAME,
+    ADAPTIVE_NAME,
+];
 /// Loss per link in the lossy scenario.
 const LOSS_PERCENT: u8 = 5;
 
@@ -333,6 +349,27 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         for link in 0..2 {
             bed.set_mtu(link, 1500)?;
         }
+    }
+
+    for (name, edit, what) in [
+        (
+            STRIPE_NAME,
+            STRIPE,
+            "each packet on the link where it arrives first",
+        ),
+        (
+            ADAPTIVE_NAME,
+            ADAPTIVE,
+            "striped, a second copy where a link is lossy",
+        ),
+    ] {
+        if !only.wants(name) {
+            continue;
+        }
+        println!("\n-- {name}: {what}");
+        let pair = AlaggPair::start(&alagg, &bed, 2, &dir, edit)?;
+        measure_all(&bed, name, &durations, &mut results, Some(&pair))?;
+        pair.stop();
     }
 
     for (name, tag, encrypt) in [
@@ -585,7 +622,7 @@ fn impaired(
     let label = impairment.workload();
     let runs = durations.impaired_runs;
     let secs = durations.tcp_secs;
-    let [direct, mptcp, alagg_2] = IMPAIRED;
+    let [direct, mptcp, alagg_2, stripe, adaptive] = IMPAIRED;
     if only.wants(direct) {
         let _direct = DirectPath::new(bed)?;
         let value = median(runs, || iperf(bed, 1, secs))?;
@@ -596,10 +633,13 @@ fn impaired(
         let value = median(runs, || bed_mptcp.iperf(1, secs))?;
         results.add(mptcp, &label, value, "Gbit/s");
     }
-    if only.wants(alagg_2) {
-        let pair = AlaggPair::start(alagg, bed, 2, dir, DEFAULTS)?;
+    for (name, edit) in [(alagg_2, DEFAULTS), (stripe, STRIPE), (adaptive, ADAPTIVE)] {
+        if !only.wants(name) {
+            continue;
+        }
+        let pair = AlaggPair::start(alagg, bed, 2, dir, edit)?;
         let value = median(runs, || iperf(bed, 1, secs))?;
-        results.add(alagg_2, &label, value, "Gbit/s");
+        results.add(name, &label, value, "Gbit/s");
         pair.check_alive()?;
         pair.stop();
     }
@@ -1299,6 +1339,9 @@ fn markdown(
         (JUMBO_NAME, "alagg 2 links"),
         (AUTH_NAME, "alagg 2 links"),
         (AUTH_ENCRYPT_NAME, "alagg 2 links"),
+        (STRIPE_NAME, "alagg 2 links"),
+        (STRIPE_NAME, "mptcp 2 links"),
+        (ADAPTIVE_NAME, "alagg 2 links"),
         ("alagg 2 links", "nfqueue steal"),
         ("alagg 2 links", "mptcp 2 links"),
         ("veth: alagg 2 links", "veth: direct"),

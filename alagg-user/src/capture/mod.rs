@@ -66,7 +66,7 @@ impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
     /// Takes one batch from each queue and sends it on: see the module documentation. Returns
     /// the packets taken.
     pub(crate) fn turn(&mut self, now: Timestamp) -> usize {
-        self.out.refresh();
+        self.out.refresh(now);
         let Self {
             queues,
             out,
@@ -121,6 +121,11 @@ impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
     }
 
     /// The queues' descriptors, to sleep on when there is no work.
+    /// How long the stage may sleep from `now` before its transmit side has something due.
+    pub(crate) fn due(&self, now: Timestamp) -> Option<Duration> {
+        self.out.due(now)
+    }
+
     pub(crate) fn poll_fds(&mut self) -> &mut [libc::pollfd] {
         &mut self.fds
     }

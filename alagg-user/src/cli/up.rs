@@ -19,11 +19,14 @@ fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
     let links = config
         .links
         .iter()
-        .map(|link| LinkPlan {
+        .enumerate()
+        .map(|(i, link)| LinkPlan {
             interface: link.interface.clone(),
             peer_mac: link.peer_mac,
             xdp_mode: link.xdp_mode,
             io: link.io,
+            priority: link.priority.unwrap_or(i as u32),
+            rate_cap_bps: u64::from(link.rate_mbit) * 1_000_000,
         })
         .collect();
     let protocol = &config.protocol;
@@ -51,6 +54,7 @@ fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
         },
         queue_max_len: config.capture.queue_max_len,
         receiver,
+        scheduler: config.scheduler.mode.scheduler(),
         bundle: config.scheduler.bundle,
         pin: config.cpu.pin,
         cores: config.cpu.cores.clone(),

@@ -54,8 +54,10 @@ pub const TUN_MTU_RANGE: RangeInclusive<u32> = 68..=65_535;
 pub const IPV6_MIN_MTU: u32 = 1280;
 /// Range of `capture.queue_max_len`.
 pub const QUEUE_MAX_LEN_RANGE: RangeInclusive<u32> = 1..=(1 << 20);
-/// Range of `link.weight`.
+/// Range of `link.weight` (accepted and ignored).
 pub const WEIGHT_RANGE: RangeInclusive<u32> = 1..=1000;
+/// Range of `link.rate_mbit`: 0 (measured) to 400 Gbit/s.
+pub const RATE_MBIT_RANGE: RangeInclusive<u32> = 0..=400_000;
 /// `cpu.busy_poll_us`: up to one second.
 pub const BUSY_POLL_US_RANGE: RangeInclusive<u32> = 0..=1_000_000;
 /// `cpu.busy_poll_us` when not set.
@@ -241,12 +243,47 @@ pub enum SchedulerMode {
     /// `redundant`: every packet on every link that is up; the receiver keeps the first copy.
     #[default]
     Redundant,
+    /// `stripe`: each packet on the one link where it would arrive first (its queue over its
+    /// measured rate, plus its delay): the links' capacities add up.
+    Stripe,
+    /// `backup`: every packet on the healthy link with the lowest `priority`; the others carry
+    /// only probes, and take over within about 100 ms of its failure.
+    Backup,
+    /// `adaptive`: as `stripe`, and a second copy of a packet whose link is lossy or far slower
+    /// than the best.
+    Adaptive,
+}
+
+impl SchedulerMode {
+    /// What the mode does, in a few words (for `alagg check`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            SchedulerMode::Redundant => "every packet on every link that is up",
+            SchedulerMode::Stripe => "each packet on the link where it arrives first",
+            SchedulerMode::Backup => "every packet on the best healthy link by priority",
+            SchedulerMode::Adaptive => "striped, with a second copy where a link is lossy or slow",
+        }
+    }
+
+    /// A scheduler of this mode, before its first packet.
+    pub(crate) fn scheduler(self) -> alagg_proto::AnyScheduler {
+        use alagg_proto::{Adaptive, AnyScheduler, Backup, Redundant, Stripe};
+        match self {
+            SchedulerMode::Redundant => AnyScheduler::Redundant(Redundant),
+            SchedulerMode::Stripe => AnyScheduler::Stripe(Stripe::default()),
+            SchedulerMode::Backup => AnyScheduler::Backup(Backup),
+            SchedulerMode::Adaptive => AnyScheduler::Adaptive(Adaptive::default()),
+        }
+    }
 }
 
 impl fmt::Display for SchedulerMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             SchedulerMode::Redundant => "redundant",
+            SchedulerMode::Stripe => "stripe",
+            SchedulerMode::Backup => "backup",
+            SchedulerMode::Adaptive => "adaptive",
         })
     }
 }
@@ -333,13 +370,17 @@ pub struct LinkConfig {
     /// How the XDP program is attached when `io = "xdp"`. Default `auto`.
     #[serde(default)]
     pub xdp_mode: XdpMode,
-    /// Share of traffic for schedulers that stripe, 1..=1000; `redundant` ignores it. Default 1.
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-}
-
-fn default_weight() -> u32 {
-    1
+    /// For `backup`: lower is preferred. Default: the link's position in the file (0 first).
+    #[serde(default)]
+    pub priority: Option<u32>,
+    /// The sender's cap on the link's rate in Mbit/s, for the schedulers that stripe; 0 (the
+    /// default) uses the rate measured from the peer's feedback.
+    #[serde(default)]
+    pub rate_mbit: u32,
+    /// Accepted for configurations written before `stripe` existed, and ignored: striping
+    /// measures each link's rate (cap it with `rate_mbit`).
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 /// `[cpu]`: where worker threads run.
@@ -895,7 +936,10 @@ impl Config {
                     ),
                 ));
             }
-            check_range(&key("weight"), link.weight, &WEIGHT_RANGE)?;
+            if let Some(weight) = link.weight {
+                check_range(&key("weight"), weight, &WEIGHT_RANGE)?;
+            }
+            check_range(&key("rate_mbit"), link.rate_mbit, &RATE_MBIT_RANGE)?;
         }
         Ok(())
     }
@@ -1131,8 +1175,13 @@ impl fmt::Display for Plan<'_> {
         writeln!(f, "send")?;
         writeln!(
             f,
-            "  scheduler {scheduler}{}: every packet on every link that is up",
+            "  scheduler {scheduler}{}: {}",
             default_note(&scheduler, &SchedulerMode::default()),
+            scheduler.describe(),
+        )?;
+        writeln!(
+            f,
+            "  link health: feedback every 10 ms on each link; a link silent for 100 ms is down"
         )?;
         let bundle = config.scheduler.bundle;
         writeln!(
@@ -1154,11 +1203,30 @@ impl fmt::Display for Plan<'_> {
                 ),
                 IoMode::AfPacket => "AF_PACKET".to_owned(),
             };
+            let priority = link.priority.unwrap_or(i as u32);
+            let rate = if link.rate_mbit == 0 {
+                "rate measured".to_owned()
+            } else {
+                format!("rate capped at {} Mbit/s", link.rate_mbit)
+            };
             writeln!(
                 f,
-                "  link[{i}] {} -> peer {}, {io}, weight {}",
-                link.interface, link.peer_mac, link.weight
+                "  link[{i}] {} -> peer {}, {io}, priority {priority}{}, {rate}",
+                link.interface,
+                link.peer_mac,
+                if link.priority.is_none() {
+                    " (its position)"
+                } else {
+                    ""
+                },
             )?;
+            if link.weight.is_some() {
+                writeln!(
+                    f,
+                    "    weight is ignored: stripe measures each link's rate (cap it with \
+                     rate_mbit)"
+                )?;
+            }
         }
 
         let protocol = &config.protocol;
@@ -1347,7 +1415,10 @@ peer_mac = "02:00:00:00:02:02"
         for link in &config.links {
             assert_eq!(link.io, IoMode::Xdp);
             assert_eq!(link.xdp_mode, XdpMode::Auto);
-            assert_eq!(link.weight, 1);
+            assert_eq!(
+                (link.priority, link.rate_mbit, link.weight),
+                (None, 0, None)
+            );
         }
         assert!(config.cpu.pin);
         assert_eq!(config.cpu.cores, None);
@@ -1407,6 +1478,43 @@ peer_mac = "02:00:00:00:02:02"
     }
 
     #[test]
+    fn scheduler_modes_priorities_and_rate_caps() {
+        for (name, mode) in [
+            ("redundant", SchedulerMode::Redundant),
+            ("stripe", SchedulerMode::Stripe),
+            ("backup", SchedulerMode::Backup),
+            ("adaptive", SchedulerMode::Adaptive),
+        ] {
+            let text = format!("{BASE}\n[scheduler]\nmode = \"{name}\"\n");
+            let config = parse(&text).unwrap();
+            assert_eq!(config.scheduler.mode, mode);
+            assert_eq!(mode.to_string(), name);
+        }
+        let text = BASE.replace(
+            "peer_mac = \"02:00:00:00:02:02\"",
+            "peer_mac = \"02:00:00:00:02:02\"\npriority = 7\nrate_mbit = 200",
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.links[1].priority, Some(7));
+        assert_eq!(config.links[1].rate_mbit, 200);
+        let plan = config.plan().to_string();
+        assert!(
+            plan.contains("priority 7, rate capped at 200 Mbit/s"),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("priority 0 (its position), rate measured"),
+            "{plan}"
+        );
+        let too_fast = BASE.replace(
+            "peer_mac = \"02:00:00:00:02:02\"",
+            "peer_mac = \"02:00:00:00:02:02\"\nrate_mbit = 500000",
+        );
+        let error = parse(&too_fast).unwrap_err().to_string();
+        assert!(error.contains("link[1].rate_mbit"), "{error}");
+    }
+
+    #[test]
     fn io_and_xdp_modes() {
         let text = BASE.replace(
             "peer_mac = \"02:00:00:00:02:02\"",
@@ -1415,7 +1523,7 @@ peer_mac = "02:00:00:00:02:02"
         let config = parse(&text).unwrap();
         assert_eq!(config.links[1].io, IoMode::AfPacket);
         assert_eq!(config.links[1].peer_mac.to_string(), "02:00:00:00:02:0a");
-        assert_eq!(config.links[1].weight, 3);
+        assert_eq!(config.links[1].weight, Some(3));
         assert_eq!(config.links[2].xdp_mode, XdpMode::Generic);
     }
 
@@ -1506,7 +1614,7 @@ peer_mac = "02:00:00:00:02:02"
             ),
             (
                 "unknown scheduler",
-                format!("{BASE}\n[scheduler]\nmode = \"stripe\"\n"),
+                format!("{BASE}\n[scheduler]\nmode = \"roundrobin\"\n"),
                 &["stripe", "redundant"],
             ),
             (

@@ -30,6 +30,10 @@ pub(crate) const TURN_BATCHES: usize = 4;
 /// How often the engine's counters are published to the shared counters.
 pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often link health is ticked and published for the transmit stages (their feedback
+/// frames carry what was published last).
+pub(crate) const HEALTH_INTERVAL: Duration = alagg_proto::health::FEEDBACK_INTERVAL;
+
 /// A receive half of one link (a link has one per capture worker with AF_XDP).
 #[derive(Debug)]
 pub(crate) struct RxLink<R> {
@@ -56,6 +60,8 @@ pub(crate) struct Receive<'a, R, T, D> {
     counters: &'a Counters,
     control: &'a LinkControl<R, T>,
     published: Option<Timestamp>,
+    /// When link health was last published.
+    health_published: Option<Timestamp>,
     /// The engine's counters when last published, to see which [`NOTICES`] first rose.
     last: RxStats,
     /// Which [`NOTICES`] were logged already (each once per run).
@@ -105,6 +111,7 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             counters,
             control,
             published: None,
+            health_published: None,
             last: RxStats::default(),
             noticed: [false; NOTICES.len()],
         }
@@ -245,6 +252,13 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
         }
         // What this turn delivered goes into the stack before the thread looks again or sleeps.
         delivery.flush();
+        if self
+            .health_published
+            .is_none_or(|t| now.saturating_since(t) >= HEALTH_INTERVAL)
+        {
+            self.health_published = Some(now);
+            self.publish_health(now);
+        }
         let due = self
             .published
             .is_none_or(|t| now.saturating_since(t) >= PUBLISH_INTERVAL);
@@ -260,6 +274,30 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             self.count_losses();
         }
         got
+    }
+
+    /// Ticks link health (a link whose carrier the runtime saw go is down at once) and
+    /// publishes every link's health and the reports for the next feedback frames.
+    fn publish_health(&mut self, now: Timestamp) {
+        let links = self.counters.receiver.links.len();
+        let health = self.receiver.health_mut();
+        for link in 0..links {
+            if !self.control.usable(link) {
+                // At most 64 links: an index fits a byte.
+                health.carrier_lost(link as u8, now);
+            }
+        }
+        health.tick(now);
+        let health = self.receiver.health();
+        for link in 0..links {
+            let (Some(board), Some(state)) = (self.control.health(link), health.link(link as u8))
+            else {
+                continue;
+            };
+            board.set_view(&state.view());
+            board.set_reports(|out| health.meters.reports(link as u8, now, out));
+        }
+        self.control.health_published();
     }
 
     /// Asks every socket what it lost and adds what is new to its link's counters.
@@ -280,10 +318,16 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
         now: Timestamp,
         idle: Duration,
     ) -> (&mut [libc::pollfd], Duration) {
+        // Health is published every HEALTH_INTERVAL, even with no frame coming in (a silent
+        // link must be seen going down).
+        let health = self.health_published.map_or(Duration::ZERO, |t| {
+            t.saturating_add(HEALTH_INTERVAL).saturating_since(now)
+        });
         let timeout = self
             .receiver
             .next_deadline()
-            .map_or(idle, |deadline| deadline.saturating_since(now));
+            .map_or(idle, |deadline| deadline.saturating_since(now))
+            .min(health);
         (&mut self.fds, timeout)
     }
 

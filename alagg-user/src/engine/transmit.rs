@@ -1,26 +1,39 @@
-//! The transmit stage: numbering ([`Sender`]), scheduling ([`Redundant`]), bundling
-//! ([`Bundler`]) and staging frames on the links' transmit halves ([`FrameTx`]). It is the
-//! capture stage's [`Outbound`].
+//! The transmit stage: numbering ([`Sender`]), scheduling (the configured [`AnyScheduler`]),
+//! bundling ([`Bundler`]) and staging frames on the links' transmit halves ([`FrameTx`]). It is
+//! the capture stage's [`Outbound`].
 //!
 //! Every frame carries its lane's stamp (`alagg_proto::Lane`: this worker on that link, with
 //! the lane's frame counter and the send time); with `[auth]` every frame is sealed
 //! ([`FrameKey::seal`]) once written.
 //!
+//! Link health (`alagg_proto::health`): the schedulers see each link's health as the receive
+//! stage publishes it ([`crate::port::HealthBoard`]). Worker 0 sends feedback on every link
+//! with a carrier every [`FEEDBACK_INTERVAL`] (the reports the receive stage published; it is
+//! also the link's keepalive); every worker sends a probe on a lane idle for
+//! [`PROBE_INTERVAL`] while it carried packets in the last [`ACTIVE_FOR`], so the peer learns
+//! how far each lane has come (`docs/PROTOCOL.md`, *Lane floors*). When health says every link
+//! with a carrier is down (the peer sends no feedback, say), they are all used as if unknown:
+//! traffic is never dropped for want of feedback.
+//!
 //! Invariant: sequence numbers follow capture order, bundles included: a packet that goes on
 //! its own is numbered after the bundle built before it.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 use alagg_proto::{
-    Bundler, Lane, LinkSet, LinkState, Redundant, Scheduler as _, Sender, Timestamp,
+    AnyScheduler, Bundler, Lane, LinkSet, LinkState, Scheduler as _, Sender, Timestamp,
     auth::FrameKey,
-    wire::{ETH_HDR_LEN, EthernetRepr, WireError},
+    health::{Condition, FEEDBACK_INTERVAL, PROBE_INTERVAL},
+    wire::{ETH_HDR_LEN, EthernetRepr, LaneReport, ProbeRepr, WireError},
 };
 
 use crate::{
     counters::{LinkTxCounters, WorkerCounters},
     port::{FrameTx, LinkControl, Outbound, TxLosses},
 };
+
+/// How long after its last packet a worker keeps probing its idle lanes.
+pub(crate) const ACTIVE_FOR: Duration = Duration::from_secs(1);
 
 /// The transmit half of one link and the Ethernet header of its frames.
 #[derive(Debug)]
@@ -37,13 +50,17 @@ struct Link<T> {
     lane: Lane,
     /// The socket's losses already added to the counters.
     reported: TxLosses,
+    /// Whether the link's carrier is up (the runtime's view): frames go out only then.
+    carrier: bool,
+    /// When the lane last carried a frame.
+    last_sent: Timestamp,
 }
 
 /// The transmit stage of one capture worker.
 #[derive(Debug)]
 pub(crate) struct Transmit<'a, R, T> {
     sender: Sender,
-    scheduler: Redundant,
+    scheduler: AnyScheduler,
     links: Vec<Link<T>>,
     /// With `[auth]`: seals every frame (the key of this start's epoch).
     sealer: Option<FrameKey>,
@@ -58,17 +75,25 @@ pub(crate) struct Transmit<'a, R, T> {
     /// Where link changes come from, and this worker's number there.
     control: (&'a LinkControl<R, T>, usize),
     seen_generation: u64,
+    seen_health: u64,
+    /// When worker 0 sends feedback next.
+    next_feedback: Timestamp,
+    /// Until when this worker probes its idle lanes (its last packet and [`ACTIVE_FOR`]).
+    active_until: Option<Timestamp>,
+    /// Where feedback's reports are copied to.
+    reports: Vec<LaneReport>,
     last_error: Option<std::time::Instant>,
 }
 
 impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
-    /// A stage sending on `links` (in link order, with their states), numbering with `sender`
-    /// (whose flags say whether frames are sealed, with `sealer`), bundling small packets when
-    /// `bundle`; worker `worker` of `control`, which is its lane on every link.
+    /// A stage sending on `links` (in link order, with their states) as `scheduler` picks,
+    /// numbering with `sender` (whose flags say whether frames are sealed, with `sealer`),
+    /// bundling small packets when `bundle`; worker `worker` of `control`, which is its lane on
+    /// every link.
     pub(crate) fn new(
         (sender, sealer): (Sender, Option<FrameKey>),
         (links, link_states): (Vec<TxLink<T>>, Vec<LinkState>),
-        bundle: bool,
+        (scheduler, bundle): (AnyScheduler, bool),
         counters: &'a WorkerCounters,
         (control, worker): (&'a LinkControl<R, T>, usize),
     ) -> Self {
@@ -82,11 +107,13 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
                 eth: l.eth,
                 lane: Lane::new(state.id, lane),
                 reported: TxLosses::default(),
+                carrier: true,
+                last_sent: Timestamp::ZERO,
             })
             .collect();
         Self {
             sender,
-            scheduler: Redundant,
+            scheduler,
             links,
             sealer,
             now: Timestamp::ZERO,
@@ -96,7 +123,124 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             counters,
             control: (control, worker),
             seen_generation: 0,
+            seen_health: 0,
+            next_feedback: Timestamp::ZERO,
+            active_until: None,
+            reports: Vec::new(),
             last_error: None,
+        }
+    }
+
+    /// Takes the links' health from the boards when it changed, then works out which links the
+    /// scheduler may use: carrier up and health not down; or, when that leaves none, every link
+    /// with a carrier (module docs).
+    fn take_health(&mut self, force: bool) {
+        let control = self.control.0;
+        let generation = control.health_generation();
+        if generation != self.seen_health || force {
+            self.seen_health = generation;
+            for (index, state) in self.link_states.iter_mut().enumerate() {
+                if let Some(board) = control.health(index) {
+                    state.health = board.view();
+                }
+            }
+        }
+        let healthy = |link: &Link<T>, state: &LinkState| {
+            link.carrier && state.health.condition != Condition::Down
+        };
+        let any = self
+            .links
+            .iter()
+            .zip(&self.link_states)
+            .any(|(l, s)| healthy(l, s));
+        for (link, state) in self.links.iter().zip(self.link_states.iter_mut()) {
+            state.usable = if any {
+                healthy(link, state)
+            } else {
+                link.carrier
+            };
+            if !any && state.health.condition == Condition::Down {
+                state.health.condition = Condition::Unknown;
+            }
+        }
+    }
+
+    /// Sends what is due at `now` without packets: worker 0's feedback on every link with a
+    /// carrier, and probes on this worker's idle lanes while it is active; then flushes.
+    fn send_control(&mut self, now: Timestamp) {
+        let (control, worker) = self.control;
+        let feedback = worker == 0 && now >= self.next_feedback;
+        let active = self.active_until.is_some_and(|t| now < t);
+        if !feedback && !active {
+            return;
+        }
+        if feedback {
+            self.next_feedback = now.saturating_add(FEEDBACK_INTERVAL);
+        }
+        let mut sent = false;
+        for index in 0..self.links.len() {
+            let Link {
+                io,
+                eth,
+                lane,
+                carrier,
+                last_sent,
+                ..
+            } = &mut self.links[index];
+            if !*carrier {
+                continue;
+            }
+            let counters = &self.counters.links[index];
+            let (sender, sealer) = (&self.sender, self.sealer.as_ref());
+            if feedback {
+                match control.health(index) {
+                    Some(board) => board.reports(&mut self.reports),
+                    None => self.reports.clear(),
+                }
+                let reports = &self.reports;
+                stage(io, counters, |buf| {
+                    let emitted = sender.emit_feedback(lane.stamp(now), reports, eth, buf);
+                    finish(sealer, buf, emitted)
+                });
+                *last_sent = now;
+                sent = true;
+            } else if now.saturating_since(*last_sent) >= PROBE_INTERVAL {
+                stage(io, counters, |buf| {
+                    let stamp = lane.stamp(now);
+                    let emitted = sender.emit_probe(stamp, ProbeRepr::default(), eth, buf);
+                    finish(sealer, buf, emitted)
+                });
+                *last_sent = now;
+                sent = true;
+            }
+        }
+        if sent {
+            self.flush_links();
+        }
+    }
+
+    /// Kicks every link with a carrier and counts what each link's socket dropped. A link
+    /// without one is not kicked (frames left on its ring wait until it is back), but what it
+    /// dropped is counted.
+    fn flush_links(&mut self) {
+        let links = self.links.iter_mut().zip(&self.counters.links);
+        for (link, link_counters) in links {
+            let result = if link.carrier {
+                link.io.flush()
+            } else {
+                Ok(())
+            };
+            count_losses(&mut link.reported, link.io.losses(), link_counters);
+            if let Err(error) = result {
+                // At most once a second: a broken link must not flood the log.
+                if self
+                    .last_error
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                {
+                    tracing::warn!(%error, "transmit");
+                    self.last_error = Some(std::time::Instant::now());
+                }
+            }
         }
     }
 
@@ -107,8 +251,15 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
         };
         if let Some(sealed) = bundler.seal(&mut self.sender) {
             for index in self.bundle_links.iter() {
-                let Link { io, eth, lane, .. } = &mut self.links[index];
+                let Link {
+                    io,
+                    eth,
+                    lane,
+                    last_sent,
+                    ..
+                } = &mut self.links[index];
                 let (sealer, now) = (self.sealer.as_ref(), self.now);
+                *last_sent = now;
                 stage(io, &self.counters.links[index], |buf| {
                     let stamp = lane.stamp(now);
                     let emitted = sealed.emit_ethernet(stamp, eth, buf);
@@ -121,29 +272,52 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
 }
 
 impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
-    /// Link changes from the runtime, looked at every turn (one atomic load), so a worker whose
-    /// queue stays empty still drops a dead link's socket promptly.
-    fn refresh(&mut self) {
+    /// Link changes from the runtime and health from the receive stage, looked at every turn
+    /// (two atomic loads), so a worker whose queue stays empty still drops a dead link's socket
+    /// promptly; then what is due without packets (probes, feedback) goes out.
+    fn refresh(&mut self, now: Timestamp) {
         let (control, worker) = self.control;
         let generation = control.generation();
-        if generation == self.seen_generation {
-            return;
-        }
-        self.seen_generation = generation;
-        while let Some((index, io, eth)) = control.take_tx(worker) {
-            // The lane goes on counting: its counter is the nonce of sealed frames.
-            if let (Some(link), Some(counters)) =
-                (self.links.get_mut(index), self.counters.links.get(index))
-            {
-                // What the old socket dropped counts before it goes; the new one counts from 0.
-                count_losses(&mut link.reported, link.io.losses(), counters);
-                link.io = io;
-                link.eth = eth;
-                link.reported = TxLosses::default();
+        let links_changed = generation != self.seen_generation;
+        if links_changed {
+            self.seen_generation = generation;
+            while let Some((index, io, eth)) = control.take_tx(worker) {
+                // The lane goes on counting: its counter is the nonce of sealed frames.
+                if let (Some(link), Some(counters)) =
+                    (self.links.get_mut(index), self.counters.links.get(index))
+                {
+                    // What the old socket dropped counts before it goes; the new one counts
+                    // from 0.
+                    count_losses(&mut link.reported, link.io.losses(), counters);
+                    link.io = io;
+                    link.eth = eth;
+                    link.reported = TxLosses::default();
+                }
+            }
+            for (index, link) in self.links.iter_mut().enumerate() {
+                link.carrier = control.usable(index);
             }
         }
-        for (index, state) in self.link_states.iter_mut().enumerate() {
-            state.usable = control.usable(index);
+        self.take_health(links_changed);
+        self.send_control(now);
+    }
+
+    fn due(&self, now: Timestamp) -> Option<Duration> {
+        let feedback = (self.control.1 == 0).then(|| self.next_feedback.saturating_since(now));
+        let probe = self
+            .active_until
+            .filter(|t| now < *t)
+            .and_then(|_| {
+                self.links
+                    .iter()
+                    .filter(|l| l.carrier)
+                    .map(|l| l.last_sent.saturating_add(PROBE_INTERVAL))
+                    .min()
+            })
+            .map(|t| t.saturating_since(now));
+        match (feedback, probe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -152,6 +326,7 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
     /// packet) when it is full or the batch ends.
     fn packet(&mut self, payload: &[u8], now: Timestamp) {
         self.now = now;
+        self.active_until = Some(now.saturating_add(ACTIVE_FOR));
         let chosen = self.scheduler.select(payload.len(), &self.link_states, now);
         let Some(mtu) = chosen.min_mtu(&self.link_states) else {
             self.counters.capture.dropped.fetch_add(1, Relaxed);
@@ -177,7 +352,14 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
             return;
         };
         for index in chosen.iter() {
-            let Link { io, eth, lane, .. } = &mut self.links[index];
+            let Link {
+                io,
+                eth,
+                lane,
+                last_sent,
+                ..
+            } = &mut self.links[index];
+            *last_sent = now;
             let sealer = self.sealer.as_ref();
             for i in 0..plan.frame_count() {
                 stage(io, &self.counters.links[index], |buf| {
@@ -189,37 +371,11 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
         }
     }
 
-    /// Seals the bundle and sends what every usable link has staged, and counts what each
-    /// link's socket dropped. A link that is not usable is not kicked (frames left on its ring
-    /// wait until it is again), but what it dropped is counted.
+    /// Seals the bundle and sends what every link with a carrier has staged, and counts what
+    /// each link's socket dropped.
     fn flush(&mut self) {
         self.seal_bundle();
-        let links = self
-            .links
-            .iter_mut()
-            .zip(&self.link_states)
-            .zip(&self.counters.links);
-        for ((link, state), link_counters) in links {
-            let result = if state.usable {
-                link.io.flush()
-            } else {
-                Ok(())
-            };
-            count_losses(&mut link.reported, link.io.losses(), link_counters);
-            match result {
-                Ok(()) => {}
-                Err(error) => {
-                    // At most once a second: a broken link must not flood the log.
-                    if self
-                        .last_error
-                        .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
-                    {
-                        tracing::warn!(%error, "transmit");
-                        self.last_error = Some(std::time::Instant::now());
-                    }
-                }
-            }
-        }
+        self.flush_links();
     }
 }
 

@@ -53,6 +53,10 @@ pub(crate) struct LinkPlan {
     pub(crate) xdp_mode: XdpMode,
     /// How the link's frames are sent and received.
     pub(crate) io: IoMode,
+    /// For the backup scheduler: lower is preferred.
+    pub(crate) priority: u32,
+    /// The sender's cap on the link's rate, bits per second; 0 for none.
+    pub(crate) rate_cap_bps: u64,
 }
 
 /// Errors opening a link. Each names the interface.

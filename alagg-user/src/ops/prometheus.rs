@@ -52,6 +52,49 @@ impl Snapshot {
                 .iter()
                 .map(|l| (link_label(l), u64::from(l.status == "up").to_string())),
         );
+        // Link health: a state set (1 for the link's condition, 0 for the others), then its
+        // measurements; links whose health is not known (an older instance) have none.
+        let known = || self.links.iter().filter(|l| !l.health.health.is_empty());
+        out.family(
+            "alagg_link_health",
+            "gauge",
+            "1 for the link's condition from the peer's feedback (unknown, up, degraded, down).",
+            known().flat_map(|l| {
+                ["unknown", "up", "degraded", "down"].map(|state| {
+                    (
+                        Some(format!(
+                            "link=\"{}\",state=\"{state}\"",
+                            escape_label(&l.interface)
+                        )),
+                        u64::from(l.health.health == state).to_string(),
+                    )
+                })
+            }),
+        );
+        out.family(
+            "alagg_link_rtt_seconds",
+            "gauge",
+            "Smoothed round-trip time of the link (RFC 6298), from the peer's feedback.",
+            known().filter_map(|l| l.health.rtt_ms.map(|ms| (link_label(l), float(ms / 1e3)))),
+        );
+        out.family(
+            "alagg_link_loss_ratio",
+            "gauge",
+            "Share of the frames sent on the link that the peer did not receive, 0 to 1.",
+            known().map(|l| (link_label(l), float(l.health.loss_percent / 100.0))),
+        );
+        out.family(
+            "alagg_link_delivery_rate_bits_per_second",
+            "gauge",
+            "Rate at which the peer received this host's frames on the link lately.",
+            known().map(|l| (link_label(l), l.health.delivery_bps.to_string())),
+        );
+        out.family(
+            "alagg_link_downs_total",
+            "counter",
+            "Times the link went down (silent for 100 ms, or its carrier lost).",
+            known().map(|l| (link_label(l), l.health.downs.to_string())),
+        );
         for row in LinkTxSnapshot::ROWS {
             out.family(
                 &format!("alagg_link_{}_total", row.metric),
@@ -363,6 +406,12 @@ mod tests {
             "alagg_uptime_seconds 93784.5",
             "alagg_link_up{link=\"eth1\"} 1",
             "alagg_link_up{link=\"we\\\"ird\\\\name\"} 0",
+            "alagg_link_health{link=\"eth1\",state=\"degraded\"} 1",
+            "alagg_link_health{link=\"eth1\",state=\"up\"} 0",
+            "alagg_link_rtt_seconds{link=\"eth1\"} 0.0125",
+            "alagg_link_loss_ratio{link=\"eth1\"} 0.115",
+            "alagg_link_delivery_rate_bits_per_second{link=\"eth1\"} 118300000",
+            "alagg_link_downs_total{link=\"eth1\"} 2",
             "alagg_link_tx_bytes_total{link=\"eth1\"} 1268000",
             "alagg_link_first_copies_total{link=\"eth1\"} 15",
             "alagg_link_tx_refused_total{link=\"eth1\"} 3",

@@ -17,7 +17,7 @@
 use std::{sync::PoisonError, time::Duration};
 
 use alagg_common::{Action, Counter};
-use alagg_proto::stats::RxStats;
+use alagg_proto::{health::HealthView, stats::RxStats};
 use serde::{Deserialize, Serialize};
 
 use crate::counters::Counters;
@@ -54,20 +54,55 @@ pub struct Snapshot {
     pub xdp: Vec<XdpCounter>,
 }
 
-/// Counters of one link. In JSON its counters stand beside the name and status.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+/// Counters of one link. In JSON its counters and health stand beside the name and status.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
 #[serde(default)]
 pub struct LinkSnapshot {
     /// The link's interface name.
     pub interface: String,
-    /// `"up"`, `"down"` or `"gone"`.
+    /// `"up"`, `"down"` or `"gone"`: the interface, as the host sees it.
     pub status: String,
+    /// The link's health as the peer's feedback shows it.
+    #[serde(flatten)]
+    pub health: LinkHealthSnapshot,
     /// What was sent on it.
     #[serde(flatten)]
     pub tx: LinkTxSnapshot,
     /// What arrived on it.
     #[serde(flatten)]
     pub rx: LinkRxSnapshot,
+}
+
+/// A link's health as this host learns it from the peer's feedback (`alagg_proto::health`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(default)]
+pub struct LinkHealthSnapshot {
+    /// `"unknown"` (no feedback yet), `"up"`, `"degraded"` (losing frames) or `"down"`.
+    pub health: String,
+    /// Smoothed round-trip time, milliseconds, if measured.
+    pub rtt_ms: Option<f64>,
+    /// Lowest round-trip time seen, milliseconds, if measured.
+    pub min_rtt_ms: Option<f64>,
+    /// Share of the link's frames lost, percent.
+    pub loss_percent: f64,
+    /// Rate at which the peer received this host's frames lately, bits per second.
+    pub delivery_bps: u64,
+    /// Times the link went down.
+    pub downs: u64,
+}
+
+impl From<&HealthView> for LinkHealthSnapshot {
+    fn from(view: &HealthView) -> Self {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+        LinkHealthSnapshot {
+            health: view.condition.name().to_owned(),
+            rtt_ms: ms(view.srtt),
+            min_rtt_ms: ms(view.min_rtt),
+            loss_percent: f64::from(view.loss) * 100.0,
+            delivery_bps: view.rate_bps,
+            downs: view.downs,
+        }
+    }
 }
 
 /// The receive engine's counters, and the reorder hold-time histogram. In JSON the counters
@@ -117,10 +152,11 @@ impl From<&RxStats> for EngineSnapshot {
 
 impl Snapshot {
     /// Copies the live counters: of an instance up for `uptime`, with `interfaces` as its
-    /// links, `tun` as its TUN device and `config` as its configuration file.
+    /// links (and `health` their health, in the same order), `tun` as its TUN device and
+    /// `config` as its configuration file.
     pub(crate) fn take(
         counters: &Counters,
-        interfaces: &[String],
+        (interfaces, health): (&[String], &[HealthView]),
         tun: &str,
         config: &str,
         uptime: Duration,
@@ -150,6 +186,10 @@ impl Snapshot {
                     LinkSnapshot {
                         interface: interface.clone(),
                         status: counters.link_status(i).name().to_owned(),
+                        health: health
+                            .get(i)
+                            .map(LinkHealthSnapshot::from)
+                            .unwrap_or_default(),
                         tx,
                         rx,
                     }
@@ -219,6 +259,14 @@ pub(crate) mod tests {
                 LinkSnapshot {
                     interface: "eth1".into(),
                     status: "up".into(),
+                    health: LinkHealthSnapshot {
+                        health: "degraded".into(),
+                        rtt_ms: Some(12.5),
+                        min_rtt_ms: Some(10.25),
+                        loss_percent: 11.5,
+                        delivery_bps: 118_300_000,
+                        downs: 2,
+                    },
                     tx: LinkTxSnapshot {
                         tx_frames: 1000,
                         tx_bytes: 1_268_000,
@@ -289,9 +337,10 @@ pub(crate) mod tests {
         // The counters stand flat beside the link's name and the engine's histogram, as they
         // did before they were generated from one table.
         assert!(
-            json.contains(r#""interface":"eth1","status":"up","tx_frames":1000"#),
+            json.contains(r#""interface":"eth1","status":"up","health":"degraded","rtt_ms":12.5"#),
             "{json}"
         );
+        assert!(json.contains(r#""downs":2,"tx_frames":1000"#), "{json}");
         assert!(json.contains(r#""engine":{"frames":30"#), "{json}");
     }
 

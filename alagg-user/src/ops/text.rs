@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use super::snapshot::{
-    CaptureSnapshot, DeliverySnapshot, EngineCounts, LinkRxSnapshot, LinkTxSnapshot, Snapshot,
+    CaptureSnapshot, DeliverySnapshot, EngineCounts, LinkRxSnapshot, LinkSnapshot, LinkTxSnapshot,
+    Snapshot,
 };
 use crate::counters::{Row, Unit};
 
@@ -25,8 +26,14 @@ impl Snapshot {
             .iter()
             .map(|l| l.rx.first)
             .fold(0, u64::wrapping_add);
+        let total_sent: u64 = self
+            .links
+            .iter()
+            .map(|l| l.tx.tx_bytes)
+            .fold(0, u64::wrapping_add);
         for link in &self.links {
             let mut rows = vec![("status".to_owned(), link.status.clone())];
+            rows.extend(health_rows(link, total_sent));
             rows.extend(rows_of(LinkTxSnapshot::ROWS, &link.tx));
             rows.extend(rows_of(LinkRxSnapshot::ROWS, &link.rx));
             if let Some(first) = rows.last_mut() {
@@ -150,6 +157,56 @@ fn block(out: &mut String, title: &str, rows: &[(impl AsRef<str>, String)]) {
     out.push('\n');
 }
 
+/// A link's health rows: condition, round-trip time, loss, delivery rate, share of the bytes
+/// sent (of `total_sent` over all links).
+fn health_rows(link: &LinkSnapshot, total_sent: u64) -> Vec<(String, String)> {
+    let h = &link.health;
+    if h.health.is_empty() {
+        // An instance from before link health.
+        return Vec::new();
+    }
+    let downs = match h.downs {
+        0 => String::new(),
+        1 => ", down once so far".to_owned(),
+        n => format!(", down {n} times so far"),
+    };
+    let rtt = match (h.rtt_ms, h.min_rtt_ms) {
+        (Some(rtt), Some(min)) => {
+            format!("{} (min {})", human_secs(rtt / 1e3), human_secs(min / 1e3))
+        }
+        (Some(rtt), None) => human_secs(rtt / 1e3),
+        _ => "-".to_owned(),
+    };
+    vec![
+        ("health".to_owned(), format!("{}{downs}", h.health)),
+        ("rtt".to_owned(), rtt),
+        ("loss".to_owned(), format!("{}%", trim(h.loss_percent))),
+        ("delivery rate".to_owned(), human_rate(h.delivery_bps)),
+        (
+            "share of bytes sent".to_owned(),
+            share(link.tx.tx_bytes, total_sent),
+        ),
+    ]
+}
+
+/// Bits per second with decimal units: `950 bit/s`, `118.3 Mbit/s`.
+fn human_rate(bps: u64) -> String {
+    const UNITS: [&str; 4] = ["kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"];
+    if bps < 1000 {
+        return format!("{bps} bit/s");
+    }
+    let mut value = bps as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!(
+        "{value:.1} {}",
+        UNITS.get(unit).copied().unwrap_or("Tbit/s")
+    )
+}
+
 /// Bytes with binary units, like `wg show`: `512 B`, `1.21 MiB`.
 fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
@@ -238,9 +295,16 @@ mod tests {
             "  <= 100 µs:",
             "  > 1 s:",
             "redirected:",
+            "degraded, down 2 times so far",
+            "12.5 ms (min 10.25 ms)",
+            "11.5%",
+            "118.3 Mbit/s",
+            "share of bytes sent:",
         ] {
             assert!(text.contains(expected), "{expected:?} missing in\n{text}");
         }
+        // eth1 sent every byte, the other link none.
+        assert!(text.contains("100.0%"), "{text}");
         // Counters read as their unit says, whatever the padding.
         let values: Vec<(&str, &str)> = text
             .lines()

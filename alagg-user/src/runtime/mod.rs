@@ -42,7 +42,7 @@ use std::{
 };
 
 use alagg_proto::{
-    Admission, LinkState, Receiver, ReceiverConfig, Sender,
+    Admission, AnyScheduler, LinkState, Receiver, ReceiverConfig, Sender,
     auth::{FrameKey, Keyring, SiteKey},
     stats::RxStats,
     wire,
@@ -98,6 +98,8 @@ pub(crate) struct DatapathConfig {
     pub(crate) queue_max_len: u32,
     /// Engine settings.
     pub(crate) receiver: ReceiverConfig,
+    /// Which links each packet goes on: each capture worker gets a copy of this one.
+    pub(crate) scheduler: AnyScheduler,
     /// Pack small packets captured together into one frame per link.
     pub(crate) bundle: bool,
     /// Pin the capture workers and the receive thread to cores.
@@ -198,11 +200,13 @@ impl Datapath {
             .enumerate()
             .zip(&config.links)
             .map(|((i, found), plan)| LinkState {
+                priority: plan.priority,
+                rate_cap_bps: plan.rate_cap_bps,
                 // At most 16 links (the configuration's bound): an id fits a byte.
-                id: i as u8,
-                usable: true,
-                weight: 1,
-                mtu: found.mtu.min(link::frame_room(plan.io, &xsk_config)),
+                ..LinkState::new(
+                    i as u8,
+                    found.mtu.min(link::frame_room(plan.io, &xsk_config)),
+                )
             })
             .collect();
         let min_mtu = link_states.iter().map(|l| l.mtu).min().unwrap_or(1500);
@@ -216,7 +220,8 @@ impl Datapath {
             .tun_mtu
             .unwrap_or((min_mtu - wire::DATA_HEADER_LEN - tag) as u32);
         // Made here, before any change to the host, so that a bad configuration changes nothing.
-        let mut receiver = Receiver::new(&config.receiver)?;
+        let mut receiver =
+            Receiver::new(&config.receiver)?.with_health(config.links.len(), worker::clock());
         if let Some((site, _)) = &config.auth {
             receiver = receiver.with_keyring(Keyring::new(site.clone()));
         }
@@ -441,7 +446,7 @@ impl Datapath {
                 .as_ref()
                 .map(|(site, _)| FrameKey::derive(site, epoch));
             let link_states = link_states.clone();
-            let bundle = config.bundle;
+            let (scheduler, bundle) = (config.scheduler.clone(), config.bundle);
             let name = if workers == 1 {
                 "alagg-capture".to_owned()
             } else {
@@ -456,7 +461,7 @@ impl Datapath {
                     let tx = Transmit::new(
                         (sender, sealer),
                         (links, link_states),
-                        bundle,
+                        (scheduler, bundle),
                         counters,
                         (control, w),
                     );
@@ -494,7 +499,19 @@ impl Datapath {
             .unwrap_or_default();
         let config = config.to_owned();
         let started = self.started;
-        move || Snapshot::take(&counters, &interfaces, &tun, &config, started.elapsed())
+        let control = Arc::clone(&self.control);
+        move || {
+            let health: Vec<_> = (0..interfaces.len())
+                .map(|i| control.health(i).map(|b| b.view()).unwrap_or_default())
+                .collect();
+            Snapshot::take(
+                &counters,
+                (&interfaces, &health),
+                &tun,
+                &config,
+                started.elapsed(),
+            )
+        }
     }
 
     /// Whether every worker thread still runs. One that ended (a bug: they only end when told

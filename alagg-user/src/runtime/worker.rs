@@ -4,7 +4,10 @@
 //! thread sees a stop request promptly. The clock is read here and handed to the stages.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering::Relaxed},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -39,8 +42,9 @@ impl<Q: PacketSource, O: Outbound> Stage for Capture<'_, Q, O> {
         Capture::turn(self, now)
     }
 
-    fn sleep_on(&mut self, _now: Timestamp) -> (&mut [libc::pollfd], Duration) {
-        (self.poll_fds(), IDLE_WAKEUP)
+    fn sleep_on(&mut self, now: Timestamp) -> (&mut [libc::pollfd], Duration) {
+        let due = self.due(now).map_or(IDLE_WAKEUP, |d| d.min(IDLE_WAKEUP));
+        (self.poll_fds(), due)
     }
 }
 
@@ -58,17 +62,20 @@ impl<R: FrameRx, T, D: Inbound> Stage for Receive<'_, R, T, D> {
     }
 }
 
-/// The time since `start`, as the engine counts it.
-fn now(start: Instant) -> Timestamp {
-    Timestamp::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+/// The engine's clock: the time since this process first read it, the same on every thread
+/// (link health compares a send time a capture worker stamped with the time the receive thread
+/// saw the peer's report of it).
+pub(crate) fn clock() -> Timestamp {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    Timestamp::from_nanos(u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Runs `stage` on this thread until `stop`, and hands it back; see the module documentation.
 pub(crate) fn run<S: Stage>(mut stage: S, (stop, busy_poll): (&AtomicBool, Duration)) -> S {
-    let start = Instant::now();
-    let mut busy_until = start;
+    let mut busy_until = Instant::now();
     while !stop.load(Relaxed) {
-        if stage.turn(now(start)) > 0 {
+        if stage.turn(clock()) > 0 {
             busy_until = Instant::now() + busy_poll;
             continue;
         }
@@ -76,7 +83,7 @@ pub(crate) fn run<S: Stage>(mut stage: S, (stop, busy_poll): (&AtomicBool, Durat
             thread::yield_now();
             continue;
         }
-        let (fds, timeout) = stage.sleep_on(now(start));
+        let (fds, timeout) = stage.sleep_on(clock());
         // To the nanosecond: a gap's deadline is kept, neither rounded nor spun towards; never
         // longer than IDLE_WAKEUP, so the stop flag is seen.
         if let Err(error) = crate::sys::ppoll(fds, timeout.min(IDLE_WAKEUP)) {

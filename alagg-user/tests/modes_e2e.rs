@@ -1,0 +1,269 @@
+//! Privileged end-to-end tests of the scheduling modes (`[scheduler] mode`) on the testbed (two
+//! hosts, links through a wire namespace): each mode carries ping, TCP with a checksum and UDP
+//! exactly once; `backup` keeps its backup link idle; a link that falls silent in the middle of
+//! a stream (every frame dropped, carrier kept) is found down and the stream goes on over the
+//! other link in every mode; `alagg status` shows each link's health.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code panics with a message"
+)]
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use alagg_testbed::{B_V4, Host, Testbed};
+use common::{Alagg, big_receive_buffer, heavy, ping, status_json};
+use sha2::{Digest, Sha256};
+
+/// A testbed with alagg running on both hosts in `mode`; fields drop in order: processes, then
+/// hosts, then the directory.
+struct Running {
+    _a: Alagg,
+    _b: Alagg,
+    bed: Testbed,
+    dir: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Running {
+    fn new(tag: &str, links: usize, mode: &str) -> Self {
+        assert!(alagg_testbed::is_root(), "run as root (`cargo xtask test`)");
+        let bed = Testbed::new(tag, links).expect("testbed");
+        let dir = std::env::temp_dir().join(bed.a.name());
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |host: Host| {
+            let path = dir.join(format!("{}.toml", host.letter()));
+            let text = format!("{}\n[scheduler]\nmode = \"{mode}\"\n", bed.config(host));
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let (config_a, config_b) = (write(Host::A), write(Host::B));
+        let a = Alagg::start(&bed.a, &config_a, dir.join("a.log"));
+        let b = Alagg::start(&bed.b, &config_b, dir.join("b.log"));
+        Self {
+            _a: a,
+            _b: b,
+            bed,
+            dir,
+        }
+    }
+
+    /// Waits until A's status shows every link up (feedback flowing both ways).
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = status_json(&self.bed.a);
+            if status.links.iter().all(|l| l.health.health == "up") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "links not up within 5 s: {:?}",
+                status.links.iter().map(|l| &l.health).collect::<Vec<_>>()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Sends `count` numbered 64-byte datagrams from A to B, `per_ms` every millisecond, calling
+/// `during` at `at` into the stream; returns how often each number arrived and the longest
+/// time between two arrivals.
+fn udp_stream(
+    run: &Running,
+    port: u16,
+    (count, per_ms): (u32, u32),
+    (at, during): (Duration, &(dyn Fn() + Sync)),
+) -> (Vec<u32>, Duration) {
+    let bind = SocketAddr::new(B_V4, port);
+    let receiver = run.bed.b.enter(|| UdpSocket::bind(bind).unwrap()).unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    big_receive_buffer(&receiver);
+    let mut seen = vec![0u32; count as usize];
+    let mut longest = Duration::ZERO;
+    thread::scope(|scope| {
+        let counter = scope.spawn(|| {
+            let mut buf = [0u8; 256];
+            let mut last: Option<Instant> = None;
+            while let Ok(n) = receiver.recv(&mut buf) {
+                assert_eq!(n, 64, "datagram length");
+                let now = Instant::now();
+                if let Some(last) = last {
+                    longest = longest.max(now - last);
+                }
+                last = Some(now);
+                let seq = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+                seen[seq] += 1;
+            }
+        });
+        let event = scope.spawn(|| {
+            thread::sleep(at);
+            during();
+        });
+        run.bed
+            .a
+            .enter(|| {
+                let socket = UdpSocket::bind(SocketAddr::new(Host::A.v4(), 0)).unwrap();
+                let mut datagram = [0u8; 64];
+                let start = Instant::now();
+                for seq in 0..count {
+                    datagram[..4].copy_from_slice(&seq.to_be_bytes());
+                    socket.send_to(&datagram, bind).unwrap();
+                    if seq % per_ms == per_ms - 1 {
+                        let due = start + Duration::from_millis(u64::from(seq / per_ms + 1));
+                        thread::sleep(due.saturating_duration_since(Instant::now()));
+                    }
+                }
+            })
+            .unwrap();
+        event.join().unwrap();
+        counter.join().unwrap();
+    });
+    (seen, longest)
+}
+
+/// Sends `mb` MiB over TCP from A to B and returns the SHA-256 of what was sent and received.
+fn tcp_transfer(run: &Running, port: u16, mb: usize) -> ([u8; 32], [u8; 32]) {
+    let bind = SocketAddr::new(B_V4, port);
+    let listener = run
+        .bed
+        .b
+        .enter(|| TcpListener::bind(bind).unwrap())
+        .unwrap();
+    let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i * 13 + 5) as u8).collect();
+    thread::scope(|scope| {
+        let server = scope.spawn(|| {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 128 * 1024];
+            loop {
+                let n = stream.read(&mut buf).expect("read");
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            <[u8; 32]>::from(hasher.finalize())
+        });
+        let sent = run
+            .bed
+            .a
+            .enter(|| {
+                let mut stream = TcpStream::connect_timeout(&bind, Duration::from_secs(5)).unwrap();
+                let mut hasher = Sha256::new();
+                for _ in 0..mb {
+                    stream.write_all(&chunk).unwrap();
+                    hasher.update(&chunk);
+                }
+                <[u8; 32]>::from(hasher.finalize())
+            })
+            .unwrap();
+        (sent, server.join().unwrap())
+    })
+}
+
+#[test]
+fn every_mode_carries_ping_tcp_and_udp_exactly_once() {
+    alagg_testbed::require_root!();
+    let _heavy = heavy();
+    for (i, mode) in ["stripe", "backup", "adaptive"].into_iter().enumerate() {
+        let run = Running::new(&format!("mode{i}"), 2, mode);
+        run.wait_healthy();
+        let out = ping(&run.bed.a, &["-c", "5", "-i", "0.05", &B_V4.to_string()]);
+        assert!(out.contains(" 0% packet loss"), "{mode}: ping\n{out}");
+        let (sent, received) = tcp_transfer(&run, 5100 + i as u16, 32);
+        assert_eq!(sent, received, "{mode}: the TCP transfer arrived damaged");
+        let nothing = || {};
+        let (seen, _) = udp_stream(
+            &run,
+            5200 + i as u16,
+            (5_000, 5),
+            (Duration::ZERO, &nothing),
+        );
+        let once = seen.iter().filter(|&&n| n == 1).count();
+        let twice = seen.iter().filter(|&&n| n > 1).count();
+        assert_eq!(twice, 0, "{mode}: duplicates reached the application");
+        assert_eq!(once, 5_000, "{mode}: {} of 5000 UDP datagrams", once);
+        let status = status_json(&run.bed.a);
+        for link in &status.links {
+            assert_eq!(link.health.health, "up", "{mode}: {link:?}");
+            assert!(
+                link.health.rtt_ms.is_some_and(|r| r > 0.0),
+                "{mode}: {link:?}"
+            );
+        }
+        let (sent0, sent1) = (status.links[0].tx.tx_bytes, status.links[1].tx.tx_bytes);
+        match mode {
+            // Backup: link 1 carries feedback only (some 100 frames a second).
+            "backup" => assert!(sent1 * 100 < sent0, "{mode}: link 1 sent {sent1} bytes"),
+            // Stripe and adaptive on equal links: both carry a fair share.
+            _ => assert!(
+                sent0.min(sent1) * 4 > sent0.max(sent1),
+                "{mode}: {sent0} / {sent1}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_link_falling_silent_mid_stream_is_found_down_and_the_stream_goes_on() {
+    alagg_testbed::require_root!();
+    let _heavy = heavy();
+    for (i, mode) in ["redundant", "stripe", "backup", "adaptive"]
+        .into_iter()
+        .enumerate()
+    {
+        let run = Running::new(&format!("silent{i}"), 2, mode);
+        run.wait_healthy();
+        // 2 000 datagrams a second for 3 s; link 0 (backup's primary) falls silent after 1 s.
+        let cut = || run.bed.cut(0).expect("cut link 0");
+        let (seen, longest) = udp_stream(
+            &run,
+            5300 + i as u16,
+            (6_000, 2),
+            (Duration::from_secs(1), &cut),
+        );
+        let lost = seen.iter().filter(|&&n| n == 0).count();
+        eprintln!("{mode}: link 0 silent mid-stream: {lost} of 6000 lost, longest gap {longest:?}");
+        assert!(seen.iter().all(|&n| n <= 1), "{mode}: duplicates delivered");
+        let status = status_json(&run.bed.a);
+        assert_eq!(
+            status.links[0].health.health, "down",
+            "{mode}: {:?}",
+            status.links[0]
+        );
+        assert_eq!(
+            status.links[1].health.health, "up",
+            "{mode}: {:?}",
+            status.links[1]
+        );
+        // What was on link 0 while it was not yet known down (100 ms) is lost, nothing after.
+        let bound = if mode == "redundant" { 0 } else { 400 };
+        assert!(
+            lost <= bound,
+            "{mode}: {lost} of 6000 lost, longest gap {longest:?}"
+        );
+        assert!(
+            longest < Duration::from_millis(400),
+            "{mode}: the stream stopped for {longest:?}"
+        );
+    }
+}
