@@ -419,13 +419,15 @@ impl LinkHealth {
     }
 
     /// Looks at the clock: a link whose feedback has shown no progress for [`DOWN_AFTER`] goes
-    /// down; one never heard from goes down after [`STARTUP_GRACE`] if `peer_heard` (other
-    /// links of the peer are).
-    pub fn tick(&mut self, now: Timestamp, peer_heard: bool) {
+    /// down; one never heard from goes down once the peer has been heard on other links
+    /// (since `peer_heard`) for [`STARTUP_GRACE`], counted from this link's creation at the
+    /// earliest.
+    pub fn tick(&mut self, now: Timestamp, peer_heard: Option<Timestamp>) {
         match self.condition {
             Condition::Down => {}
             Condition::Unknown => {
-                if peer_heard && now.saturating_since(self.started) >= STARTUP_GRACE {
+                let since = peer_heard.map(|t| t.max(self.started));
+                if since.is_some_and(|t| now.saturating_since(t) >= STARTUP_GRACE) {
                     self.become_down(now);
                 }
             }
@@ -453,8 +455,7 @@ impl LinkHealth {
             Condition::Up | Condition::Degraded => {
                 self.last_progress.map(|t| t.saturating_add(DOWN_AFTER))
             }
-            Condition::Unknown => Some(self.started.saturating_add(STARTUP_GRACE)),
-            Condition::Down => None,
+            Condition::Unknown | Condition::Down => None,
         }
     }
 
@@ -550,6 +551,8 @@ pub struct Health {
     /// The peer's lanes, as this host hears them.
     pub meters: Meters,
     links: Vec<LinkHealth>,
+    /// When a link first showed progress: the peer is running.
+    peer_heard: Option<Timestamp>,
 }
 
 impl Health {
@@ -559,6 +562,7 @@ impl Health {
         Health {
             meters: Meters::default(),
             links: (0..links).map(|_| LinkHealth::new(now)).collect(),
+            peer_heard: None,
         }
     }
 
@@ -583,9 +587,11 @@ impl Health {
 
     /// Ticks every link ([`LinkHealth::tick`]).
     pub fn tick(&mut self, now: Timestamp) {
-        let heard = self.links.iter().any(|l| l.last_progress.is_some());
+        if self.peer_heard.is_none() && self.links.iter().any(|l| l.last_progress.is_some()) {
+            self.peer_heard = Some(now);
+        }
         for link in &mut self.links {
-            link.tick(now, heard);
+            link.tick(now, self.peer_heard);
         }
     }
 
@@ -717,7 +723,7 @@ mod tests {
             highest += 10;
             received += (10 - lost_per_10) as u32;
             link.on_feedback(micros(at(t)), [report(highest, received, t, 0)], at(t));
-            link.tick(at(t), true);
+            link.tick(at(t), Some(at(0)));
             t += 10;
         }
         (highest, received)
@@ -729,10 +735,10 @@ mod tests {
         let lane = feed(&mut link, (10, 500), 0, (0, 0));
         assert_eq!(link.view().condition, Condition::Up);
         // Silence from 500 ms: still up at 590, down by 600.
-        link.tick(at(590), true);
+        link.tick(at(590), Some(at(0)));
         assert_eq!(link.view().condition, Condition::Up);
         assert_eq!(link.deadline(), Some(at(600)));
-        link.tick(at(600), true);
+        link.tick(at(600), Some(at(0)));
         assert_eq!(link.view().condition, Condition::Down);
         assert_eq!(link.view().downs, 1);
         // Reports come back at 700: up after RECOVER_REPORTS of them and the hold-down (it went
@@ -753,7 +759,7 @@ mod tests {
         // this direction only).
         for t in (110..=300).step_by(10) {
             link.on_feedback(micros(at(t)), [report(highest, received, 100, 0)], at(t));
-            link.tick(at(t), true);
+            link.tick(at(t), Some(at(0)));
         }
         assert_eq!(link.view().condition, Condition::Down);
     }
@@ -794,7 +800,7 @@ mod tests {
                 t += 10;
             }
             t += DOWN_AFTER.as_millis() as u64;
-            link.tick(at(t), true);
+            link.tick(at(t), Some(at(0)));
             assert_eq!(link.view().condition, Condition::Down);
             holds.push(link.hold_until.saturating_since(at(t)));
         }
@@ -833,6 +839,26 @@ mod tests {
         assert!(health.link(9).is_none());
         health.carrier_lost(0, at(1_600));
         assert_eq!(condition(&health, 0), Some(Condition::Down));
+    }
+
+    #[test]
+    fn the_startup_grace_counts_from_when_the_peer_was_first_heard() {
+        // This host started 5 s before its peer: link 1 is heard first, link 0 a little after,
+        // within the grace; it must not be taken down for the time before the peer ran.
+        let mut health = Health::new(2, at(0));
+        let mut reports = [0u8; FEEDBACK_REPORT_LEN];
+        for t in (5_000..5_500).step_by(10) {
+            for link in [1, 0] {
+                if link == 0 && t < 5_300 {
+                    continue;
+                }
+                report(t, t as u32, t, 0).emit(&mut reports).expect("room");
+                health.on_feedback(link, micros(at(t)), &reports, at(t));
+            }
+            health.tick(at(t));
+        }
+        let view = health.link(0).map(LinkHealth::view).expect("link 0");
+        assert_eq!((view.condition, view.downs), (Condition::Up, 0));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 use alagg_proto::{
     Receiver, RxOutcome, Timestamp,
+    health::Condition,
     stats::RxStats,
     wire::{ETH_HDR_LEN, MacAddr},
 };
@@ -60,8 +61,10 @@ pub(crate) struct Receive<'a, R, T, D> {
     counters: &'a Counters,
     control: &'a LinkControl<R, T>,
     published: Option<Timestamp>,
-    /// When link health was last published.
+    /// When link health was last published, and each link's condition then (changes are
+    /// logged).
     health_published: Option<Timestamp>,
+    conditions: Vec<Condition>,
     /// The engine's counters when last published, to see which [`NOTICES`] first rose.
     last: RxStats,
     /// Which [`NOTICES`] were logged already (each once per run).
@@ -112,6 +115,7 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             control,
             published: None,
             health_published: None,
+            conditions: vec![Condition::Unknown; counters.receiver.links.len()],
             last: RxStats::default(),
             noticed: [false; NOTICES.len()],
         }
@@ -294,7 +298,21 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             else {
                 continue;
             };
-            board.set_view(&state.view());
+            let view = state.view();
+            if let Some(was) = self.conditions.get_mut(link) {
+                if *was != view.condition {
+                    tracing::info!(
+                        link,
+                        from = was.name(),
+                        to = view.condition.name(),
+                        rtt_us = view.srtt.map(|d| d.as_micros() as u64),
+                        loss = view.loss,
+                        "link health changed"
+                    );
+                    *was = view.condition;
+                }
+            }
+            board.set_view(&view);
             board.set_reports(|out| health.meters.reports(link as u8, now, out));
         }
         self.control.health_published();
