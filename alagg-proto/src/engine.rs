@@ -118,7 +118,8 @@ pub struct ReceiverConfig {
     pub dedup_window: usize,
     /// Packets the reorder buffer holds (rounded up to a power of two). Default 1024.
     pub reorder_capacity: usize,
-    /// Longest a packet waits for a gap before it. Default 3 ms.
+    /// Longest a packet waits for a gap before it: with [`Receiver::adapt_hold`], the ceiling
+    /// of the hold it sets. Default 3 ms.
     pub hold_time: Duration,
     /// Bytes per reorder slot; held packets longer than this use a large buffer. Default 2048.
     pub slot_size: usize,
@@ -400,7 +401,11 @@ pub struct Receiver {
     max_jump: u64,
     reorder: ReorderBuffer,
     reassembly: Reassembler,
+    /// How long a packet waits behind a gap now ([`Receiver::adapt_hold`]); also how long a
+    /// lane or an epoch stays believed live without frames.
     hold_time: Duration,
+    /// [`ReceiverConfig::hold_time`]: the most `hold_time` may grow to.
+    hold_ceiling: Duration,
     max_packet_len: usize,
     /// With `[auth]`: the keys frames are checked with before anything else.
     keyring: Option<Keyring>,
@@ -416,6 +421,14 @@ pub struct Receiver {
     health: Health,
     stats: RxStats,
 }
+
+/// The shortest hold [`Receiver::adapt_hold`] sets (unless the ceiling is lower): what a
+/// worker thread descheduled for a moment, on a busy machine, may delay a lane by.
+pub const HOLD_FLOOR: Duration = Duration::from_millis(5);
+/// Added to the measured delay spread ([`Receiver::adapt_hold`]).
+pub const HOLD_MARGIN: Duration = Duration::from_millis(1);
+/// Lanes heard within this long count in the delay spread.
+const SPREAD_LIVE: Duration = Duration::from_secs(1);
 
 /// Epochs left that are remembered (with the numbers delivered in them).
 const EPOCHS_LEFT: usize = 4;
@@ -460,6 +473,7 @@ impl Receiver {
                 max_packet_len: config.max_packet_len,
             }),
             hold_time: config.hold_time,
+            hold_ceiling: config.hold_time,
             max_packet_len: config.max_packet_len,
             keyring: None,
             admission: None,
@@ -519,6 +533,32 @@ impl Receiver {
             reassembly: self.reassembly.stats(),
             ..self.stats
         }
+    }
+
+    /// Sets how long packets wait behind a gap from what the links show: the spread of their
+    /// delays plus twice their jitter ([`crate::health::Meters::delay_spread`]) and
+    /// [`HOLD_MARGIN`], no less than [`HOLD_FLOOR`] and no more than the configured hold
+    /// time, which is the ceiling. A packet whose copy, or whose neighbours, travel on a slower
+    /// link is then waited for as long as that link takes, and no longer. Call it every few
+    /// milliseconds; until it is first called the hold is the configured one, and without
+    /// frames (nothing measured) it is the floor.
+    pub fn adapt_hold(&mut self, now: Timestamp) {
+        let floor = HOLD_FLOOR.min(self.hold_ceiling);
+        let wanted = self
+            .health
+            .meters
+            .delay_spread(now, SPREAD_LIVE)
+            .map_or(floor, |spread| spread.saturating_add(HOLD_MARGIN));
+        let hold = wanted.clamp(floor, self.hold_ceiling);
+        if hold != self.hold_time {
+            self.hold_time = hold;
+            self.reorder.set_hold_time(hold);
+        }
+    }
+
+    /// How long a packet waits behind a gap now ([`Receiver::adapt_hold`]).
+    pub fn hold_time(&self) -> Duration {
+        self.hold_time
     }
 
     /// Packets held waiting for a gap.
@@ -1762,6 +1802,55 @@ mod tests {
         // Link 0 has no feedback: still unknown.
         let view = rx.health().link(0).unwrap().view();
         assert_eq!(view.condition, Condition::Unknown);
+    }
+
+    #[test]
+    fn the_hold_follows_the_delay_spread_between_the_floor_and_the_ceiling() {
+        let mut rx = Receiver::new(&ReceiverConfig {
+            hold_time: Duration::from_millis(100),
+            ..ReceiverConfig::default()
+        })
+        .unwrap()
+        .with_health(2, t(0));
+        assert_eq!(rx.hold_time(), Duration::from_millis(100));
+        // Nothing heard: the floor.
+        rx.adapt_hold(t(1));
+        assert_eq!(rx.hold_time(), HOLD_FLOOR);
+        // Link 1 delivers 20 ms after link 0, steadily: 20 ms and the margin.
+        let mut tx = Sender::new(5);
+        for i in 0..100u64 {
+            let plan = tx.plan(100, 1500).unwrap();
+            let pkt = packet(plan.seq(), 100);
+            for (link, transit) in [(0u8, 5u64), (1, 25)] {
+                let mut out = vec![0u8; 1500];
+                let stamp = Stamp {
+                    link,
+                    lane: 0,
+                    lane_seq: i,
+                    tx_time: crate::health::micros(t(10 * i)),
+                };
+                let n = plan.emit(0, stamp, &pkt, &mut out).unwrap();
+                rx.on_frame(&out[..n], t(10 * i + transit), |_: &[u8]| {});
+            }
+        }
+        rx.adapt_hold(t(1_000));
+        assert_eq!(rx.hold_time(), Duration::from_millis(21));
+        // Spread beyond the ceiling: the ceiling.
+        let mut rx = Receiver::new(&ReceiverConfig {
+            hold_time: Duration::from_millis(10),
+            ..ReceiverConfig::default()
+        })
+        .unwrap()
+        .with_health(2, t(0));
+        for (link, transit) in [(0u8, 5u64), (1, 25)] {
+            let plan = tx.plan(100, 1500).unwrap();
+            let pkt = packet(plan.seq(), 100);
+            let mut out = vec![0u8; 1500];
+            let n = plan.emit(0, Stamp::on(link), &pkt, &mut out).unwrap();
+            rx.on_frame(&out[..n], t(transit), |_: &[u8]| {});
+        }
+        rx.adapt_hold(t(30));
+        assert_eq!(rx.hold_time(), Duration::from_millis(10));
     }
 
     #[test]

@@ -80,6 +80,8 @@ struct Meter {
     arrived: Timestamp,
     /// The last frame's transit (arrival less `tx_time`, microseconds, modulo 2^32).
     transit: u32,
+    /// Its running mean (1/16 of each new sample), modulo 2^32 like the samples.
+    transit_mean: u32,
     /// RFC 3550 6.4.1 interarrival jitter, microseconds, times 16.
     jitter16: u32,
     /// When any frame last arrived on the lane.
@@ -115,6 +117,7 @@ impl Meters {
                     echo_time: stamp.tx_time,
                     arrived: now,
                     transit,
+                    transit_mean: transit,
                     jitter16: 0,
                     heard: now,
                 };
@@ -143,6 +146,8 @@ impl Meters {
         // RFC 3550 6.4.1: J += (|D| - J) / 16, D the change in transit.
         let d = (transit.wrapping_sub(meter.transit) as i32).unsigned_abs();
         meter.transit = transit;
+        let step = (transit.wrapping_sub(meter.transit_mean) as i32) / 16;
+        meter.transit_mean = meter.transit_mean.wrapping_add_signed(step);
         let j = i64::from(meter.jitter16) + i64::from(d) - i64::from(meter.jitter16 >> 4);
         meter.jitter16 = u32::try_from(j.max(0)).unwrap_or(u32::MAX);
         let ahead = stamp.lane_seq.wrapping_sub(meter.highest);
@@ -180,6 +185,25 @@ impl Meters {
             tail.sort_by_key(|r| r.echo_delay);
             out.truncate(start + MAX_REPORTED_LANES);
         }
+    }
+
+    /// How far apart in time the copies or neighbours of a packet may arrive: the spread of
+    /// the mean transit times (arrival less send time) of the lanes heard within `live` of
+    /// `now`, plus twice the largest jitter among them. The peer stamps every lane from one
+    /// clock, so the clocks' offset cancels out. `None` when no lane was heard.
+    pub fn delay_spread(&self, now: Timestamp, live: Duration) -> Option<Duration> {
+        let heard = || {
+            self.meters
+                .iter()
+                .filter(move |m| m.heard.saturating_add(live) > now)
+        };
+        let reference = heard().next()?.transit_mean;
+        // Relative to one lane, in serial arithmetic: transits within 35 minutes of each other.
+        let relative = || heard().map(|m| i64::from(m.transit_mean.wrapping_sub(reference) as i32));
+        let spread = relative().max()? - relative().min()?;
+        let jitter = heard().map(|m| m.jitter16 >> 4).max().unwrap_or(0);
+        let micros = u64::try_from(spread).unwrap_or(0) + 2 * u64::from(jitter);
+        Some(Duration::from_micros(micros))
     }
 
     /// When a frame last arrived on any lane of `link`.
@@ -671,6 +695,42 @@ mod tests {
         out.clear();
         meters.reports(0, at(4), &mut out);
         assert_eq!((out[0].highest, out[0].received), (0, 1));
+    }
+
+    #[test]
+    fn the_delay_spread_is_how_far_apart_the_links_deliver() {
+        let mut meters = Meters::default();
+        assert_eq!(meters.delay_spread(at(0), Duration::from_secs(1)), None);
+        // Link 0 takes 5 ms, link 1 25 ms, both steady (no jitter); the peer's clock runs
+        // 1000 s ahead of this host's.
+        let ahead = 1_000_000;
+        for i in 0..200u64 {
+            for (link, transit) in [(0, 5), (1, 25)] {
+                let stamp = stamp(link, 0, i, ahead + i);
+                meters.saw(1, stamp, 100, at(i + transit));
+            }
+        }
+        let spread = meters
+            .delay_spread(at(230), Duration::from_secs(1))
+            .unwrap();
+        let off = spread.abs_diff(Duration::from_millis(20));
+        assert!(off < Duration::from_micros(100), "{spread:?}");
+        // A lane not heard for a while no longer counts.
+        let spread = meters.delay_spread(at(1_300), Duration::from_secs(1));
+        assert_eq!(spread, None);
+        // Jitter counts twice: one lane whose transit alternates 1 and 3 ms.
+        let mut meters = Meters::default();
+        for i in 0..400u64 {
+            let transit = if i % 2 == 0 { 1 } else { 3 };
+            meters.saw(1, stamp(0, 0, i, 10 * i), 100, at(10 * i + transit));
+        }
+        let spread = meters
+            .delay_spread(at(4_000), Duration::from_secs(1))
+            .unwrap();
+        assert!(
+            spread > Duration::from_micros(3_500) && spread <= Duration::from_millis(4),
+            "{spread:?}"
+        );
     }
 
     #[test]

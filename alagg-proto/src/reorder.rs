@@ -160,6 +160,17 @@ impl ReorderBuffer {
         self.slots.len()
     }
 
+    /// How long a packet waits behind a gap now.
+    pub fn hold_time(&self) -> Duration {
+        self.hold_time
+    }
+
+    /// Changes how long a packet waits behind a gap, for the packets held now as well (their
+    /// deadlines are counted from their arrival).
+    pub fn set_hold_time(&mut self, hold_time: Duration) {
+        self.hold_time = hold_time;
+    }
+
     /// Packets currently held.
     pub fn held(&self) -> usize {
         self.held

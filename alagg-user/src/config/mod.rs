@@ -320,8 +320,10 @@ pub struct ProtocolConfig {
     /// (`0x88B5`, `34997`). Default 0x88B5, IEEE 802 local experimental ethertype 1.
     #[serde(deserialize_with = "de_ethertype")]
     pub ethertype: u16,
-    /// How long, in milliseconds, a packet that arrived ahead of a missing one is held before
-    /// the gap is given up on, 1..=10000. Default 5.
+    /// The longest, in milliseconds, a packet that arrived ahead of a missing one is held
+    /// before the gap is given up on, 1..=10000. The hold itself follows the links: their
+    /// delay spread and jitter plus 1 ms, at least 5 ms (or this, if lower), at most this.
+    /// Default 100.
     pub hold_ms: u64,
     /// How many sequence numbers below the newest the duplicate filter remembers; a power of two
     /// in 64..=1048576. Default 4096.
@@ -340,7 +342,7 @@ impl Default for ProtocolConfig {
     fn default() -> Self {
         ProtocolConfig {
             ethertype: DEFAULT_ETHERTYPE,
-            hold_ms: 5,
+            hold_ms: 100,
             dedup_window: 4096,
             reorder_capacity: 1024,
             links_keep_order: true,
@@ -1240,7 +1242,8 @@ impl fmt::Display for Plan<'_> {
         )?;
         writeln!(
             f,
-            "  hold out-of-order packets up to {} ms{}, at most {} packets{} at once",
+            "  hold out-of-order packets as long as the links' delay spread needs (at least \
+             5 ms) and up to {} ms{}, at most {} packets{} at once",
             protocol.hold_ms,
             default_note(&protocol.hold_ms, &defaults.hold_ms),
             protocol.reorder_capacity,
@@ -1408,8 +1411,8 @@ peer_mac = "02:00:00:00:02:02"
         assert_eq!(config.tun.name, "alagg0");
         assert_eq!(config.tun.mtu, None);
         assert_eq!(config.protocol.ethertype, 0x88b5);
-        assert_eq!(config.protocol.hold_ms, 5);
-        assert_eq!(config.protocol.hold(), Duration::from_millis(5));
+        assert_eq!(config.protocol.hold_ms, 100);
+        assert_eq!(config.protocol.hold(), Duration::from_millis(100));
         assert_eq!(config.protocol.dedup_window, 4096);
         assert_eq!(config.protocol.reorder_capacity, 1024);
         for link in &config.links {

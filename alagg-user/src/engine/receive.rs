@@ -292,6 +292,7 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             }
         }
         health.tick(now);
+        self.receiver.adapt_hold(now);
         let health = self.receiver.health();
         for link in 0..links {
             let (Some(board), Some(state)) = (self.control.health(link), health.link(link as u8))
