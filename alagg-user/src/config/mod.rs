@@ -2064,7 +2064,7 @@ peer_mac = "02:00:00:00:02:02"
             "link[1] eth2 -> peer 02:00:00:00:02:02",
             "scheduler redundant (default)",
             "ethertype 0x88b5 (default)",
-            "5 ms (default)",
+            "up to 100 ms (default)",
             "alagg0 (default)",
             "fail-open",
             "metrics\n  off (default)",
