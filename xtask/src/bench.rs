@@ -205,8 +205,15 @@ pub fn replot() -> anyhow::Result<()> {
 struct Selection<'a>(Option<&'a str>);
 
 impl Selection<'_> {
+    /// Whether `config` is selected: by any of the `|`-separated parts of the text, each
+    /// matching the names that contain it, or with a leading `=` the one name it spells.
     fn wants(self, config: &str) -> bool {
-        self.0.is_none_or(|text| config.contains(text))
+        self.0.is_none_or(|text| {
+            text.split('|').any(|part| match part.strip_prefix('=') {
+                Some(exact) => config == exact,
+                None => config.contains(part),
+            })
+        })
     }
 
     fn wants_any(self, configs: &[&str]) -> bool {

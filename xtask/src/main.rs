@@ -70,7 +70,8 @@ enum Task {
         #[arg(long, conflicts_with_all = ["quick", "only"])]
         replot: bool,
         /// Measure only the configurations whose name contains TEXT, e.g. "alagg 2 links" (also
-        /// matches its variants), "direct", "veth:". Tables and charts then show only those.
+        /// matches its variants), "direct", "veth:"; several separated by `|`, and `=NAME` for
+        /// exactly one ("=alagg 2 links|stripe"). Tables and charts then show only those.
         #[arg(long, value_name = "TEXT")]
         only: Option<String>,
     },
