@@ -123,6 +123,12 @@ pub trait Scheduler {
     /// The links to send a `packet_len`-byte packet on; indexes into `links`. An empty set means
     /// the packet is dropped (no usable link).
     fn select(&mut self, packet_len: usize, links: &[LinkState], now: Timestamp) -> LinkSet;
+
+    /// `bytes` more went on `chosen` without a [`Scheduler::select`] (a packet that joined a
+    /// bundle chosen before it); ignored unless the scheduler models the links' queues.
+    fn charge(&mut self, chosen: LinkSet, bytes: usize, links: &[LinkState]) {
+        let _ = (chosen, bytes, links);
+    }
 }
 
 /// Sends every packet on every usable link: a packet survives if any one link delivers it
@@ -247,6 +253,12 @@ impl Stripe {
 }
 
 impl Scheduler for Stripe {
+    fn charge(&mut self, chosen: LinkSet, bytes: usize, links: &[LinkState]) {
+        for index in chosen.iter().filter(|&i| i < links.len()) {
+            self.enqueue(index, bytes, links);
+        }
+    }
+
     fn select(&mut self, packet_len: usize, links: &[LinkState], now: Timestamp) -> LinkSet {
         self.drain(links, now);
         let mut set = LinkSet::EMPTY;
@@ -313,6 +325,10 @@ impl Adaptive {
 }
 
 impl Scheduler for Adaptive {
+    fn charge(&mut self, chosen: LinkSet, bytes: usize, links: &[LinkState]) {
+        self.stripe.charge(chosen, bytes, links);
+    }
+
     fn select(&mut self, packet_len: usize, links: &[LinkState], now: Timestamp) -> LinkSet {
         let stripe = &mut self.stripe;
         stripe.drain(links, now);
@@ -358,6 +374,15 @@ impl Scheduler for AnyScheduler {
             AnyScheduler::Stripe(s) => s.select(packet_len, links, now),
             AnyScheduler::Backup(s) => s.select(packet_len, links, now),
             AnyScheduler::Adaptive(s) => s.select(packet_len, links, now),
+        }
+    }
+
+    fn charge(&mut self, chosen: LinkSet, bytes: usize, links: &[LinkState]) {
+        match self {
+            AnyScheduler::Redundant(s) => s.charge(chosen, bytes, links),
+            AnyScheduler::Stripe(s) => s.charge(chosen, bytes, links),
+            AnyScheduler::Backup(s) => s.charge(chosen, bytes, links),
+            AnyScheduler::Adaptive(s) => s.charge(chosen, bytes, links),
         }
     }
 }
@@ -530,6 +555,22 @@ mod tests {
             }
         }
         assert!(doubled > 0);
+    }
+
+    #[test]
+    fn bytes_charged_without_a_selection_count_in_the_queues() {
+        let links = [link(0, true, 1500), link(1, true, 1500)];
+        let mut stripe = Stripe::default();
+        let first = stripe.select(100, &links, Timestamp::ZERO);
+        // A bundle on link 0 grows by 10 000 bytes: the next packet goes on link 1, twice.
+        let mut bundle = LinkSet::EMPTY;
+        bundle.insert(0);
+        AnyScheduler::Stripe(Stripe::default()).charge(bundle, 1, &links);
+        stripe.charge(bundle, 10_000, &links);
+        assert!(first.contains(0));
+        for _ in 0..2 {
+            assert!(stripe.select(100, &links, Timestamp::ZERO).contains(1));
+        }
     }
 
     #[test]

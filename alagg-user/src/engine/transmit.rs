@@ -24,7 +24,7 @@ use alagg_proto::{
     AnyScheduler, Bundler, Lane, LinkSet, LinkState, Scheduler as _, Sender, Timestamp,
     auth::FrameKey,
     health::{Condition, FEEDBACK_INTERVAL, PROBE_INTERVAL},
-    wire::{ETH_HDR_LEN, EthernetRepr, LaneReport, ProbeRepr, WireError},
+    wire::{BUNDLE_ENTRY_HEADER_LEN, ETH_HDR_LEN, EthernetRepr, LaneReport, ProbeRepr, WireError},
 };
 
 use crate::{
@@ -327,6 +327,23 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
     fn packet(&mut self, payload: &[u8], now: Timestamp) {
         self.now = now;
         self.active_until = Some(now.saturating_add(ACTIVE_FOR));
+        // A small packet joins the bundle being built, on the links chosen when it began (a
+        // scheduler that picks one link per packet would otherwise end a bundle at every
+        // packet), and the scheduler is charged for it.
+        if let Some(bundler) = self.bundler.as_mut().filter(|b| !b.is_empty()) {
+            let mtu = self
+                .bundle_links
+                .min_mtu(&self.link_states)
+                .unwrap_or(0)
+                .saturating_sub(self.sender.overhead());
+            let usable = self.bundle_links.iter().all(|i| self.link_states[i].usable);
+            if usable && Bundler::bundleable(payload.len(), mtu) && bundler.push(payload, mtu) {
+                let bytes = payload.len() + BUNDLE_ENTRY_HEADER_LEN;
+                self.scheduler
+                    .charge(self.bundle_links, bytes, &self.link_states);
+                return;
+            }
+        }
         let chosen = self.scheduler.select(payload.len(), &self.link_states, now);
         let Some(mtu) = chosen.min_mtu(&self.link_states) else {
             self.counters.capture.dropped.fetch_add(1, Relaxed);

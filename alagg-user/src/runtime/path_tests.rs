@@ -843,3 +843,20 @@ fn striped_over_lossy_links_each_packet_arrives_at_most_once_and_in_order() {
         assert!(ids.len() >= least, "{name}: {} of 2000", ids.len());
     }
 }
+
+#[test]
+fn stripe_bundles_small_packets_captured_together() {
+    // One link per packet would end a bundle at every packet: a bundle keeps the links it
+    // began on.
+    let fixture = Fixture::scheduled(2, AnyScheduler::Stripe(Stripe::default()));
+    let mut path = fixture.path(&[Impairment::default(); 2], true, 39);
+    let sent = packets(640, 200, 40);
+    path.carry(&sent);
+    assert_eq!(
+        written_ids(&fixture.tun, &sent),
+        (0..640).collect::<Vec<_>>()
+    );
+    let frames = fixture.counters.link(0).0.tx_frames + fixture.counters.link(1).0.tx_frames;
+    assert!(frames < 200, "{frames} frames for 640 small packets");
+    assert!(path.receive.stats().bundles > 0);
+}
