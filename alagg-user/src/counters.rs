@@ -170,6 +170,9 @@ counter_set! {
     /// Send calls that failed (AF_PACKET `sendmmsg`, the AF_XDP kick); their frames are in
     /// the causes above.
     tx_send_errors: Events, "tx_send_errors", "send errors";
+    /// Frames sent again on this link because the link that carried them went down before
+    /// they were known to have arrived (failover; the receiver drops what did arrive).
+    tx_resent: Frames, "tx_resent", "resent for a failed link";
 }
 
 counter_set! {

@@ -18,13 +18,15 @@
 //! Invariant: sequence numbers follow capture order, bundles included: a packet that goes on
 //! its own is numbered after the bundle built before it.
 
-use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{collections::VecDeque, sync::atomic::Ordering::Relaxed, time::Duration};
 
 use alagg_proto::{
     AnyScheduler, Bundler, Lane, LinkSet, LinkState, Scheduler as _, Sender, Timestamp,
     auth::FrameKey,
     health::{Condition, FEEDBACK_INTERVAL, PROBE_INTERVAL},
-    wire::{BUNDLE_ENTRY_HEADER_LEN, ETH_HDR_LEN, EthernetRepr, LaneReport, ProbeRepr, WireError},
+    wire::{
+        BUNDLE_ENTRY_HEADER_LEN, ETH_HDR_LEN, EthernetRepr, Frame, LaneReport, ProbeRepr, WireError,
+    },
 };
 
 use crate::{
@@ -34,6 +36,74 @@ use crate::{
 
 /// How long after its last packet a worker keeps probing its idle lanes.
 pub(crate) const ACTIVE_FOR: Duration = Duration::from_secs(1);
+
+/// How far back failover resends: what a link carried in the time it takes to find it down
+/// ([`alagg_proto::health::DOWN_AFTER`]) and the feedback's delay.
+pub(crate) const RESEND_WINDOW: Duration = Duration::from_millis(150);
+/// Frames a worker keeps for failover at most, and their bytes.
+const RESEND_FRAMES: usize = 16_384;
+const RESEND_BYTES: usize = 8 << 20;
+
+/// The frames this worker sent lately on links that carry each packet alone (not
+/// redundant), unsealed, so that when a link goes down what it carried in its last
+/// [`RESEND_WINDOW`] goes out again on another (failover). Buffers are reused: no allocation
+/// per frame once warm.
+#[derive(Debug, Default)]
+struct Recent {
+    kept: VecDeque<Kept>,
+    pool: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// One frame kept for failover: when and on which link it went, and its alagg header and
+/// payload (before any tag).
+#[derive(Debug)]
+struct Kept {
+    at: Timestamp,
+    link: usize,
+    frame: Vec<u8>,
+}
+
+impl Recent {
+    /// Keeps `frame`, sent on `link` at `now`, forgetting what is too old or over the bounds.
+    fn keep(&mut self, now: Timestamp, link: usize, frame: &[u8]) {
+        self.expire(now);
+        while self.kept.len() >= RESEND_FRAMES || self.bytes + frame.len() > RESEND_BYTES {
+            if !self.drop_oldest() {
+                return;
+            }
+        }
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        self.bytes += buf.len();
+        self.kept.push_back(Kept {
+            at: now,
+            link,
+            frame: buf,
+        });
+    }
+
+    /// Forgets frames sent more than [`RESEND_WINDOW`] before `now`.
+    fn expire(&mut self, now: Timestamp) {
+        while self
+            .kept
+            .front()
+            .is_some_and(|k| k.at.saturating_add(RESEND_WINDOW) < now)
+        {
+            self.drop_oldest();
+        }
+    }
+
+    fn drop_oldest(&mut self) -> bool {
+        let Some(old) = self.kept.pop_front() else {
+            return false;
+        };
+        self.bytes -= old.frame.len();
+        self.pool.push(old.frame);
+        true
+    }
+}
 
 /// The transmit half of one link and the Ethernet header of its frames.
 #[derive(Debug)]
@@ -82,6 +152,8 @@ pub(crate) struct Transmit<'a, R, T> {
     active_until: Option<Timestamp>,
     /// Where feedback's reports are copied to.
     reports: Vec<LaneReport>,
+    /// Frames kept for failover, unless the scheduler sends every packet on every link.
+    recent: Option<Recent>,
     last_error: Option<std::time::Instant>,
 }
 
@@ -111,6 +183,8 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
                 last_sent: Timestamp::ZERO,
             })
             .collect();
+        let scheduler_kind = &scheduler;
+        let recent = (!matches!(scheduler_kind, AnyScheduler::Redundant(_))).then(Recent::default);
         Self {
             sender,
             scheduler,
@@ -127,6 +201,7 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             next_feedback: Timestamp::ZERO,
             active_until: None,
             reports: Vec::new(),
+            recent,
             last_error: None,
         }
     }
@@ -134,8 +209,9 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
     /// Takes the links' health from the boards when it changed, then works out which links the
     /// scheduler may use: carrier up and health not down; or, when that leaves none, every link
     /// with a carrier (module docs).
-    fn take_health(&mut self, force: bool) {
+    fn take_health(&mut self, force: bool, now: Timestamp) {
         let control = self.control.0;
+        let was_usable: Vec<bool> = self.link_states.iter().map(|s| s.usable).collect();
         let generation = control.health_generation();
         if generation != self.seen_health || force {
             self.seen_health = generation;
@@ -162,6 +238,77 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             if !any && state.health.condition == Condition::Down {
                 state.health.condition = Condition::Unknown;
             }
+        }
+        for (index, was) in was_usable.into_iter().enumerate() {
+            if was && !self.link_states[index].usable {
+                self.resend_from(index, now);
+            }
+        }
+    }
+
+    /// Link `failed` stopped being usable at `now`: what this worker sent on it in the last
+    /// [`RESEND_WINDOW`] goes out again on the usable link with the shortest round trip, with
+    /// a fresh stamp of that link's lane (and so a fresh nonce when sealed). The receiver
+    /// drops the copies of what did arrive.
+    fn resend_from(&mut self, failed: usize, now: Timestamp) {
+        let Some(recent) = self.recent.as_mut() else {
+            return;
+        };
+        recent.expire(now);
+        let target = self
+            .link_states
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i != failed && s.usable)
+            .min_by_key(|(_, s)| s.health.srtt.unwrap_or(Duration::MAX))
+            .map(|(i, _)| i);
+        let Some(target) = target else {
+            return;
+        };
+        // Room for alagg header and payload: the tag, if any, comes after.
+        let room = self.link_states[target]
+            .mtu
+            .saturating_sub(self.sender.overhead());
+        let Link {
+            io,
+            eth,
+            lane,
+            last_sent,
+            ..
+        } = &mut self.links[target];
+        let counters = &self.counters.links[target];
+        let sealer = self.sealer.as_ref();
+        let mut resent = 0;
+        for kept in recent.kept.iter().filter(|k| k.link == failed) {
+            if kept.frame.len() > room {
+                continue;
+            }
+            stage(io, counters, |buf| {
+                let len = ETH_HDR_LEN + kept.frame.len();
+                let Some(out) = buf.get_mut(..len) else {
+                    return Err(WireError::BufferTooSmall);
+                };
+                eth.emit(out)?;
+                out[ETH_HDR_LEN..].copy_from_slice(&kept.frame);
+                Frame::new_unchecked(&mut out[ETH_HDR_LEN..]).set_stamp(lane.stamp(now));
+                finish(sealer, buf, Ok(len))
+            });
+            resent += 1;
+        }
+        // The resent frames now count as sent on the target: they stay for its failure.
+        for kept in recent.kept.iter_mut().filter(|k| k.link == failed) {
+            kept.link = target;
+        }
+        if resent > 0 {
+            *last_sent = now;
+            counters.tx_resent.fetch_add(resent, Relaxed);
+            tracing::info!(
+                from = failed,
+                to = target,
+                frames = resent,
+                "link down: its last frames sent again"
+            );
+            self.flush_links();
         }
     }
 
@@ -259,10 +406,12 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
                     ..
                 } = &mut self.links[index];
                 let (sealer, now) = (self.sealer.as_ref(), self.now);
+                let recent = &mut self.recent;
                 *last_sent = now;
                 stage(io, &self.counters.links[index], |buf| {
                     let stamp = lane.stamp(now);
                     let emitted = sealed.emit_ethernet(stamp, eth, buf);
+                    keep(recent, now, index, buf, &emitted);
                     finish(sealer, buf, emitted)
                 });
             }
@@ -298,7 +447,7 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
                 link.carrier = control.usable(index);
             }
         }
-        self.take_health(links_changed);
+        self.take_health(links_changed, now);
         self.send_control(now);
     }
 
@@ -377,11 +526,12 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
                 ..
             } = &mut self.links[index];
             *last_sent = now;
-            let sealer = self.sealer.as_ref();
+            let (sealer, recent) = (self.sealer.as_ref(), &mut self.recent);
             for i in 0..plan.frame_count() {
                 stage(io, &self.counters.links[index], |buf| {
                     let stamp = lane.stamp(now);
                     let emitted = plan.emit_ethernet(i, stamp, eth, payload, buf);
+                    keep(recent, now, index, buf, &emitted);
                     finish(sealer, buf, emitted)
                 });
             }
@@ -393,6 +543,22 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
     fn flush(&mut self) {
         self.seal_bundle();
         self.flush_links();
+    }
+}
+
+/// Keeps the frame `emitted` into `buf` (Ethernet header first), sent on `link` at `now`, for
+/// failover, when frames are kept.
+fn keep(
+    recent: &mut Option<Recent>,
+    now: Timestamp,
+    link: usize,
+    buf: &[u8],
+    emitted: &Result<usize, WireError>,
+) {
+    if let (Some(recent), Ok(len)) = (recent.as_mut(), emitted) {
+        if let Some(frame) = buf.get(ETH_HDR_LEN..*len) {
+            recent.keep(now, link, frame);
+        }
     }
 }
 

@@ -860,3 +860,32 @@ fn stripe_bundles_small_packets_captured_together() {
     assert!(frames < 200, "{frames} frames for 640 small packets");
     assert!(path.receive.stats().bundles > 0);
 }
+
+#[test]
+fn what_a_failed_link_carried_last_is_sent_again_on_another() {
+    // Stripe: link 0 falls silent (every frame lost) for a batch, then is found down: what it
+    // carried in the last RESEND_WINDOW goes out on link 1, and every packet arrives (those
+    // whose gaps were given up meanwhile late, out of order).
+    let fixture = Fixture::scheduled(2, AnyScheduler::Stripe(Stripe::default()));
+    let mut path = fixture.path(&[Impairment::default(); 2], false, 41);
+    let sent = packets(200, 1000, 42);
+    path.carry(&sent[..100]);
+    path.impairments[0] = Impairment {
+        loss: 100,
+        ..Impairment::default()
+    };
+    path.carry(&sent[100..]);
+    let before: HashSet<u32> = written_ids(&fixture.tun, &sent).into_iter().collect();
+    assert!(
+        before.len() < 190,
+        "link 0 carried little: {}",
+        before.len()
+    );
+    fixture.control.set_usable(0, false);
+    path.carry(&[]);
+    let ids = written_ids(&fixture.tun, &sent);
+    let unique: HashSet<u32> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "a packet was delivered twice");
+    assert_eq!(unique.len(), 200, "{:?}", path.receive.stats());
+    assert!(fixture.counters.link(1).0.tx_resent > 0);
+}
