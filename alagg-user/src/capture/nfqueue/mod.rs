@@ -31,17 +31,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod codec;
-mod uapi;
-
-use codec::{Message, Request, parse_datagram};
+use alagg_packet::nfqueue::{Message, Request, parse_datagram, uapi::*};
 
 use crate::{
     port::{Captured, PacketSource, SourceLosses},
     sys::MmsgSlots,
 };
-
-use uapi::*;
 
 /// The copy range asked for: whole packets up to the kernel's cap (`NFQNL_MAX_COPY_RANGE`).
 const COPY_RANGE: u32 = 0xffff;
