@@ -1,8 +1,10 @@
 //! Raw system calls the crate makes outside its socket edges, each behind a typed, safe
 //! wrapper: waiting (`poll(2)`, `ppoll(2)`), socket options and statistics (`XDP_STATISTICS`,
-//! `PACKET_STATISTICS`), the AF_XDP transmit kick, randomness, the caller's
-//! privileges and alagg's runtime directory in this network namespace. The edges that own a kernel object (AF_XDP, AF_PACKET, NFQUEUE, TUN) keep the
-//! calls tied to their buffers; everything that stands alone is here.
+//! `PACKET_STATISTICS`), the AF_XDP transmit kick, batches of datagrams (`recvmmsg(2)`,
+//! `sendmmsg(2)` over [`MmsgSlots`], for AF_PACKET links and NFQUEUE alike), randomness, the
+//! caller's privileges and alagg's runtime directory in this network namespace. The edges that
+//! own a kernel object (AF_XDP, AF_PACKET, NFQUEUE, TUN) keep the calls tied to their own
+//! buffers; everything that stands alone, or that two edges share, is here.
 
 use std::{
     io,
@@ -248,9 +250,215 @@ pub(crate) fn run_dir() -> PathBuf {
     }
 }
 
+/// One preallocated buffer cut into equal slots, and the `mmsghdr`s and `iovec`s that point
+/// into them: the set-up `recvmmsg(2)` and `sendmmsg(2)` need, made once and reused, so a
+/// batch of datagrams costs one syscall and no allocation. Each header names one slot alone
+/// (no address, no control data).
+///
+/// Receiving ([`MmsgSlots::recv`]) offers every slot whole; sending ([`MmsgSlots::send`])
+/// sends each slot's first [`MmsgSlots::set_send_len`] bytes. The buffer is allocated zeroed,
+/// so only the pages datagrams touch are ever mapped.
+pub(crate) struct MmsgSlots {
+    buf: Box<[u8]>,
+    slot: usize,
+    iovecs: Box<[libc::iovec]>,
+    headers: Box<[libc::mmsghdr]>,
+}
+
+impl MmsgSlots {
+    /// `count` slots of `slot` bytes each.
+    pub(crate) fn new(count: usize, slot: usize) -> Self {
+        let mut buf = vec![0u8; count * slot].into_boxed_slice();
+        let mut iovecs: Box<[libc::iovec]> = buf
+            .chunks_exact_mut(slot.max(1))
+            .take(count)
+            .map(|chunk| libc::iovec {
+                iov_base: chunk.as_mut_ptr().cast(),
+                iov_len: slot,
+            })
+            .collect();
+        let headers = iovecs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: mmsghdr (and the msghdr in it) is a C struct of integers and raw
+                // pointers, for which all-zero bytes are a valid value (no name, no control
+                // data); the iovec pointer is set below.
+                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                header.msg_hdr.msg_iov = iov;
+                header.msg_hdr.msg_iovlen = 1;
+                header
+            })
+            .collect();
+        // The boxes' heap storage never moves, so the pointers stay valid as the struct moves.
+        Self {
+            buf,
+            slot,
+            iovecs,
+            headers,
+        }
+    }
+
+    /// How many slots there are: the most datagrams one call takes.
+    pub(crate) fn count(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// The whole buffer, slot `i` at `i * slot` bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The whole buffer, writable.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// Slot `i`, whole.
+    pub(crate) fn slot(&self, i: usize) -> &[u8] {
+        &self.buf[i * self.slot..(i + 1) * self.slot]
+    }
+
+    /// Slot `i`, whole and writable.
+    pub(crate) fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.buf[i * self.slot..(i + 1) * self.slot]
+    }
+
+    /// Receives up to [`MmsgSlots::count`] datagrams from `fd` with one `recvmmsg(2)` that
+    /// does not block, one per slot in order; returns how many arrived. Nothing waiting is
+    /// the kernel's `EAGAIN`, as every other error, handed back as it came.
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for (header, iov) in self.headers.iter_mut().zip(self.iovecs.iter_mut()) {
+            iov.iov_len = self.slot;
+            header.msg_len = 0;
+            header.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: every header points at one iovec of `iovecs`, which points at its own
+        // `slot`-byte chunk of `buf`; all are owned by `self` and outlive the call, and the
+        // kernel writes at most `iov_len` bytes into each. No address or control buffer.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.headers.as_mut_ptr(),
+                self.headers.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        match usize::try_from(rc) {
+            Ok(n) => Ok(n.min(self.count())),
+            Err(_) => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// What the last [`MmsgSlots::recv`] put in slot `i`: its length (at most the slot's) and
+    /// whether the datagram was longer than the slot (`MSG_TRUNC`), so that only its start
+    /// is there.
+    pub(crate) fn received(&self, i: usize) -> (usize, bool) {
+        let header = &self.headers[i];
+        (
+            (header.msg_len as usize).min(self.slot),
+            header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        )
+    }
+
+    /// Makes slot `i` send its first `len` bytes (at most the slot).
+    pub(crate) fn set_send_len(&mut self, i: usize, len: usize) {
+        self.iovecs[i].iov_len = len.min(self.slot);
+    }
+
+    /// Sends slots `from..to` to `fd` with one `sendmmsg(2)` that does not block, each its
+    /// [`MmsgSlots::set_send_len`] bytes; returns how many the kernel took (from `from` on).
+    pub(crate) fn send(&mut self, fd: RawFd, from: usize, to: usize) -> io::Result<usize> {
+        let to = to.min(self.count());
+        if from >= to {
+            return Ok(0);
+        }
+        // SAFETY: headers `from..to` exist (checked above), each points at one iovec of
+        // `iovecs`, which points into `buf` for at most a slot; all are owned by `self` and
+        // outlive the call. The kernel only reads them.
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.headers.as_mut_ptr().add(from),
+                (to - from) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match usize::try_from(rc) {
+            Ok(n) => Ok(n),
+            Err(_) => Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+impl std::fmt::Debug for MmsgSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmsgSlots")
+            .field("slots", &self.count())
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
+
+// SAFETY: the raw pointers in `iovecs` and `headers` point only into this struct's own boxed
+// buffers, which move with it, and are used only through `&mut self`.
+unsafe impl Send for MmsgSlots {}
+
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
+    use std::os::{fd::AsRawFd as _, unix::net::UnixDatagram};
+
     use super::*;
+
+    #[test]
+    fn mmsg_slots_receive_one_datagram_per_slot_and_flag_the_long_ones() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let mut slots = MmsgSlots::new(4, 8);
+        assert!(matches!(
+            slots.recv(b.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        ));
+        a.send(&[1, 2, 3]).unwrap();
+        a.send(&[9; 12]).unwrap();
+        a.send(&[]).unwrap();
+        a.send(&[4; 8]).unwrap();
+        a.send(&[5]).unwrap();
+        // Four slots: the fifth datagram waits for the next call.
+        assert_eq!(slots.recv(b.as_raw_fd()).unwrap(), 4);
+        assert_eq!(slots.received(0), (3, false));
+        assert_eq!(&slots.slot(0)[..3], &[1, 2, 3]);
+        assert_eq!(slots.received(1), (8, true));
+        assert_eq!(slots.slot(1), &[9; 8]);
+        assert_eq!(slots.received(2), (0, false));
+        assert_eq!(slots.received(3), (8, false));
+        assert_eq!(&slots.bytes()[24..32], &[4; 8]);
+        assert_eq!(slots.recv(b.as_raw_fd()).unwrap(), 1);
+        assert_eq!(slots.received(0), (1, false));
+        assert_eq!(slots.slot(0)[0], 5);
+        // A flag of the previous call does not linger.
+        assert_eq!(slots.received(1), (0, false));
+    }
+
+    #[test]
+    fn mmsg_slots_send_the_lengths_set_from_the_slot_asked() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let mut slots = MmsgSlots::new(3, 8);
+        for i in 0..3 {
+            slots.slot_mut(i).fill(i as u8 + 1);
+            slots.set_send_len(i, i + 1);
+        }
+        slots.set_send_len(2, 100);
+        assert_eq!(slots.send(a.as_raw_fd(), 1, 3).unwrap(), 2);
+        assert_eq!(slots.send(a.as_raw_fd(), 2, 1).unwrap(), 0);
+        let mut buf = [0u8; 16];
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[2, 2]);
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[3; 8], "a length beyond the slot is the slot");
+        b.set_nonblocking(true).unwrap();
+        assert!(b.recv(&mut buf).is_err(), "slot 0 was not sent");
+    }
 
     #[test]
     fn random_bytes_fill_the_buffer() {

@@ -28,7 +28,10 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     }
     let (memory, warnings) = super::judge_memory(&config, super::HostMemory::this_machine());
     problems.extend(memory);
-    for warning in warnings {
+    for warning in warnings
+        .into_iter()
+        .chain(super::judge_frames(&config, super::interface_mtu))
+    {
         println!("warning: {warning}");
     }
     if !crate::sys::is_root() {

@@ -116,6 +116,44 @@ fn judge_memory(config: &Config, host: HostMemory) -> (Vec<String>, Vec<String>)
     (problems, warnings)
 }
 
+/// Warnings for links whose frames the peer may be unable to receive, given each interface's
+/// MTU (`mtu_of`, `None` when unknown): an `io = "af_packet"` link sends frames as long as its
+/// MTU (up to a packet-socket slot), but a peer with `io = "xdp"` on that link receives into
+/// AF_XDP frames, which hold only a UMEM frame less its headroom ([`crate::link::frame_room`]);
+/// the kernel drops every longer frame there (counted `xsk_rx_dropped` on the peer). Neither
+/// host knows the other's `io`, so this is a warning, on the host that sends the long frames.
+fn judge_frames(config: &Config, mtu_of: impl Fn(&str) -> Option<usize>) -> Vec<String> {
+    use crate::link::{IoMode, frame_room, xsk::XskConfig};
+    let xsk = XskConfig::default();
+    let xdp_room = frame_room(IoMode::Xdp, &xsk);
+    let packet_room = frame_room(IoMode::AfPacket, &xsk);
+    config
+        .links
+        .iter()
+        .filter(|link| link.io == IoMode::AfPacket)
+        .filter_map(|link| {
+            let mtu = mtu_of(&link.interface)?;
+            let sent = mtu.min(packet_room);
+            (sent > xdp_room).then(|| {
+                format!(
+                    "link {interface}: io = \"af_packet\" with MTU {mtu} sends frames of up to \
+                     {sent} bytes, more than the {xdp_room} an AF_XDP frame holds: if the peer \
+                     uses io = \"xdp\" on this link, it drops every longer frame (its \
+                     xsk_rx_dropped counts them) and large packets never arrive; use io = \
+                     \"af_packet\" at the peer's end of this link too, or an MTU of at most \
+                     {xdp_room} on both ends (`ip link set {interface} mtu {xdp_room}`)",
+                    interface = link.interface
+                )
+            })
+        })
+        .collect()
+}
+
+/// The MTU of `interface`, if it can be read.
+fn interface_mtu(interface: &str) -> Option<usize> {
+    crate::netdev::interface(interface).ok().map(|i| i.mtu)
+}
+
 /// Parses an ethertype given in hexadecimal (`0x88b5` or `88b5`); refuses values that are
 /// lengths.
 pub fn parse_ethertype(text: &str) -> Result<u16, String> {
@@ -233,6 +271,69 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn af_packet_links_longer_than_an_af_xdp_frame_are_warned_about() {
+        let xdp_room = crate::link::frame_room(
+            crate::link::IoMode::Xdp,
+            &crate::link::xsk::XskConfig::default(),
+        );
+        let config = config("", 3);
+        let mut mixed = config.clone();
+        mixed.links[1].io = crate::link::IoMode::AfPacket;
+        mixed.links[2].io = crate::link::IoMode::AfPacket;
+        // (what, configuration, eth0's, eth1's and eth2's MTU, warnings, words of the first)
+        type Case<'a> = (
+            &'a str,
+            &'a Config,
+            [Option<usize>; 3],
+            usize,
+            &'a [&'a str],
+        );
+        let cases: [Case<'_>; 6] = [
+            ("XDP links, jumbo", &config, [Some(9000); 3], 0, &[]),
+            ("AF_PACKET links, 1500", &mixed, [Some(1500); 3], 0, &[]),
+            (
+                "AF_PACKET links, jumbo",
+                &mixed,
+                [Some(9000), Some(9000), Some(1500)],
+                1,
+                &[
+                    "link eth1",
+                    "MTU 9000",
+                    "io = \"xdp\"",
+                    "mtu 3826",
+                    "af_packet",
+                ],
+            ),
+            (
+                "at what an AF_XDP frame holds",
+                &mixed,
+                [None, Some(xdp_room), None],
+                0,
+                &[],
+            ),
+            (
+                "one byte more",
+                &mixed,
+                [None, Some(xdp_room + 1), None],
+                1,
+                &["eth1"],
+            ),
+            ("MTU unknown", &mixed, [None; 3], 0, &[]),
+        ];
+        for (what, config, mtus, warnings, words) in cases {
+            let got = judge_frames(config, |interface| {
+                let index: usize = interface.strip_prefix("eth")?.parse().ok()?;
+                mtus[index]
+            });
+            assert_eq!(got.len(), warnings, "{what}: {got:?}");
+            for word in words {
+                assert!(got[0].contains(word), "{what}: no {word:?} in {got:?}");
+            }
+        }
+        assert_eq!(xdp_room, 3826, "the message's example");
     }
 
     #[test]

@@ -83,7 +83,10 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
     if !problems.is_empty() {
         bail!("{}: {}", path.display(), problems.join("; "));
     }
-    for warning in warnings {
+    for warning in warnings
+        .into_iter()
+        .chain(super::judge_frames(&config, super::interface_mtu))
+    {
         tracing::warn!("{warning}");
     }
     let signals = TermSignals::block().context("blocking the termination signals")?;

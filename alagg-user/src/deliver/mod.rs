@@ -7,7 +7,8 @@
 //! Invariant: packets enter the stack in the order the engine delivered them; what the
 //! coalescer holds is written before any packet that does not join it.
 
-pub(crate) mod offload;
+/// The TUN's offloads: pure code, in `alagg-packet` so that it fuzzes alone.
+pub(crate) use alagg_packet::offload;
 pub(crate) mod pmtu;
 pub(crate) mod tun;
 

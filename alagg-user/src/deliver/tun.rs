@@ -14,10 +14,7 @@ use std::{
     os::fd::AsRawFd,
 };
 
-/// Bytes of a `virtio_net_hdr` (include/uapi/linux/virtio_net.h), before every packet.
-pub(crate) const VNET_HDR_LEN: usize = 10;
-/// The header of a packet written as it is: no GSO, no checksum to complete.
-pub(crate) const PLAIN_HEADER: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+pub(crate) use super::offload::{PLAIN_HEADER, VNET_HDR_LEN};
 
 /// Where the delivery stage writes packets: the TUN device, or a test's memory.
 pub(crate) trait TunWrite {

@@ -618,16 +618,28 @@ mod tests {
 
     use super::*;
 
-    /// A directory of a test's own, removed when dropped (also when the test fails).
-    struct TempDir(PathBuf);
+    /// A directory of a test's own, removed when dropped (also when the test fails). The tests
+    /// that make one run one at a time: one of them spawns a process, which holds a copy of
+    /// every descriptor of this one until it has exec'd (longer on a loaded machine), so a
+    /// journal lock another test dropped meanwhile would still be held, and the journal live.
+    struct TempDir(
+        PathBuf,
+        #[expect(dead_code, reason = "held, not read: the test's turn")]
+        std::sync::MutexGuard<'static, ()>,
+    );
+
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     impl TempDir {
         fn new(name: &str) -> Self {
+            let serial = ONE_AT_A_TIME
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let dir =
                 std::env::temp_dir().join(format!("alagg-host-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
+            Self(dir, serial)
         }
 
         fn journal(&self) -> PathBuf {
@@ -849,7 +861,17 @@ mod tests {
         let impostor = dir.0.join("alagg");
         std::fs::copy("/bin/sleep", &impostor).unwrap();
         let mut child = Command::new(&impostor).arg("30").spawn().unwrap();
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id()));
+        // The child takes its new name in exec(2), which may finish after spawn returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let comm = loop {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.id()));
+            if comm.as_deref().is_ok_and(|c| c.trim() == "alagg")
+                || std::time::Instant::now() > deadline
+            {
+                break comm;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
         JOURNAL.with_borrow_mut(|path| *path = dir.journal());
         std::fs::write(
             dir.journal(),

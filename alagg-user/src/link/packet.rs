@@ -15,11 +15,14 @@
 //! in [`PacketRx::losses`]; frames a `sendmmsg(2)` did not send in [`PacketTx::losses`].
 
 use std::{
-    fmt, io,
+    io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
 
-use crate::port::{RxLosses, TxLosses};
+use crate::{
+    port::{RxLosses, TxLosses},
+    sys::MmsgSlots,
+};
 
 /// Frames per `recvmmsg`/`sendmmsg`.
 pub(crate) const BATCH: usize = 64;
@@ -149,68 +152,11 @@ fn set_option(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()>
     crate::sys::set_int_option(fd.as_raw_fd(), level, name, value)
 }
 
-/// Preallocated slots and the `mmsghdr`s that point into them, for one batch.
-struct Slots {
-    buf: Box<[u8]>,
-    iovecs: Box<[libc::iovec]>,
-    headers: Box<[libc::mmsghdr]>,
-}
-
-impl Slots {
-    fn new() -> Self {
-        let mut buf = vec![0u8; BATCH * SLOT].into_boxed_slice();
-        let base = buf.as_mut_ptr();
-        let mut iovecs: Box<[libc::iovec]> = (0..BATCH)
-            .map(|i| libc::iovec {
-                // SAFETY: `i * SLOT` is within `buf`, which is BATCH * SLOT bytes long.
-                iov_base: unsafe { base.add(i * SLOT) }.cast(),
-                iov_len: SLOT,
-            })
-            .collect();
-        let iov_base = iovecs.as_mut_ptr();
-        let headers = (0..BATCH)
-            .map(|i| {
-                // SAFETY: mmsghdr is plain data; all-zero is a valid value (no name, no
-                // control data), and the iovec pointer is set below.
-                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                // SAFETY: `i` is within `iovecs`, which has BATCH entries.
-                header.msg_hdr.msg_iov = unsafe { iov_base.add(i) };
-                header.msg_hdr.msg_iovlen = 1;
-                header
-            })
-            .collect();
-        // The boxes' heap storage never moves, so the pointers stay valid as the struct moves.
-        Self {
-            buf,
-            iovecs,
-            headers,
-        }
-    }
-
-    fn slot(&self, i: usize) -> &[u8] {
-        &self.buf[i * SLOT..(i + 1) * SLOT]
-    }
-
-    fn slot_mut(&mut self, i: usize) -> &mut [u8] {
-        &mut self.buf[i * SLOT..(i + 1) * SLOT]
-    }
-}
-
-impl fmt::Debug for Slots {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Slots").field("slots", &BATCH).finish()
-    }
-}
-
-// SAFETY: the raw pointers in `iovecs` and `headers` point only into this struct's own boxed
-// buffers, which move with it; nothing is shared with another thread.
-unsafe impl Send for Slots {}
-
 /// The receive half of a [`PacketSocket`].
 #[derive(Debug)]
 pub(crate) struct PacketRx {
     fd: OwnedFd,
-    slots: Slots,
+    slots: MmsgSlots,
     /// Frames lost since the socket opened.
     losses: RxLosses,
 }
@@ -219,7 +165,7 @@ impl PacketRx {
     fn new(fd: OwnedFd) -> Self {
         Self {
             fd,
-            slots: Slots::new(),
+            slots: MmsgSlots::new(BATCH, SLOT),
             losses: RxLosses::default(),
         }
     }
@@ -241,37 +187,22 @@ impl PacketRx {
     /// Hands up to [`BATCH`] received frames to `each` (whole Ethernet frames), with one
     /// `recvmmsg(2)` that does not block. Returns how many frames were read.
     pub(crate) fn recv(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<usize> {
-        for (header, iov) in self.slots.headers.iter_mut().zip(self.slots.iovecs.iter()) {
-            header.msg_len = 0;
-            header.msg_hdr.msg_flags = 0;
-            debug_assert_eq!(iov.iov_len, SLOT);
-        }
-        // SAFETY: `headers` holds BATCH valid headers whose iovecs point into `buf`, all owned
-        // by `self.slots` and alive for the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                self.fd.as_raw_fd(),
-                self.slots.headers.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
+        let n = match self.slots.recv(self.fd.as_raw_fd()) {
+            Ok(n) => n,
+            Err(error) => {
+                return match error.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                    _ => Err(error),
+                };
+            }
         };
-        if n < 0 {
-            let error = io::Error::last_os_error();
-            return match error.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(error),
-            };
-        }
-        let n = n as usize;
         for i in 0..n {
-            let len = (self.slots.headers[i].msg_len as usize).min(SLOT);
-            if self.slots.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC == 0 {
-                each(&self.slots.slot(i)[..len]);
-            } else {
+            let (len, truncated) = self.slots.received(i);
+            if truncated {
                 // Longer than a slot: only its start arrived, which is no frame.
                 self.losses.truncated += 1;
+            } else {
+                each(&self.slots.slot(i)[..len]);
             }
         }
         Ok(n)
@@ -282,7 +213,7 @@ impl PacketRx {
 #[derive(Debug)]
 pub(crate) struct PacketTx {
     fd: OwnedFd,
-    slots: Slots,
+    slots: MmsgSlots,
     staged: usize,
     /// Staged frames not sent, since the socket opened.
     losses: TxLosses,
@@ -292,7 +223,7 @@ impl PacketTx {
     fn new(fd: OwnedFd) -> Self {
         Self {
             fd,
-            slots: Slots::new(),
+            slots: MmsgSlots::new(BATCH, SLOT),
             staged: 0,
             losses: TxLosses::default(),
         }
@@ -319,7 +250,7 @@ impl PacketTx {
         if written == 0 {
             return false;
         }
-        self.slots.iovecs[i].iov_len = written;
+        self.slots.set_send_len(i, written);
         self.staged += 1;
         true
     }
@@ -333,32 +264,17 @@ impl PacketTx {
         let mut sent = 0;
         let mut result = Ok(());
         while sent < total {
-            // SAFETY: headers `sent..total` are valid and point into slots owned by `self`.
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    self.slots.headers.as_mut_ptr().add(sent),
-                    (total - sent) as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted {
+            match self.slots.send(self.fd.as_raw_fd(), sent, total) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
                     self.losses.send_errors += 1;
                     result = Err(error);
                     break;
                 }
-                continue;
-            }
-            if n == 0 {
                 // No progress and no error: the rest is not sent.
-                break;
+                Ok(0) => break,
+                Ok(n) => sent += n,
             }
-            sent += n as usize;
-        }
-        for iov in &mut self.slots.iovecs[..total] {
-            iov.iov_len = SLOT;
         }
         self.staged = 0;
         self.losses.refused += (total - sent) as u64;
@@ -453,8 +369,8 @@ mod tests {
 
     #[test]
     fn staging_fills_slots_and_refuses_empty_frames() {
-        // A transmit half on a socket that is never sent on: staging alone is checked.
-        let (a, _b) = UnixDatagram::pair().unwrap();
+        // A transmit half on a datagram socket: staging, then what one flush sends.
+        let (a, b) = UnixDatagram::pair().unwrap();
         let mut tx = PacketTx::new(OwnedFd::from(a));
         assert!(!tx.stage(|_| 0));
         assert!(tx.stage(|buf| {
@@ -462,7 +378,11 @@ mod tests {
             4
         }));
         assert_eq!(tx.staged, 1);
-        assert_eq!(tx.slots.iovecs[0].iov_len, 4);
         assert_eq!(&tx.slots.slot(0)[..4], &[1, 2, 3, 4]);
+        // What is sent is the length written, not the slot.
+        assert_eq!(tx.flush().unwrap(), 1);
+        let mut buf = vec![0u8; SLOT];
+        assert_eq!(b.recv(&mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], &[1, 2, 3, 4]);
     }
 }

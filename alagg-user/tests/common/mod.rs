@@ -335,7 +335,7 @@ pub fn udp_numbered(pair: &Pair, port: u16, count: u32, size: usize) -> Vec<u32>
 }
 
 /// The bytes of datagram `seq`: its number, then a pattern that depends on it.
-fn numbered_datagram(seq: u32, size: usize) -> Vec<u8> {
+pub fn numbered_datagram(seq: u32, size: usize) -> Vec<u8> {
     let mut datagram: Vec<u8> = (0..size).map(|i| (i as u32 ^ seq) as u8).collect();
     datagram[..4].copy_from_slice(&seq.to_be_bytes());
     datagram

@@ -11,8 +11,8 @@
 //! Invariants:
 //! - The kernel sends every queued packet as its own netlink datagram (one skb per
 //!   `nfnetlink_unicast`), so batching on receive is done with one `recvmmsg(2)` that fills up
-//!   to [`Batch::capacity`] datagrams, each into its own [`Batch::SLOT`]-byte slot of one
-//!   preallocated buffer. A slot holds the largest message the kernel builds for the copy range
+//!   to the batch's datagrams, each into its own [`Batch::SLOT`]-byte slot of one
+//!   preallocated buffer (the crate's one `recvmmsg` set-up, [`crate::sys::MmsgSlots`]). A slot holds the largest message the kernel builds for the copy range
 //!   `0xffff`, so a datagram is never truncated; one that is anyway is counted as malformed.
 //! - Packets are handed out in the order the kernel queued them, which is the order of their
 //!   ids, so [`NfQueue::verdict_batch`] with the last id of a batch settles exactly that batch
@@ -31,14 +31,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod codec;
-mod uapi;
+use alagg_packet::nfqueue::{Message, Request, parse_datagram, uapi::*};
 
-use codec::{Message, Request, parse_datagram};
-
-use crate::port::{Captured, PacketSource, SourceLosses};
-
-use uapi::*;
+use crate::{
+    port::{Captured, PacketSource, SourceLosses},
+    sys::MmsgSlots,
+};
 
 /// The copy range asked for: whole packets up to the kernel's cap (`NFQNL_MAX_COPY_RANGE`).
 const COPY_RANGE: u32 = 0xffff;
@@ -209,15 +207,14 @@ struct Entry {
 
 /// A reusable receive buffer and the packets the last [`NfQueue::recv_batch`] found in it.
 pub(crate) struct Batch {
-    buf: Vec<u8>,
-    datagrams: usize,
+    slots: MmsgSlots,
     entries: Vec<Entry>,
 }
 
 impl fmt::Debug for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batch")
-            .field("datagrams", &self.datagrams)
+            .field("datagrams", &self.slots.count())
             .field("packets", &self.entries.len())
             .finish()
     }
@@ -240,8 +237,7 @@ impl Batch {
     pub(crate) fn new(datagrams: usize) -> Self {
         let datagrams = datagrams.clamp(1, MAX_DATAGRAMS);
         Self {
-            buf: vec![0; datagrams * Self::SLOT],
-            datagrams,
+            slots: MmsgSlots::new(datagrams, Self::SLOT),
             entries: Vec::with_capacity(datagrams),
         }
     }
@@ -259,7 +255,11 @@ impl Batch {
     fn packet(&self, e: &Entry) -> Packet<'_> {
         Packet {
             id: e.id,
-            payload: self.buf.get(e.start..e.start + e.len).unwrap_or_default(),
+            payload: self
+                .slots
+                .bytes()
+                .get(e.start..e.start + e.len)
+                .unwrap_or_default(),
             gso: e.gso,
             csum_not_ready: e.csum_not_ready,
             truncated: e.truncated,
@@ -271,7 +271,7 @@ impl Batch {
     /// it is sent on ([`crate::ip::finish_transport_checksum`]).
     pub(crate) fn payload_mut(&mut self, index: usize) -> Option<&mut [u8]> {
         let e = self.entries.get(index)?;
-        self.buf.get_mut(e.start..e.start + e.len)
+        self.slots.bytes_mut().get_mut(e.start..e.start + e.len)
     }
 
     /// The id of the last packet, to pass to [`NfQueue::verdict_batch`].
@@ -405,11 +405,9 @@ impl NfQueue {
         if !self.pending.is_empty() {
             return Ok(self.take_pending(out));
         }
-        let mut lens = [0usize; MAX_DATAGRAMS];
-        let mut truncated = [false; MAX_DATAGRAMS];
         let mut retried_enobufs = false;
         let received = loop {
-            match self.recv_many(out, &mut lens, &mut truncated) {
+            match out.slots.recv(self.fd.as_raw_fd()) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
@@ -430,11 +428,11 @@ impl NfQueue {
             }
         };
         for slot in 0..received {
-            if truncated[slot] {
+            let (len, truncated) = out.slots.received(slot);
+            if truncated {
                 self.counters.malformed += 1;
             }
-            let start = slot * Batch::SLOT;
-            self.collect(out, start, lens[slot]);
+            self.collect(out, slot * Batch::SLOT, len);
         }
         Ok(self.finish_batch(out))
     }
@@ -467,9 +465,9 @@ impl NfQueue {
             })
     }
 
-    /// Parses the datagram at `out.buf[start..start + len]` into `out`'s entries.
+    /// Parses the datagram at `start..start + len` of `out`'s buffer into its entries.
     fn collect(&mut self, out: &mut Batch, start: usize, len: usize) {
-        let Some(datagram) = out.buf.get(start..start + len) else {
+        let Some(datagram) = out.slots.bytes().get(start..start + len) else {
             self.counters.malformed += 1;
             return;
         };
@@ -504,69 +502,17 @@ impl NfQueue {
 
     /// Hands out the datagrams kept while waiting for the configuration's acknowledgement.
     fn take_pending(&mut self, out: &mut Batch) -> usize {
-        let count = self.pending.len().min(out.datagrams);
+        let count = self.pending.len().min(out.slots.count());
         let pending: Vec<Vec<u8>> = self.pending.drain(..count).collect();
         for (slot, datagram) in pending.iter().enumerate() {
             let start = slot * Batch::SLOT;
             let len = datagram.len().min(Batch::SLOT);
-            if let Some(dst) = out.buf.get_mut(start..start + len) {
+            if let Some(dst) = out.slots.bytes_mut().get_mut(start..start + len) {
                 dst.copy_from_slice(&datagram[..len]);
             }
             self.collect(out, start, len);
         }
         self.finish_batch(out)
-    }
-
-    /// One `recvmmsg(2)` into the slots of `out`.
-    fn recv_many(
-        &self,
-        out: &mut Batch,
-        lens: &mut [usize; MAX_DATAGRAMS],
-        truncated: &mut [bool; MAX_DATAGRAMS],
-    ) -> io::Result<usize> {
-        let empty = libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        };
-        let mut iovecs = [empty; MAX_DATAGRAMS];
-        // SAFETY: `mmsghdr` (and the `msghdr` in it) is a C struct of integers and raw
-        // pointers, for which all-zero bytes are a valid value (null pointers, zero lengths).
-        let zero: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        let mut headers = [zero; MAX_DATAGRAMS];
-        let slots = out.datagrams;
-        for ((chunk, iov), header) in out
-            .buf
-            .chunks_exact_mut(Batch::SLOT)
-            .zip(iovecs.iter_mut())
-            .zip(headers.iter_mut())
-            .take(slots)
-        {
-            iov.iov_base = chunk.as_mut_ptr().cast();
-            iov.iov_len = chunk.len();
-            header.msg_hdr.msg_iov = iov;
-            header.msg_hdr.msg_iovlen = 1;
-        }
-        // SAFETY: `headers[..slots]` each point at one iovec in `iovecs`, which points at a
-        // distinct `SLOT`-byte chunk of `out.buf`; all of them outlive the call, and the kernel
-        // writes at most `iov_len` bytes into each. No address or control buffer is passed.
-        let rc = unsafe {
-            libc::recvmmsg(
-                self.fd.as_raw_fd(),
-                headers.as_mut_ptr(),
-                slots as _,
-                libc::MSG_DONTWAIT as _,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = (rc as usize).min(slots);
-        for i in 0..n {
-            lens[i] = (headers[i].msg_len as usize).min(Batch::SLOT);
-            truncated[i] = headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        }
-        Ok(n)
     }
 
     /// Waits for the kernel's answer to request `seq`: 0 for an acknowledgement, else the

@@ -5,16 +5,19 @@
 
 use std::ops::Range;
 
-use super::uapi::*;
+pub mod uapi;
+
+use uapi::*;
 
 /// A netlink request being built on the stack: header, `nfgenmsg`, attributes.
-pub(super) struct Request {
+#[derive(Debug)]
+pub struct Request {
     buf: [u8; 128],
     len: usize,
 }
 
 impl Request {
-    pub(super) fn new(kind: u16, flags: u16, seq: u32, queue: u16) -> Self {
+    pub fn new(kind: u16, flags: u16, seq: u32, queue: u16) -> Self {
         let mut buf = [0u8; 128];
         buf[4..6].copy_from_slice(&((NFNL_SUBSYS_QUEUE << 8) | kind).to_ne_bytes());
         buf[6..8].copy_from_slice(&flags.to_ne_bytes());
@@ -31,7 +34,7 @@ impl Request {
 
     /// Appends attribute `kind` with `value`, padded to 4 bytes. The requests built here are
     /// fixed and far below the buffer size; an attribute that would not fit is left out.
-    pub(super) fn attr(&mut self, kind: u16, value: &[u8]) {
+    pub fn attr(&mut self, kind: u16, value: &[u8]) {
         let len = NLA_HDRLEN + value.len();
         let end = self.len + align4(len);
         let Some(dst) = self.buf.get_mut(self.len..end) else {
@@ -44,20 +47,20 @@ impl Request {
         self.len = end;
     }
 
-    pub(super) fn finish(&mut self) -> &[u8] {
+    pub fn finish(&mut self) -> &[u8] {
         let len = self.len as u32;
         self.buf[..4].copy_from_slice(&len.to_ne_bytes());
         &self.buf[..self.len]
     }
 }
 
-pub(super) const fn align4(len: usize) -> usize {
+pub const fn align4(len: usize) -> usize {
     (len + 3) & !3
 }
 
 /// What one netlink message of a received datagram is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Message {
+pub enum Message {
     /// An `NFQNL_MSG_PACKET`.
     Packet(PacketMeta),
     /// An `NLMSG_ERROR` with error 0: request `seq` succeeded.
@@ -72,7 +75,7 @@ pub(crate) enum Message {
 
 /// Why a message was skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Malformed {
+pub enum Malformed {
     /// `nlmsg_len` is shorter than the header or runs past the datagram; the rest of the
     /// datagram is skipped, as there is no telling where the next message starts.
     Length,
@@ -88,20 +91,20 @@ pub(crate) enum Malformed {
 
 /// The parts of an `NFQNL_MSG_PACKET` the capture path uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PacketMeta {
-    pub(crate) id: u32,
-    pub(crate) hw_protocol: u16,
+pub struct PacketMeta {
+    pub id: u32,
+    pub hw_protocol: u16,
     /// Where `NFQA_PAYLOAD`'s bytes are in the datagram (empty if there was none).
-    pub(crate) payload: Range<usize>,
-    pub(crate) gso: bool,
-    pub(crate) csum_not_ready: bool,
+    pub payload: Range<usize>,
+    pub gso: bool,
+    pub csum_not_ready: bool,
     /// `NFQA_CAP_LEN`: the packet's real length, sent when the payload was cut short.
-    pub(crate) cap_len: Option<u32>,
+    pub cap_len: Option<u32>,
 }
 
 /// The messages of one received netlink datagram, in order. Pure and allocation-free; never
 /// panics, whatever the bytes.
-pub(crate) fn parse_datagram(datagram: &[u8]) -> Messages<'_> {
+pub fn parse_datagram(datagram: &[u8]) -> Messages<'_> {
     Messages {
         datagram,
         offset: 0,
@@ -110,7 +113,7 @@ pub(crate) fn parse_datagram(datagram: &[u8]) -> Messages<'_> {
 
 /// Iterator returned by [`parse_datagram`].
 #[derive(Debug)]
-pub(crate) struct Messages<'a> {
+pub struct Messages<'a> {
     datagram: &'a [u8],
     offset: usize,
 }
@@ -204,19 +207,19 @@ fn parse_packet(message: &[u8], base: usize) -> Result<PacketMeta, Malformed> {
     })
 }
 
-pub(super) fn read_u16_ne(buf: &[u8], at: usize) -> Option<u16> {
+pub fn read_u16_ne(buf: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
 }
 
-pub(super) fn read_u32_ne(buf: &[u8], at: usize) -> Option<u32> {
+pub fn read_u32_ne(buf: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
 }
 
-pub(super) fn read_u16_be(buf: &[u8], at: usize) -> Option<u16> {
+pub fn read_u16_be(buf: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes(buf.get(at..at + 2)?.try_into().ok()?))
 }
 
-pub(super) fn read_u32_be(buf: &[u8], at: usize) -> Option<u32> {
+pub fn read_u32_be(buf: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(buf.get(at..at + 4)?.try_into().ok()?))
 }
 

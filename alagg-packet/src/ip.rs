@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 /// Why a received packet is not delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reject {
+pub enum Reject {
     /// Not IPv4 or IPv6, too short, or lengths that do not add up.
     Malformed,
     /// The source address is outside the configured destinations.
@@ -18,7 +18,7 @@ pub(crate) enum Reject {
 
 /// The source address of a sane IPv4/IPv6 packet, and the packet trimmed to the length its
 /// header states (real NICs pad short frames; the header, not the frame, says how long it is).
-pub(crate) fn check(packet: &[u8]) -> Result<(IpAddr, &[u8]), Reject> {
+pub fn check(packet: &[u8]) -> Result<(IpAddr, &[u8]), Reject> {
     match packet.first().map(|b| b >> 4) {
         Some(4) => {
             if packet.len() < 20 {
@@ -63,7 +63,7 @@ const UDP: u8 = 17;
 /// RFC 8200 section 8.1 for IPv6) and the whole transport segment, whatever the field held.
 /// Returns false (and leaves the packet alone) when the packet is not a sane IPv4/IPv6 packet
 /// carrying TCP or UDP directly after its fixed header.
-pub(crate) fn finish_transport_checksum(packet: &mut [u8]) -> bool {
+pub fn finish_transport_checksum(packet: &mut [u8]) -> bool {
     let Ok((_, trimmed)) = check(packet) else {
         return false;
     };
@@ -96,7 +96,7 @@ pub(crate) fn finish_transport_checksum(packet: &mut [u8]) -> bool {
 /// The sum, not yet folded, of the pseudo-header of a `length`-byte transport segment of
 /// `protocol` in `packet` (RFC 793 / RFC 768 for IPv4, RFC 8200 section 8.1 for IPv6): its
 /// addresses, the protocol and the length. `packet` holds at least the fixed IP header.
-pub(crate) fn pseudo_header_sum(packet: &[u8], protocol: u8, length: usize) -> u64 {
+pub fn pseudo_header_sum(packet: &[u8], protocol: u8, length: usize) -> u64 {
     let addresses = if packet[0] >> 4 == 4 {
         &packet[12..20]
     } else {
@@ -107,7 +107,7 @@ pub(crate) fn pseudo_header_sum(packet: &[u8], protocol: u8, length: usize) -> u
 
 /// Sets the length of an IP packet (`packet` holds at least its fixed header): IPv4's total
 /// length, then its header checksum anew over `header_len` bytes; IPv6's payload length.
-pub(crate) fn set_length(packet: &mut [u8], header_len: usize, total: usize) {
+pub fn set_length(packet: &mut [u8], header_len: usize, total: usize) {
     if packet[0] >> 4 == 4 {
         packet[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         packet[10..12].fill(0);
@@ -119,13 +119,13 @@ pub(crate) fn set_length(packet: &mut [u8], header_len: usize, total: usize) {
 }
 
 /// Whether an IPv4 header's checksum verifies.
-pub(crate) fn ipv4_header_intact(header: &[u8]) -> bool {
+pub fn ipv4_header_intact(header: &[u8]) -> bool {
     fold(sum_words(header)) == 0xffff
 }
 
 /// The sum of `bytes` as big-endian 16-bit words (an odd last byte padded with zero), not yet
 /// folded: a u64 holds the sum of any packet without overflow.
-pub(crate) fn sum_words(bytes: &[u8]) -> u64 {
+pub fn sum_words(bytes: &[u8]) -> u64 {
     let mut chunks = bytes.chunks_exact(8);
     let mut sum = 0u64;
     for chunk in &mut chunks {
@@ -147,7 +147,7 @@ pub(crate) fn sum_words(bytes: &[u8]) -> u64 {
 
 /// Folds a sum of 16-bit words (or of 32-bit words holding them) into 16 bits, end-around carry
 /// included (RFC 1071).
-pub(crate) fn fold(mut sum: u64) -> u16 {
+pub fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -155,7 +155,7 @@ pub(crate) fn fold(mut sum: u64) -> u16 {
 }
 
 /// [`check`], then the source must lie in one of `allowed`.
-pub(crate) fn admit<'a>(packet: &'a [u8], allowed: &[IpNet]) -> Result<&'a [u8], Reject> {
+pub fn admit<'a>(packet: &'a [u8], allowed: &[IpNet]) -> Result<&'a [u8], Reject> {
     let (source, packet) = check(packet)?;
     if allowed.iter().any(|net| net.contains(&source)) {
         Ok(packet)
@@ -165,7 +165,7 @@ pub(crate) fn admit<'a>(packet: &'a [u8], allowed: &[IpNet]) -> Result<&'a [u8],
 }
 
 /// The destination address of an IPv4/IPv6 packet, if its header is long enough.
-pub(crate) fn destination(packet: &[u8]) -> Option<IpAddr> {
+pub fn destination(packet: &[u8]) -> Option<IpAddr> {
     match packet.first().map(|b| b >> 4) {
         Some(4) if packet.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(
             packet[16], packet[17], packet[18], packet[19],

@@ -5,7 +5,7 @@
 //! takes them, but a host that forwards them (a gateway for the networks behind it) must not:
 //! with DF set they exceed the next link's MTU and are dropped. [`tcp_segmentation`] announces
 //! such a packet as GSO TCP with segments that fit a given MTU (the caller gives the smaller of
-//! the TUN's and the route's to the destination, [`crate::pmtu`]), and the kernel splits it
+//! the TUN's and the route's to the destination, alagg's `deliver::pmtu`), and the kernel splits it
 //! where it has to. NFQUEUE does not say what segment size the sender used, so the segments
 //! are cut anew. A packet whose CWR flag is set is cut here instead ([`split_gso`]): the
 //! kernel's split would clear that flag on all but the first segment, which Accurate ECN
@@ -32,19 +32,24 @@
 //! matches such as `-m length` or rate limits), tc and `tcpdump` on the TUN device. Sockets,
 //! and the links a forwarded packet leaves on, get the datagrams. Datagrams to a local VXLAN or
 //! Geneve endpoint reach it unsplit on kernels before 6.9, which is why coalescing waits for
-//! 6.9 ([`crate::tun::gso_udp_supported`]).
+//! 6.9 (alagg's `deliver::tun::gso_udp_supported`).
 //!
 //! Kernel reference: include/uapi/linux/virtio_net.h (the header),
 //! include/linux/virtio_net.h (`virtio_net_hdr_to_skb`), net/ipv4/udp_offload.c
 //! (`__udp_gso_segment`, which recomputes lengths and checksums per segment).
 #![deny(unsafe_code)]
 
-use super::tun::VNET_HDR_LEN;
 use crate::ip::{fold, ipv4_header_intact, pseudo_header_sum, set_length, sum_words};
+
+/// Bytes of a `virtio_net_hdr` (include/uapi/linux/virtio_net.h), before every packet written
+/// to a TUN device opened with `IFF_VNET_HDR`.
+pub const VNET_HDR_LEN: usize = 10;
+/// The header of a packet written as it is: no GSO, no checksum to complete.
+pub const PLAIN_HEADER: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 /// Most datagrams in one GSO packet (the kernel's `UDP_MAX_SEGMENTS`, 64 before Linux 6.11
 /// and 128 since; the kernel refuses a GSO write with more).
-pub(crate) const MAX_SEGMENTS: usize = 64;
+pub const MAX_SEGMENTS: usize = 64;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at `csum_start + csum_offset` is to be
 /// completed over the pseudo-header sum already there.
@@ -71,7 +76,7 @@ const MAX_PACKET: usize = 65_535;
 
 /// What a datagram is to a [`Coalescer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Offer {
+pub enum Offer {
     /// Taken: it started a new GSO packet or joined the one being built.
     Taken,
     /// A UDP datagram that cannot join the packet being built: flush, then offer it again.
@@ -83,10 +88,10 @@ pub(crate) enum Offer {
 
 /// What [`Coalescer::flush`] hands back to be written to the TUN device.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Flushed<'a> {
+pub enum Flushed<'a> {
     /// Nothing was waiting.
     Nothing,
-    /// One datagram, as it came: written with [`super::tun::PLAIN_HEADER`].
+    /// One datagram, as it came: written with [`PLAIN_HEADER`].
     Plain(&'a [u8]),
     /// Several datagrams as one GSO packet, with its vnet header.
     Gso {
@@ -113,7 +118,7 @@ struct Datagram {
 
 /// Builds GSO packets out of consecutive datagrams of one flow.
 #[derive(Debug)]
-pub(crate) struct Coalescer {
+pub struct Coalescer {
     /// The packet being built: the first datagram, then the other payloads.
     packet: Vec<u8>,
     ip_header: usize,
@@ -134,7 +139,7 @@ impl Default for Coalescer {
 
 impl Coalescer {
     /// An empty coalescer.
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             packet: Vec::with_capacity(MAX_PACKET),
             ip_header: 0,
@@ -146,7 +151,7 @@ impl Coalescer {
     }
 
     /// Offers an IP packet (already admitted: sane header, allowed source).
-    pub(crate) fn offer(&mut self, packet: &[u8]) -> Offer {
+    pub fn offer(&mut self, packet: &[u8]) -> Offer {
         let Some(datagram) = parse(packet) else {
             return Offer::Alone;
         };
@@ -183,7 +188,7 @@ impl Coalescer {
     /// Hands out what was built, and starts afresh. Several datagrams come as one GSO packet
     /// whose headers give the whole length, and whose UDP checksum field holds the
     /// pseudo-header sum the kernel completes per segment.
-    pub(crate) fn flush(&mut self) -> Flushed<'_> {
+    pub fn flush(&mut self) -> Flushed<'_> {
         let segments = std::mem::take(&mut self.segments);
         match segments {
             0 => return Flushed::Nothing,
@@ -209,7 +214,7 @@ impl Coalescer {
 
 /// Whether an IP packet (sane header, [`crate::ip::check`]) carries TCP right after its fixed
 /// header.
-pub(crate) fn is_tcp(packet: &[u8]) -> bool {
+pub fn is_tcp(packet: &[u8]) -> bool {
     match packet.first().map(|b| b >> 4) {
         Some(4) => packet.get(9) == Some(&TCP),
         Some(6) => packet.get(6) == Some(&TCP),
@@ -240,21 +245,21 @@ fn vnet_header(
 /// How to write a TCP packet larger than the TUN's MTU as GSO: the vnet header, and the value
 /// its checksum field (at `check_at` in the packet) must hold instead, the pseudo-header sum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TcpGso {
+pub struct TcpGso {
     /// The `virtio_net_hdr` to write before the packet.
-    pub(crate) header: [u8; VNET_HDR_LEN],
+    pub header: [u8; VNET_HDR_LEN],
     /// Offset of the TCP checksum field in the packet.
-    pub(crate) check_at: usize,
+    pub check_at: usize,
     /// What the field must hold.
-    pub(crate) check: [u8; 2],
+    pub check: [u8; 2],
     /// CWR is set: cut the packet with [`split_gso`] rather than let the kernel do it.
-    pub(crate) cwr: bool,
+    pub cwr: bool,
 }
 
 /// For a TCP packet longer than `mtu` (a whole GSO packet the peer captured), how to announce
 /// it as GSO TCP whose segments fit `mtu`; `None` for anything else, or a packet whose
 /// checksum does not verify (written as it is, the stack drops it as before).
-pub(crate) fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
+pub fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
     if packet.len() <= mtu {
         return None;
     }
@@ -303,7 +308,7 @@ pub(crate) fn tcp_segmentation(packet: &[u8], mtu: usize) -> Option<TcpGso> {
 /// first), checksums and TCP sequence numbers per segment; TCP flags all kept (CWR included,
 /// see the module documentation) but FIN and PSH, which only the last keeps. Each segment is
 /// built in `scratch` and handed to `each`; the first error stops the cut.
-pub(crate) fn split_gso<E>(
+pub fn split_gso<E>(
     packet: &[u8],
     header: &[u8; VNET_HDR_LEN],
     scratch: &mut Vec<u8>,
