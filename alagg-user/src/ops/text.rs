@@ -399,7 +399,7 @@ mod tests {
             " discarded=9 ",
             " lost=2 ",
             " links=eth1:tx_frames=1000,tx_bytes=1268000,tx_dropped=3,",
-            ",tx_refused=3,tx_send_errors=1,rx_frames=900,",
+            ",tx_refused=3,tx_send_errors=1,tx_resent=0,rx_frames=900,",
             ",rx_truncated=2,",
             ",first=15;we\"ird\\name:",
         ] {
