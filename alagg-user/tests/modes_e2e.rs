@@ -1,8 +1,8 @@
 //! Privileged end-to-end tests of the scheduling modes (`[scheduler] mode`) on the testbed (two
 //! hosts, links through a wire namespace): each mode carries ping, TCP with a checksum and UDP
 //! exactly once; `backup` keeps its backup link idle; a link that falls silent in the middle of
-//! a stream (every frame dropped, carrier kept) is found down and the stream goes on over the
-//! other link in every mode; `alagg status` shows each link's health.
+//! a stream (every frame dropped, carrier kept) is found down, what it carried meanwhile is
+//! sent again, and the stream goes on over the other link in every mode, losing at most 0.1 %; `alagg status` shows each link's health.
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -255,8 +255,9 @@ fn a_link_falling_silent_mid_stream_is_found_down_and_the_stream_goes_on() {
             "{mode}: {:?}",
             status.links[1]
         );
-        // What was on link 0 while it was not yet known down (100 ms) is lost, nothing after.
-        let bound = if mode == "redundant" { 0 } else { 400 };
+        // What link 0 carried while it was not yet known down (100 ms) is sent again on link 1
+        // (failover resend): at most 0.1 % is lost.
+        let bound = if mode == "redundant" { 0 } else { 6 };
         assert!(
             lost <= bound,
             "{mode}: {lost} of 6000 lost, longest gap {longest:?}"
