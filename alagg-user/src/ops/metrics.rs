@@ -333,7 +333,22 @@ mod tests {
 
     #[test]
     fn a_silent_client_does_not_hold_other_scrapes() {
+        // The limit is only seen while the silent clients are still held (less than TIMEOUT
+        // since they connected): on a machine so loaded that the scrape took longer, the
+        // attempt cannot judge it and is made again.
+        for _ in 0..3 {
+            if silent_clients_then_a_scrape_and_one_too_many() {
+                return;
+            }
+        }
+        panic!("three attempts too slow to judge the connection limit");
+    }
+
+    /// One attempt of [`a_silent_client_does_not_hold_other_scrapes`]; false if it came too
+    /// late to judge the limit.
+    fn silent_clients_then_a_scrape_and_one_too_many() -> bool {
         let server = server();
+        let started = Instant::now();
         // Connected, never sending a byte: each holds a connection until the server's timeout.
         // With the slow one and the scrape, the most answered at once.
         let silent: Vec<TcpStream> = (0..crate::ops::serve::MAX_CLIENTS - 2)
@@ -358,14 +373,17 @@ mod tests {
             .map(|_| TcpStream::connect(server.local_addr()).unwrap())
             .collect();
         let mut extra = TcpStream::connect(server.local_addr()).unwrap();
+        let judged = started.elapsed() < TIMEOUT / 4;
         extra.set_read_timeout(Some(TIMEOUT / 2)).unwrap();
         let mut rest = Vec::new();
         match extra.read_to_end(&mut rest) {
             Ok(0) => {}
             Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {}
-            other => panic!("a connection beyond the limit: {other:?} {rest:?}"),
+            other if judged => panic!("a connection beyond the limit: {other:?} {rest:?}"),
+            _ => return false,
         }
         drop((silent, slow, more));
+        true
     }
 
     #[test]
