@@ -122,6 +122,10 @@ counter_set! {
     overruns: Events, "capture_overruns", "queue overruns";
     /// NFQUEUE messages that did not parse, and errors the kernel reported on verdicts.
     errors: Events, "capture_errors", "queue errors";
+    /// TCP packets captured whole and cut into segments of one frame each before sending,
+    /// because they were to go alone on a link that loses frames (a lost frame then costs one
+    /// segment, not the whole packet).
+    tcp_segmented: Packets, "tcp_segmented_packets", "TCP cut into segments";
 }
 
 counter_set! {

@@ -25,9 +25,12 @@ use alagg_proto::{
     auth::FrameKey,
     health::{Condition, FEEDBACK_INTERVAL, PROBE_INTERVAL},
     wire::{
-        BUNDLE_ENTRY_HEADER_LEN, ETH_HDR_LEN, EthernetRepr, Frame, LaneReport, ProbeRepr, WireError,
+        BUNDLE_ENTRY_HEADER_LEN, DATA_HEADER_LEN, ETH_HDR_LEN, EthernetRepr, Frame, LaneReport,
+        ProbeRepr, WireError,
     },
 };
+
+use alagg_packet::offload;
 
 use crate::{
     counters::{LinkTxCounters, WorkerCounters},
@@ -40,6 +43,8 @@ pub(crate) const ACTIVE_FOR: Duration = Duration::from_secs(1);
 /// How far back failover resends: what a link carried in the time it takes to find it down
 /// ([`alagg_proto::health::DOWN_AFTER`]) and the feedback's delay.
 pub(crate) const RESEND_WINDOW: Duration = Duration::from_millis(150);
+/// Loss ratio of a link above which TCP sent alone on it is cut into segments.
+const SEGMENT_LOSS: f32 = 0.005;
 /// Frames a worker keeps for failover at most, and their bytes.
 const RESEND_FRAMES: usize = 16_384;
 const RESEND_BYTES: usize = 8 << 20;
@@ -154,6 +159,8 @@ pub(crate) struct Transmit<'a, R, T> {
     reports: Vec<LaneReport>,
     /// Frames kept for failover, unless the scheduler sends every packet on every link.
     recent: Option<Recent>,
+    /// Where TCP cut into segments is built ([`Transmit::cut_tcp`]).
+    segments: Vec<u8>,
     last_error: Option<std::time::Instant>,
 }
 
@@ -202,6 +209,7 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             active_until: None,
             reports: Vec::new(),
             recent,
+            segments: Vec::new(),
             last_error: None,
         }
     }
@@ -366,6 +374,38 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
         }
     }
 
+    /// TCP captured whole (up to 64 KiB) travels as up to 45 fragments and is lost with any
+    /// one of them: where a scheduler that does not copy every packet everywhere may put it on
+    /// a link losing frames, it is cut into TCP segments that fit one frame each (as the kernel
+    /// would have cut it), each scheduled and numbered on its own, so a lost frame costs one
+    /// segment. Returns whether it was (and the segments sent).
+    fn cut_tcp(&mut self, payload: &[u8], now: Timestamp) -> bool {
+        if matches!(self.scheduler, AnyScheduler::Redundant(_)) {
+            return false;
+        }
+        let usable = || self.link_states.iter().filter(|s| s.usable);
+        let lossy = usable()
+            .any(|s| s.health.loss > SEGMENT_LOSS || s.health.condition == Condition::Degraded);
+        let Some(mtu) = usable().map(|s| s.mtu).min() else {
+            return false;
+        };
+        let mtu = mtu.saturating_sub(self.sender.overhead());
+        if !lossy || payload.len() + DATA_HEADER_LEN <= mtu {
+            return false;
+        }
+        let Some(gso) = offload::tcp_segmentation(payload, mtu - DATA_HEADER_LEN) else {
+            return false;
+        };
+        self.counters.capture.tcp_segmented.fetch_add(1, Relaxed);
+        let mut scratch = std::mem::take(&mut self.segments);
+        let _ = offload::split_gso(payload, &gso.header, &mut scratch, |segment| {
+            self.packet(segment, now);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        self.segments = scratch;
+        true
+    }
+
     /// Kicks every link with a carrier and counts what each link's socket dropped. A link
     /// without one is not kicked (frames left on its ring wait until it is back), but what it
     /// dropped is counted.
@@ -492,6 +532,9 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
                     .charge(self.bundle_links, bytes, &self.link_states);
                 return;
             }
+        }
+        if self.cut_tcp(payload, now) {
+            return;
         }
         let chosen = self.scheduler.select(payload.len(), &self.link_states, now);
         let Some(mtu) = chosen.min_mtu(&self.link_states) else {

@@ -300,6 +300,7 @@ pub(crate) mod tests {
                 batches: 4,
                 overruns: 2,
                 errors: 3,
+                tcp_segmented: 5,
             },
             delivery: DeliverySnapshot {
                 delivered: 20,

@@ -889,3 +889,71 @@ fn what_a_failed_link_carried_last_is_sent_again_on_another() {
     assert_eq!(unique.len(), 200, "{:?}", path.receive.stats());
     assert!(fixture.counters.link(1).0.tx_resent > 0);
 }
+
+/// A valid IPv4 TCP packet from 192.0.2.1 with `payload` (checksums right), sequence `seq`.
+fn tcp_packet(payload: &[u8], seq: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 40 + payload.len()];
+    p[0] = 0x45;
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&[192, 0, 2, 1]);
+    p[16..20].copy_from_slice(&[192, 0, 2, 2]);
+    p[20..22].copy_from_slice(&4000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&5000u16.to_be_bytes());
+    p[24..28].copy_from_slice(&seq.to_be_bytes());
+    p[32] = 5 << 4;
+    p[33] = 0x10;
+    p[34..36].copy_from_slice(&65535u16.to_be_bytes());
+    p[40..].copy_from_slice(payload);
+    let total = p.len();
+    crate::ip::set_length(&mut p, 20, total);
+    assert!(crate::ip::finish_transport_checksum(&mut p));
+    p
+}
+
+#[test]
+fn tcp_sent_alone_on_a_lossy_link_goes_as_segments_of_one_frame() {
+    // Stripe, link health says both links lose 5 %: a 30 000-byte TCP packet is cut into
+    // segments that each fit a frame, spread over both links, and they make the same byte
+    // stream again.
+    let fixture = Fixture::scheduled(2, AnyScheduler::Stripe(Stripe::default()));
+    let lossy = alagg_proto::health::HealthView {
+        condition: alagg_proto::health::Condition::Up,
+        loss: 0.05,
+        ..Default::default()
+    };
+    for link in 0..2 {
+        fixture.control.health(link).unwrap().set_view(&lossy);
+    }
+    fixture.control.health_published();
+    let mut path = fixture.path(&[Impairment::default(); 2], false, 43);
+    let payload: Vec<u8> = (0..30_000u32).map(|i| (i * 7) as u8).collect();
+    let sent = [tcp_packet(&payload, 1000)];
+    path.queue_mut()
+        .waiting
+        .extend(sent.iter().map(|p| (p.clone(), false, false)));
+    path.turn();
+    for _ in 0..5 {
+        path.turn();
+    }
+    let written = fixture.tun.written.borrow();
+    assert!(written.len() > 20, "{} packets written", written.len());
+    let mut stream = Vec::new();
+    let mut next = 1000u32;
+    for segment in written.iter() {
+        assert!(
+            segment.len() <= 1500 - wire::DATA_HEADER_LEN,
+            "{}",
+            segment.len()
+        );
+        assert!(crate::ip::check(segment).is_ok());
+        let seq = u32::from_be_bytes(segment[24..28].try_into().unwrap());
+        assert_eq!(seq, next, "segments in order");
+        stream.extend_from_slice(&segment[40..]);
+        next = next.wrapping_add((segment.len() - 40) as u32);
+    }
+    assert_eq!(stream, payload);
+    assert_eq!(fixture.counters.capture().tcp_segmented, 1);
+    let (a, b) = (fixture.counters.link(0).0, fixture.counters.link(1).0);
+    assert!(a.tx_frames > 5 && b.tx_frames > 5, "{a:?} {b:?}");
+}
