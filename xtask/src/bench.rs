@@ -21,9 +21,10 @@
 //! Workloads: UDP datagrams of 64, 512 and 1400 bytes sent as fast as one sender thread can
 //! (`sendmmsg`), counted by a receiver thread (`recvmmsg`) on host B, as packets per second
 //! delivered; one TCP flow and four (iperf3), as Gbit/s received; ping, 5 ms apart, RTT p50 and
-//! p99. Then, with every link limited to 200 Mbit/s, and with 5 % random loss on every link, one
-//! TCP flow over `direct`, MPTCP and alagg on two links (median of three runs): where
-//! aggregation shows.
+//! p99. Then, with every link limited to 200 Mbit/s, with link 0 at 200 and the others at 100
+//! Mbit/s (the direct path takes link 0), and with 5 % random loss on every link, one TCP flow
+//! over `direct`, MPTCP and alagg on two links (redundant, stripe, adaptive; median of three
+//! runs): where aggregation shows.
 //!
 //! Everything runs on this machine (both hosts, the generator and the wire), so absolute
 //! figures are those of a shared 2-core box; the ratios between configurations measured in the
@@ -402,11 +403,11 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         pair.stop();
     }
 
-    for impairment in [Impairment::Rate, Impairment::Loss] {
+    for impairment in [Impairment::Rate, Impairment::Unequal, Impairment::Loss] {
         if !only.wants_any(&IMPAIRED) {
             continue;
         }
-        println!("\n-- every link {}", impairment.describe());
+        println!("\n-- links {}", impairment.describe());
         for link in 0..LINKS {
             impairment.apply(&bed, link, true)?;
         }
@@ -493,6 +494,7 @@ fn plots(results: &Results, dir: &Path) -> anyhow::Result<Vec<String>> {
         .map(|f| (f.config.as_str(), f.workload.as_str(), f.value))
         .collect();
     let rate = Impairment::Rate.workload();
+    let unequal = Impairment::Unequal.workload();
     let loss = Impairment::Loss.workload();
     let charts: [(&str, &str, &str, Vec<&str>); 4] = [
         (
@@ -505,7 +507,7 @@ fn plots(results: &Results, dir: &Path) -> anyhow::Result<Vec<String>> {
             "impaired.png",
             "One TCP flow on impaired links",
             "Gbit/s",
-            vec![rate.as_str(), loss.as_str()],
+            vec![rate.as_str(), unequal.as_str(), loss.as_str()],
         ),
         (
             "udp.png",
@@ -587,6 +589,8 @@ fn measure_all(
 enum Impairment {
     /// A [`RATE_MBIT`] rate limit.
     Rate,
+    /// Unequal links: [`RATE_MBIT`] on link 0 (the direct path's), half that on the others.
+    Unequal,
     /// [`LOSS_PERCENT`] random loss.
     Loss,
 }
@@ -595,7 +599,11 @@ impl Impairment {
     fn describe(self) -> String {
         match self {
             Impairment::Rate => format!("limited to {RATE_MBIT} Mbit/s"),
-            Impairment::Loss => format!("drops {LOSS_PERCENT} % of its frames at random"),
+            Impairment::Unequal => format!(
+                "limited to {RATE_MBIT} Mbit/s on link 0 and {} on the others",
+                RATE_MBIT / 2
+            ),
+            Impairment::Loss => format!("dropping {LOSS_PERCENT} % of their frames at random"),
         }
     }
 
@@ -603,6 +611,9 @@ impl Impairment {
     fn workload(self) -> String {
         match self {
             Impairment::Rate => format!("tcp 1 flow, {RATE_MBIT} Mbit/s links"),
+            Impairment::Unequal => {
+                format!("tcp 1 flow, {RATE_MBIT}+{} Mbit/s links", RATE_MBIT / 2)
+            }
             Impairment::Loss => format!("tcp 1 flow, {LOSS_PERCENT} % loss"),
         }
     }
@@ -611,6 +622,10 @@ impl Impairment {
     fn apply(self, bed: &Testbed, link: usize, on: bool) -> anyhow::Result<()> {
         match self {
             Impairment::Rate => bed.set_rate(link, if on { RATE_MBIT } else { 0 })?,
+            Impairment::Unequal => {
+                let rate = if link == 0 { RATE_MBIT } else { RATE_MBIT / 2 };
+                bed.set_rate(link, if on { rate } else { 0 })?;
+            }
             Impairment::Loss => bed.set_loss(link, if on { LOSS_PERCENT } else { 0 })?,
         }
         Ok(())
