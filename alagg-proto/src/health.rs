@@ -60,6 +60,14 @@ const RATE_WINDOW_US: u32 = 50_000;
 /// ... and is the highest of the last this many windows.
 const RATE_WINDOWS: usize = 4;
 
+/// How long a lane's lowest transit is taken over (two windows are kept).
+const MIN_WINDOW: Duration = Duration::from_secs(1);
+
+/// Whether microsecond time `a` comes before `b`, modulo 2^32 (serial arithmetic).
+fn serial_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
 /// `now` as the wire's microsecond clock (`tx_time`, modulo 2^32).
 pub fn micros(now: Timestamp) -> u32 {
     // Modulo 2^32 by design: only differences are used, in serial arithmetic.
@@ -80,8 +88,11 @@ struct Meter {
     arrived: Timestamp,
     /// The last frame's transit (arrival less `tx_time`, microseconds, modulo 2^32).
     transit: u32,
-    /// Its running mean (1/16 of each new sample), modulo 2^32 like the samples.
-    transit_mean: u32,
+    /// The lowest transit of the current window (from `min_since`) and of the one before: the
+    /// lane's delay without its queues, modulo 2^32 like the samples.
+    transit_min: u32,
+    transit_min_before: u32,
+    min_since: Timestamp,
     /// RFC 3550 6.4.1 interarrival jitter, microseconds, times 16.
     jitter16: u32,
     /// When any frame last arrived on the lane.
@@ -117,7 +128,9 @@ impl Meters {
                     echo_time: stamp.tx_time,
                     arrived: now,
                     transit,
-                    transit_mean: transit,
+                    transit_min: transit,
+                    transit_min_before: transit,
+                    min_since: now,
                     jitter16: 0,
                     heard: now,
                 };
@@ -146,8 +159,13 @@ impl Meters {
         // RFC 3550 6.4.1: J += (|D| - J) / 16, D the change in transit.
         let d = (transit.wrapping_sub(meter.transit) as i32).unsigned_abs();
         meter.transit = transit;
-        let step = (transit.wrapping_sub(meter.transit_mean) as i32) / 16;
-        meter.transit_mean = meter.transit_mean.wrapping_add_signed(step);
+        if now.saturating_since(meter.min_since) >= MIN_WINDOW {
+            meter.transit_min_before = meter.transit_min;
+            meter.transit_min = transit;
+            meter.min_since = now;
+        } else if serial_before(transit, meter.transit_min) {
+            meter.transit_min = transit;
+        }
         let j = i64::from(meter.jitter16) + i64::from(d) - i64::from(meter.jitter16 >> 4);
         meter.jitter16 = u32::try_from(j.max(0)).unwrap_or(u32::MAX);
         let ahead = stamp.lane_seq.wrapping_sub(meter.highest);
@@ -188,18 +206,28 @@ impl Meters {
     }
 
     /// How far apart in time the copies or neighbours of a packet may arrive: the spread of
-    /// the mean transit times (arrival less send time) of the lanes heard within `live` of
-    /// `now`, plus twice the largest jitter among them. The peer stamps every lane from one
-    /// clock, so the clocks' offset cancels out. `None` when no lane was heard.
+    /// the lanes' base delays (their lowest transit, arrival less send time, over the last one
+    /// or two [`MIN_WINDOW`]s) among the lanes heard within `live` of `now`, plus twice the
+    /// largest jitter among them. The peer stamps every lane from one clock, so the clocks'
+    /// offset cancels out. A queue standing on an overloaded link is left out on purpose:
+    /// waiting for copies stuck behind it would hold every gap as long as the queue. `None`
+    /// when no lane was heard.
     pub fn delay_spread(&self, now: Timestamp, live: Duration) -> Option<Duration> {
         let heard = || {
             self.meters
                 .iter()
                 .filter(move |m| m.heard.saturating_add(live) > now)
         };
-        let reference = heard().next()?.transit_mean;
+        let base = |m: &Meter| {
+            if serial_before(m.transit_min_before, m.transit_min) {
+                m.transit_min_before
+            } else {
+                m.transit_min
+            }
+        };
+        let reference = base(heard().next()?);
         // Relative to one lane, in serial arithmetic: transits within 35 minutes of each other.
-        let relative = || heard().map(|m| i64::from(m.transit_mean.wrapping_sub(reference) as i32));
+        let relative = || heard().map(|m| i64::from(base(m).wrapping_sub(reference) as i32));
         let spread = relative().max()? - relative().min()?;
         let jitter = heard().map(|m| m.jitter16 >> 4).max().unwrap_or(0);
         let micros = u64::try_from(spread).unwrap_or(0) + 2 * u64::from(jitter);
@@ -715,8 +743,18 @@ mod tests {
             .unwrap();
         let off = spread.abs_diff(Duration::from_millis(20));
         assert!(off < Duration::from_micros(100), "{spread:?}");
+        // A queue building on link 1 (transit growing to 75 ms) is not delay to wait for.
+        for i in 200..400u64 {
+            meters.saw(1, stamp(0, 0, i, ahead + i), 100, at(i + 5));
+            let queued = 25 + (i - 200) / 4;
+            meters.saw(1, stamp(1, 0, i, ahead + i), 100, at(i + queued));
+        }
+        let spread = meters
+            .delay_spread(at(430), Duration::from_secs(1))
+            .unwrap();
+        assert!(spread < Duration::from_millis(22), "{spread:?}");
         // A lane not heard for a while no longer counts.
-        let spread = meters.delay_spread(at(1_300), Duration::from_secs(1));
+        let spread = meters.delay_spread(at(1_500), Duration::from_secs(1));
         assert_eq!(spread, None);
         // Jitter counts twice: one lane whose transit alternates 1 and 3 ms.
         let mut meters = Meters::default();
