@@ -27,8 +27,14 @@ use crate::port::{RxLosses, TxLosses};
 /// Most descriptors moved per ring operation.
 pub const BATCH: usize = 64;
 
-/// Kicks in a row that move nothing before a flush gives up.
-const MAX_STALLS: u32 = 1000;
+/// Kicks in a row that move nothing before a flush returns, leaving the rest on the tx ring
+/// for the next one: the device or the queue behind it is taking frames slower than they come
+/// (a rate-limited link in copy mode holds its frames' buffers, and the socket's send budget,
+/// until its qdisc lets them go). Waiting for it here would pace every link by the slowest.
+const KICKS_WITHOUT_PROGRESS: u32 = 8;
+/// Flushes in a row that move nothing before the staged frames are given up as stalled (the
+/// interface went away, or its queue stopped).
+const MAX_STALLED_FLUSHES: u32 = 1000;
 
 /// Errors opening or driving an AF_XDP socket.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +126,8 @@ pub struct XskTx {
     scratch: Vec<FrameDesc>,
     /// Frames on the tx ring whose completion has not come back yet.
     in_flight: usize,
+    /// Flushes in a row that moved nothing ([`MAX_STALLED_FLUSHES`]).
+    stalled_flushes: u32,
     /// Descriptors in the tx ring.
     ring_size: u32,
     /// Frames dropped after they were staged, since the socket opened.
@@ -213,6 +221,7 @@ impl XskSocket {
                 staged: Vec::with_capacity(BATCH),
                 scratch: vec![FrameDesc::default(); BATCH],
                 in_flight: 0,
+                stalled_flushes: 0,
                 ring_size: config.ring_size,
                 losses: TxLosses::default(),
             },
@@ -360,6 +369,7 @@ impl XskTx {
     pub fn flush(&mut self) -> Result<usize, XskError> {
         let mut queued = 0;
         let mut stalls = 0;
+        let mut moved = false;
         loop {
             if !self.staged.is_empty() {
                 // SAFETY: staged frames belong to this UMEM and are on no ring.
@@ -378,11 +388,21 @@ impl XskTx {
             self.reclaim();
             if self.tx.nb_free_exact() > free_before {
                 stalls = 0;
+                moved = true;
+                self.stalled_flushes = 0;
             } else {
                 stalls += 1;
-                if stalls > MAX_STALLS {
-                    // The device takes nothing (its interface went away, or its queue is
-                    // stopped): give the staged frames back instead of spinning.
+                if stalls > KICKS_WITHOUT_PROGRESS {
+                    if moved {
+                        return Ok(queued);
+                    }
+                    self.stalled_flushes += 1;
+                    if self.stalled_flushes <= MAX_STALLED_FLUSHES {
+                        return Ok(queued);
+                    }
+                    // The device has taken nothing for many flushes (its interface went away,
+                    // or its queue is stopped): give the staged frames back.
+                    self.stalled_flushes = 0;
                     let dropped = self.staged.len();
                     self.free.append(&mut self.staged);
                     self.losses.stalled += dropped as u64;
