@@ -139,6 +139,13 @@ pub(crate) trait FrameTx {
     /// What the transmit half dropped of the frames it staged, since it was opened (also in a
     /// [`FrameTx::stage`] that sent a full batch). Cheap: no system call.
     fn losses(&self) -> TxLosses;
+
+    /// Whether [`FrameTx::flush`] waits for a device that takes frames slower than they come
+    /// (the default, pacing the sender to the link) or leaves them queued for the next flush,
+    /// as when other links carry copies and a slow one must not hold them back.
+    fn wait_for_device(&mut self, wait: bool) {
+        let _ = wait;
+    }
 }
 
 /// One captured packet, writable so that a partial checksum can be completed in place.

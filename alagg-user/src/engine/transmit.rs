@@ -178,9 +178,15 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
     ) -> Self {
         // At most 64 workers (the configuration's bound): a lane fits a byte.
         let lane = worker as u8;
+        // Copies on every link: a slow link must not hold the others back (`FrameTx`).
+        let redundant = matches!(scheduler, AnyScheduler::Redundant(_));
         let links = links
             .into_iter()
             .zip(&link_states)
+            .map(|(mut l, state)| {
+                l.io.wait_for_device(!redundant);
+                (l, state)
+            })
             .map(|(l, state)| Link {
                 io: l.io,
                 eth: l.eth,
@@ -190,8 +196,8 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
                 last_sent: Timestamp::ZERO,
             })
             .collect();
-        let scheduler_kind = &scheduler;
-        let recent = (!matches!(scheduler_kind, AnyScheduler::Redundant(_))).then(Recent::default);
+        // Kept for failover unless every packet goes on every link.
+        let recent = (!redundant).then(Recent::default);
         Self {
             sender,
             scheduler,
@@ -478,6 +484,8 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
                     // What the old socket dropped counts before it goes; the new one counts
                     // from 0.
                     count_losses(&mut link.reported, link.io.losses(), counters);
+                    let mut io = io;
+                    io.wait_for_device(!matches!(self.scheduler, AnyScheduler::Redundant(_)));
                     link.io = io;
                     link.eth = eth;
                     link.reported = TxLosses::default();

@@ -202,6 +202,13 @@ impl FrameTx for LinkTx {
             LinkTx::Packet(packet) => packet.losses(),
         }
     }
+
+    fn wait_for_device(&mut self, wait: bool) {
+        // AF_PACKET sends what the kernel takes and counts the rest: it never waits.
+        if let LinkTx::Xsk(xsk) = self {
+            xsk.wait_for_device(wait);
+        }
+    }
 }
 
 /// Opens link `index`'s sockets for `workers` capture workers: the receive halves (for the

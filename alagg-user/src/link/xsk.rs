@@ -27,11 +27,14 @@ use crate::port::{RxLosses, TxLosses};
 /// Most descriptors moved per ring operation.
 pub const BATCH: usize = 64;
 
-/// Kicks in a row that move nothing before a flush returns, leaving the rest on the tx ring
-/// for the next one: the device or the queue behind it is taking frames slower than they come
-/// (a rate-limited link in copy mode holds its frames' buffers, and the socket's send budget,
-/// until its qdisc lets them go). Waiting for it here would pace every link by the slowest.
+/// Kicks in a row that move nothing before a flush that does not wait for the device returns,
+/// leaving the rest on the tx ring for the next one: the device or the queue behind it is
+/// taking frames slower than they come (a rate-limited link in copy mode holds its frames'
+/// buffers, and the socket's send budget, until its qdisc lets them go). Waiting for it there
+/// would pace every link by the slowest.
 const KICKS_WITHOUT_PROGRESS: u32 = 8;
+/// Kicks in a row that move nothing before a flush that waits for the device gives up.
+const MAX_STALLS: u32 = 1000;
 /// Flushes in a row that move nothing before the staged frames are given up as stalled (the
 /// interface went away, or its queue stopped).
 const MAX_STALLED_FLUSHES: u32 = 1000;
@@ -128,6 +131,8 @@ pub struct XskTx {
     in_flight: usize,
     /// Flushes in a row that moved nothing ([`MAX_STALLED_FLUSHES`]).
     stalled_flushes: u32,
+    /// Whether a flush waits for a device that takes frames slowly ([`XskTx::wait_for_device`]).
+    patient: bool,
     /// Descriptors in the tx ring.
     ring_size: u32,
     /// Frames dropped after they were staged, since the socket opened.
@@ -222,6 +227,7 @@ impl XskSocket {
                 scratch: vec![FrameDesc::default(); BATCH],
                 in_flight: 0,
                 stalled_flushes: 0,
+                patient: true,
                 ring_size: config.ring_size,
                 losses: TxLosses::default(),
             },
@@ -248,6 +254,11 @@ impl XskSocket {
     /// See [`XskRx::poll`].
     pub fn poll_rx(&mut self, timeout_ms: i32) -> Result<bool, XskError> {
         self.rx.poll(timeout_ms)
+    }
+
+    /// See [`XskTx::wait_for_device`].
+    pub fn wait_for_device(&mut self, wait: bool) {
+        self.tx.wait_for_device(wait);
     }
 
     /// See [`XskTx::stage`].
@@ -392,7 +403,15 @@ impl XskTx {
                 self.stalled_flushes = 0;
             } else {
                 stalls += 1;
-                if stalls > KICKS_WITHOUT_PROGRESS {
+                if self.patient && stalls > MAX_STALLS {
+                    // The device takes nothing (its interface went away, or its queue is
+                    // stopped): give the staged frames back instead of spinning.
+                    let dropped = self.staged.len();
+                    self.free.append(&mut self.staged);
+                    self.losses.stalled += dropped as u64;
+                    return Err(XskError::Stalled { dropped });
+                }
+                if !self.patient && stalls > KICKS_WITHOUT_PROGRESS {
                     if moved {
                         return Ok(queued);
                     }
@@ -411,6 +430,15 @@ impl XskTx {
                 thread::yield_now();
             }
         }
+    }
+
+    /// Whether [`XskTx::flush`] waits for a device that takes frames slower than they come
+    /// (the default): right when this link alone carries its packets, where the wait paces the
+    /// sender to what the link can take. Off when other links carry copies of the same packets
+    /// (redundant sending): then a slow link must not hold the others back, and what it cannot
+    /// take waits on its ring and, when no transmit frame is left, is dropped and counted.
+    pub fn wait_for_device(&mut self, wait: bool) {
+        self.patient = wait;
     }
 
     /// Takes completed transmit frames back into the free pool.
