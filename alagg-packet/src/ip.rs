@@ -1,6 +1,10 @@
 //! Checks on IP packets at the delivery edge: a packet is written to the TUN device only if its
-//! header is sane (RFC 791 / RFC 8200 lengths and version) and its source lies in the peer's
-//! configured networks, like WireGuard's allowed IPs.
+//! header is sane (RFC 791 / RFC 8200 lengths and version), its source lies in the peer's
+//! configured networks, like WireGuard's allowed IPs, and its destination does not: a packet
+//! to the peer's own networks would be routed straight back through alagg to the peer (a
+//! reflection no genuine sender makes), and one to an unspecified or loopback address is no
+//! packet a host accepts from outside (RFC 1122 3.2.1.3, RFC 4291 2.5.2-3). Where else a
+//! destination may lie is the host's routing decision, made by the kernel on the TUN.
 #![deny(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -14,6 +18,9 @@ pub enum Reject {
     Malformed,
     /// The source address is outside the configured destinations.
     Source,
+    /// The destination lies in the configured destinations (the peer's own networks), or is
+    /// unspecified or loopback.
+    Destination,
 }
 
 /// The source address of a sane IPv4/IPv6 packet, and the packet trimmed to the length its
@@ -154,13 +161,22 @@ pub fn fold(mut sum: u64) -> u16 {
     sum as u16
 }
 
-/// [`check`], then the source must lie in one of `allowed`.
+/// [`check`], then the source must lie in one of `allowed` and the destination in none of them
+/// (nor be unspecified or loopback).
 pub fn admit<'a>(packet: &'a [u8], allowed: &[IpNet]) -> Result<&'a [u8], Reject> {
     let (source, packet) = check(packet)?;
-    if allowed.iter().any(|net| net.contains(&source)) {
-        Ok(packet)
-    } else {
-        Err(Reject::Source)
+    if !allowed.iter().any(|net| net.contains(&source)) {
+        return Err(Reject::Source);
+    }
+    match destination(packet) {
+        Some(to)
+            if !to.is_unspecified()
+                && !to.is_loopback()
+                && !allowed.iter().any(|net| net.contains(&to)) =>
+        {
+            Ok(packet)
+        }
+        _ => Err(Reject::Destination),
     }
 }
 
@@ -274,19 +290,31 @@ mod tests {
         assert!(!finish_transport_checksum(&mut []));
     }
 
+    /// An IPv4 packet from `source` to 192.0.2.1 (TEST-NET-1).
     fn v4(source: [u8; 4], total: u16, frame_len: usize) -> Vec<u8> {
+        v4_to(source, [192, 0, 2, 1], total, frame_len)
+    }
+
+    fn v4_to(source: [u8; 4], destination: [u8; 4], total: u16, frame_len: usize) -> Vec<u8> {
         let mut p = vec![0u8; frame_len];
         p[0] = 0x45;
         p[2..4].copy_from_slice(&total.to_be_bytes());
         p[12..16].copy_from_slice(&source);
+        p[16..20].copy_from_slice(&destination);
         p
     }
 
+    /// An IPv6 packet from `source` to 2001:db8::1 (documentation prefix).
     fn v6(source: Ipv6Addr, payload: u16, frame_len: usize) -> Vec<u8> {
+        v6_to(source, "2001:db8::1".parse().unwrap(), payload, frame_len)
+    }
+
+    fn v6_to(source: Ipv6Addr, destination: Ipv6Addr, payload: u16, frame_len: usize) -> Vec<u8> {
         let mut p = vec![0u8; frame_len];
         p[0] = 0x60;
         p[4..6].copy_from_slice(&payload.to_be_bytes());
         p[8..24].copy_from_slice(&source.octets());
+        p[24..40].copy_from_slice(&destination.octets());
         p
     }
 
@@ -322,6 +350,41 @@ mod tests {
             ),
             ("not IP", vec![0x20; 40], Err(Reject::Malformed)),
             ("empty", vec![], Err(Reject::Malformed)),
+            (
+                "v4 to the peer's own network",
+                v4_to([198, 18, 0, 2], [198, 18, 0, 9], 28, 28),
+                Err(Reject::Destination),
+            ),
+            (
+                "v4 to loopback",
+                v4_to([198, 18, 0, 2], [127, 0, 0, 1], 28, 28),
+                Err(Reject::Destination),
+            ),
+            (
+                "v4 to 0.0.0.0",
+                v4_to([198, 18, 0, 2], [0, 0, 0, 0], 28, 28),
+                Err(Reject::Destination),
+            ),
+            (
+                "v4 to this host's network",
+                v4_to([198, 18, 0, 2], [10, 1, 2, 3], 28, 28),
+                Ok(28),
+            ),
+            (
+                "v6 to the peer's own network",
+                v6_to(inside6, "fd00:a1a9::9".parse().unwrap(), 8, 48),
+                Err(Reject::Destination),
+            ),
+            (
+                "v6 to ::1",
+                v6_to(inside6, Ipv6Addr::LOCALHOST, 8, 48),
+                Err(Reject::Destination),
+            ),
+            (
+                "v6 to ::",
+                v6_to(inside6, Ipv6Addr::UNSPECIFIED, 8, 48),
+                Err(Reject::Destination),
+            ),
         ];
         for (name, packet, want) in cases {
             let got = admit(&packet, &allowed).map(<[u8]>::len);

@@ -139,6 +139,9 @@ counter_set! {
     delivered_bytes: Bytes, "delivered_bytes", "delivered bytes";
     /// Packets dropped because their source is outside the destinations.
     rejected_source: Packets, "rejected_source", "rejected source";
+    /// Packets dropped because their destination lies in the destinations (it would go back to
+    /// the peer), or is unspecified or loopback.
+    rejected_destination: Packets, "rejected_destination", "rejected destination";
     /// Packets dropped because their IP header is not sane.
     rejected_malformed: Packets, "rejected_malformed", "rejected malformed";
     /// Packets whose TUN write failed.

@@ -338,3 +338,131 @@ fn down_cleans_up_after_a_killed_instance_and_is_safe_to_repeat() {
     );
     assert_eq!(host_state(&pair.a), before);
 }
+
+/// Gives both hosts of `pair` their own route to the other's service addresses over link0 (a
+/// /30 and a /64 of its own there), the route alagg's fail-open falls back on. Loose reverse
+/// path filtering on link0, as the README asks of the host route's interface.
+fn host_routes(pair: &Pair) {
+    for (ns, here4, there4, here6, there6, peer4, peer6) in [
+        (
+            &pair.a,
+            "198.19.0.1",
+            "198.19.0.2",
+            "fd00:a1a9:f0::1",
+            "fd00:a1a9:f0::2",
+            B4,
+            B6,
+        ),
+        (
+            &pair.b,
+            "198.19.0.2",
+            "198.19.0.1",
+            "fd00:a1a9:f0::2",
+            "fd00:a1a9:f0::1",
+            A4,
+            A6,
+        ),
+    ] {
+        ns.ip(&["addr", "add", &format!("{here4}/30"), "dev", "link0"])
+            .unwrap();
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{here6}/64"),
+            "dev",
+            "link0",
+            "nodad",
+        ])
+        .unwrap();
+        ns.ip(&["route", "add", &format!("{peer4}/32"), "via", there4])
+            .unwrap();
+        ns.ip(&["-6", "route", "add", &format!("{peer6}/128"), "via", there6])
+            .unwrap();
+        ns.exec("sysctl", &["-qw", "net.ipv4.conf.link0.rp_filter=2"])
+            .unwrap();
+    }
+}
+
+#[test]
+fn fail_open_traffic_takes_the_host_route_while_alagg_is_stopped_or_killed() {
+    alagg_testbed::require_root!();
+    let pair = Pair::new("failopen", 2);
+    host_routes(&pair);
+    // Without alagg the host routes carry the pings.
+    for target in [B4, B6] {
+        let out = ping(&pair.a, &["-c", "3", "-i", "0.05", "-W", "2", target]);
+        assert!(
+            out.contains(" 0% packet loss"),
+            "no host route to {target}:\n{out}"
+        );
+    }
+    let before_a = settled_state(&pair.a);
+    let before_b = settled_state(&pair.b);
+
+    // A short queue: a stopped alagg holds only the first few packets.
+    let (a, b) = pair.up_edited(2, |text| {
+        text.replace("[capture]\n", "[capture]\nqueue_max_len = 2\n")
+    });
+    let through_alagg = |context: &str| {
+        for target in [B4, B6] {
+            let out = ping(&pair.a, &["-c", "5", "-i", "0.05", "-W", "2", target]);
+            assert!(
+                out.contains(" 0% packet loss"),
+                "{context}: {target}:\n{out}"
+            );
+        }
+        let status = status_json(&pair.a);
+        status.delivery.delivered
+    };
+    let delivered = through_alagg("alagg up");
+    assert!(
+        delivered >= 10,
+        "alagg delivered {delivered} of the replies"
+    );
+
+    // Both stopped: bound to their queues and reading nothing. Once a queue is full the
+    // kernel lets packets pass; they take the host routes.
+    a.pause();
+    b.pause();
+    for target in [B4, B6] {
+        let out = ping(&pair.a, &["-c", "20", "-i", "0.05", "-W", "1", target]);
+        let received = ping_received(&out);
+        assert!(
+            received >= 14,
+            "{received} of 20 echoes to {target} came back while alagg was stopped:\n{out}"
+        );
+    }
+    a.resume();
+    b.resume();
+    let after = through_alagg("alagg resumed");
+    assert!(
+        after >= delivered + 10,
+        "alagg carried nothing after resuming: {delivered} -> {after}"
+    );
+
+    // Both killed: no listener, so nothing waits; the rules stay until `alagg down`.
+    a.kill();
+    b.kill();
+    for target in [B4, B6] {
+        let out = ping(&pair.a, &["-c", "5", "-i", "0.05", "-W", "2", target]);
+        assert!(
+            out.contains(" 0% packet loss"),
+            "killed alagg: {target}:\n{out}"
+        );
+    }
+    for (ns, host, before) in [(&pair.a, 0xa, &before_a), (&pair.b, 0xb, &before_b)] {
+        let output = ns
+            .command(ALAGG)
+            .args(["down", "--config"])
+            .arg(pair.config(host, 2))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(
+            &host_state(ns),
+            before,
+            "alagg down left changes on host {host:x}"
+        );
+    }
+}

@@ -53,6 +53,7 @@ fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
             tcp: config.capture.gso_queue(),
         },
         queue_max_len: config.capture.queue_max_len,
+        fwmark: config.capture.fwmark,
         receiver,
         scheduler: config.scheduler.mode.scheduler(),
         bundle: config.scheduler.bundle,

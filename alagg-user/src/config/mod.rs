@@ -52,6 +52,11 @@ pub const REORDER_CAPACITY_RANGE: RangeInclusive<u32> = 1..=65_536;
 pub const TUN_MTU_RANGE: RangeInclusive<u32> = 68..=65_535;
 /// Least MTU of a link carrying IPv6 (RFC 8200, section 5).
 pub const IPV6_MIN_MTU: u32 = 1280;
+/// Default `capture.fwmark`: one bit that Kubernetes (0x4000, 0x8000), Cilium (0x0f00),
+/// Calico (0xffff0000), Tailscale (0xff0000) and wg-quick (0xca6c, on its own sockets'
+/// packets only) leave alone.
+pub const DEFAULT_FWMARK: u32 = 0x2000;
+
 /// Range of `capture.queue_max_len`.
 pub const QUEUE_MAX_LEN_RANGE: RangeInclusive<u32> = 1..=(1 << 20);
 /// Range of `link.weight` (accepted and ignored).
@@ -156,6 +161,9 @@ pub struct Capture {
     pub fail_open: bool,
     /// Most packets the kernel holds for alagg per queue (`NFQA_CFG_QUEUE_MAXLEN`). Default 4096.
     pub queue_max_len: u32,
+    /// Firewall mark bits alagg sets on packets to the destinations, with `fail_open`, so that
+    /// those it lets pass take the host's own route ([`crate::host`]). Default 0x2000.
+    pub fwmark: u32,
     /// Capture TCP whole, as the stack built it (GSO packets of up to 64 KiB), on queues of
     /// its own, one per worker ([`Capture::gso_queue`]); alagg fragments those packets itself and completes their
     /// checksums, so far fewer packets cross NFQUEUE per byte. Other traffic is captured
@@ -195,6 +203,7 @@ impl Default for Capture {
             queues: 1,
             fail_open: true,
             queue_max_len: 4096,
+            fwmark: DEFAULT_FWMARK,
             gso: true,
             spread: Spread::Flow,
         }
@@ -776,7 +785,17 @@ impl Config {
             "capture.queue_max_len",
             capture.queue_max_len,
             &QUEUE_MAX_LEN_RANGE,
-        )
+        )?;
+        if capture.fwmark == 0 {
+            return Err(invalid(
+                "capture.fwmark",
+                format!(
+                    "0 sets no bit: give the mark bit(s) alagg may use, such as {DEFAULT_FWMARK:#x} \
+                     (one no other program on the host uses)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn check_tun(&self) -> Result<(), Invalid> {
@@ -1166,11 +1185,26 @@ impl fmt::Display for Plan<'_> {
             capture.queue_max_len,
             default_note(&capture.queue_max_len, &defaults.queue_max_len),
             if capture.fail_open {
-                "fail-open: packets take the normal route when alagg is not running or behind"
+                "fail-open: packets take the host's own route to the destinations (if it has \
+                 one) when alagg is not running, stopped or behind"
             } else {
                 "fail-closed: packets are dropped when alagg is not running or behind"
             },
             default_note(&capture.fail_open, &defaults.fail_open),
+        )?;
+        writeln!(
+            f,
+            "  routes through the TUN in table {:#x}; {}",
+            crate::host::route_table(&config.tun.name),
+            if capture.fail_open {
+                format!(
+                    "packets to the destinations marked {:#x}{} for the host's route",
+                    capture.fwmark,
+                    default_note(&capture.fwmark, &defaults.fwmark),
+                )
+            } else {
+                "no mark (fail-closed)".to_owned()
+            },
         )?;
 
         let scheduler = config.scheduler.mode;
@@ -1945,6 +1979,12 @@ peer_mac = "02:00:00:00:02:02"
                 BASE.replace("[capture]", "[capture]\nqueue = 65533\nqueues = 2"),
                 "capture.queue",
                 &["65533..=65536", "at most 65532"],
+            ),
+            (
+                "a fail-open mark of no bits",
+                BASE.replace("[capture]", "[capture]\nfwmark = 0"),
+                "capture.fwmark",
+                &["sets no bit", "0x2000"],
             ),
             (
                 "tun mtu too small",

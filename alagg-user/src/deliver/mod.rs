@@ -39,6 +39,7 @@ pub(crate) fn admitted<'p>(
     };
     let counter = match reject {
         ip::Reject::Source => &counters.rejected_source,
+        ip::Reject::Destination => &counters.rejected_destination,
         ip::Reject::Malformed => &counters.rejected_malformed,
     };
     counter.fetch_add(1, Relaxed);
@@ -80,6 +81,14 @@ impl<'a, W: TunWrite> Delivery<'a, W> {
             coalescer: coalesce.then(Coalescer::new),
             counters,
         }
+    }
+
+    /// The same, but knowing no route on: the TUN's MTU is the limit for every destination
+    /// (tests that must not depend on the host's routes).
+    #[cfg(test)]
+    pub(crate) fn without_route_lookups(mut self) -> Self {
+        self.path_mtu = PathMtu::unknown();
+        self
     }
 
     /// Writes one packet; TCP that does not fit the route on (the TUN's MTU, or a smaller one

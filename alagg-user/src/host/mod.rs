@@ -11,9 +11,21 @@
 //! Whether a journal's owner still runs is decided by a lock ([`InstanceLock`]), not by its
 //! pid, which a crashed instance leaves to whatever process gets it next.
 //!
-//! Rules live in a chain of alagg's own per TUN device (`ALAGG-<tun>` in the mangle table),
-//! jumped to from POSTROUTING for packets leaving through the TUN: locally generated and
-//! forwarded traffic alike, after routing chose alagg for it.
+//! The routes through the TUN live in a routing table of alagg's own ([`route_table`]), looked
+//! up before `main` (rule preference [`RULE_PREF`]) for packets without alagg's firewall mark,
+//! and after `main` and `default` ([`FALLBACK_PREF`]) for packets with it. Capture rules live in
+//! a chain of alagg's own per TUN device (`ALAGG-<tun>` in the mangle table), jumped to from
+//! POSTROUTING for packets to the destinations: locally generated and forwarded alike.
+//!
+//! Fail-open ([`QueueSpec::bypass`]): a chain `ALAGGM-<tun>`, jumped to from OUTPUT and from
+//! PREROUTING (packets not coming from the TUN), marks packets to the destinations before they
+//! are routed (the kernel routes a locally generated packet again when mangle OUTPUT changes
+//! its mark, `ipt_mangle_out`). Marked, they skip alagg's table and take the host's own route
+//! to the destination; where the host has none, they fall through to alagg's table after all.
+//! alagg steals what it captures whatever the route; a packet the kernel lets pass because no
+//! alagg listens or its queue is full (`--queue-bypass`) goes on that route, so traffic keeps
+//! flowing, unaggregated, while alagg is not running, is stopped or falls behind. The route
+//! chosen first, through the TUN, still sets what the sender builds for (source address, MTU).
 
 use std::{
     fmt,
@@ -96,6 +108,23 @@ fn queue_target(first: u16, count: u16) -> [String; 2] {
     } else {
         ["--queue-num".into(), first.to_string()]
     }
+}
+
+/// Preference of the rule that looks alagg's table up for packets without its mark: just before
+/// `main` (32766), where the kernel puts a rule added without a preference.
+pub(crate) const RULE_PREF: u32 = 32765;
+/// Preference of the rule that looks alagg's table up after `main` and `default` (32767): for
+/// marked packets the host has no route for.
+pub(crate) const FALLBACK_PREF: u32 = 32768;
+
+/// alagg's routing table for TUN device `tun`: a number derived from the name (FNV-1a), so
+/// that every instance has its own and `alagg down` finds a killed one's, in
+/// `0x616c_0000..=0x616c_ffff` ("al"), far from the tables people number by hand.
+pub(crate) fn route_table(tun: &str) -> u32 {
+    let hash = tun.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    0x616c_0000 | ((hash >> 16) ^ (hash & 0xffff))
 }
 
 /// Runs one command of a host change or of its undo: [`run`], but for tests.
@@ -396,7 +425,7 @@ impl HostSetup {
         Ok(())
     }
 
-    /// Routes `destination` through `tun` with `mtu`.
+    /// Routes `destination` through `tun` with `mtu`, in alagg's table for `tun`.
     pub(crate) fn route(
         &mut self,
         destination: &IpNet,
@@ -406,6 +435,7 @@ impl HostSetup {
         let family = Family::of(destination);
         let net = destination.to_string();
         let mtu = mtu.to_string();
+        let table = route_table(tun).to_string();
         let mut args = vec![
             family.ip_flag(),
             "route",
@@ -415,23 +445,68 @@ impl HostSetup {
             tun,
             "mtu",
             &mtu,
+            "table",
+            &table,
         ];
         if family == Family::V4 {
             // A device route has scope link by default, which would make the TUN's link-scope
             // address the source of local traffic; scope global keeps the host's own.
             args.extend(["scope", "global"]);
         }
-        let undo = argv(&["ip", family.ip_flag(), "route", "del", &net, "dev", tun]);
+        let undo = argv(&[
+            "ip",
+            family.ip_flag(),
+            "route",
+            "del",
+            &net,
+            "dev",
+            tun,
+            "table",
+            &table,
+        ]);
         self.change("ip", &args, undo)
     }
 
-    /// Installs the NFQUEUE rules that capture traffic to `destinations` leaving through `tun`.
+    /// Adds the policy rules that look alagg's table for `tun` up (see the module
+    /// documentation), for each family among `destinations`.
+    pub(crate) fn rules(
+        &mut self,
+        tun: &str,
+        destinations: &[IpNet],
+        fwmark: u32,
+    ) -> Result<(), HostError> {
+        let table = route_table(tun).to_string();
+        let mark = format!("{fwmark:#x}/{fwmark:#x}");
+        let (pref, fallback) = (RULE_PREF.to_string(), FALLBACK_PREF.to_string());
+        for family in [Family::V4, Family::V6] {
+            if !destinations.iter().any(|net| Family::of(net) == family) {
+                continue;
+            }
+            for selector in [
+                &["not", "fwmark", &mark, "table", &table, "pref", &pref][..],
+                &["table", &table, "pref", &fallback][..],
+            ] {
+                let add = [&[family.ip_flag(), "rule", "add"][..], selector].concat();
+                let undo = [&["ip", family.ip_flag(), "rule", "del"][..], selector].concat();
+                self.change("ip", &add, argv(&undo))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs the NFQUEUE rules that capture traffic to `destinations`, and with
+    /// [`QueueSpec::bypass`] the rules that give what passes uncaptured `fwmark`, for the
+    /// host's own route.
     pub(crate) fn capture(
         &mut self,
         tun: &str,
         destinations: &[IpNet],
         queue: QueueSpec,
+        fwmark: u32,
     ) -> Result<(), HostError> {
+        if queue.bypass {
+            self.mark(tun, destinations, fwmark)?;
+        }
         let chain = chain_name(tun);
         for family in [Family::V4, Family::V6] {
             let nets: Vec<&IpNet> = destinations
@@ -479,42 +554,112 @@ impl HostSetup {
                 }
                 (self.runner)(iptables, &rule)?;
             }
-            let jump = ["POSTROUTING", "-o", tun, "-j", &chain];
-            self.change(
-                iptables,
-                &[&["-w", "-t", "mangle", "-I"], &jump[..]].concat(),
-                argv(&[&[iptables, "-w", "-t", "mangle", "-D"], &jump[..]].concat()),
-            )?;
+            self.jump(iptables, &["POSTROUTING", "-j", &chain])?;
         }
         Ok(())
+    }
+
+    /// The fail-open marks: chain `ALAGGM-<tun>` marks packets to `destinations` with `fwmark`,
+    /// from OUTPUT and from PREROUTING for packets not coming from `tun`.
+    fn mark(&mut self, tun: &str, destinations: &[IpNet], fwmark: u32) -> Result<(), HostError> {
+        let chain = mark_chain_name(tun);
+        let mark = format!("{fwmark:#x}/{fwmark:#x}");
+        for family in [Family::V4, Family::V6] {
+            let nets: Vec<String> = destinations
+                .iter()
+                .filter(|net| Family::of(net) == family)
+                .map(IpNet::to_string)
+                .collect();
+            if nets.is_empty() {
+                continue;
+            }
+            let iptables = family.iptables();
+            self.change(
+                iptables,
+                &["-w", "-t", "mangle", "-N", &chain],
+                argv(&[iptables, "-w", "-t", "mangle", "-X", &chain]),
+            )?;
+            self.record(argv(&[iptables, "-w", "-t", "mangle", "-F", &chain]))?;
+            for net in &nets {
+                (self.runner)(
+                    iptables,
+                    &[
+                        "-w",
+                        "-t",
+                        "mangle",
+                        "-A",
+                        &chain,
+                        "-d",
+                        net,
+                        "-j",
+                        "MARK",
+                        "--set-xmark",
+                        &mark,
+                    ],
+                )?;
+            }
+            self.jump(iptables, &["OUTPUT", "-j", &chain])?;
+            self.jump(iptables, &["PREROUTING", "!", "-i", tun, "-j", &chain])?;
+        }
+        Ok(())
+    }
+
+    /// Inserts `rule` (a built-in chain of the mangle table and its match and target) at the
+    /// head of its chain.
+    fn jump(&mut self, iptables: &str, rule: &[&str]) -> Result<(), HostError> {
+        self.change(
+            iptables,
+            &[&["-w", "-t", "mangle", "-I"], rule].concat(),
+            argv(&[&[iptables, "-w", "-t", "mangle", "-D"], rule].concat()),
+        )
     }
 
     /// Removes the capture rules a killed alagg left for `tun` (its chain and the jump to it).
     /// Only called once this process owns the TUN device, so no live instance uses them.
     /// Returns whether there were any.
     pub(crate) fn remove_stale_capture(&mut self, tun: &str) -> bool {
-        let chain = chain_name(tun);
+        let (chain, marks) = (chain_name(tun), mark_chain_name(tun));
         let mut found = false;
         for family in [Family::V4, Family::V6] {
             let iptables = family.iptables();
-            if run(iptables, &["-w", "-t", "mangle", "-S", &chain]).is_err() {
-                continue;
+            // (the chain, the jumps to it: today's, and the one of alagg before fail-open marks)
+            let rules = [
+                (
+                    &chain,
+                    vec![
+                        vec!["POSTROUTING", "-j", &chain],
+                        vec!["POSTROUTING", "-o", tun, "-j", &chain],
+                    ],
+                ),
+                (
+                    &marks,
+                    vec![
+                        vec!["OUTPUT", "-j", &marks],
+                        vec!["PREROUTING", "!", "-i", tun, "-j", &marks],
+                    ],
+                ),
+            ];
+            for (chain, jumps) in rules {
+                if run(iptables, &["-w", "-t", "mangle", "-S", chain]).is_err() {
+                    continue;
+                }
+                found = true;
+                tracing::warn!(
+                    chain,
+                    iptables,
+                    "removing capture rules left by an alagg that did not stop cleanly"
+                );
+                for jump in jumps {
+                    let delete = [&["-w", "-t", "mangle", "-D"][..], &jump].concat();
+                    while run(iptables, &delete).is_ok() {}
+                }
+                let _ = run(iptables, &["-w", "-t", "mangle", "-F", chain]);
+                let _ = run(iptables, &["-w", "-t", "mangle", "-X", chain]);
             }
-            found = true;
-            tracing::warn!(
-                chain,
-                iptables,
-                "removing capture rules left by an alagg that did not stop cleanly"
-            );
-            let jump = ["POSTROUTING", "-o", tun, "-j", &chain];
-            while run(
-                iptables,
-                &[&["-w", "-t", "mangle", "-D"], &jump[..]].concat(),
-            )
-            .is_ok()
-            {}
-            let _ = run(iptables, &["-w", "-t", "mangle", "-F", &chain]);
-            let _ = run(iptables, &["-w", "-t", "mangle", "-X", &chain]);
+            let table = route_table(tun).to_string();
+            while run("ip", &[family.ip_flag(), "rule", "del", "table", &table]).is_ok() {
+                found = true;
+            }
         }
         found
     }
@@ -565,6 +710,11 @@ pub(crate) fn chain_name(tun: &str) -> String {
     format!("ALAGG-{tun}")
 }
 
+/// alagg's iptables chain of fail-open marks for `tun`.
+pub(crate) fn mark_chain_name(tun: &str) -> String {
+    format!("ALAGGM-{tun}")
+}
+
 /// The address to give the TUN device when the configuration names none: a link-local /32
 /// (RFC 3927) that never leaves the host.
 pub(crate) fn default_tun_address() -> IpNet {
@@ -590,6 +740,29 @@ fn is_already_gone(error: &HostError) -> bool {
 
 fn argv(args: &[&str]) -> Vec<String> {
     args.iter().map(|&a| a.to_owned()).collect()
+}
+
+/// The device a packet to `destination` marked `fwmark` leaves through: where fail-open sends
+/// what alagg lets pass. `None` when the host has no route to it at all.
+pub(crate) fn fail_open_device(destination: &IpNet, fwmark: u32) -> Option<String> {
+    let family = Family::of(destination);
+    let (address, mark) = (destination.addr().to_string(), format!("{fwmark:#x}"));
+    let output = Command::new("ip")
+        .args([
+            family.ip_flag(),
+            "-o",
+            "route",
+            "get",
+            &address,
+            "mark",
+            &mark,
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut words = text.split_whitespace();
+    words.find(|&w| w == "dev")?;
+    words.next().map(str::to_owned)
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), HostError> {
@@ -709,38 +882,65 @@ mod tests {
         let v6: IpNet = "fd00::/64".parse().unwrap();
         setup.route(&v4, "alagg-nx9", 1400).unwrap();
         setup.route(&v6, "alagg-nx9", 1400).unwrap();
-        setup.capture("alagg-nx9", &[v4, v6], queue_spec()).unwrap();
+        setup.rules("alagg-nx9", &[v4, v6], 0x2000).unwrap();
+        setup
+            .capture("alagg-nx9", &[v4, v6], queue_spec(), 0x2000)
+            .unwrap();
         // Fails at the rp_filter of a device that does not exist, after its address.
         let _ = setup.prepare_tun("alagg-nx9", 1400, default_tun_address());
         // (a command that changes the host, the undo the journal must hold when it runs)
         let cases = [
             (
                 "ip -4 route add 10.0.9.0/24",
-                "ip -4 route del 10.0.9.0/24 dev alagg-nx9",
+                "ip -4 route del 10.0.9.0/24 dev alagg-nx9 table 1634494338",
             ),
             (
                 "ip -6 route add fd00::/64",
-                "ip -6 route del fd00::/64 dev alagg-nx9",
+                "ip -6 route del fd00::/64 dev alagg-nx9 table 1634494338",
             ),
             (
-                "iptables -w -t mangle -N",
+                "iptables -w -t mangle -N ALAGG-",
                 "iptables -w -t mangle -X ALAGG-alagg-nx9",
             ),
             (
-                "iptables -w -t mangle -A",
+                "iptables -w -t mangle -A ALAGG-",
                 "iptables -w -t mangle -F ALAGG-alagg-nx9",
             ),
             (
-                "ip6tables -w -t mangle -A",
+                "ip6tables -w -t mangle -A ALAGG-",
                 "ip6tables -w -t mangle -F ALAGG-alagg-nx9",
             ),
             (
                 "iptables -w -t mangle -I POSTROUTING",
-                "iptables -w -t mangle -D POSTROUTING -o alagg-nx9 -j ALAGG-alagg-nx9",
+                "iptables -w -t mangle -D POSTROUTING -j ALAGG-alagg-nx9",
             ),
             (
                 "ip6tables -w -t mangle -I POSTROUTING",
-                "ip6tables -w -t mangle -D POSTROUTING -o alagg-nx9 -j ALAGG-alagg-nx9",
+                "ip6tables -w -t mangle -D POSTROUTING -j ALAGG-alagg-nx9",
+            ),
+            (
+                "ip -4 rule add not fwmark",
+                "ip -4 rule del not fwmark 0x2000/0x2000 table 1634494338 pref 32765",
+            ),
+            (
+                "ip -6 rule add table",
+                "ip -6 rule del table 1634494338 pref 32768",
+            ),
+            (
+                "iptables -w -t mangle -N ALAGGM",
+                "iptables -w -t mangle -X ALAGGM-alagg-nx9",
+            ),
+            (
+                "ip6tables -w -t mangle -A ALAGGM",
+                "ip6tables -w -t mangle -F ALAGGM-alagg-nx9",
+            ),
+            (
+                "iptables -w -t mangle -I OUTPUT",
+                "iptables -w -t mangle -D OUTPUT -j ALAGGM-alagg-nx9",
+            ),
+            (
+                "ip6tables -w -t mangle -I PREROUTING",
+                "ip6tables -w -t mangle -D PREROUTING ! -i alagg-nx9 -j ALAGGM-alagg-nx9",
             ),
             ("ip addr add", "ip addr del 169.254.88.1/32 dev alagg-nx9"),
         ];
@@ -778,7 +978,9 @@ mod tests {
         let mut setup = fake_setup(&dir);
         let net: IpNet = "10.0.9.0/24".parse().unwrap();
         setup.route(&net, "alagg-nx9", 1400).unwrap();
-        setup.capture("alagg-nx9", &[net], queue_spec()).unwrap();
+        setup
+            .capture("alagg-nx9", &[net], queue_spec(), 0x2000)
+            .unwrap();
         FAIL.with_borrow_mut(|fail| *fail = Some("route del"));
         let errors = setup.teardown();
         assert_eq!(errors.len(), 1, "{errors:?}");
@@ -794,7 +996,9 @@ mod tests {
                 "del",
                 "10.0.9.0/24",
                 "dev",
-                "alagg-nx9"
+                "alagg-nx9",
+                "table",
+                "1634494338"
             ]
             .join(&SEP.to_string())],
             "only the failed undo stays"
@@ -892,9 +1096,28 @@ mod tests {
     }
 
     #[test]
+    fn route_tables_are_alaggs_own_and_differ_by_device() {
+        let names = [
+            "alagg0",
+            "alagg1",
+            "alagg-nx9",
+            "x",
+            "tun0",
+            "alagg0.site-b",
+        ];
+        let tables: std::collections::HashSet<u32> = names.iter().map(|n| route_table(n)).collect();
+        assert_eq!(tables.len(), names.len(), "{tables:x?}");
+        for table in tables {
+            assert_eq!(table >> 16, 0x616c, "{table:#x}");
+        }
+        assert_eq!(route_table("alagg0"), route_table("alagg0"));
+    }
+
+    #[test]
     fn chain_names_fit_iptables() {
         assert_eq!(chain_name("alagg0"), "ALAGG-alagg0");
         assert!(chain_name("fifteen-chars-x").len() <= 28);
+        assert!(mark_chain_name("fifteen-chars-x").len() <= 28);
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub(crate) struct DatapathConfig {
     pub(crate) queue: QueueSpec,
     /// Packets the kernel queues for alagg before fail-open (or drop) applies.
     pub(crate) queue_max_len: u32,
+    /// Mark bits for packets to the destinations with fail-open (`capture.fwmark`).
+    pub(crate) fwmark: u32,
     /// Engine settings.
     pub(crate) receiver: ReceiverConfig,
     /// Which links each packet goes on: each capture worker gets a copy of this one.
@@ -240,6 +242,7 @@ impl Datapath {
         for destination in &config.destinations {
             host.route(destination, tun.name(), tun_mtu)?;
         }
+        host.rules(tun.name(), &config.destinations, config.fwmark)?;
 
         let control = Arc::new(Control::new(config.links.len(), workers));
         let counters = Arc::new(Counters::new(config.links.len(), workers));
@@ -305,7 +308,24 @@ impl Datapath {
         let tun_name = config.tun_name.clone();
         datapath
             .host
-            .capture(&tun_name, &config.destinations, config.queue)?;
+            .capture(&tun_name, &config.destinations, config.queue, config.fwmark)?;
+        if config.queue.bypass {
+            for destination in &config.destinations {
+                match crate::host::fail_open_device(destination, config.fwmark) {
+                    Some(device) if device != tun_name => tracing::info!(
+                        %destination,
+                        device,
+                        "fail-open: while alagg is stopped or behind, packets to it take the \
+                         host's own route"
+                    ),
+                    _ => tracing::warn!(
+                        %destination,
+                        "fail-open: the host has no route of its own to it, so packets alagg \
+                         lets pass while stopped or behind are lost"
+                    ),
+                }
+            }
+        }
         Ok(datapath)
     }
 

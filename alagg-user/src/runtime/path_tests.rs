@@ -200,7 +200,7 @@ fn destinations() -> Vec<IpNet> {
     vec!["192.0.2.0/24".parse().unwrap()]
 }
 
-/// An IPv4 packet from 192.0.2.1 of `len` bytes (at least 20) carrying experimental protocol
+/// An IPv4 packet from 192.0.2.1 to 198.51.100.2 of `len` bytes (at least 20) carrying experimental protocol
 /// 253 and `id` in its first payload bytes, the rest seeded noise.
 fn packet(id: u32, len: usize, rng: &mut Rng) -> Vec<u8> {
     let mut p = vec![0u8; len.max(24)];
@@ -210,7 +210,7 @@ fn packet(id: u32, len: usize, rng: &mut Rng) -> Vec<u8> {
     p[8] = 64;
     p[9] = 253;
     p[12..16].copy_from_slice(&[192, 0, 2, 1]);
-    p[16..20].copy_from_slice(&[192, 0, 2, 2]);
+    p[16..20].copy_from_slice(&[198, 51, 100, 2]);
     p[20..24].copy_from_slice(&id.to_be_bytes());
     for byte in &mut p[24..] {
         *byte = rng.next() as u8;
@@ -333,7 +333,8 @@ impl Fixture {
             receiver = receiver.with_keyring(keyring);
         }
         let receiver = super::admitting(receiver, &destinations(), &self.counters);
-        let delivery = Delivery::new(&self.tun, 1480, false, &self.counters.receiver.delivery);
+        let delivery = Delivery::new(&self.tun, 1480, false, &self.counters.receiver.delivery)
+            .without_route_lookups();
         let receive = Receive::new(rx_links, receiver, delivery, &self.counters, &self.control);
         Path {
             queue,
@@ -629,6 +630,38 @@ fn a_forged_packet_the_host_refuses_costs_no_genuine_packet() {
 }
 
 #[test]
+fn a_packet_to_the_peers_own_networks_is_refused_and_costs_no_genuine_packet() {
+    // A forged frame whose packet comes from the peer's networks but goes to them too (it
+    // would be routed straight back through alagg) is refused and counted before it takes
+    // its number, like one from outside.
+    let fixture = Fixture::new(1);
+    let mut path = fixture.path(&[Impairment::default()], false, 13);
+    let sent = packets(20, 1000, 14);
+    path.queue_mut()
+        .waiting
+        .extend(sent.iter().map(|p| (p.clone(), false, false)));
+    path.queue.turn(path.now);
+    let frames = data_frames(&path.wires[0].0);
+    {
+        let mut arrived = path.wires[0].1.borrow_mut();
+        for frame in &frames {
+            let mut forged = frame.clone();
+            // The IPv4 destination of the packet after the 36-byte data header: 192.0.2.9.
+            let destination = ETH_HDR_LEN + wire::DATA_HEADER_LEN + 16;
+            forged[destination..destination + 4].copy_from_slice(&[192, 0, 2, 9]);
+            arrived.extend([forged, frame.clone()]);
+        }
+    }
+    path.receive.turn(path.now);
+    assert_eq!(
+        written_ids(&fixture.tun, &sent),
+        (0..20).collect::<Vec<_>>()
+    );
+    assert_eq!(fixture.counters.delivery().rejected_destination, 20);
+    assert_eq!(fixture.counters.delivery().rejected_source, 0);
+}
+
+#[test]
 fn a_flooded_link_does_not_keep_the_other_waiting() {
     // Link 0 holds 5 000 frames (copies of one genuine frame), link 1 one genuine frame: the
     // first turn takes a bounded share of link 0 and link 1's frame too; later turns take
@@ -890,14 +923,14 @@ fn what_a_failed_link_carried_last_is_sent_again_on_another() {
     assert!(fixture.counters.link(1).0.tx_resent > 0);
 }
 
-/// A valid IPv4 TCP packet from 192.0.2.1 with `payload` (checksums right), sequence `seq`.
+/// A valid IPv4 TCP packet from 192.0.2.1 to 198.51.100.2 with `payload` (checksums right), sequence `seq`.
 fn tcp_packet(payload: &[u8], seq: u32) -> Vec<u8> {
     let mut p = vec![0u8; 40 + payload.len()];
     p[0] = 0x45;
     p[8] = 64;
     p[9] = 6;
     p[12..16].copy_from_slice(&[192, 0, 2, 1]);
-    p[16..20].copy_from_slice(&[192, 0, 2, 2]);
+    p[16..20].copy_from_slice(&[198, 51, 100, 2]);
     p[20..22].copy_from_slice(&4000u16.to_be_bytes());
     p[22..24].copy_from_slice(&5000u16.to_be_bytes());
     p[24..28].copy_from_slice(&seq.to_be_bytes());

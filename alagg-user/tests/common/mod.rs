@@ -78,6 +78,9 @@ impl Alagg {
         let pid = i32::try_from(self.child.id()).unwrap_or(0);
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGTERM) };
+        // A process a test stopped (SIGSTOP) must run to act on it.
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -193,6 +196,8 @@ pub fn host_state(ns: &Netns) -> String {
         ("ip", &["-d", "link", "show"][..]),
         ("ip", &["route", "show", "table", "all"][..]),
         ("ip", &["-6", "route", "show", "table", "all"][..]),
+        ("ip", &["rule", "show"][..]),
+        ("ip", &["-6", "rule", "show"][..]),
         ("ip", &["addr", "show"][..]),
     ] {
         let out = ns.exec(program, args).unwrap_or_else(|e| e.to_string());
@@ -242,6 +247,14 @@ fn summary_line(log: &str) -> &str {
         .unwrap_or_else(|| panic!("no summary line in:\n{log}"))
 }
 
+/// How many echo replies `ping` reported ("N received").
+pub fn ping_received(out: &str) -> u32 {
+    out.split(',')
+        .find_map(|part| part.trim().strip_suffix(" received"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no \"received\" in ping's output:\n{out}"))
+}
+
 /// The number after `name=` in alagg's exit summary.
 pub fn summary_value(log: &str, name: &str) -> u64 {
     let line = summary_line(log);
@@ -288,6 +301,24 @@ impl Alagg {
         let _ = self.child.kill();
         let _ = self.child.wait();
         (false, self.log())
+    }
+
+    /// Stops the process (SIGSTOP) without ending it: a stalled alagg, bound to its queues
+    /// and reading nothing. [`Alagg::resume`] lets it go on; dropping it resumes it too.
+    pub fn pause(&self) {
+        self.send(libc::SIGSTOP);
+    }
+
+    /// Lets a process stopped by [`Alagg::pause`] go on (SIGCONT).
+    pub fn resume(&self) {
+        self.send(libc::SIGCONT);
+    }
+
+    fn send(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap_or(0);
+        // SAFETY: kill has no memory-safety preconditions.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "kill({pid}, {signal})");
     }
 
     /// SIGKILL: no teardown at all, as after a crash.
