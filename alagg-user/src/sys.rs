@@ -250,6 +250,75 @@ pub(crate) fn run_dir() -> PathBuf {
     }
 }
 
+/// A netlink route socket subscribed to link notifications (`RTMGRP_LINK`, rtnetlink(7)): the
+/// kernel sends a message on it whenever an interface changes (carrier, up/down, added,
+/// removed). alagg only wakes on them and then reads the interfaces' state from sysfs, so the
+/// messages are drained unread.
+#[derive(Debug)]
+pub(crate) struct LinkEvents(std::os::fd::OwnedFd);
+
+impl LinkEvents {
+    /// Opens and binds the socket (non-blocking).
+    pub(crate) fn open() -> io::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a socket just created and owned by nothing else.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_nl is plain data, valid when zeroed.
+        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        address.nl_groups = libc::RTMGRP_LINK as u32;
+        // SAFETY: `address` is a valid sockaddr_nl for the length passed, alive for the call.
+        let bound = unsafe {
+            libc::bind(
+                fd,
+                (&raw const address).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if bound < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self(owned))
+    }
+
+    /// Waits up to `timeout` for notifications; drains them and returns whether any came
+    /// (a receive-buffer overrun, `ENOBUFS`, counts as one: something changed).
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let fd = self.0.as_raw_fd();
+        if !wait_readable(fd, timeout) {
+            return false;
+        }
+        let mut buf = [0u8; 8192];
+        let mut any = false;
+        loop {
+            // SAFETY: `buf` is valid for writes of its length for the call.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                any = true;
+                continue;
+            }
+            let error = io::Error::last_os_error();
+            if n < 0 && error.raw_os_error() == Some(libc::ENOBUFS) {
+                any = true;
+                continue;
+            }
+            return any;
+        }
+    }
+}
+
 /// One preallocated buffer cut into equal slots, and the `mmsghdr`s and `iovec`s that point
 /// into them: the set-up `recvmmsg(2)` and `sendmmsg(2)` need, made once and reused, so a
 /// batch of datagrams costs one syscall and no allocation. Each header names one slot alone

@@ -4,8 +4,8 @@
 //! Input: a byte that picks a prefix length, then the packet. `check` must agree with an
 //! oracle written from RFC 791 / RFC 8200 (accepted exactly when the header is sane, trimmed
 //! to the header's length, never longer than the buffer, the source read from the header);
-//! `admit` must accept exactly the packets `check` accepts whose source is in the networks,
-//! and hand back the same bytes; a completed transport checksum must verify and change nothing
+//! `admit` must accept exactly the packets `check` accepts whose source is in the networks and
+//! whose destination is not (nor unspecified or loopback), and hand back the same bytes; a completed transport checksum must verify and change nothing
 //! but the checksum field.
 #![no_main]
 
@@ -73,10 +73,21 @@ fn check_admission(packet: &[u8], prefix: u8) {
             assert_eq!(from, source(packet));
             assert!(ip::destination(trimmed).is_some());
             let (own, other) = networks(from, prefix);
-            assert_eq!(ip::admit(packet, &[own]), Ok(trimmed));
+            let to = ip::destination(trimmed).expect("a sane packet has a destination");
+            // Admitted from the source's network unless the destination is in the networks
+            // too, or unspecified or loopback.
+            let expected = |nets: &[IpNet]| {
+                if to.is_unspecified() || to.is_loopback() || nets.iter().any(|n| n.contains(&to))
+                {
+                    Err(Reject::Destination)
+                } else {
+                    Ok(trimmed)
+                }
+            };
+            assert_eq!(ip::admit(packet, &[own]), expected(&[own]));
             if let Some(other) = other {
                 assert_eq!(ip::admit(packet, &[other]), Err(Reject::Source));
-                assert_eq!(ip::admit(packet, &[other, own]), Ok(trimmed));
+                assert_eq!(ip::admit(packet, &[other, own]), expected(&[other, own]));
             }
             assert_eq!(ip::admit(packet, &[]), Err(Reject::Source));
         }

@@ -1,7 +1,10 @@
 //! `alagg up`: the aggregator in the foreground until SIGINT, SIGTERM or another terminating
 //! signal ([`TERMINATING`](crate::host::signals::TERMINATING)).
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use alagg_proto::{ReceiverConfig, auth::SiteKey};
 use anyhow::{Context as _, bail};
@@ -12,6 +15,7 @@ use crate::{
     link::LinkPlan,
     ops::{control::ControlServer, metrics::MetricsServer},
     runtime::{Datapath, DatapathConfig},
+    sys::LinkEvents,
 };
 
 /// What the runtime runs with, from a validated configuration and its key (`[auth]`).
@@ -140,13 +144,37 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
         control = %socket.display(),
         "alagg is up"
     );
-    // Links are looked at twice a second: down, gone and back are acted on and logged once.
+    // Links are looked at twice a second, and at once when the kernel reports a change of an
+    // interface (carrier lost, set down, removed): down, gone and back are acted on and logged
+    // once. Signals are looked at every WAKE.
+    const WAKE: Duration = Duration::from_millis(50);
+    const LOOK_EVERY: Duration = Duration::from_millis(500);
+    let events = LinkEvents::open()
+        .inspect_err(|error| {
+            tracing::warn!(
+                %error,
+                "no link notifications (netlink): links are looked at twice a second only"
+            );
+        })
+        .ok();
+    let mut looked = Instant::now();
     let mut failed = false;
     loop {
-        if let Some(signal) = signals.wait(Duration::from_millis(500)) {
+        let changed = match &events {
+            Some(events) => events.wait(WAKE),
+            None => {
+                std::thread::sleep(WAKE);
+                false
+            }
+        };
+        if let Some(signal) = signals.wait(Duration::ZERO) {
             tracing::info!(signal, "signal received");
             break;
         }
+        if !changed && looked.elapsed() < LOOK_EVERY {
+            continue;
+        }
+        looked = Instant::now();
         datapath.monitor();
         if !datapath.workers_alive() {
             tracing::error!("a worker thread stopped unexpectedly; shutting down");
