@@ -22,9 +22,13 @@
 //! (`sendmmsg`), counted by a receiver thread (`recvmmsg`) on host B, as packets per second
 //! delivered; one TCP flow and four (iperf3), as Gbit/s received; ping, 5 ms apart, RTT p50 and
 //! p99. Then, with every link limited to 200 Mbit/s, with link 0 at 200 and the others at 100
-//! Mbit/s (the direct path takes link 0), and with 5 % random loss on every link, one TCP flow
-//! over `direct`, MPTCP and alagg on two links (redundant, stripe, adaptive; median of three
-//! runs): where aggregation shows.
+//! Mbit/s (the direct path takes link 0), with link 0 at 200 Mbit/s and 5 ms one-way delay and
+//! the others at 100 and 25 ms (the testbed's user-space relay), and with 5 % random loss on
+//! every link, one TCP flow over `direct`, MPTCP and alagg on two links (redundant, stripe,
+//! adaptive; median of three runs): where aggregation shows. Last, per mode (redundant, stripe,
+//! backup, adaptive), numbered UDP streams of 2 000 datagrams/s: link 0 falling silent after
+//! 1 s (loss, longest gap between arrivals) and link 0 losing 3 % (loss, and alagg's bytes on
+//! the links per byte delivered).
 //!
 //! Everything runs on this machine (both hosts, the generator and the wire), so absolute
 //! figures are those of a shared 2-core box; the ratios between configurations measured in the
@@ -84,8 +88,18 @@ const STRIPE_NAME: &str = "alagg 2 links, stripe";
 /// `[scheduler] mode = "adaptive"`: striped, a second copy where a link is lossy.
 const ADAPTIVE: (&str, &str) = ("-adaptive", "\n[scheduler]\nmode = \"adaptive\"\n");
 const ADAPTIVE_NAME: &str = "alagg 2 links, adaptive";
+/// `[scheduler] mode = "backup"`: everything on link 0 while it is healthy.
+const BACKUP: (&str, &str) = ("-backup", "\n[scheduler]\nmode = \"backup\"\n");
+const BACKUP_NAME: &str = "alagg 2 links, backup";
+/// The configurations of the numbered UDP streams ([`streams`]).
+const STREAMED: [&str; 4] = ["alagg 2 links", STRIPE_NAME, BACKUP_NAME, ADAPTIVE_NAME];
+/// The numbered UDP streams: datagrams a millisecond, payload bytes.
+const STREAM_PER_MS: u32 = 2;
+const STREAM_PAYLOAD: usize = 1000;
+/// Loss on link 0 in the lossy-link stream.
+const STREAM_LOSS_PERCENT: u8 = 3;
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 18] = [
+const CONFIGS: [&str; 19] = [
     "direct",
     "nfqueue steal",
     "mptcp 2 links",
@@ -101,6 +115,7 @@ const CONFIGS: [&str; 18] = [
     AUTH_ENCRYPT_NAME,
     STRIPE_NAME,
     ADAPTIVE_NAME,
+    BACKUP_NAME,
     "veth: direct",
     "veth: nfqueue steal",
     "veth: alagg 2 links",
@@ -327,7 +342,7 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
             "\n-- alagg 2 links without UDP coalescing: the baseline coalescing is measured against"
         );
         let pair = AlaggPair::start(&alagg, &bed, 2, &dir, UNCOALESCED)?;
-        measure_udp(&bed, "alagg 2 links, uncoalesced", &durations, &mut results)?;
+        measure_udp(&bed, "alagg 2 links, uncoalesced", &durations, &mut results, Some(&pair))?;
         pair.check_alive()?;
         pair.stop();
     }
@@ -403,7 +418,12 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         pair.stop();
     }
 
-    for impairment in [Impairment::Rate, Impairment::Unequal, Impairment::Loss] {
+    for impairment in [
+        Impairment::Rate,
+        Impairment::Unequal,
+        Impairment::Delayed,
+        Impairment::Loss,
+    ] {
         if !only.wants_any(&IMPAIRED) {
             continue;
         }
@@ -422,6 +442,14 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         for link in 0..LINKS {
             impairment.apply(&bed, link, false)?;
         }
+    }
+    if only.wants_any(&STREAMED) {
+        println!(
+            "\n-- numbered UDP streams, {} datagrams/s of {STREAM_PAYLOAD} B: link 0 falls silent \
+             after 1 s; link 0 loses {STREAM_LOSS_PERCENT} % of its frames",
+            STREAM_PER_MS * 1000
+        );
+        streams(&alagg, &bed, &dir, only, &mut results)?;
     }
     drop(bed);
 
@@ -496,6 +524,7 @@ fn plots(results: &Results, dir: &Path) -> anyhow::Result<Vec<String>> {
     let rate = Impairment::Rate.workload();
     let unequal = Impairment::Unequal.workload();
     let loss = Impairment::Loss.workload();
+    let delayed = Impairment::Delayed.workload();
     let charts: [(&str, &str, &str, Vec<&str>); 4] = [
         (
             "tcp.png",
@@ -507,7 +536,12 @@ fn plots(results: &Results, dir: &Path) -> anyhow::Result<Vec<String>> {
             "impaired.png",
             "One TCP flow on impaired links",
             "Gbit/s",
-            vec![rate.as_str(), unequal.as_str(), loss.as_str()],
+            vec![
+                rate.as_str(),
+                unequal.as_str(),
+                delayed.as_str(),
+                loss.as_str(),
+            ],
         ),
         (
             "udp.png",
@@ -562,13 +596,20 @@ fn measure_all(
     results: &mut Results,
     pair: Option<&AlaggPair>,
 ) -> anyhow::Result<()> {
-    measure_udp(bed, config, durations, results)?;
-    results.add(
-        config,
-        "tcp 1 flow",
-        iperf(bed, 1, durations.tcp_secs)?,
-        "Gbit/s",
-    );
+    measure_udp(bed, config, durations, results, pair)?;
+    let cpu = pair.map(AlaggPair::cpu_time);
+    let gbits = iperf(bed, 1, durations.tcp_secs)?;
+    results.add(config, "tcp 1 flow", gbits, "Gbit/s");
+    if let (Some(pair), Some(before)) = (pair, cpu) {
+        let megabytes = gbits * f64::from(durations.tcp_secs) * 1e9 / 8.0 / 1e6;
+        let used = (pair.cpu_time() - before).as_secs_f64();
+        results.add(
+            config,
+            "tcp 1 flow: CPU per MB",
+            used * 1e6 / megabytes.max(1e-9),
+            "us",
+        );
+    }
     results.add(
         config,
         "tcp 4 flows",
@@ -593,7 +634,14 @@ enum Impairment {
     Unequal,
     /// [`LOSS_PERCENT`] random loss.
     Loss,
+    /// Unequal and distant links, through the testbed's relay: [`RATE_MBIT`] and
+    /// [`NEAR_DELAY`] one-way on link 0, half the rate and [`FAR_DELAY`] on the others.
+    Delayed,
 }
+
+/// One-way delays of the [`Impairment::Delayed`] links.
+const NEAR_DELAY: Duration = Duration::from_millis(5);
+const FAR_DELAY: Duration = Duration::from_millis(25);
 
 impl Impairment {
     fn describe(self) -> String {
@@ -604,6 +652,11 @@ impl Impairment {
                 RATE_MBIT / 2
             ),
             Impairment::Loss => format!("dropping {LOSS_PERCENT} % of their frames at random"),
+            Impairment::Delayed => format!(
+                "limited to {RATE_MBIT} Mbit/s with {NEAR_DELAY:?} one-way delay on link 0, {} \
+                 Mbit/s with {FAR_DELAY:?} on the others (user-space relay)",
+                RATE_MBIT / 2
+            ),
         }
     }
 
@@ -615,6 +668,12 @@ impl Impairment {
                 format!("tcp 1 flow, {RATE_MBIT}+{} Mbit/s links", RATE_MBIT / 2)
             }
             Impairment::Loss => format!("tcp 1 flow, {LOSS_PERCENT} % loss"),
+            Impairment::Delayed => format!(
+                "tcp 1 flow, {RATE_MBIT}+{} Mbit/s, {}/{} ms",
+                RATE_MBIT / 2,
+                NEAR_DELAY.as_millis(),
+                FAR_DELAY.as_millis()
+            ),
         }
     }
 
@@ -627,6 +686,20 @@ impl Impairment {
                 bed.set_rate(link, if on { rate } else { 0 })?;
             }
             Impairment::Loss => bed.set_loss(link, if on { LOSS_PERCENT } else { 0 })?,
+            Impairment::Delayed if on => {
+                let (rate, delay) = if link == 0 {
+                    (RATE_MBIT, NEAR_DELAY)
+                } else {
+                    (RATE_MBIT / 2, FAR_DELAY)
+                };
+                let path = alagg_testbed::Path {
+                    delay,
+                    rate_mbit: Some(rate),
+                    ..alagg_testbed::Path::default()
+                };
+                bed.set_path(link, alagg_testbed::Direction::Both, path)?;
+            }
+            Impairment::Delayed => bed.clear_path(link)?,
         }
         Ok(())
     }
@@ -668,14 +741,184 @@ fn impaired(
     Ok(())
 }
 
+/// Per mode, two numbered UDP streams from A to B over two links: in the first link 0 falls
+/// silent (every frame dropped, carrier kept) after 1 s, which costs what failure detection
+/// and the failover resend do not save (loss, and the longest time between two arrivals); in
+/// the second link 0 loses [`STREAM_LOSS_PERCENT`] % of its frames, which costs loss or extra
+/// bytes (alagg's frames sent on the links per byte of IP packet delivered).
+fn streams(
+    alagg: &Path,
+    bed: &Testbed,
+    dir: &Path,
+    only: Selection<'_>,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let modes = [
+        ("alagg 2 links", DEFAULTS),
+        (STRIPE_NAME, STRIPE),
+        (BACKUP_NAME, BACKUP),
+        (ADAPTIVE_NAME, ADAPTIVE),
+    ];
+    for (name, edit) in modes {
+        if !only.wants(name) {
+            continue;
+        }
+        let pair = AlaggPair::start(alagg, bed, 2, dir, edit)?;
+        // Feedback has made both links known up.
+        thread::sleep(Duration::from_secs(2));
+        let cut = || bed.cut(0);
+        let stream = numbered_stream(bed, 6_000, Some((Duration::from_secs(1), &cut)))?;
+        bed.heal(0)?;
+        results.add(name, "failover: loss", stream.loss_percent(), "%");
+        results.add(
+            name,
+            "failover: longest gap",
+            stream.longest_gap.as_secs_f64() * 1e3,
+            "ms",
+        );
+        // Link 0 healthy again (hold-down) before the next stream.
+        thread::sleep(Duration::from_secs(2));
+        bed.set_loss(0, STREAM_LOSS_PERCENT)?;
+        let before = wire_bytes(alagg, bed)?;
+        let stream = numbered_stream(bed, 10_000, None)?;
+        let sent = wire_bytes(alagg, bed)? - before;
+        bed.set_loss(0, 0)?;
+        let workload = format!("{STREAM_LOSS_PERCENT} % loss on link 0");
+        results.add(
+            name,
+            &format!("{workload}: loss"),
+            stream.loss_percent(),
+            "%",
+        );
+        let delivered = stream.unique.max(1) * (STREAM_PAYLOAD as u64 + 28);
+        results.add(
+            name,
+            &format!("{workload}: wire bytes per byte"),
+            sent as f64 / delivered as f64,
+            "x",
+        );
+        if stream.duplicates > 0 {
+            println!("  ({} datagrams delivered twice)", stream.duplicates);
+        }
+        pair.check_alive()?;
+        pair.stop();
+    }
+    Ok(())
+}
+
+/// What a [`numbered_stream`] delivered.
+struct Stream {
+    sent: u64,
+    unique: u64,
+    duplicates: u64,
+    longest_gap: Duration,
+}
+
+impl Stream {
+    fn loss_percent(&self) -> f64 {
+        100.0 * (self.sent - self.unique.min(self.sent)) as f64 / self.sent.max(1) as f64
+    }
+}
+
+/// Sends `count` numbered datagrams from A to B, [`STREAM_PER_MS`] a millisecond, calling
+/// `event` at its time into the stream; counts at B what arrived, once or more, and the
+/// longest time between two arrivals.
+fn numbered_stream(
+    bed: &Testbed,
+    count: u32,
+    event: Option<(Duration, &(dyn Fn() -> alagg_testbed::Result<()> + Sync))>,
+) -> anyhow::Result<Stream> {
+    let target = SocketAddr::new(B_V4, UDP_PORT + 1);
+    let receiver = bed.b.enter(|| -> std::io::Result<UdpSocket> {
+        let socket = UdpSocket::bind(target)?;
+        socket.set_read_timeout(Some(Duration::from_millis(700)))?;
+        Ok(socket)
+    })??;
+    thread::scope(|scope| {
+        let counter = scope.spawn(|| {
+            let mut seen = vec![0u8; count as usize];
+            let mut buf = [0u8; 2048];
+            let (mut last, mut longest) = (None::<Instant>, Duration::ZERO);
+            while let Ok(n) = receiver.recv(&mut buf) {
+                let now = Instant::now();
+                if let Some(last) = last {
+                    longest = longest.max(now - last);
+                }
+                last = Some(now);
+                let Some(number) = buf[..n.min(4)].try_into().ok().map(u32::from_be_bytes) else {
+                    continue;
+                };
+                if let Some(slot) = seen.get_mut(number as usize) {
+                    *slot = slot.saturating_add(1);
+                }
+            }
+            let unique = seen.iter().filter(|&&n| n > 0).count() as u64;
+            let duplicates = seen.iter().map(|&n| u64::from(n.saturating_sub(1))).sum();
+            (unique, duplicates, longest)
+        });
+        let event = scope.spawn(move || -> anyhow::Result<()> {
+            if let Some((at, event)) = event {
+                thread::sleep(at);
+                event()?;
+            }
+            Ok(())
+        });
+        let sent = bed.a.enter(|| -> std::io::Result<u64> {
+            let socket = UdpSocket::bind(SocketAddr::new(A_V4, 0))?;
+            let mut datagram = vec![0u8; STREAM_PAYLOAD];
+            let start = Instant::now();
+            for number in 0..count {
+                datagram[..4].copy_from_slice(&number.to_be_bytes());
+                socket.send_to(&datagram, target)?;
+                if number % STREAM_PER_MS == STREAM_PER_MS - 1 {
+                    let due = start + Duration::from_millis(u64::from(number / STREAM_PER_MS + 1));
+                    thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+            }
+            Ok(u64::from(count))
+        })??;
+        event
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stream's event panicked"))??;
+        let (unique, duplicates, longest_gap) = counter
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stream's receiver panicked"))?;
+        Ok(Stream {
+            sent,
+            unique,
+            duplicates,
+            longest_gap,
+        })
+    })
+}
+
+/// Bytes host A's alagg has sent on its links so far (`alagg status --json`).
+fn wire_bytes(alagg: &Path, bed: &Testbed) -> anyhow::Result<u64> {
+    let text = bed.a.exec(
+        &alagg.display().to_string(),
+        &["status", "--tun", "alagg0", "--json"],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&text).context("alagg status --json")?;
+    Ok(json
+        .get("links")
+        .and_then(serde_json::Value::as_array)
+        .context("no links in alagg status --json")?
+        .iter()
+        .filter_map(|link| link.get("tx_bytes").and_then(serde_json::Value::as_u64))
+        .sum())
+}
+
 /// UDP packets per second delivered, for every size in [`UDP_SIZES`].
+/// With `pair`, also the CPU time both alagg processes spent per delivered packet.
 fn measure_udp(
     bed: &Testbed,
     config: &str,
     durations: &Durations,
     results: &mut Results,
+    pair: Option<&AlaggPair>,
 ) -> anyhow::Result<()> {
     for size in UDP_SIZES {
+        let cpu = pair.map(AlaggPair::cpu_time);
         let (sent, received) = udp_pps(bed, size, durations.udp)?;
         results.add(
             config,
@@ -683,6 +926,15 @@ fn measure_udp(
             received as f64 / durations.udp.as_secs_f64(),
             "pps",
         );
+        if let (Some(pair), Some(before)) = (pair, cpu) {
+            let used = (pair.cpu_time() - before).as_secs_f64();
+            results.add(
+                config,
+                &format!("udp {size} B: CPU per packet"),
+                used * 1e9 / received.max(1) as f64,
+                "ns",
+            );
+        }
         if sent > 0 && received * 2 < sent {
             println!(
                 "  (offered {:.0} pps, delivered {:.1} %)",
@@ -989,6 +1241,25 @@ impl AlaggPair {
             }
         }
         Ok(pair)
+    }
+
+    /// CPU time both hosts' alagg processes have used so far: every thread's time on a CPU
+    /// (the first field of `/proc/<pid>/task/<tid>/schedstat`, in nanoseconds), the processes'
+    /// own accounting, whatever else the machine runs.
+    fn cpu_time(&self) -> Duration {
+        let mut total = 0u64;
+        for (child, _) in &self.children {
+            let tasks = PathBuf::from(format!("/proc/{}/task", child.id()));
+            for task in fs::read_dir(&tasks).into_iter().flatten().flatten() {
+                let stat = fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+                total += stat
+                    .split_whitespace()
+                    .next()
+                    .and_then(|ns| ns.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        Duration::from_nanos(total)
     }
 
     fn check_alive(&self) -> anyhow::Result<()> {
