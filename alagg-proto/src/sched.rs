@@ -213,17 +213,27 @@ impl Stripe {
 
     /// The usable link of the best class with the earliest delivery, other than `except`.
     fn earliest(&self, links: &[LinkState], except: Option<usize>) -> Option<(usize, f64)> {
+        self.earliest_of(links, |i, _| Some(i) != except)
+    }
+
+    /// The usable link of the best class among those `keep` takes, with the earliest delivery
+    /// (in seconds from now).
+    fn earliest_of(
+        &self,
+        links: &[LinkState],
+        keep: impl Fn(usize, &LinkState) -> bool,
+    ) -> Option<(usize, f64)> {
         let best_class = links
             .iter()
             .enumerate()
-            .filter(|(i, _)| Some(*i) != except)
+            .filter(|&(i, l)| keep(i, l))
             .filter_map(|(_, l)| l.class())
             .min()?;
         links
             .iter()
             .enumerate()
             .take(MAX_LINKS)
-            .filter(|(i, l)| Some(*i) != except && l.class() == Some(best_class))
+            .filter(|&(i, l)| keep(i, l) && l.class() == Some(best_class))
             .map(|(i, l)| (i, self.backlog[i] / rate_bytes(l) + one_way(l)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
@@ -298,10 +308,15 @@ pub const ADAPTIVE_LOSS: f32 = 0.01;
 /// A link whose one-way delay exceeds the best link's by this much and this factor gets a
 /// second copy from [`Adaptive`] too.
 const ADAPTIVE_SLOWER: Duration = Duration::from_millis(20);
+/// How much later than on an at-risk link [`Adaptive`] lets a packet arrive on a sound link
+/// rather than send it twice: while the sound links have room, nothing is copied.
+const ADAPTIVE_WAIT: Duration = Duration::from_millis(2);
 
-/// Stripes as [`Stripe`] while the links are clean; a packet whose link loses more than
-/// [`ADAPTIVE_LOSS`] of its frames (or is degraded, or far slower than the best link) also goes
-/// on the next-earliest link, so residual loss stays low with the least extra traffic.
+/// Stripes as [`Stripe`] while the links are clean. A packet whose earliest link loses more
+/// than [`ADAPTIVE_LOSS`] of its frames (or is degraded, or far slower than the best link) goes
+/// on the earliest sound link instead if it arrives there at most [`ADAPTIVE_WAIT`] later;
+/// else it goes on both its link and the next-earliest, so residual loss stays low with the
+/// least extra traffic: copies only for what the sound links have no room for.
 #[derive(Clone, Debug, Default)]
 pub struct Adaptive {
     stripe: Stripe,
@@ -333,16 +348,26 @@ impl Scheduler for Adaptive {
         let stripe = &mut self.stripe;
         stripe.drain(links, now);
         let mut set = LinkSet::EMPTY;
-        let Some((first, _)) = stripe.earliest(links, None) else {
+        let Some((earliest, at)) = stripe.earliest(links, None) else {
             return set;
         };
+        let mut first = earliest;
+        let mut copy = Self::at_risk(&links[earliest], links);
+        if copy {
+            let sound = stripe.earliest_of(links, |_, l| !Self::at_risk(l, links));
+            if let Some((sound, when)) = sound {
+                if when <= at + ADAPTIVE_WAIT.as_secs_f64() {
+                    (first, copy) = (sound, false);
+                }
+            }
+        }
         set.insert(first);
         stripe.enqueue(
             first,
             Stripe::wire_bytes(packet_len, links[first].mtu),
             links,
         );
-        if Self::at_risk(&links[first], links) {
+        if copy {
             if let Some((second, _)) = stripe.earliest(links, Some(first)) {
                 set.insert(second);
                 let bytes = Stripe::wire_bytes(packet_len, links[second].mtu);
@@ -536,6 +561,14 @@ mod tests {
         let (bytes, doubled) = share(&mut Adaptive::default(), &lossy, 1_000, 5);
         assert!(doubled > 0 && doubled < 1_000, "doubled {doubled}");
         assert_eq!(bytes[0] + bytes[1], (1_000 + doubled) * 1400);
+        // Under a load one link carries alone (56 Mbit/s), nothing goes on the lossy link
+        // and nothing is copied, even where the lossy link comes first.
+        let (bytes, doubled) = share(&mut Adaptive::default(), &lossy, 1_000, 200);
+        assert_eq!((bytes[1], doubled), (0, 0), "{bytes:?}");
+        let mut lossy_first = clean;
+        lossy_first[0].health.loss = 0.03;
+        let (bytes, doubled) = share(&mut Adaptive::default(), &lossy_first, 1_000, 200);
+        assert_eq!((bytes[0], doubled), (0, 0), "{bytes:?}");
         // A link far slower than the best: its packets get a copy too.
         let slow = [
             measured(0, 100, 2, Condition::Up),

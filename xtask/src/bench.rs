@@ -342,7 +342,13 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
             "\n-- alagg 2 links without UDP coalescing: the baseline coalescing is measured against"
         );
         let pair = AlaggPair::start(&alagg, &bed, 2, &dir, UNCOALESCED)?;
-        measure_udp(&bed, "alagg 2 links, uncoalesced", &durations, &mut results, Some(&pair))?;
+        measure_udp(
+            &bed,
+            "alagg 2 links, uncoalesced",
+            &durations,
+            &mut results,
+            Some(&pair),
+        )?;
         pair.check_alive()?;
         pair.stop();
     }
