@@ -80,7 +80,23 @@ impl Family {
             Family::V6 => "-6",
         }
     }
+
+    /// The nftables family iptables-nft keeps this family's tables in.
+    fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
 }
+
+/// The undo "command" that removes an nftables table, or one of its chains, that alagg's
+/// iptables rules made the nf_tables backend create, if nothing else uses it by then: args
+/// `family table [chain]`. Run by [`run`] itself, not spawned.
+const DROP_IF_EMPTY: &str = "alagg-drop-if-empty";
+
+/// The mangle table's built-in chains alagg's rules go into.
+const MANGLE_HOOKS: [&str; 3] = ["PREROUTING", "OUTPUT", "POSTROUTING"];
 
 /// How the NFQUEUE rules hand packets to alagg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -504,6 +520,11 @@ impl HostSetup {
         queue: QueueSpec,
         fwmark: u32,
     ) -> Result<(), HostError> {
+        for family in [Family::V4, Family::V6] {
+            if destinations.iter().any(|net| Family::of(net) == family) {
+                self.tidy_mangle(family)?;
+            }
+        }
         if queue.bypass {
             self.mark(tun, destinations, fwmark)?;
         }
@@ -600,6 +621,24 @@ impl HostSetup {
             }
             self.jump(iptables, &["OUTPUT", "-j", &chain])?;
             self.jump(iptables, &["PREROUTING", "!", "-i", tun, "-j", &chain])?;
+        }
+        Ok(())
+    }
+
+    /// With iptables' nf_tables backend, the mangle table and its built-in chains exist only
+    /// once a rule needs them, and stay when the rules go: records, before any rule is added,
+    /// that whichever of them does not exist yet is to be removed again at teardown if empty
+    /// then, so the host's ruleset ends exactly as it was (`nft list ruleset`,
+    /// `iptables-save`). Nothing is recorded for what exists, or where nft is not the backend.
+    fn tidy_mangle(&mut self, family: Family) -> Result<(), HostError> {
+        let nft = family.nft();
+        if (self.runner)("nft", &["list", "table", nft, "mangle"]).is_err() {
+            self.record(argv(&[DROP_IF_EMPTY, nft, "mangle"]))?;
+        }
+        for chain in MANGLE_HOOKS {
+            if (self.runner)("nft", &["list", "chain", nft, "mangle", chain]).is_err() {
+                self.record(argv(&[DROP_IF_EMPTY, nft, "mangle", chain]))?;
+            }
         }
         Ok(())
     }
@@ -765,7 +804,40 @@ pub(crate) fn fail_open_device(destination: &IpNet, fwmark: u32) -> Option<Strin
     words.next().map(str::to_owned)
 }
 
+/// [`DROP_IF_EMPTY`]: `nft delete chain` refuses a chain that holds rules (EBUSY), which is
+/// left then; a table goes only when it has no chain left.
+fn drop_if_empty(args: &[&str]) -> Result<(), HostError> {
+    match *args {
+        [family, table, chain] => match run("nft", &["delete", "chain", family, table, chain]) {
+            Err(error) if error.message.to_lowercase().contains("busy") => Ok(()),
+            other => other,
+        },
+        [family, table] => {
+            let listed = Command::new("nft")
+                .args(["list", "table", family, table])
+                .output()
+                .map_err(|e| HostError {
+                    command: format!("nft list table {family} {table}"),
+                    message: format!("{e} (is nft installed?)"),
+                })?;
+            let text = String::from_utf8_lossy(&listed.stdout);
+            if !listed.status.success() || text.contains("chain ") {
+                // Gone already, or in use: nothing to do.
+                return Ok(());
+            }
+            run("nft", &["delete", "table", family, table])
+        }
+        _ => Err(HostError {
+            command: format!("{DROP_IF_EMPTY} {}", args.join(" ")),
+            message: "expects a family, a table and an optional chain".into(),
+        }),
+    }
+}
+
 fn run(program: &str, args: &[&str]) -> Result<(), HostError> {
+    if program == DROP_IF_EMPTY {
+        return drop_if_empty(args);
+    }
     let command = format!("{program} {}", args.join(" "));
     let output = Command::new(program)
         .args(args)

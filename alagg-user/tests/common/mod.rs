@@ -199,17 +199,19 @@ pub fn host_state(ns: &Netns) -> String {
         ("ip", &["rule", "show"][..]),
         ("ip", &["-6", "rule", "show"][..]),
         ("ip", &["addr", "show"][..]),
+        ("nft", &["list", "ruleset"][..]),
+        (
+            "sysctl",
+            &[
+                "net.ipv4.conf.all.rp_filter",
+                "net.ipv4.conf.default.rp_filter",
+            ][..],
+        ),
     ] {
         let out = ns.exec(program, args).unwrap_or_else(|e| e.to_string());
-        // iptables-save prints the time of the dump, and (nf_tables backend) a table left with
-        // only its empty built-in chains at their default policy: neither is a rule.
+        // iptables-save prints the time of the dump: not a rule. Everything else counts, an
+        // empty table left behind too (issue 15).
         let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
-        let empty_table = lines
-            .iter()
-            .all(|l| l.starts_with('*') || l.ends_with("ACCEPT [0:0]") || *l == "COMMIT");
-        if program.ends_with("tables-save") && empty_table {
-            continue;
-        }
         for line in lines {
             state.push_str(line);
             state.push('\n');
