@@ -14,7 +14,8 @@ use anyhow::{Context as _, bail};
 use crate::check;
 
 /// Debian packages: the C side of xsk-rs (libxdp, libbpf), the tools the tests and benchmarks
-/// drive, and the font the benchmark plots are drawn with.
+/// drive, `systemd` for `systemd-analyze verify` of the unit (installed, never booted), and the
+/// font the benchmark plots are drawn with.
 const PACKAGES: &[&str] = &[
     "clang",
     "m4",
@@ -29,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     "iperf3",
     "mptcpize",
+    "systemd",
     "fonts-dejavu-core",
 ];
 

@@ -13,7 +13,11 @@ use crate::{
     config::{self, Config},
     host::{QueueSpec, default_tun_address, signals::TermSignals},
     link::LinkPlan,
-    ops::{control::ControlServer, metrics::MetricsServer},
+    ops::{
+        control::ControlServer,
+        metrics::MetricsServer,
+        notify::{self, Notifier},
+    },
     runtime::{Datapath, DatapathConfig},
     sys::LinkEvents,
 };
@@ -68,6 +72,16 @@ fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
     }
 }
 
+/// The `STATUS=` line while up: each link and its state, e.g. `up; links: eth1 up, eth2 down`.
+fn link_status(snapshot: &crate::ops::snapshot::Snapshot) -> String {
+    let links: Vec<String> = snapshot
+        .links
+        .iter()
+        .map(|l| format!("{} {}", l.interface, l.status))
+        .collect();
+    format!("up; links: {}", links.join(", "))
+}
+
 /// Runs the aggregator with the configuration at `path` until SIGINT, SIGTERM (or SIGHUP,
 /// SIGQUIT and the other terminating signals), then tears
 /// down and prints a one-line summary of the counters.
@@ -119,6 +133,11 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
         hold_ms = config.protocol.hold_ms,
         "plan: capture"
     );
+    let notifier = Notifier::from_env();
+    if notifier.is_active() {
+        tracing::info!("telling the service manager of readiness and status (NOTIFY_SOCKET)");
+    }
+    notifier.status("starting: preparing the host, XDP, AF_XDP sockets, NFQUEUE and TUN");
     let mut datapath = Datapath::start(&datapath_config(&config, key))
         .with_context(|| format!("starting alagg with {}", path.display()))?;
     let shown_path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
@@ -144,6 +163,18 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
         control = %socket.display(),
         "alagg is up"
     );
+    // Datapath::start returned: capture rules, routes, XDP, sockets and every worker are in
+    // place, so packets to the destinations are carried from here on.
+    let snapshot = datapath.snapshot_source(&shown_path.display().to_string());
+    let mut shown_status = link_status(&snapshot());
+    notifier.ready(&shown_status);
+    // The watchdog is fed on the loop's regular looks (every 500 ms, a quarter of the shortest
+    // WatchdogSec= this takes, 2 s), and only while every worker's heartbeat rises.
+    let watchdog = notify::watchdog_from_env();
+    if let Some(interval) = watchdog {
+        tracing::info!(?interval, "systemd watchdog on");
+    }
+    let mut beats = datapath.heartbeats();
     // Links are looked at twice a second, and at once when the kernel reports a change of an
     // interface (carrier lost, set down, removed): down, gone and back are acted on and logged
     // once. Signals are looked at every WAKE.
@@ -158,6 +189,7 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
         })
         .ok();
     let mut looked = Instant::now();
+    let mut fed = Instant::now();
     let mut failed = false;
     loop {
         let changed = match &events {
@@ -181,8 +213,24 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
             failed = true;
             break;
         }
+        // Not on a look a link notification brought early: an idle worker turns only every
+        // 100 ms.
+        if watchdog.is_some() && fed.elapsed() >= LOOK_EVERY {
+            fed = Instant::now();
+            if notify::workers_progressed(&mut beats, datapath.heartbeats()) {
+                notifier.watchdog();
+            } else {
+                tracing::warn!("a worker made no turn in 500 ms; the watchdog is not fed");
+            }
+        }
+        let status = link_status(&snapshot());
+        if status != shown_status {
+            notifier.status(&status);
+            shown_status = status;
+        }
     }
     tracing::info!("stopping");
+    notifier.stopping("stopping: removing capture rules, routes, XDP and TUN");
     // Taken after the workers stopped: the receive thread publishes its last counters then.
     let summary = datapath.snapshot_source(&shown_path.display().to_string());
     let _final_engine = datapath.stop();

@@ -151,6 +151,9 @@ pub(crate) struct Datapath {
     stop: Arc<AtomicBool>,
     receive: Option<JoinHandle<RxStats>>,
     capture: Vec<JoinHandle<()>>,
+    /// Each worker's heartbeat ([`worker::run`]): the receive thread's, then the capture
+    /// workers' in order.
+    beats: Vec<Arc<AtomicU64>>,
     host: HostSetup,
     steering: Option<XdpSteering>,
     tun: Option<Tun>,
@@ -253,6 +256,7 @@ impl Datapath {
             control: Arc::clone(&control),
             stop: Arc::new(AtomicBool::new(false)),
             busy_poll: config.busy_poll,
+            beats: std::sync::Mutex::new(Vec::new()),
         };
         let cores = pick_cores(config);
         let coalesce = config.coalesce && deliver::tun::gso_udp_supported();
@@ -295,6 +299,10 @@ impl Datapath {
             stop: shared.stop,
             receive: Some(receive),
             capture,
+            beats: shared
+                .beats
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
             host,
             steering,
             tun: Some(tun),
@@ -542,6 +550,13 @@ impl Datapath {
             && self.capture.iter().all(|h| !h.is_finished())
     }
 
+    /// Each worker's heartbeat now (the receive thread's, then the capture workers'): a count
+    /// that rises with every turn of the worker's loop, at least every
+    /// [`worker::IDLE_WAKEUP`] while it runs. One that does not rise is stuck.
+    pub(crate) fn heartbeats(&self) -> Vec<u64> {
+        self.beats.iter().map(|b| b.load(Relaxed)).collect()
+    }
+
     /// Stops and tears down; returns the receive engine's final counters.
     pub(crate) fn stop(mut self) -> RxStats {
         self.shutdown()
@@ -589,24 +604,38 @@ struct Shared {
     control: Arc<Control>,
     stop: Arc<AtomicBool>,
     busy_poll: Duration,
+    /// The heartbeat of every worker started, in start order.
+    beats: std::sync::Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 /// Starts a worker thread named `name`, pinned to `core`, that runs `body` with the shared
-/// counters, the link control, and the stop flag with the busy-poll time.
+/// counters, the link control, and the stop flag with the busy-poll time and its heartbeat.
 fn spawn_worker<T: Send + 'static>(
     name: &str,
     core: Option<usize>,
     shared: &Shared,
-    body: impl FnOnce(&Counters, &Control, (&AtomicBool, Duration)) -> T + Send + 'static,
+    body: impl FnOnce(&Counters, &Control, (&AtomicBool, Duration, &AtomicU64)) -> T + Send + 'static,
 ) -> io::Result<JoinHandle<T>> {
     let counters = Arc::clone(&shared.counters);
     let control = Arc::clone(&shared.control);
     let stop = Arc::clone(&shared.stop);
     let busy_poll = shared.busy_poll;
-    thread::Builder::new().name(name.to_owned()).spawn(move || {
-        pin(core);
-        body(&counters, &control, (&stop, busy_poll))
-    })
+    let beat = Arc::new(AtomicU64::new(0));
+    let handle = {
+        let beat = Arc::clone(&beat);
+        thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                pin(core);
+                body(&counters, &control, (&stop, busy_poll, &beat))
+            })?
+    };
+    shared
+        .beats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(beat);
+    Ok(handle)
 }
 
 fn pick_cores(config: &DatapathConfig) -> Vec<usize> {

@@ -2,11 +2,13 @@
 //! turning for the busy-poll time, yielding the CPU in between; then it sleeps in `ppoll(2)`
 //! until the stage's sockets have work, its deadline comes, or at most [`IDLE_WAKEUP`], so the
 //! thread sees a stop request promptly. The clock is read here and handed to the stages.
+//! Every turn of the loop raises the worker's heartbeat, so the caller can tell a worker that
+//! still turns from one that is stuck (the systemd watchdog is fed only while all turn).
 
 use std::{
     sync::{
         OnceLock,
-        atomic::{AtomicBool, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     thread,
     time::{Duration, Instant},
@@ -72,9 +74,17 @@ pub(crate) fn clock() -> Timestamp {
 }
 
 /// Runs `stage` on this thread until `stop`, and hands it back; see the module documentation.
-pub(crate) fn run<S: Stage>(mut stage: S, (stop, busy_poll): (&AtomicBool, Duration)) -> S {
+/// `beat` counts the loop's turns (a plain store of the thread's own count: no read-modify-write
+/// on the hot path).
+pub(crate) fn run<S: Stage>(
+    mut stage: S,
+    (stop, busy_poll, beat): (&AtomicBool, Duration, &AtomicU64),
+) -> S {
     let mut busy_until = Instant::now();
+    let mut turns = beat.load(Relaxed);
     while !stop.load(Relaxed) {
+        turns = turns.wrapping_add(1);
+        beat.store(turns, Relaxed);
         if stage.turn(clock()) > 0 {
             busy_until = Instant::now() + busy_poll;
             continue;
