@@ -64,14 +64,18 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         problems.push("/dev/net/tun is missing: load the tun module".into());
     }
     for tool in ["ip", "iptables", "ip6tables"] {
-        let found = std::process::Command::new(tool)
+        let version = std::process::Command::new(tool)
             .arg("-V")
             .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            problems.push(format!(
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        match version {
+            None => problems.push(format!(
                 "`{tool}` is not installed (Debian: iproute2, iptables)"
-            ));
+            )),
+            Some(version) if tool == "iptables" => println!("capture rules: {}", backend(&version)),
+            Some(_) => {}
         }
     }
     if config.tun.coalesce && !crate::deliver::tun::gso_udp_supported() {
@@ -86,5 +90,31 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("the host is not ready:\n  {}", problems.join("\n  "))
+    }
+}
+
+/// What `iptables -V` says of the backend capture rules go through. alagg uses iptables either
+/// way: this kernel's nftables has no `queue` statement of its own to capture with.
+fn backend(version: &str) -> String {
+    if version.contains("nf_tables") {
+        format!("{version}: iptables on nftables (`nft list ruleset` shows them)")
+    } else if version.contains("legacy") {
+        format!("{version}: legacy iptables (`iptables-save` shows them)")
+    } else {
+        format!("{version}: iptables of an unknown backend")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_iptables_backend_is_named() {
+        let nft = backend("iptables v1.8.9 (nf_tables)");
+        assert!(nft.contains("on nftables"), "{nft}");
+        let legacy = backend("iptables v1.8.7 (legacy)");
+        assert!(legacy.contains("legacy iptables"), "{legacy}");
+        assert!(backend("iptables v1.4.21").contains("unknown backend"));
     }
 }
