@@ -597,14 +597,13 @@ fn frames_from_another_mac_or_ethertype_are_counted_and_never_delivered() {
     assert_eq!(rx.first, 50, "every first copy is the genuine frame");
 }
 
-#[test]
-fn a_forged_packet_the_host_refuses_costs_no_genuine_packet() {
-    // Without a key a forged frame looks genuine; one numbered like a genuine packet but
-    // carrying a packet from outside the destinations is refused before it takes the number,
-    // so the genuine frame of that number, arriving after it, is delivered.
+/// Sends 20 packets over one link, each genuine frame arriving after a forged copy of it
+/// whose packet has `bytes` at `offset` (of the IP header); returns the ids delivered and the
+/// delivery counters' rejected source and destination, and the engine's inadmissible count.
+fn forged_before_genuine(offset: usize, bytes: [u8; 4], seed: u64) -> (Vec<u32>, [u64; 3]) {
     let fixture = Fixture::new(1);
-    let mut path = fixture.path(&[Impairment::default()], false, 11);
-    let sent = packets(20, 1000, 12);
+    let mut path = fixture.path(&[Impairment::default()], false, seed);
+    let sent = packets(20, 1000, seed + 1);
     path.queue_mut()
         .waiting
         .extend(sent.iter().map(|p| (p.clone(), false, false)));
@@ -614,51 +613,40 @@ fn a_forged_packet_the_host_refuses_costs_no_genuine_packet() {
         let mut arrived = path.wires[0].1.borrow_mut();
         for frame in &frames {
             let mut forged = frame.clone();
-            // The IPv4 source of the packet after the 36-byte data header: 203.0.113.9.
-            let source = ETH_HDR_LEN + wire::DATA_HEADER_LEN + 12;
-            forged[source..source + 4].copy_from_slice(&[203, 0, 113, 9]);
+            // The packet starts after the 36-byte data header.
+            let at = ETH_HDR_LEN + wire::DATA_HEADER_LEN + offset;
+            forged[at..at + 4].copy_from_slice(&bytes);
             arrived.extend([forged, frame.clone()]);
         }
     }
     path.receive.turn(path.now);
-    assert_eq!(
-        written_ids(&fixture.tun, &sent),
-        (0..20).collect::<Vec<_>>()
-    );
-    assert_eq!(fixture.counters.delivery().rejected_source, 20);
-    assert_eq!(path.receive.stats().inadmissible, 20);
+    let delivery = fixture.counters.delivery();
+    let counts = [
+        delivery.rejected_source,
+        delivery.rejected_destination,
+        path.receive.stats().inadmissible,
+    ];
+    (written_ids(&fixture.tun, &sent), counts)
+}
+
+#[test]
+fn a_forged_packet_the_host_refuses_costs_no_genuine_packet() {
+    // Without a key a forged frame looks genuine; one numbered like a genuine packet but
+    // carrying a packet from outside the destinations (source 203.0.113.9) is refused before
+    // it takes the number, so the genuine frame of that number, arriving after it, is
+    // delivered.
+    let (ids, counts) = forged_before_genuine(12, [203, 0, 113, 9], 11);
+    assert_eq!(ids, (0..20).collect::<Vec<_>>());
+    assert_eq!(counts, [20, 0, 20]);
 }
 
 #[test]
 fn a_packet_to_the_peers_own_networks_is_refused_and_costs_no_genuine_packet() {
-    // A forged frame whose packet comes from the peer's networks but goes to them too (it
-    // would be routed straight back through alagg) is refused and counted before it takes
-    // its number, like one from outside.
-    let fixture = Fixture::new(1);
-    let mut path = fixture.path(&[Impairment::default()], false, 13);
-    let sent = packets(20, 1000, 14);
-    path.queue_mut()
-        .waiting
-        .extend(sent.iter().map(|p| (p.clone(), false, false)));
-    path.queue.turn(path.now);
-    let frames = data_frames(&path.wires[0].0);
-    {
-        let mut arrived = path.wires[0].1.borrow_mut();
-        for frame in &frames {
-            let mut forged = frame.clone();
-            // The IPv4 destination of the packet after the 36-byte data header: 192.0.2.9.
-            let destination = ETH_HDR_LEN + wire::DATA_HEADER_LEN + 16;
-            forged[destination..destination + 4].copy_from_slice(&[192, 0, 2, 9]);
-            arrived.extend([forged, frame.clone()]);
-        }
-    }
-    path.receive.turn(path.now);
-    assert_eq!(
-        written_ids(&fixture.tun, &sent),
-        (0..20).collect::<Vec<_>>()
-    );
-    assert_eq!(fixture.counters.delivery().rejected_destination, 20);
-    assert_eq!(fixture.counters.delivery().rejected_source, 0);
+    // The same with a packet that comes from the peer's networks but goes to them too
+    // (destination 192.0.2.9: it would be routed straight back through alagg).
+    let (ids, counts) = forged_before_genuine(16, [192, 0, 2, 9], 13);
+    assert_eq!(ids, (0..20).collect::<Vec<_>>());
+    assert_eq!(counts, [0, 20, 20]);
 }
 
 #[test]
