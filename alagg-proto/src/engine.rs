@@ -96,6 +96,7 @@ use std::sync::Arc;
 use crate::Timestamp;
 use crate::auth::{AuthError, Keyring};
 use crate::candidate::{Candidate, Candidates, EVIDENCE, SLOTS};
+use crate::fec::{Decoder, Taken};
 use crate::frag::{FragOutcome, Reassembler, ReassemblyConfig};
 use crate::health::Health;
 use crate::lanes::Lanes;
@@ -106,7 +107,7 @@ use crate::stats::{RxStats, TxStats};
 use crate::wire::{
     BUNDLE_ENTRY_HEADER_LEN, BUNDLE_HEADER_LEN, BundleEntries, BundleRepr, DATA_HEADER_LEN,
     ETH_HDR_LEN, EthernetRepr, FEEDBACK_REPORT_LEN, FLAG_AUTH, FRAGMENT_HEADER_LEN, FragmentLayout,
-    FragmentRepr, Frame, Kind, LaneReport, LinkId, ProbeRepr, Repr, Stamp, WireError,
+    FragmentRepr, Frame, Kind, LaneReport, LinkId, ParityRepr, ProbeRepr, Repr, Stamp, WireError,
     epoch_start_ms,
 };
 
@@ -278,6 +279,11 @@ pub enum RxOutcome {
         /// Sending link.
         link: LinkId,
     },
+    /// A parity frame: its shard went to FEC, which delivered what it rebuilt.
+    Parity {
+        /// Sending link.
+        link: LinkId,
+    },
     /// A frame of an epoch the peer recently left (in flight across a restart); not
     /// delivered. It still counts as evidence should that epoch come back (module docs).
     StaleEpoch {
@@ -419,6 +425,8 @@ pub struct Receiver {
     scratch: Vec<u8>,
     /// The peer's lanes as metered here, and this host's links as the peer's feedback shows.
     health: Health,
+    /// FEC: the blocks under way, once the peer sent a frame of one.
+    fec: Option<Box<Decoder>>,
     stats: RxStats,
 }
 
@@ -481,6 +489,7 @@ impl Receiver {
             release_passed_gaps: config.release_passed_gaps,
             scratch: Vec::new(),
             health: Health::default(),
+            fec: None,
             stats: RxStats::default(),
         })
     }
@@ -531,6 +540,7 @@ impl Receiver {
             dedup: self.window.stats(),
             reorder: self.reorder.stats(),
             reassembly: self.reassembly.stats(),
+            fec: self.fec.as_ref().map(|d| d.stats()).unwrap_or_default(),
             ..self.stats
         }
     }
@@ -581,6 +591,9 @@ impl Receiver {
     /// drops incomplete packets past the reassembly timeout.
     pub fn poll<F: FnMut(&[u8])>(&mut self, now: Timestamp, mut deliver: F) {
         self.reassembly.expire(now);
+        if let Some(fec) = self.fec.as_mut() {
+            fec.expire(now, self.hold_time);
+        }
         self.reorder.poll(now, &mut deliver);
     }
 
@@ -685,6 +698,9 @@ impl Receiver {
             let (link, seq) = (repr.stamp.link, repr.stamp.lane_seq);
             return RxOutcome::Probe { link, seq, probe };
         }
+        if let Kind::Parity(parity) = repr.kind {
+            return self.on_parity(&repr, parity, frame.payload(), now, &mut deliver);
+        }
         if self.implausible(&repr) {
             return self.on_doubted(
                 Doubt::Jump,
@@ -695,7 +711,7 @@ impl Receiver {
                 &mut deliver,
             );
         }
-        self.on_believed(&repr, frame.payload(), now, &mut deliver)
+        self.on_believed(&repr, bytes, frame.payload(), now, &mut deliver)
     }
 
     /// Whether a frame of the current epoch numbers packets too far ahead of the window to be
@@ -720,11 +736,13 @@ impl Receiver {
     fn on_believed<F: FnMut(&[u8])>(
         &mut self,
         repr: &Repr,
+        bytes: &[u8],
         payload: &[u8],
         now: Timestamp,
         deliver: &mut F,
     ) -> RxOutcome {
         let outcome = self.handle_believed(repr, payload, now, deliver);
+        self.fec_member(repr, bytes, now, deliver);
         if !self.release_passed_gaps {
             return outcome;
         }
@@ -738,7 +756,7 @@ impl Receiver {
             }
             Kind::Fragment(frag) if frag.index.saturating_add(1) >= frag.count => Some(seq),
             Kind::Fragment(_) => Some(seq.wrapping_sub(1)),
-            Kind::Probe(_) | Kind::Feedback => None,
+            Kind::Probe(_) | Kind::Feedback | Kind::Parity(_) => None,
         };
         if let Some(last) = last {
             let lane = (repr.stamp.link, repr.stamp.lane);
@@ -772,9 +790,19 @@ impl Receiver {
         if self.reorder.held() == 0 {
             return;
         }
-        let Some(passed) = self.lanes.passed(now, self.hold_time) else {
+        let Some(mut passed) = self.lanes.passed(now, self.hold_time) else {
             return;
         };
+        // Not past a block whose parity may still rebuild what the lanes went past.
+        if let Some(floor) = self
+            .fec
+            .as_ref()
+            .and_then(|d| d.pending_floor(now, self.hold_time))
+        {
+            if seq_before(floor, passed) {
+                passed = floor;
+            }
+        }
         let before = self.reorder.next_expected();
         self.reorder.skip_to(passed, now, deliver);
         if self.reorder.next_expected() != before {
@@ -804,6 +832,8 @@ impl Receiver {
                 self.stats.feedback += 1;
                 RxOutcome::Feedback { link }
             }
+            // Parity goes to `on_parity` before this.
+            Kind::Parity(_) => RxOutcome::Parity { link },
             Kind::Data => self.on_packet(link, seq, payload, now, deliver),
             Kind::Fragment(frag) => self.on_fragment(link, seq, &frag, payload, now, deliver),
             Kind::Bundle(BundleRepr { count }) => {
@@ -854,8 +884,8 @@ impl Receiver {
             self.stats.stale_epoch += 1;
             return RxOutcome::StaleEpoch { link };
         }
-        // A probe carries no packet: no evidence of a stream.
-        if !matches!(repr.kind, Kind::Probe(_)) {
+        // A probe carries no packet, parity none of its own: no evidence of a stream.
+        if !matches!(repr.kind, Kind::Probe(_) | Kind::Parity(_)) {
             // Evidence may come slowly from a stream that can only be the future (an epoch that
             // started after the current one, the current one far ahead), or when the current
             // epoch is not established: a restarted peer
@@ -881,7 +911,7 @@ impl Receiver {
                     .is_none_or(|t| t.saturating_add(self.hold_time) <= now);
                 if recorded.evidence >= EVIDENCE && quiet {
                     self.adopt(recorded.slot, seq, now, deliver);
-                    return self.on_believed(repr, payload, now, deliver);
+                    return self.on_believed(repr, bytes, payload, now, deliver);
                 }
                 // A copy of a whole packet already kept is not kept twice; fragments share
                 // their packet's number.
@@ -925,6 +955,9 @@ impl Receiver {
             self.window.reset();
             self.reassembly.reset();
             self.lanes.reset();
+            if let Some(fec) = self.fec.as_mut() {
+                fec.reset();
+            }
             for entry in self.left.iter_mut() {
                 if let Some((epoch, top)) = *entry {
                     if epoch == candidate.epoch {
@@ -974,10 +1007,82 @@ impl Receiver {
             if check && self.implausible(&repr) {
                 self.stats.pending_lost += 1;
             } else {
-                self.on_believed(&repr, frame.payload(), now, deliver);
+                self.on_believed(&repr, kept, frame.payload(), now, deliver);
             }
         }
         self.candidates.give_back(slot, candidate);
+    }
+
+    /// A parity frame of the current epoch (`docs/PROTOCOL.md`, *Forward error correction*):
+    /// its shard goes to the decoder, which may then rebuild the block's lost frames.
+    fn on_parity<F: FnMut(&[u8])>(
+        &mut self,
+        repr: &Repr,
+        parity: ParityRepr,
+        payload: &[u8],
+        now: Timestamp,
+        deliver: &mut F,
+    ) -> RxOutcome {
+        let link = repr.stamp.link;
+        // A block's first number is a packet's: as far ahead as a data frame may be.
+        if self.implausible(repr) {
+            self.stats.implausible_seq += 1;
+            return RxOutcome::Implausible {
+                link,
+                seq: repr.seq,
+            };
+        }
+        let mut fec = self.fec.take().unwrap_or_default();
+        if let Taken::Ready(slot) = fec.on_parity(repr.stamp.lane, repr.seq, parity, payload, now) {
+            fec.rebuild(slot, |frame| self.rebuilt(frame, now, deliver));
+        }
+        self.fec = Some(fec);
+        self.release_passed(now, deliver);
+        RxOutcome::Parity { link }
+    }
+
+    /// A believed data, fragment or bundle frame (`bytes`, alagg header first) that is a
+    /// member of an FEC block: its shard goes to the decoder.
+    fn fec_member<F: FnMut(&[u8])>(
+        &mut self,
+        repr: &Repr,
+        bytes: &[u8],
+        now: Timestamp,
+        deliver: &mut F,
+    ) {
+        let Ok(frame) = Frame::new_checked(bytes) else {
+            return;
+        };
+        let member = match frame.member() {
+            Ok(Some(member)) => member,
+            Ok(None) => return,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let len = usize::from(frame.header_len()) + usize::from(frame.payload_len());
+        let mut fec = self.fec.take().unwrap_or_default();
+        if let Taken::Ready(slot) = fec.on_member(repr.stamp.lane, member, &bytes[..len], now) {
+            fec.rebuild(slot, |frame| self.rebuilt(frame, now, deliver));
+        }
+        self.fec = Some(fec);
+    }
+
+    /// A frame the decoder rebuilt (canonical form: no link, lane or send time): handled as a
+    /// believed frame of the current epoch if it is one, without telling the lanes (it came on
+    /// none).
+    fn rebuilt<F: FnMut(&[u8])>(&mut self, frame: &[u8], now: Timestamp, deliver: &mut F) {
+        let Ok(view) = Frame::new_checked(frame) else {
+            return;
+        };
+        let Ok(repr) = Repr::parse(&view) else {
+            return;
+        };
+        if self.epoch != Some(repr.epoch) || self.implausible(&repr) {
+            return;
+        }
+        self.handle_believed(&repr, view.payload(), now, deliver);
     }
 
     /// One whole packet, from a data frame or a bundle.
@@ -1085,6 +1190,8 @@ pub struct Sender {
     next_seq: u64,
     /// The number space shared with other senders of this peer, if any; `next_seq` is unused.
     shared: Option<Arc<AtomicU64>>,
+    /// Whether data frames carry an FEC member extension ([`crate::fec`]).
+    fec: bool,
     stats: TxStats,
 }
 
@@ -1102,6 +1209,7 @@ impl Sender {
             flags: 0,
             next_seq: first_seq,
             shared: None,
+            fec: false,
             stats: TxStats::default(),
         }
     }
@@ -1141,11 +1249,30 @@ impl Sender {
         self
     }
 
+    /// Leaves room in every data frame for an FEC member extension ([`Sender::overhead`]),
+    /// which the caller inserts ([`crate::wire::Member::insert`]).
+    pub fn with_fec(mut self, fec: bool) -> Self {
+        self.fec = fec;
+        self
+    }
+
+    /// The flags every frame carries.
+    pub const fn flags(&self) -> u8 {
+        self.flags
+    }
+
     /// Bytes each frame takes beyond its header and payload: the tag, with
-    /// [`crate::wire::FLAG_AUTH`]. The room for header and payload is the link's MTU less this.
+    /// [`crate::wire::FLAG_AUTH`], and with FEC [`crate::wire::FEC_OVERHEAD`] (the member
+    /// extension, and room for the parity frame around the frame's shard). The room for header
+    /// and payload is the link's MTU less this.
     pub const fn overhead(&self) -> usize {
-        if self.flags & FLAG_AUTH != 0 {
+        let tag = if self.flags & FLAG_AUTH != 0 {
             crate::wire::TAG_LEN
+        } else {
+            0
+        };
+        tag + if self.fec {
+            crate::wire::FEC_OVERHEAD
         } else {
             0
         }

@@ -10,6 +10,8 @@
 //! - [`reorder`]: the [`ReorderBuffer`] that restores order within a bounded hold time.
 //! - [`frag`]: the canonical fragment layout ([`Fragmenter`]) and the [`Reassembler`].
 //! - [`sched`]: the [`Scheduler`] trait deciding which links carry a packet, and [`Redundant`].
+//! - [`fec`]: forward error correction, parity over blocks of frames ([`fec::Encoder`],
+//!   [`fec::Decoder`]).
 //! - [`engine`]: the [`Sender`] and [`Receiver`] a datapath drives.
 //! - [`stats`]: plain counter structs, named after IEEE 802.1CB FRER where the concept matches.
 //!
@@ -19,6 +21,7 @@
 pub mod auth;
 mod candidate;
 pub mod engine;
+pub mod fec;
 pub mod frag;
 pub mod health;
 mod lanes;

@@ -178,6 +178,8 @@ pub struct RxStats {
     pub reorder: ReorderStats,
     /// Reassembly.
     pub reassembly: ReassemblyStats,
+    /// Forward error correction.
+    pub fec: crate::fec::FecRxStats,
 }
 
 /// Sender counters ([`crate::Sender`]).

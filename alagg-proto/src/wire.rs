@@ -34,6 +34,19 @@ pub const BUNDLE_HEADER_LEN: usize = field::BUNDLE_RESERVED.end;
 pub const FEEDBACK_HEADER_LEN: usize = BASE_HEADER_LEN;
 /// Bytes of one lane report in a feedback frame's payload.
 pub const FEEDBACK_REPORT_LEN: usize = 32;
+/// Header of a parity frame: the base header and the block's fields.
+pub const PARITY_HEADER_LEN: usize = field::PARITY_COUNT + 1;
+/// Bytes a data, fragment or bundle header grows by when the frame is a member of an FEC
+/// block ([`Member`]).
+pub const MEMBER_LEN: usize = 16;
+/// Room FEC takes from every data frame of a sender that uses it: the member extension, and
+/// what a parity frame adds around a shard (its header, the shard's length), so that the
+/// parity of the longest data frame fits the same MTU.
+pub const FEC_OVERHEAD: usize = MEMBER_LEN + PARITY_HEADER_LEN + SHARD_LEN_PREFIX;
+/// Most data frames in an FEC block.
+pub const MAX_FEC_K: u8 = 32;
+/// Most parity frames in an FEC block.
+pub const MAX_FEC_M: u8 = 8;
 /// `flags` bit: a [`TAG_LEN`]-byte authentication tag follows the payload.
 pub const FLAG_AUTH: u8 = 1 << 0;
 /// `flags` bit (with [`FLAG_AUTH`] only): the payload is encrypted.
@@ -153,6 +166,9 @@ pub enum WireError {
     /// A bundle whose entries do not exactly fill its payload, or number other than its count.
     #[error("inconsistent bundle entries")]
     BadBundle,
+    /// FEC fields (a parity frame's, or a member extension) outside their bounds.
+    #[error("inconsistent FEC fields")]
+    BadFec,
     /// The output buffer is too small for what was asked to be emitted.
     #[error("output buffer too small")]
     BufferTooSmall,
@@ -191,6 +207,21 @@ mod field {
     pub const BUNDLE_COUNT: Field = 36..38;
     pub const BUNDLE_RESERVED: Field = 38..40;
 
+    // Parity.
+    pub const PARITY_BLOCK: Field = 36..40;
+    pub const PARITY_INDEX: usize = 40;
+    pub const PARITY_K: usize = 41;
+    pub const PARITY_M: usize = 42;
+    pub const PARITY_COUNT: usize = 43;
+
+    // FEC member extension, relative to the end of the type's fixed fields.
+    pub const MEMBER_BLOCK: Field = 0..4;
+    pub const MEMBER_INDEX: usize = 4;
+    pub const MEMBER_K: usize = 5;
+    pub const MEMBER_M: usize = 6;
+    pub const MEMBER_RESERVED: usize = 7;
+    pub const MEMBER_FIRST: Field = 8..16;
+
     // Ethernet.
     pub const ETH_DST: Field = 0..6;
     pub const ETH_SRC: Field = 6..12;
@@ -210,6 +241,8 @@ pub enum FrameType {
     Bundle,
     /// A receiver's reports on the lanes of one link, for their sender.
     Feedback,
+    /// Parity over a block of data frames (forward error correction).
+    Parity,
     /// A type this receiver does not know; value 0 is reserved and never sent.
     Unknown(u8),
 }
@@ -222,6 +255,7 @@ impl From<u8> for FrameType {
             3 => FrameType::Probe,
             4 => FrameType::Bundle,
             5 => FrameType::Feedback,
+            6 => FrameType::Parity,
             other => FrameType::Unknown(other),
         }
     }
@@ -235,6 +269,7 @@ impl From<FrameType> for u8 {
             FrameType::Probe => 3,
             FrameType::Bundle => 4,
             FrameType::Feedback => 5,
+            FrameType::Parity => 6,
             FrameType::Unknown(other) => other,
         }
     }
@@ -249,6 +284,7 @@ impl FrameType {
             FrameType::Fragment => FRAGMENT_HEADER_LEN,
             FrameType::Probe => PROBE_HEADER_LEN,
             FrameType::Bundle => BUNDLE_HEADER_LEN,
+            FrameType::Parity => PARITY_HEADER_LEN,
         }
     }
 }
@@ -436,6 +472,50 @@ impl<T: AsRef<[u8]>> Frame<T> {
     pub fn echo_delay(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::ECHO_DELAY)
     }
+
+    /// Parity: the block's fields, as sent (checked by [`Repr::parse`]).
+    fn parity_fields(&self) -> ParityRepr {
+        let b = self.buffer.as_ref();
+        ParityRepr {
+            block: read_u32(b, field::PARITY_BLOCK),
+            index: b[field::PARITY_INDEX],
+            k: b[field::PARITY_K],
+            m: b[field::PARITY_M],
+            count: b[field::PARITY_COUNT],
+        }
+    }
+
+    /// The FEC member extension of a checked data, fragment or bundle frame, if its header
+    /// carries one (`header_len` at least the type's fixed fields and [`MEMBER_LEN`]); `Err`
+    /// if it carries one whose fields are out of bounds.
+    pub fn member(&self) -> Result<Option<Member>, WireError> {
+        let fixed = match self.frame_type() {
+            t @ (FrameType::Data | FrameType::Fragment | FrameType::Bundle) => t.min_header_len(),
+            _ => return Ok(None),
+        };
+        let b = self.buffer.as_ref();
+        let Some(ext) = b.get(fixed..usize::from(self.header_len())) else {
+            return Ok(None);
+        };
+        let Some(ext) = ext.get(..MEMBER_LEN) else {
+            return Ok(None);
+        };
+        let (k, m, index) = (
+            ext[field::MEMBER_K],
+            ext[field::MEMBER_M],
+            ext[field::MEMBER_INDEX],
+        );
+        let params = FecParams::new(k, m).ok_or(WireError::BadFec)?;
+        if index >= k {
+            return Err(WireError::BadFec);
+        }
+        Ok(Some(Member {
+            block: read_u32(ext, field::MEMBER_BLOCK),
+            index,
+            params,
+            first_seq: read_u64(ext, field::MEMBER_FIRST),
+        }))
+    }
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Frame<&'a T> {
@@ -445,6 +525,30 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Frame<&'a T> {
         let end = start + usize::from(self.payload_len());
         &self.buffer.as_ref()[start..end]
     }
+}
+
+/// Zeroes what differs between copies of one frame on different links and lanes (`link`,
+/// `lane`, `lane_seq`, `tx_time`) and the flags, in the alagg header at the start of `frame`:
+/// the form FEC shards are computed over. Does nothing to a buffer shorter than a base header.
+pub fn canonicalize(frame: &mut [u8]) {
+    if frame.len() < BASE_HEADER_LEN {
+        return;
+    }
+    frame[field::LINK] = 0;
+    frame[field::LANE] = 0;
+    frame[field::LANE_SEQ].fill(0);
+    frame[field::TX_TIME].fill(0);
+    frame[field::FLAGS] = 0;
+}
+
+/// Whether the alagg header at the start of `frame` is in the form [`canonicalize`] makes.
+pub fn is_canonical(frame: &[u8]) -> bool {
+    frame.len() >= BASE_HEADER_LEN
+        && frame[field::LINK] == 0
+        && frame[field::LANE] == 0
+        && frame[field::LANE_SEQ].iter().all(|&b| b == 0)
+        && frame[field::TX_TIME].iter().all(|&b| b == 0)
+        && frame[field::FLAGS] == 0
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
@@ -625,6 +729,137 @@ pub struct FragmentRepr {
     pub count: u16,
 }
 
+/// Bytes before a frame in an FEC shard: its length, big-endian.
+pub const SHARD_LEN_PREFIX: usize = 2;
+
+/// The shape of an FEC block: `k` data frames protected by `m` parity frames, any `m` of the
+/// `k + m` recoverable. `1 <= k <=` [`MAX_FEC_K`], `1 <= m <=` [`MAX_FEC_M`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FecParams {
+    /// Data frames per block.
+    pub k: u8,
+    /// Parity frames per block.
+    pub m: u8,
+}
+
+impl FecParams {
+    /// `k + m`, if within bounds.
+    pub const fn new(k: u8, m: u8) -> Option<Self> {
+        if k >= 1 && k <= MAX_FEC_K && m >= 1 && m <= MAX_FEC_M {
+            Some(Self { k, m })
+        } else {
+            None
+        }
+    }
+
+    /// Frames per block, data and parity.
+    pub const fn total(self) -> usize {
+        self.k as usize + self.m as usize
+    }
+}
+
+impl fmt::Display for FecParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}+{}", self.k, self.m)
+    }
+}
+
+/// Text that is not `K+M` within bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{input:?} is not an FEC block shape: write K+M, K data frames (1 to {MAX_FEC_K}) and M parity frames (1 to {MAX_FEC_M}), e.g. \"8+2\""
+)]
+pub struct ParseFecParamsError {
+    /// The rejected text.
+    pub input: String,
+}
+
+impl core::str::FromStr for FecParams {
+    type Err = ParseFecParamsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || ParseFecParamsError { input: text.into() };
+        let (k, m) = text.split_once('+').ok_or_else(error)?;
+        let (k, m) = (
+            k.trim().parse().map_err(|_| error())?,
+            m.trim().parse().map_err(|_| error())?,
+        );
+        FecParams::new(k, m).ok_or_else(error)
+    }
+}
+
+/// Fields of a [`FrameType::Parity`] frame beyond the base header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParityRepr {
+    /// The block's number, per sender lane (worker).
+    pub block: u32,
+    /// The shard's index in the block: `k..k + m`.
+    pub index: u8,
+    /// Data frames per block.
+    pub k: u8,
+    /// Parity frames per block.
+    pub m: u8,
+    /// Data frames the block holds, `1..=k` (fewer than `k` when it was closed early; the
+    /// shards of the absent ones are zero).
+    pub count: u8,
+}
+
+impl ParityRepr {
+    /// The block's shape.
+    pub fn params(&self) -> FecParams {
+        FecParams {
+            k: self.k,
+            m: self.m,
+        }
+    }
+}
+
+/// The FEC member extension of a data, fragment or bundle frame: which block it belongs to
+/// and where. It follows the type's fixed fields; `header_len` grows by [`MEMBER_LEN`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The block's number, per sender lane (worker).
+    pub block: u32,
+    /// The frame's index in the block, `0..k`.
+    pub index: u8,
+    /// The block's shape.
+    pub params: FecParams,
+    /// `seq` of the block's first data frame.
+    pub first_seq: u64,
+}
+
+impl Member {
+    /// Inserts the extension into the frame of `len` bytes (alagg header first, no tag yet)
+    /// at the start of `buf`, after the type's fixed fields and before the payload, which
+    /// moves [`MEMBER_LEN`] bytes on. Returns the new length.
+    pub fn insert(&self, buf: &mut [u8], len: usize) -> Result<usize, WireError> {
+        let frame = Frame::new_checked(buf.get(..len).ok_or(WireError::BufferTooSmall)?)?;
+        let fixed = match frame.frame_type() {
+            t @ (FrameType::Data | FrameType::Fragment | FrameType::Bundle) => t.min_header_len(),
+            _ => return Err(WireError::BadFec),
+        };
+        let header_len = usize::from(frame.header_len());
+        if header_len != fixed {
+            return Err(WireError::BadFec);
+        }
+        let new_header =
+            u8::try_from(header_len + MEMBER_LEN).map_err(|_| WireError::FieldOverflow)?;
+        let out = buf
+            .get_mut(..len + MEMBER_LEN)
+            .ok_or(WireError::BufferTooSmall)?;
+        out.copy_within(header_len..len, header_len + MEMBER_LEN);
+        let ext = &mut out[header_len..header_len + MEMBER_LEN];
+        ext[field::MEMBER_BLOCK].copy_from_slice(&self.block.to_be_bytes());
+        ext[field::MEMBER_INDEX] = self.index;
+        ext[field::MEMBER_K] = self.params.k;
+        ext[field::MEMBER_M] = self.params.m;
+        ext[field::MEMBER_RESERVED] = 0;
+        ext[field::MEMBER_FIRST].copy_from_slice(&self.first_seq.to_be_bytes());
+        Frame::new_unchecked(out).set_header_len(new_header);
+        Ok(len + MEMBER_LEN)
+    }
+}
+
 /// Fields of a [`FrameType::Probe`] frame beyond the base header (one-way and round-trip time
 /// measurement in the manner of the TWAMP timestamps of RFC 5357).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -751,6 +986,9 @@ pub enum Kind {
     /// Reports on the lanes of the link it travels on: the payload is whole
     /// [`LaneReport`]s.
     Feedback,
+    /// Parity shard `index` of an FEC block; `seq` is the block's first number and the
+    /// payload the shard.
+    Parity(ParityRepr),
 }
 
 /// A parsed, validated alagg header.
@@ -807,6 +1045,19 @@ impl Repr {
                 BundleEntries::check(frame.payload(), count)?;
                 Kind::Bundle(BundleRepr { count })
             }
+            FrameType::Parity => {
+                let p = frame.parity_fields();
+                let bounded = FecParams::new(p.k, p.m).is_some_and(|params| {
+                    p.index >= params.k
+                        && p.index - params.k < params.m
+                        && (1..=params.k).contains(&p.count)
+                });
+                if !bounded || usize::from(frame.payload_len()) < SHARD_LEN_PREFIX + BASE_HEADER_LEN
+                {
+                    return Err(WireError::BadFec);
+                }
+                Kind::Parity(p)
+            }
             FrameType::Unknown(t) => return Err(WireError::UnknownType(t)),
         };
         Ok(Repr {
@@ -827,6 +1078,7 @@ impl Repr {
             Kind::Probe(_) => FrameType::Probe,
             Kind::Bundle(_) => FrameType::Bundle,
             Kind::Feedback => FrameType::Feedback,
+            Kind::Parity(_) => FrameType::Parity,
         }
     }
 
@@ -882,6 +1134,14 @@ impl Repr {
             }
             Kind::Bundle(b) => frame.set_bundle_count(b.count),
             Kind::Feedback => {}
+            Kind::Parity(p) => {
+                let b = &mut frame.buffer;
+                b[field::PARITY_BLOCK].copy_from_slice(&p.block.to_be_bytes());
+                b[field::PARITY_INDEX] = p.index;
+                b[field::PARITY_K] = p.k;
+                b[field::PARITY_M] = p.m;
+                b[field::PARITY_COUNT] = p.count;
+            }
         }
         Ok(header_len)
     }
