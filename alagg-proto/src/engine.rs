@@ -1256,6 +1256,11 @@ impl Sender {
         self
     }
 
+    /// Turns the room for FEC's member extension on or off ([`Sender::with_fec`]).
+    pub fn set_fec(&mut self, fec: bool) {
+        self.fec = fec;
+    }
+
     /// The flags every frame carries.
     pub const fn flags(&self) -> u8 {
         self.flags
@@ -1512,6 +1517,11 @@ pub struct SealedBundle<'a> {
 }
 
 impl SealedBundle<'_> {
+    /// The number of the bundle's first packet.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// The frame's header with `stamp`, and its payload.
     fn frame(&self, stamp: Stamp) -> (Repr, &[u8]) {
         let (kind, payload) = if self.count == 1 {

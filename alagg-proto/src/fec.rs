@@ -744,3 +744,128 @@ fn checked(shard: &[u8], expect: Member) -> Option<&[u8]> {
     Repr::parse(&view).ok()?;
     Some(frame)
 }
+
+/// How long the loss must stay below a level's floor before [`AutoFec`] steps down.
+pub const AUTO_CALM: Duration = Duration::from_secs(10);
+
+/// The levels of [`AutoFec`]: the block shape, and the loss ratio from which it is used.
+const AUTO_LEVELS: [(FecParams, f32); 4] = [
+    (FecParams { k: 8, m: 1 }, 0.002),
+    (FecParams { k: 8, m: 2 }, 0.01),
+    (FecParams { k: 8, m: 4 }, 0.04),
+    // A copy of every frame, on another link than the frame.
+    (FecParams { k: 1, m: 1 }, 0.12),
+];
+
+/// `fec = "auto"`: picks the protection from the links' measured loss, with hysteresis. It
+/// steps up at once to the level the loss calls for (none below 0.2 %, XOR 8+1 from there,
+/// Reed-Solomon 8+2 from 1 %, 8+4 from 4 %, a copy from 12 %), and down one level only after
+/// the loss has stayed below half the current level's threshold for [`AUTO_CALM`], so a
+/// link whose loss comes and goes is not left unprotected between bursts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AutoFec {
+    /// 0: none; `i + 1`: `AUTO_LEVELS[i]`.
+    level: usize,
+    /// Since when the loss has been below the current level's floor.
+    calm_since: Option<Timestamp>,
+}
+
+impl AutoFec {
+    /// The protection for a measured `loss` (a ratio, the worst usable link's) at `now`.
+    pub fn decide(&mut self, loss: f32, now: Timestamp) -> Option<FecParams> {
+        let wanted = AUTO_LEVELS
+            .iter()
+            .rposition(|&(_, from)| loss >= from)
+            .map_or(0, |i| i + 1);
+        if wanted > self.level {
+            self.level = wanted;
+            self.calm_since = None;
+        } else if self.level > 0 && loss < AUTO_LEVELS[self.level - 1].1 / 2.0 {
+            let since = *self.calm_since.get_or_insert(now);
+            if now.saturating_since(since) >= AUTO_CALM {
+                self.level -= 1;
+                // Still calm: the next level's period starts now.
+                self.calm_since = Some(now);
+            }
+        } else {
+            self.calm_since = None;
+        }
+        self.current()
+    }
+
+    /// The protection chosen last.
+    pub fn current(&self) -> Option<FecParams> {
+        self.level.checked_sub(1).map(|i| AUTO_LEVELS[i].0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_nanos(ms * 1_000_000)
+    }
+
+    #[test]
+    fn auto_steps_up_at_once_and_down_after_calm() {
+        let mut auto = AutoFec::default();
+        assert_eq!(auto.decide(0.0, at(0)), None);
+        assert_eq!(auto.decide(0.003, at(10)), FecParams::new(8, 1));
+        assert_eq!(auto.decide(0.05, at(20)), FecParams::new(8, 4));
+        assert_eq!(auto.decide(0.2, at(30)), FecParams::new(1, 1));
+        // Loss gone: one level down per calm period, not before.
+        assert_eq!(auto.decide(0.0, at(40)), FecParams::new(1, 1));
+        assert_eq!(auto.decide(0.0, at(9_000)), FecParams::new(1, 1));
+        assert_eq!(auto.decide(0.0, at(10_040)), FecParams::new(8, 4));
+        assert_eq!(auto.decide(0.0, at(20_040)), FecParams::new(8, 2));
+        // Loss back above half the level's threshold: the calm starts over.
+        assert_eq!(auto.decide(0.006, at(25_000)), FecParams::new(8, 2));
+        assert_eq!(auto.decide(0.0, at(30_040)), FecParams::new(8, 2));
+        assert_eq!(auto.decide(0.0, at(40_040)), FecParams::new(8, 1));
+        assert_eq!(auto.decide(0.0, at(50_040)), None);
+    }
+
+    #[test]
+    fn loss_between_a_level_and_half_its_threshold_keeps_it() {
+        let mut auto = AutoFec::default();
+        assert_eq!(auto.decide(0.015, at(0)), FecParams::new(8, 2));
+        for s in 1..100 {
+            assert_eq!(auto.decide(0.006, at(s * 1000)), FecParams::new(8, 2));
+        }
+    }
+
+    #[test]
+    fn member_extension_round_trips_and_bounds_are_checked() {
+        use crate::wire::{DATA_HEADER_LEN, MEMBER_LEN};
+        let member = Member {
+            block: 0xdead_beef,
+            index: 5,
+            params: FecParams::new(8, 2).unwrap_or_else(|| unreachable!()),
+            first_seq: 0x0102_0304_0506_0708,
+        };
+        let repr = Repr {
+            stamp: Stamp::on(1),
+            epoch: 9,
+            seq: 0x0102_0304_0506_070a,
+            payload_len: 3,
+            flags: 0,
+            kind: Kind::Data,
+        };
+        let mut buf = [0u8; 64];
+        let len = repr.emit_with_payload(&[1, 2, 3], &mut buf).unwrap_or(0);
+        let len = member.insert(&mut buf, len).unwrap_or(0);
+        assert_eq!(len, DATA_HEADER_LEN + MEMBER_LEN + 3);
+        let view = Frame::new_checked(&buf[..len]).unwrap_or_else(|_| unreachable!());
+        assert_eq!(view.member(), Ok(Some(member)));
+        assert_eq!(view.payload(), &[1, 2, 3]);
+        assert_eq!(Repr::parse(&view).map(|r| r.seq), Ok(repr.seq));
+        // An index beyond k is malformed.
+        let mut bad = buf;
+        bad[DATA_HEADER_LEN + 4] = 8;
+        let view = Frame::new_checked(&bad[..len]).unwrap_or_else(|_| unreachable!());
+        assert!(view.member().is_err());
+        // A second extension does not fit: the header already grew.
+        assert!(member.insert(&mut buf, len).is_err());
+    }
+}

@@ -126,6 +126,12 @@ counter_set! {
     /// because they were to go alone on a link that loses frames (a lost frame then costs one
     /// segment, not the whole packet).
     tcp_segmented: Packets, "tcp_segmented_packets", "TCP cut into segments";
+    /// FEC blocks closed, their parity computed (`[scheduler] fec`).
+    fec_blocks: Events, "fec_blocks", "FEC blocks";
+    /// FEC blocks closed by the timeout before they were full.
+    fec_partial: Events, "fec_partial_blocks", "FEC blocks closed early";
+    /// FEC parity frames sent (on all links).
+    fec_parity_sent: Frames, "fec_parity_sent_frames", "FEC parity sent";
 }
 
 counter_set! {
@@ -334,6 +340,15 @@ engine_counters! {
     seq_jumps = seq_jumps, "seq_jumps", "sequence jumps";
     /// Frames of a restart or resumption that came before it was believed and were lost.
     pending_lost = pending_lost, "pending_lost", "lost before believed";
+    /// FEC parity frames received.
+    fec_parity = fec.parity, "fec_parity_frames", "FEC parity received";
+    /// Data frames FEC rebuilt from parity.
+    fec_recovered = fec.recovered, "fec_recovered_frames", "FEC frames recovered";
+    /// FEC blocks given up with data missing that their parity could not rebuild.
+    fec_unrecoverable = fec.unrecoverable, "fec_unrecoverable_blocks", "FEC blocks unrecoverable";
+    /// FEC parity, or frames rebuilt from it, that did not check out (forged or corrupt),
+    /// dropped.
+    fec_rejected = fec.rejected, "fec_rejected", "FEC rejected";
 }
 
 /// A capture worker's counters, on cache lines of their own.

@@ -10,7 +10,8 @@ use alagg_proto::{ReceiverConfig, auth::SiteKey};
 use anyhow::{Context as _, bail};
 
 use crate::{
-    config::{self, Config},
+    config::{self, Config, FecSetting},
+    engine::transmit::{FecPlan, FecPolicy},
     host::{QueueSpec, default_tun_address, signals::TermSignals},
     link::LinkPlan,
     ops::{
@@ -65,6 +66,7 @@ fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
         receiver,
         scheduler: config.scheduler.mode.scheduler(),
         bundle: config.scheduler.bundle,
+        fec: fec_plan(&config.scheduler),
         pin: config.cpu.pin,
         cores: config.cpu.cores.clone(),
         busy_poll: config.cpu.busy_poll(),
@@ -240,4 +242,17 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
         bail!("alagg stopped because a worker thread failed (see the log above)");
     }
     Ok(())
+}
+
+/// FEC as the transmit stage runs it (`[scheduler] fec`), `None` when off.
+fn fec_plan(scheduler: &config::SchedulerConfig) -> Option<FecPlan> {
+    let policy = match scheduler.fec {
+        FecSetting::Off => return None,
+        FecSetting::Fixed(params) => FecPolicy::Fixed(params),
+        FecSetting::Auto => FecPolicy::Auto,
+    };
+    Some(FecPlan {
+        policy,
+        timeout: Duration::from_micros(u64::from(scheduler.fec_timeout_us)),
+    })
 }

@@ -25,6 +25,7 @@ use std::{
 };
 
 use alagg_common::DEFAULT_ETHERTYPE;
+use alagg_proto::wire::FecParams;
 pub use alagg_proto::wire::MacAddr;
 
 pub use crate::link::{IoMode, xdp::XdpMode};
@@ -234,6 +235,13 @@ pub struct SchedulerConfig {
     /// for packets; saves per-frame work on both hosts. Default `true`; turn it off only for a
     /// peer running an alagg from before bundles.
     pub bundle: bool,
+    /// Forward error correction: `"off"` (default), `"K+M"` (K data frames protected by M
+    /// parity frames, any M of the K + M recoverable: `"8+1"` XOR, `"8+2"` Reed-Solomon) or
+    /// `"auto"` (the protection follows the links' measured loss). Not with `redundant`.
+    pub fec: FecSetting,
+    /// Microseconds after its first frame that an FEC block which is not full is closed (its
+    /// parity sent), so FEC never holds recovery back longer. Default 1000, at most 2000.
+    pub fec_timeout_us: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -241,6 +249,51 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             mode: SchedulerMode::default(),
             bundle: true,
+            fec: FecSetting::Off,
+            fec_timeout_us: DEFAULT_FEC_TIMEOUT_US,
+        }
+    }
+}
+
+/// Default `[scheduler] fec_timeout_us`.
+pub const DEFAULT_FEC_TIMEOUT_US: u32 = 1000;
+/// Largest `[scheduler] fec_timeout_us`.
+pub const MAX_FEC_TIMEOUT_US: u32 = 2000;
+
+/// `[scheduler] fec`: what protects the frames of `stripe`, `backup` and `adaptive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum FecSetting {
+    /// No parity.
+    #[default]
+    Off,
+    /// Blocks of this shape.
+    Fixed(FecParams),
+    /// Chosen per measured loss ([`alagg_proto::fec::AutoFec`]).
+    Auto,
+}
+
+impl TryFrom<String> for FecSetting {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.as_str() {
+            "off" => Ok(FecSetting::Off),
+            "auto" => Ok(FecSetting::Auto),
+            other => other
+                .parse()
+                .map(FecSetting::Fixed)
+                .map_err(|e| format!("{e}, or \"off\" or \"auto\"")),
+        }
+    }
+}
+
+impl fmt::Display for FecSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FecSetting::Off => f.write_str("off"),
+            FecSetting::Fixed(params) => write!(f, "{params}"),
+            FecSetting::Auto => f.write_str("auto"),
         }
     }
 }
@@ -692,6 +745,7 @@ impl Config {
         self.check_tun()?;
         self.check_protocol()?;
         self.check_links()?;
+        self.check_scheduler()?;
         self.check_cpu()?;
         self.check_metrics()
     }
@@ -882,6 +936,26 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn check_scheduler(&self) -> Result<(), Invalid> {
+        let scheduler = &self.scheduler;
+        if scheduler.fec != FecSetting::Off && scheduler.mode == SchedulerMode::Redundant {
+            return Err(invalid(
+                "scheduler.fec",
+                format!(
+                    "fec = \"{}\" with mode = \"redundant\": redundant already sends every \
+                     packet on every link and needs no parity. Use mode = \"stripe\", \
+                     \"backup\" or \"adaptive\" with FEC, or fec = \"off\"",
+                    scheduler.fec
+                ),
+            ));
+        }
+        check_range(
+            "scheduler.fec_timeout_us",
+            scheduler.fec_timeout_us,
+            &(50..=MAX_FEC_TIMEOUT_US),
+        )
     }
 
     fn check_links(&self) -> Result<(), Invalid> {
@@ -1230,6 +1304,27 @@ impl fmt::Display for Plan<'_> {
             },
             default_note(&bundle, &SchedulerConfig::default().bundle),
         )?;
+        let fec = config.scheduler.fec;
+        let timeout = config.scheduler.fec_timeout_us;
+        let timeout_note = default_note(&timeout, &DEFAULT_FEC_TIMEOUT_US);
+        match fec {
+            FecSetting::Off => writeln!(f, "  FEC off (default)")?,
+            FecSetting::Fixed(params) => writeln!(
+                f,
+                "  FEC {params}: {} parity frame{} ({}) per {} data frames, on other links than \
+                 most of the block; a block not full is closed after {timeout} us{timeout_note}",
+                params.m,
+                if params.m == 1 { "" } else { "s" },
+                if params.m == 1 { "XOR" } else { "Reed-Solomon" },
+                params.k,
+            )?,
+            FecSetting::Auto => writeln!(
+                f,
+                "  FEC auto: none on clean links, XOR 8+1 for light loss, Reed-Solomon 8+2 and \
+                 8+4 for more, a copy (1+1) for heavy loss; a block not full is closed after \
+                 {timeout} us{timeout_note}"
+            )?,
+        }
         for (i, link) in config.links.iter().enumerate() {
             let io = match link.io {
                 IoMode::Xdp => format!(
@@ -1527,6 +1622,17 @@ peer_mac = "02:00:00:00:02:02"
             assert_eq!(config.scheduler.mode, mode);
             assert_eq!(mode.to_string(), name);
         }
+        for (text, fec) in [
+            ("\"8+2\"", FecSetting::Fixed(FecParams { k: 8, m: 2 })),
+            ("\"4 + 1\"", FecSetting::Fixed(FecParams { k: 4, m: 1 })),
+            ("\"auto\"", FecSetting::Auto),
+            ("\"off\"", FecSetting::Off),
+        ] {
+            let text = format!("{BASE}\n[scheduler]\nmode = \"stripe\"\nfec = {text}\n");
+            let config = parse(&text).unwrap();
+            assert_eq!(config.scheduler.fec, fec);
+            assert!(config.plan().to_string().contains(&format!("FEC {fec}")));
+        }
         let text = BASE.replace(
             "peer_mac = \"02:00:00:00:02:02\"",
             "peer_mac = \"02:00:00:00:02:02\"\npriority = 7\nrate_mbit = 200",
@@ -1653,6 +1759,16 @@ peer_mac = "02:00:00:00:02:02"
                 "unknown scheduler",
                 format!("{BASE}\n[scheduler]\nmode = \"roundrobin\"\n"),
                 &["stripe", "redundant"],
+            ),
+            (
+                "fec shape out of bounds",
+                format!("{BASE}\n[scheduler]\nmode = \"stripe\"\nfec = \"8+0\"\n"),
+                &["\"8+0\"", "K+M", "\"auto\""],
+            ),
+            (
+                "fec not a shape",
+                format!("{BASE}\n[scheduler]\nmode = \"stripe\"\nfec = \"high\"\n"),
+                &["\"high\"", "e.g. \"8+2\""],
             ),
             (
                 "unknown io mode",
@@ -2006,6 +2122,18 @@ peer_mac = "02:00:00:00:02:02"
                 ),
                 "link[1].xdp_mode",
                 &["af_packet"],
+            ),
+            (
+                "fec with redundant",
+                format!("{BASE}\n[scheduler]\nfec = \"8+1\"\n"),
+                "scheduler.fec",
+                &["redundant", "\"stripe\"", "fec = \"off\""],
+            ),
+            (
+                "fec timeout too long",
+                format!("{BASE}\n[scheduler]\nmode = \"stripe\"\nfec = \"8+1\"\nfec_timeout_us = 5000\n"),
+                "scheduler.fec_timeout_us",
+                &["from 50 to 2000"],
             ),
             (
                 "weight zero",

@@ -23,10 +23,11 @@ use std::{collections::VecDeque, sync::atomic::Ordering::Relaxed, time::Duration
 use alagg_proto::{
     AnyScheduler, Bundler, Lane, LinkSet, LinkState, Scheduler as _, Sender, Timestamp,
     auth::FrameKey,
+    fec::{AutoFec, Encoder},
     health::{Condition, FEEDBACK_INTERVAL, PROBE_INTERVAL},
     wire::{
-        BUNDLE_ENTRY_HEADER_LEN, DATA_HEADER_LEN, ETH_HDR_LEN, EthernetRepr, Frame, LaneReport,
-        ProbeRepr, WireError,
+        BUNDLE_ENTRY_HEADER_LEN, DATA_HEADER_LEN, ETH_HDR_LEN, EthernetRepr, FecParams, Frame,
+        LaneReport, Member, ProbeRepr, WireError,
     },
 };
 
@@ -110,6 +111,53 @@ impl Recent {
     }
 }
 
+/// What protects the frames with FEC (`[scheduler] fec`), when it is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FecPolicy {
+    /// Blocks of this shape.
+    Fixed(FecParams),
+    /// The shape follows the links' measured loss ([`AutoFec`]).
+    Auto,
+}
+
+/// FEC as the transmit stage runs it: the policy, and how long a block may stay open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FecPlan {
+    pub(crate) policy: FecPolicy,
+    pub(crate) timeout: Duration,
+}
+
+/// A worker's FEC: its encoder, and the policy that picks its block shape.
+#[derive(Debug)]
+struct Fec {
+    encoder: Encoder,
+    /// Whether frames get parity now (always with a fixed shape; as `auto` decides).
+    active: bool,
+    auto: Option<AutoFec>,
+    timeout: Duration,
+}
+
+impl Fec {
+    fn new(plan: FecPlan, links: usize) -> Self {
+        let (params, auto) = match plan.policy {
+            FecPolicy::Fixed(params) => (params, None),
+            // Until loss is measured: none (the encoder's shape is unused while inactive).
+            FecPolicy::Auto => (FecParams { k: 8, m: 1 }, Some(AutoFec::default())),
+        };
+        Self {
+            encoder: Encoder::new(params, links),
+            active: auto.is_none(),
+            auto,
+            timeout: plan.timeout,
+        }
+    }
+
+    /// The member extension for the next data frame, numbered `seq`, if frames get parity.
+    fn member(&mut self, seq: u64, now: Timestamp) -> Option<Member> {
+        self.active.then(|| self.encoder.member(seq, now))
+    }
+}
+
 /// The transmit half of one link and the Ethernet header of its frames.
 #[derive(Debug)]
 pub(crate) struct TxLink<T> {
@@ -161,6 +209,8 @@ pub(crate) struct Transmit<'a, R, T> {
     recent: Option<Recent>,
     /// Where TCP cut into segments is built ([`Transmit::cut_tcp`]).
     segments: Vec<u8>,
+    /// Forward error correction, when on.
+    fec: Option<Fec>,
     last_error: Option<std::time::Instant>,
 }
 
@@ -172,7 +222,7 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
     pub(crate) fn new(
         (sender, sealer): (Sender, Option<FrameKey>),
         (links, link_states): (Vec<TxLink<T>>, Vec<LinkState>),
-        (scheduler, bundle): (AnyScheduler, bool),
+        (scheduler, bundle, fec): (AnyScheduler, bool, Option<FecPlan>),
         counters: &'a WorkerCounters,
         (control, worker): (&'a LinkControl<R, T>, usize),
     ) -> Self {
@@ -198,6 +248,8 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             .collect();
         // Kept for failover unless every packet goes on every link.
         let recent = (!redundant).then(Recent::default);
+        let fec = fec.map(|plan| Fec::new(plan, link_states.len()));
+        let sender = sender.with_fec(fec.as_ref().is_some_and(|f| f.active));
         Self {
             sender,
             scheduler,
@@ -216,8 +268,127 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             reports: Vec::new(),
             recent,
             segments: Vec::new(),
+            fec,
             last_error: None,
         }
+    }
+
+    /// With `fec = "auto"`: follows the worst usable link's loss, closing the open block
+    /// first when the shape changes.
+    fn adapt_fec(&mut self, now: Timestamp) {
+        let Some(auto) = self.fec.as_mut().and_then(|f| f.auto.as_mut()) else {
+            return;
+        };
+        let loss = self
+            .link_states
+            .iter()
+            .filter(|s| s.usable)
+            .map(|s| s.health.loss)
+            .fold(0.0f32, f32::max);
+        let wanted = auto.decide(loss, now);
+        let Some(fec) = self.fec.as_ref() else {
+            return;
+        };
+        let current = fec.active.then(|| fec.encoder.params());
+        if wanted != current {
+            self.send_parity(now);
+            if let Some(fec) = self.fec.as_mut() {
+                fec.active = wanted.is_some();
+                if let Some(params) = wanted {
+                    fec.encoder.set_params(params);
+                }
+                self.sender.set_fec(fec.active);
+            }
+            tracing::info!(
+                fec = %wanted.map_or("off".to_owned(), |p| p.to_string()),
+                loss = %format!("{:.2} %", loss * 100.0),
+                "FEC protection changed"
+            );
+        }
+    }
+
+    /// Closes the open FEC block, if any, and sends its parity: each parity frame on the
+    /// usable link that carried the fewest of the block's frames so far (parity included), the
+    /// one with the shortest round trip among equals, so one link's failure does not take a
+    /// block's data and its parity together.
+    fn send_parity(&mut self, now: Timestamp) {
+        let Some(fec) = self.fec.as_mut() else {
+            return;
+        };
+        let (epoch, flags) = (self.sender.epoch(), self.sender.flags());
+        let k = fec.encoder.params().k;
+        let Some(parity) = fec.encoder.close() else {
+            return;
+        };
+        let partial = parity.count() < k;
+        let counters = &self.counters.capture;
+        counters.fec_blocks.fetch_add(1, Relaxed);
+        if partial {
+            counters.fec_partial.fetch_add(1, Relaxed);
+        }
+        // Frames of the block per link, parity added as it goes (at most 64 links).
+        let mut carried = [0u32; alagg_proto::sched::MAX_LINKS];
+        for (c, used) in carried.iter_mut().zip(parity.link_use()) {
+            *c = u32::from(*used);
+        }
+        for j in 0..parity.len() {
+            let target = self
+                .link_states
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| s.usable && self.links.get(*i).is_some_and(|l| l.carrier))
+                .min_by_key(|(i, s)| {
+                    let srtt = s.health.srtt.unwrap_or(Duration::MAX);
+                    (carried.get(*i).copied().unwrap_or(u32::MAX), srtt)
+                })
+                .map(|(i, _)| i);
+            let Some(target) = target else {
+                return;
+            };
+            if let Some(c) = carried.get_mut(target) {
+                *c += 1;
+            }
+            let Link {
+                io,
+                eth,
+                lane,
+                last_sent,
+                ..
+            } = &mut self.links[target];
+            let sealer = self.sealer.as_ref();
+            let mut bytes = 0;
+            stage(io, &self.counters.links[target], |buf| {
+                let emitted = (|| {
+                    let (repr, shard) = parity
+                        .frame(j, lane.stamp(now), epoch, flags)
+                        .ok_or(WireError::FieldOverflow)?;
+                    eth.emit(buf)?;
+                    let out = buf
+                        .get_mut(ETH_HDR_LEN..)
+                        .ok_or(WireError::BufferTooSmall)?;
+                    Ok(ETH_HDR_LEN + repr.emit_with_payload(shard, out)?)
+                })();
+                bytes = emitted.as_ref().map_or(0, |n| *n);
+                finish(sealer, buf, emitted)
+            });
+            *last_sent = now;
+            let mut one = LinkSet::EMPTY;
+            one.insert(target);
+            self.scheduler.charge(one, bytes, &self.link_states);
+            counters.fec_parity_sent.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Sends the open FEC block's parity if it is full, or has been open for the timeout.
+    /// Returns whether it did.
+    fn close_fec_block(&mut self, now: Timestamp) -> bool {
+        let due = self.fec.as_ref().is_some_and(|f| {
+            f.encoder.is_full() || f.encoder.deadline(f.timeout).is_some_and(|t| t <= now)
+        });
+        if due {
+            self.send_parity(now);
+        }
+        due
     }
 
     /// Takes the links' health from the boards when it changed, then works out which links the
@@ -443,6 +614,10 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             return;
         };
         if let Some(sealed) = bundler.seal(&mut self.sender) {
+            let member = self
+                .fec
+                .as_mut()
+                .and_then(|f| f.member(sealed.seq(), self.now));
             for index in self.bundle_links.iter() {
                 let Link {
                     io,
@@ -452,17 +627,19 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
                     ..
                 } = &mut self.links[index];
                 let (sealer, now) = (self.sealer.as_ref(), self.now);
-                let recent = &mut self.recent;
+                let (recent, fec) = (&mut self.recent, &mut self.fec);
                 *last_sent = now;
                 stage(io, &self.counters.links[index], |buf| {
                     let stamp = lane.stamp(now);
                     let emitted = sealed.emit_ethernet(stamp, eth, buf);
+                    let emitted = join_block(fec, member, index, buf, emitted);
                     keep(recent, now, index, buf, &emitted);
                     finish(sealer, buf, emitted)
                 });
             }
         }
         bundler.clear();
+        self.close_fec_block(self.now);
     }
 }
 
@@ -496,6 +673,10 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
             }
         }
         self.take_health(links_changed, now);
+        self.adapt_fec(now);
+        if self.close_fec_block(now) {
+            self.flush_links();
+        }
         self.send_control(now);
     }
 
@@ -512,10 +693,12 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
                     .min()
             })
             .map(|t| t.saturating_since(now));
-        match (feedback, probe) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let block = self
+            .fec
+            .as_ref()
+            .and_then(|f| f.encoder.deadline(f.timeout))
+            .map(|t| t.saturating_since(now));
+        [feedback, probe, block].into_iter().flatten().min()
     }
 
     /// Encapsulates one captured packet and stages its frames on the links the scheduler picks;
@@ -568,24 +751,27 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
             self.counters.capture.dropped.fetch_add(1, Relaxed);
             return;
         };
-        for index in chosen.iter() {
-            let Link {
-                io,
-                eth,
-                lane,
-                last_sent,
-                ..
-            } = &mut self.links[index];
-            *last_sent = now;
-            let (sealer, recent) = (self.sealer.as_ref(), &mut self.recent);
-            for i in 0..plan.frame_count() {
+        for i in 0..plan.frame_count() {
+            let member = self.fec.as_mut().and_then(|f| f.member(plan.seq(), now));
+            for index in chosen.iter() {
+                let Link {
+                    io,
+                    eth,
+                    lane,
+                    last_sent,
+                    ..
+                } = &mut self.links[index];
+                *last_sent = now;
+                let (sealer, recent, fec) = (self.sealer.as_ref(), &mut self.recent, &mut self.fec);
                 stage(io, &self.counters.links[index], |buf| {
                     let stamp = lane.stamp(now);
                     let emitted = plan.emit_ethernet(i, stamp, eth, payload, buf);
+                    let emitted = join_block(fec, member, index, buf, emitted);
                     keep(recent, now, index, buf, &emitted);
                     finish(sealer, buf, emitted)
                 });
             }
+            self.close_fec_block(now);
         }
     }
 
@@ -595,6 +781,29 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
         self.seal_bundle();
         self.flush_links();
     }
+}
+
+/// With FEC, makes the frame `emitted` into `buf` (Ethernet header first) a member of the open
+/// block: inserts `member`'s extension and gives the block the frame's shard (once per frame:
+/// copies on other links only count for where parity goes). Returns the frame's length.
+fn join_block(
+    fec: &mut Option<Fec>,
+    member: Option<Member>,
+    link: usize,
+    buf: &mut [u8],
+    emitted: Result<usize, WireError>,
+) -> Result<usize, WireError> {
+    let len = emitted?;
+    let (Some(fec), Some(member)) = (fec.as_mut(), member) else {
+        return Ok(len);
+    };
+    let frame = buf
+        .get_mut(ETH_HDR_LEN..)
+        .ok_or(WireError::BufferTooSmall)?;
+    let len = ETH_HDR_LEN + member.insert(frame, len - ETH_HDR_LEN)?;
+    fec.encoder.push(&buf[ETH_HDR_LEN..len]);
+    fec.encoder.carried(link);
+    Ok(len)
 }
 
 /// Keeps the frame `emitted` into `buf` (Ethernet header first), sent on `link` at `now`, for

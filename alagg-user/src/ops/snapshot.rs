@@ -218,7 +218,10 @@ impl From<(Action, Counter)> for XdpCounter {
 pub(crate) mod tests {
     use std::collections::BTreeSet;
 
-    use alagg_proto::stats::{DedupStats, HoldStats, ReassemblyStats, ReorderStats};
+    use alagg_proto::{
+        fec::FecRxStats,
+        stats::{DedupStats, HoldStats, ReassemblyStats, ReorderStats},
+    };
 
     use super::*;
 
@@ -301,6 +304,9 @@ pub(crate) mod tests {
                 overruns: 2,
                 errors: 3,
                 tcp_segmented: 5,
+                fec_blocks: 6,
+                fec_partial: 1,
+                fec_parity_sent: 12,
             },
             delivery: DeliverySnapshot {
                 delivered: 20,
@@ -390,6 +396,12 @@ pub(crate) mod tests {
             auth_unexpected: 33,
             inadmissible: 34,
             gaps_passed: 35,
+            fec: FecRxStats {
+                parity: 36,
+                recovered: 37,
+                unrecoverable: 38,
+                rejected: 39,
+            },
         };
         let engine = EngineSnapshot::from(&stats).counts;
         // Every field is distinct, and every row shows one: nothing is dropped or swapped twice.
@@ -397,7 +409,7 @@ pub(crate) mod tests {
             .iter()
             .map(|row| (row.value)(&engine))
             .collect();
-        assert_eq!(values, (1..=35).collect());
+        assert_eq!(values, (1..=39).collect());
         assert_eq!(engine.out_of_order, 13);
         assert_eq!(engine.reassembled, 21);
     }

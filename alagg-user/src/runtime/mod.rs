@@ -61,7 +61,7 @@ use crate::{
     },
     engine::{
         receive::{Receive, RxLink},
-        transmit::{Transmit, TxLink},
+        transmit::{FecPlan, Transmit, TxLink},
     },
     host::{HostError, HostSetup, QueueSpec, Recovery, journal_path, lock_path, recover},
     link::{self, IoMode, LinkError, LinkPlan, LinkRx, LinkTx, xdp::XdpSteering, xsk::XskConfig},
@@ -104,6 +104,8 @@ pub(crate) struct DatapathConfig {
     pub(crate) scheduler: AnyScheduler,
     /// Pack small packets captured together into one frame per link.
     pub(crate) bundle: bool,
+    /// Forward error correction, when on.
+    pub(crate) fec: Option<FecPlan>,
     /// Pin the capture workers and the receive thread to cores.
     pub(crate) pin: bool,
     /// Cores to pin to, in order (the capture workers, then receive); `None`: the first ones.
@@ -474,7 +476,7 @@ impl Datapath {
                 .as_ref()
                 .map(|(site, _)| FrameKey::derive(site, epoch));
             let link_states = link_states.clone();
-            let (scheduler, bundle) = (config.scheduler.clone(), config.bundle);
+            let (scheduler, bundle, fec) = (config.scheduler.clone(), config.bundle, config.fec);
             let name = if workers == 1 {
                 "alagg-capture".to_owned()
             } else {
@@ -489,7 +491,7 @@ impl Datapath {
                     let tx = Transmit::new(
                         (sender, sealer),
                         (links, link_states),
-                        (scheduler, bundle),
+                        (scheduler, bundle, fec),
                         counters,
                         (control, w),
                     );
