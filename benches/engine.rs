@@ -1,13 +1,15 @@
 //! Criterion benchmarks of the protocol core: encapsulation, duplicate elimination and
-//! reordering, fragmentation and reassembly, frame authentication. Run with
+//! reordering, fragmentation and reassembly, frame authentication, FEC. Run with
 //! `cargo bench -p alagg-benches --bench engine`.
 #![expect(clippy::unwrap_used, reason = "benchmark setup")]
 
 use std::hint::black_box;
 
 use alagg_proto::auth::{FrameKey, Keyring, SiteKey};
+use alagg_proto::fec::{Decoder, Encoder, Taken};
 use alagg_proto::wire::{
-    DEFAULT_ETHERTYPE, EthernetRepr, FLAG_AUTH, FLAG_ENCRYPTED, MacAddr, TAG_LEN,
+    DEFAULT_ETHERTYPE, EthernetRepr, FLAG_AUTH, FLAG_ENCRYPTED, FecParams, Frame, Kind, MacAddr,
+    ParityRepr, TAG_LEN,
 };
 use alagg_proto::{Lane, Receiver, ReceiverConfig, Sender, Stamp, Timestamp};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -197,12 +199,104 @@ fn authentication(c: &mut Criterion) {
     g.finish();
 }
 
+/// A block's data frames (alagg header first) and its parity (fields, `seq`, shard).
+type Block = (Vec<Vec<u8>>, Vec<(ParityRepr, u64, Vec<u8>)>);
+
+/// The next block of `encoder`: `k` data frames of 1280-byte packets and their parity.
+fn block(encoder: &mut Encoder, k: u8) -> Block {
+    let data = members(encoder, k);
+    let parity = encoder.close().unwrap();
+    let parity = (0..parity.len())
+        .map(|j| {
+            let (repr, shard) = parity.frame(j, Stamp::on(1), 1, 0).unwrap();
+            let Kind::Parity(p) = repr.kind else {
+                unreachable!()
+            };
+            (p, repr.seq, shard.to_vec())
+        })
+        .collect();
+    (data, parity)
+}
+
+/// `k` data frames of 1280-byte packets, members of `encoder`'s open block.
+fn members(encoder: &mut Encoder, k: u8) -> Vec<Vec<u8>> {
+    let mut tx = Sender::new(1).with_fec(true);
+    let pkt = vec![0x45u8; 1280];
+    (0..k)
+        .map(|_| {
+            let plan = tx.plan(pkt.len(), MTU - tx.overhead()).unwrap();
+            let member = encoder.member(plan.seq(), Timestamp::ZERO);
+            let mut out = vec![0u8; MTU];
+            let n = plan.emit(0, Stamp::on(0), &pkt, &mut out).unwrap();
+            let n = member.insert(&mut out, n).unwrap();
+            out.truncate(n);
+            encoder.push(&out);
+            out
+        })
+        .collect()
+}
+
+/// FEC per block of 1280-byte packets: the sender's cost (shards taken and parity computed)
+/// and the receiver's (shards kept and `m` lost data frames rebuilt), XOR for `m = 1`,
+/// Reed-Solomon (`reed-solomon-erasure`, SIMD) above.
+fn fec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fec");
+    for (k, m) in [(8u8, 1u8), (8, 2), (8, 4)] {
+        let params = FecParams::new(k, m).unwrap();
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("encode/{k}+{m}/1280B"), |b| {
+            let mut encoder = Encoder::new(params, 2);
+            let pkt = vec![0x45u8; 1280];
+            let mut tx = Sender::new(1).with_fec(true);
+            let mut out = vec![0u8; MTU];
+            b.iter(|| {
+                for _ in 0..k {
+                    let plan = tx.plan(pkt.len(), MTU - tx.overhead()).unwrap();
+                    let member = encoder.member(plan.seq(), Timestamp::ZERO);
+                    let n = plan.emit(0, Stamp::on(0), &pkt, &mut out).unwrap();
+                    let n = member.insert(&mut out, n).unwrap();
+                    encoder.push(&out[..n]);
+                }
+                black_box(encoder.close().map(|p| p.len()))
+            })
+        });
+        // 256 blocks, decoded in turn by one decoder (in steady state: codes and buffers warm).
+        let mut encoder = Encoder::new(params, 2);
+        let blocks: Vec<Block> = (0..256).map(|_| block(&mut encoder, k)).collect();
+        let mut decoder = Decoder::new();
+        let mut next = 0;
+        g.bench_function(format!("decode/{k}+{m}/1280B/{m}-lost"), |b| {
+            b.iter(|| {
+                let (data, parity) = &blocks[next % blocks.len()];
+                next += 1;
+                let mut rebuilt = 0;
+                for frame in &data[usize::from(m)..] {
+                    let view = Frame::new_checked(&frame[..]).unwrap();
+                    let member = view.member().unwrap().unwrap();
+                    decoder.on_member(0, member, frame, Timestamp::ZERO);
+                }
+                for (p, seq, shard) in parity {
+                    if let Taken::Ready(slot) =
+                        decoder.on_parity(0, *seq, *p, shard, Timestamp::ZERO)
+                    {
+                        decoder.rebuild(slot, |f| rebuilt += f.len());
+                    }
+                }
+                assert!(rebuilt > 0, "nothing rebuilt");
+                black_box(rebuilt)
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     encapsulate,
     receive,
     pipeline,
     fragmentation,
-    authentication
+    authentication,
+    fec
 );
 criterion_main!(benches);
