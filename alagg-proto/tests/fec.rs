@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use alagg_proto::fec::{Decoder, Encoder, Taken};
+use alagg_proto::fec::{Decoder, Encoder, Taken, parity_for};
 use alagg_proto::wire::{
     ETH_HDR_LEN, EthernetRepr, FecParams, Frame, Kind, MEMBER_LEN, MacAddr, Repr, canonicalize,
 };
@@ -180,8 +180,9 @@ fn decode(decoder: &mut Decoder, frames: &[&Sent], now: Timestamp) -> Vec<Vec<u8
 proptest! {
     #![proptest_config(config(256))]
 
-    /// Any `m` (or fewer) of a block's `count + m` frames lost, in any order of arrival: the
-    /// lost data frames are rebuilt exactly (in canonical form), nothing else is.
+    /// Any `m` (or fewer) of a block's `count + m` frames lost (fewer parity frames for a block
+    /// closed early, as many losses), in any order of arrival: the lost data frames are
+    /// rebuilt exactly (in canonical form), nothing else is.
     #[test]
     fn any_m_losses_are_rebuilt_byte_for_byte(
         k in 1u8..=12, m in 1u8..=4, fill in 1u8..=12, seed in any::<u64>(), lens in prop::collection::vec(20usize..1400, 12),
@@ -193,11 +194,14 @@ proptest! {
             tx.packet(&packet(i as u64, *len), Timestamp::ZERO);
         }
         tx.close(Timestamp::ZERO);
-        prop_assert_eq!(tx.sent.len(), usize::from(count + m));
+        // A block closed early carries parity in proportion.
+        let sent_parity = parity_for(params, count);
+        prop_assert_eq!(sent_parity, (usize::from(m) * usize::from(count)).div_ceil(usize::from(k)).max(1));
+        prop_assert_eq!(tx.sent.len(), usize::from(count) + sent_parity);
         let mut rng = Rng(seed);
         let mut order: Vec<&Sent> = tx.sent.iter().collect();
         rng.shuffle(&mut order);
-        let lost = rng.below(u64::from(m) + 1) as usize;
+        let lost = rng.below(sent_parity as u64 + 1) as usize;
         let (gone, kept) = order.split_at(lost);
         let mut decoder = Decoder::new();
         let rebuilt = decode(&mut decoder, kept, Timestamp::ZERO);
@@ -425,4 +429,50 @@ fn members_carry_their_extension_within_the_mtu() {
         delivered.len(),
         packets.len()
     );
+}
+
+/// The fuzz seed `fuzz/seeds/receive/fec.bin`: a stream of 24 small packets in 4+2 blocks, one data
+/// frame of each block lost, as records of the `receive` target (`[time step][length][frame]`).
+fn fuzz_seed() -> Vec<u8> {
+    let mut tx = Tx::new(FecParams::new(4, 2).unwrap(), 2, 1500);
+    for seq in 0..24 {
+        tx.packet(&packet(seq, 40 + 9 * (seq as usize % 8)), Timestamp::ZERO);
+    }
+    tx.close(Timestamp::ZERO);
+    let mut seed = Vec::new();
+    for (i, sent) in tx.sent.iter().enumerate() {
+        if sent.data == Some((i % 4) as u8) && i % 3 == 0 {
+            continue;
+        }
+        seed.push(1);
+        seed.extend_from_slice(&(sent.frame.len() as u16).to_be_bytes());
+        seed.extend_from_slice(&sent.frame);
+    }
+    seed
+}
+
+#[test]
+fn the_fuzz_seed_of_a_protected_stream_is_current() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/receive/fec.bin");
+    let seed = fuzz_seed();
+    if std::env::var_os("ALAGG_BLESS").is_some() {
+        std::fs::write(&path, &seed).unwrap();
+    }
+    let on_disk =
+        std::fs::read(&path).expect("fuzz/seeds/receive/fec.bin (ALAGG_BLESS=1 writes it)");
+    assert!(
+        on_disk == seed,
+        "the seed is stale: rerun with ALAGG_BLESS=1"
+    );
+    // And it exercises recovery.
+    let config = ReceiverConfig::default();
+    let mut rx = Receiver::new(&config).unwrap();
+    let mut rest = &seed[..];
+    while rest.len() >= 3 {
+        let len = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
+        rx.on_frame(&rest[3..3 + len], Timestamp::ZERO, |_| {});
+        rest = &rest[3 + len..];
+    }
+    assert!(rx.stats().fec.recovered > 0);
 }

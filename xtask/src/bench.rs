@@ -91,6 +91,25 @@ const ADAPTIVE_NAME: &str = "alagg 2 links, adaptive";
 /// `[scheduler] mode = "backup"`: everything on link 0 while it is healthy.
 const BACKUP: (&str, &str) = ("-backup", "\n[scheduler]\nmode = \"backup\"\n");
 const BACKUP_NAME: &str = "alagg 2 links, backup";
+/// `fec = "8+1"` and `"8+2"` with stripe: parity over blocks of 8 frames.
+const FEC_XOR: (&str, &str) = (
+    "-fec81",
+    "\n[scheduler]\nmode = \"stripe\"\nfec = \"8+1\"\n",
+);
+const FEC_XOR_NAME: &str = "alagg 2 links, stripe + XOR 8+1";
+const FEC_RS: (&str, &str) = (
+    "-fec82",
+    "\n[scheduler]\nmode = \"stripe\"\nfec = \"8+2\"\n",
+);
+const FEC_RS_NAME: &str = "alagg 2 links, stripe + RS 8+2";
+/// The configurations compared on two links both losing [`LOSS_PERCENT`] % ([`fec_lossy`]).
+const FEC_LOSSY: [&str; 5] = [
+    "alagg 2 links",
+    STRIPE_NAME,
+    FEC_XOR_NAME,
+    FEC_RS_NAME,
+    ADAPTIVE_NAME,
+];
 /// The configurations of the numbered UDP streams ([`streams`]).
 const STREAMED: [&str; 4] = ["alagg 2 links", STRIPE_NAME, BACKUP_NAME, ADAPTIVE_NAME];
 /// The numbered UDP streams: datagrams a millisecond, payload bytes.
@@ -99,7 +118,7 @@ const STREAM_PAYLOAD: usize = 1000;
 /// Loss on link 0 in the lossy-link stream.
 const STREAM_LOSS_PERCENT: u8 = 3;
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 19] = [
+const CONFIGS: [&str; 21] = [
     "direct",
     "nfqueue steal",
     "mptcp 2 links",
@@ -116,6 +135,8 @@ const CONFIGS: [&str; 19] = [
     STRIPE_NAME,
     ADAPTIVE_NAME,
     BACKUP_NAME,
+    FEC_XOR_NAME,
+    FEC_RS_NAME,
     "veth: direct",
     "veth: nfqueue steal",
     "veth: alagg 2 links",
@@ -448,6 +469,13 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         for link in 0..LINKS {
             impairment.apply(&bed, link, false)?;
         }
+    }
+    if only.wants_any(&FEC_LOSSY) {
+        println!(
+            "\n-- two links both dropping {LOSS_PERCENT} % of their frames: stripe, stripe + XOR \
+             8+1, stripe + Reed-Solomon 8+2, adaptive and redundant side by side"
+        );
+        fec_lossy(&alagg, &bed, &dir, &durations, &mut results)?;
     }
     if only.wants_any(&STREAMED) {
         println!(
@@ -808,6 +836,71 @@ fn streams(
         }
         pair.check_alive()?;
         pair.stop();
+    }
+    Ok(())
+}
+
+/// On links 0 and 1 both losing [`LOSS_PERCENT`] % of their frames (both ways), per
+/// configuration of [`FEC_LOSSY`]: one TCP flow (goodput, and alagg's bytes on the links per
+/// byte delivered), a numbered UDP stream (loss, bytes per byte) and ping (p50, p99 of the
+/// echoes that came back): what FEC recovers, what it costs on the wire and in latency.
+fn fec_lossy(
+    alagg: &Path,
+    bed: &Testbed,
+    dir: &Path,
+    durations: &Durations,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let configs = [
+        ("alagg 2 links", DEFAULTS),
+        (STRIPE_NAME, STRIPE),
+        (FEC_XOR_NAME, FEC_XOR),
+        (FEC_RS_NAME, FEC_RS),
+        (ADAPTIVE_NAME, ADAPTIVE),
+    ];
+    let workload = format!("{LOSS_PERCENT} % loss on both links");
+    for link in 0..2 {
+        bed.set_loss(link, LOSS_PERCENT)?;
+    }
+    for (name, edit) in configs {
+        let pair = AlaggPair::start(alagg, bed, 2, dir, edit)?;
+        // Feedback has measured the links' loss (adaptive acts on it).
+        thread::sleep(Duration::from_secs(2));
+        let before = wire_bytes(alagg, bed)?;
+        let gbit = iperf(bed, 1, durations.tcp_secs)?;
+        let sent = wire_bytes(alagg, bed)? - before;
+        results.add(name, &format!("{workload}: tcp 1 flow"), gbit, "Gbit/s");
+        let delivered = gbit * 1e9 / 8.0 * f64::from(durations.tcp_secs);
+        results.add(
+            name,
+            &format!("{workload}: tcp wire bytes per byte"),
+            sent as f64 / delivered.max(1.0),
+            "x",
+        );
+        let before = wire_bytes(alagg, bed)?;
+        let stream = numbered_stream(bed, 10_000, None)?;
+        let sent = wire_bytes(alagg, bed)? - before;
+        results.add(
+            name,
+            &format!("{workload}: udp loss"),
+            stream.loss_percent(),
+            "%",
+        );
+        let delivered = stream.unique.max(1) * (STREAM_PAYLOAD as u64 + 28);
+        results.add(
+            name,
+            &format!("{workload}: udp wire bytes per byte"),
+            sent as f64 / delivered as f64,
+            "x",
+        );
+        let (p50, p99) = ping(bed, durations.pings)?;
+        results.add(name, &format!("{workload}: ping p50"), p50, "us");
+        results.add(name, &format!("{workload}: ping p99"), p99, "us");
+        pair.check_alive()?;
+        pair.stop();
+    }
+    for link in 0..2 {
+        bed.set_loss(link, 0)?;
     }
     Ok(())
 }
@@ -1641,6 +1734,8 @@ fn markdown(
         (STRIPE_NAME, "alagg 2 links"),
         (STRIPE_NAME, "mptcp 2 links"),
         (ADAPTIVE_NAME, "alagg 2 links"),
+        (FEC_XOR_NAME, STRIPE_NAME),
+        (FEC_RS_NAME, STRIPE_NAME),
         ("alagg 2 links", "nfqueue steal"),
         ("alagg 2 links", "mptcp 2 links"),
         ("veth: alagg 2 links", "veth: direct"),
@@ -1687,7 +1782,8 @@ fn markdown(
 fn human(value: f64, unit: &str) -> String {
     match unit {
         "pps" => format!("{:.0} k", value / 1e3),
-        "Gbit/s" => format!("{value:.2}"),
+        "Gbit/s" | "x" | "%" => format!("{value:.2}"),
+        "ms" => format!("{value:.1}"),
         _ => format!("{value:.0}"),
     }
 }

@@ -217,15 +217,21 @@ impl Datapath {
             })
             .collect();
         let min_mtu = link_states.iter().map(|l| l.mtu).min().unwrap_or(1500);
-        // By default a packet of the TUN's MTU fills one frame: header and, with [auth], tag.
+        // By default a packet of the TUN's MTU fills one frame: header and, with [auth], tag;
+        // with FEC, room for the member extension and for the parity frame around its shard.
         let tag = if config.auth.is_some() {
             wire::TAG_LEN
         } else {
             0
         };
+        let fec = if config.fec.is_some() {
+            wire::FEC_OVERHEAD
+        } else {
+            0
+        };
         let tun_mtu = config
             .tun_mtu
-            .unwrap_or((min_mtu - wire::DATA_HEADER_LEN - tag) as u32);
+            .unwrap_or((min_mtu - wire::DATA_HEADER_LEN - tag - fec) as u32);
         // Made here, before any change to the host, so that a bad configuration changes nothing.
         let mut receiver =
             Receiver::new(&config.receiver)?.with_health(config.links.len(), worker::clock());
