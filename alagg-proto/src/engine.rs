@@ -1032,6 +1032,14 @@ impl Receiver {
                 seq: repr.seq,
             };
         }
+        // Parity of a block older than the duplicate window can judge rebuilds nothing new.
+        if self.window.check(repr.seq) == SeqCheck::TooOld {
+            self.window.count(SeqCheck::TooOld);
+            return RxOutcome::TooOld {
+                link,
+                seq: repr.seq,
+            };
+        }
         let mut fec = self.fec.take().unwrap_or_default();
         if let Taken::Ready(slot) = fec.on_parity(repr.stamp.lane, repr.seq, parity, payload, now) {
             fec.rebuild(slot, |frame| self.rebuilt(frame, now, deliver));
@@ -1061,6 +1069,16 @@ impl Receiver {
                 return;
             }
         };
+        // A block's first number is at most this frame's, and not far below it (a block is
+        // at most 32 frames of one worker): a forged one cannot hold gaps far from the stream.
+        let behind = seq_distance(member.first_seq, repr.seq);
+        if !(0..=2 * self.max_jump as i64).contains(&behind) {
+            self.stats.malformed += 1;
+            return;
+        }
+        if self.window.check(member.first_seq) == SeqCheck::TooOld {
+            return;
+        }
         let len = usize::from(frame.header_len()) + usize::from(frame.payload_len());
         let mut fec = self.fec.take().unwrap_or_default();
         if let Taken::Ready(slot) = fec.on_member(repr.stamp.lane, member, &bytes[..len], now) {

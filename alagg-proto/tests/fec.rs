@@ -476,3 +476,24 @@ fn the_fuzz_seed_of_a_protected_stream_is_current() {
     }
     assert!(rx.stats().fec.recovered > 0);
 }
+
+#[test]
+fn a_member_whose_block_starts_far_from_its_number_is_refused() {
+    let mut tx = Tx::new(FecParams::new(4, 1).unwrap(), 2, 1500);
+    for seq in 0..8 {
+        tx.packet(&packet(seq, 100), Timestamp::ZERO);
+    }
+    // Frame 5 (block 1, index 1) made to claim its block began 10 000 numbers earlier.
+    let mut forged = tx.sent[6].clone();
+    assert_eq!(forged.data, Some(1));
+    let at = forged.frame[34] as usize - 8;
+    let first = u64::from_be_bytes(forged.frame[at..at + 8].try_into().unwrap());
+    forged.frame[at..at + 8].copy_from_slice(&first.wrapping_sub(10_000).to_be_bytes());
+    let mut frames = tx.sent.clone();
+    frames[6] = forged;
+    let (delivered, rx) = receive(&frames, |_, _| false);
+    // Its packet is still delivered (the extension only adds protection), the extension
+    // refused.
+    assert_eq!(delivered.len(), 8);
+    assert_eq!(rx.stats().malformed, 1);
+}
