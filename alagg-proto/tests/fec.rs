@@ -1,7 +1,7 @@
 //! Forward error correction: the codec through [`Encoder`] and [`Decoder`] (any `m` losses
 //! of a block's `k + m` frames rebuilt byte for byte, `m + 1` reported and never
 //! mis-rebuilt), and the receiver with seeded loss patterns.
-#![expect(clippy::unwrap_used, reason = "tests")]
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use std::collections::HashMap;
 use std::time::Duration;
