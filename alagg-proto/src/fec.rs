@@ -785,7 +785,7 @@ pub struct AutoFec {
 }
 
 impl AutoFec {
-    /// The protection for a measured `loss` (a ratio, the worst usable link's) at `now`.
+    /// The protection for a measured `loss` (a ratio: what the frames see) at `now`.
     pub fn decide(&mut self, loss: f32, now: Timestamp) -> Option<FecParams> {
         let wanted = AUTO_LEVELS
             .iter()

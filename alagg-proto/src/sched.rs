@@ -317,17 +317,33 @@ const ADAPTIVE_WAIT: Duration = Duration::from_millis(2);
 /// on the earliest sound link instead if it arrives there at most [`ADAPTIVE_WAIT`] later;
 /// else it goes on both its link and the next-earliest, so residual loss stays low with the
 /// least extra traffic: copies only for what the sound links have no room for.
+///
+/// With FEC on ([`Adaptive::set_fec_covers`]), a packet at risk only by a loss FEC covers is
+/// not copied: parity on another link protects it for less.
 #[derive(Clone, Debug, Default)]
 pub struct Adaptive {
     stripe: Stripe,
+    /// Loss ratio up to which FEC protects what is sent (0: no FEC).
+    fec_covers: f32,
 }
 
 impl Adaptive {
+    /// Tells the scheduler that FEC protects frames on links losing up to `loss` (a ratio; 0
+    /// when FEC is off): it then copies only for what is lossier or slow.
+    pub fn set_fec_covers(&mut self, loss: f32) {
+        self.fec_covers = loss;
+    }
+
     /// Whether a packet sent on `link` alone is at risk.
     fn at_risk(link: &LinkState, links: &[LinkState]) -> bool {
         if link.health.condition == Condition::Degraded || link.health.loss > ADAPTIVE_LOSS {
             return true;
         }
+        Self::slow(link, links)
+    }
+
+    /// Whether `link` is far slower than the best.
+    fn slow(link: &LinkState, links: &[LinkState]) -> bool {
         let best = links
             .iter()
             .filter(|l| l.class().is_some())
@@ -361,6 +377,11 @@ impl Scheduler for Adaptive {
                 }
             }
         }
+        // At risk only by a loss FEC covers: the parity protects it.
+        if copy && links[first].health.loss <= self.fec_covers && !Self::slow(&links[first], links)
+        {
+            copy = false;
+        }
         set.insert(first);
         stripe.enqueue(
             first,
@@ -389,6 +410,16 @@ pub enum AnyScheduler {
     Backup(Backup),
     /// [`Adaptive`].
     Adaptive(Adaptive),
+}
+
+impl AnyScheduler {
+    /// FEC protects frames on links losing up to `loss` (0: FEC off); only [`Adaptive`]
+    /// acts on it.
+    pub fn set_fec_covers(&mut self, loss: f32) {
+        if let AnyScheduler::Adaptive(adaptive) = self {
+            adaptive.set_fec_covers(loss);
+        }
+    }
 }
 
 impl Scheduler for AnyScheduler {
@@ -561,6 +592,12 @@ mod tests {
         let (bytes, doubled) = share(&mut Adaptive::default(), &lossy, 1_000, 5);
         assert!(doubled > 0 && doubled < 1_000, "doubled {doubled}");
         assert_eq!(bytes[0] + bytes[1], (1_000 + doubled) * 1400);
+        // With FEC covering 3 %, the same load is striped over both links and nothing copied.
+        let mut covered = Adaptive::default();
+        covered.set_fec_covers(0.12);
+        let (bytes, doubled) = share(&mut covered, &lossy, 1_000, 5);
+        assert_eq!(doubled, 0);
+        assert!(bytes[1] > 0, "{bytes:?}");
         // Under a load one link carries alone (56 Mbit/s), nothing goes on the lossy link
         // and nothing is copied, even where the lossy link comes first.
         let (bytes, doubled) = share(&mut Adaptive::default(), &lossy, 1_000, 200);

@@ -417,3 +417,53 @@ fn xor_8_1_at_1_percent_loss_leaves_a_residual_near_k_p_squared() {
     assert!(lost <= 40, "{lost} of 10000 lost");
     assert!(b.engine.counts.fec_recovered > 0, "nothing recovered");
 }
+
+#[test]
+fn adaptive_turns_fec_on_for_lossy_links_and_leaves_it_off_on_clean_ones() {
+    // `mode = "adaptive"` has `fec = "auto"` by default.
+    alagg_testbed::require_root!();
+    let _heavy = heavy();
+    let run = Running::new("fecauto", 2, "adaptive");
+    run.wait_healthy();
+    let nothing = || {};
+    let (seen, _) = udp_stream(&run, 5620, (2_000, 5), (Duration::ZERO, &nothing));
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "clean links: every datagram once"
+    );
+    let clean = status_json(&run.bed.a);
+    assert_eq!(clean.capture.fec_blocks, 0, "parity on clean links");
+    for link in 0..2 {
+        run.bed.set_loss(link, 3).expect("loss on the link");
+    }
+    // Feedback measures the loss (windows of 100 ms); auto looks every 100 ms.
+    thread::sleep(Duration::from_millis(1500));
+    let before: u64 = status_json(&run.bed.a)
+        .links
+        .iter()
+        .map(|l| l.tx.tx_bytes)
+        .sum();
+    let (seen, _) = udp_stream(&run, 5621, (10_000, 5), (Duration::ZERO, &nothing));
+    let a = status_json(&run.bed.a);
+    let sent: u64 = a.links.iter().map(|l| l.tx.tx_bytes).sum::<u64>() - before;
+    let lost = seen.iter().filter(|&&n| n == 0).count();
+    let delivered = (10_000 - lost) as u64 * (64 + 28);
+    let b = status_json(&run.bed.b);
+    eprintln!(
+        "adaptive, auto FEC, 3 % loss on both links: {lost} of 10000 lost, {} blocks ({} partial), \
+         {} parity, {:.2} bytes on the links per byte delivered; B: {} recovered, {} \
+         unrecoverable, {} rejected, {} lost, {} late",
+        a.capture.fec_blocks,
+        a.capture.fec_partial,
+        a.capture.fec_parity_sent,
+        sent as f64 / delivered as f64,
+        b.engine.counts.fec_recovered,
+        b.engine.counts.fec_unrecoverable,
+        b.engine.counts.fec_rejected,
+        b.engine.counts.lost,
+        b.engine.counts.late,
+    );
+    assert!(a.capture.fec_blocks > 0, "no parity on lossy links");
+    assert!(seen.iter().all(|&n| n <= 1), "duplicates delivered");
+    assert!(lost <= 30, "{lost} of 10000 lost");
+}

@@ -246,7 +246,7 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
 
 /// FEC as the transmit stage runs it (`[scheduler] fec`), `None` when off.
 fn fec_plan(scheduler: &config::SchedulerConfig) -> Option<FecPlan> {
-    let policy = match scheduler.fec {
+    let policy = match scheduler.fec() {
         FecSetting::Off => return None,
         FecSetting::Fixed(params) => FecPolicy::Fixed(params),
         FecSetting::Auto => FecPolicy::Auto,

@@ -235,10 +235,12 @@ pub struct SchedulerConfig {
     /// for packets; saves per-frame work on both hosts. Default `true`; turn it off only for a
     /// peer running an alagg from before bundles.
     pub bundle: bool,
-    /// Forward error correction: `"off"` (default), `"K+M"` (K data frames protected by M
-    /// parity frames, any M of the K + M recoverable: `"8+1"` XOR, `"8+2"` Reed-Solomon) or
-    /// `"auto"` (the protection follows the links' measured loss). Not with `redundant`.
-    pub fec: FecSetting,
+    /// Forward error correction: `"off"`, `"K+M"` (K data frames protected by M parity
+    /// frames, any M of the K + M recoverable: `"8+1"` XOR, `"8+2"` Reed-Solomon) or `"auto"`
+    /// (the protection follows the links' measured loss). Not with `redundant`. Unset: `auto`
+    /// with `adaptive`, else `off` ([`SchedulerConfig::fec`]).
+    #[serde(rename = "fec")]
+    pub fec_setting: Option<FecSetting>,
     /// Microseconds after its first frame that an FEC block which is not full is closed (its
     /// parity sent), so FEC never holds recovery back longer. Default 1000, at most 2000.
     pub fec_timeout_us: u32,
@@ -249,8 +251,20 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             mode: SchedulerMode::default(),
             bundle: true,
-            fec: FecSetting::Off,
+            fec_setting: None,
             fec_timeout_us: DEFAULT_FEC_TIMEOUT_US,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The FEC in effect: as set, or by default `auto` with `adaptive` (protection follows
+    /// the links' loss) and `off` with the other modes.
+    pub fn fec(&self) -> FecSetting {
+        match (self.fec_setting, self.mode) {
+            (Some(fec), _) => fec,
+            (None, SchedulerMode::Adaptive) => FecSetting::Auto,
+            (None, _) => FecSetting::Off,
         }
     }
 }
@@ -940,14 +954,14 @@ impl Config {
 
     fn check_scheduler(&self) -> Result<(), Invalid> {
         let scheduler = &self.scheduler;
-        if scheduler.fec != FecSetting::Off && scheduler.mode == SchedulerMode::Redundant {
+        if scheduler.fec() != FecSetting::Off && scheduler.mode == SchedulerMode::Redundant {
             return Err(invalid(
                 "scheduler.fec",
                 format!(
                     "fec = \"{}\" with mode = \"redundant\": redundant already sends every \
                      packet on every link and needs no parity. Use mode = \"stripe\", \
                      \"backup\" or \"adaptive\" with FEC, or fec = \"off\"",
-                    scheduler.fec
+                    scheduler.fec()
                 ),
             ));
         }
@@ -1304,11 +1318,17 @@ impl fmt::Display for Plan<'_> {
             },
             default_note(&bundle, &SchedulerConfig::default().bundle),
         )?;
-        let fec = config.scheduler.fec;
+        let fec = config.scheduler.fec();
+        let fec_default = SchedulerConfig {
+            mode: config.scheduler.mode,
+            ..SchedulerConfig::default()
+        }
+        .fec();
         let timeout = config.scheduler.fec_timeout_us;
         let timeout_note = default_note(&timeout, &DEFAULT_FEC_TIMEOUT_US);
+        let fec_note = default_note(&fec, &fec_default);
         match fec {
-            FecSetting::Off => writeln!(f, "  FEC off (default)")?,
+            FecSetting::Off => writeln!(f, "  FEC off{fec_note}")?,
             FecSetting::Fixed(params) => writeln!(
                 f,
                 "  FEC {params}: {} parity frame{} ({}) per {} data frames, on other links than \
@@ -1320,9 +1340,9 @@ impl fmt::Display for Plan<'_> {
             )?,
             FecSetting::Auto => writeln!(
                 f,
-                "  FEC auto: none on clean links, XOR 8+1 for light loss, Reed-Solomon 8+2 and \
-                 8+4 for more, a copy (1+1) for heavy loss; a block not full is closed after \
-                 {timeout} us{timeout_note}"
+                "  FEC auto{fec_note}: none on clean links, XOR 8+1 for light loss, Reed-Solomon \
+                 8+2 and 8+4 for more, a copy (1+1) for heavy loss; a block not full is closed \
+                 after {timeout} us{timeout_note}"
             )?,
         }
         for (i, link) in config.links.iter().enumerate() {
@@ -1630,7 +1650,7 @@ peer_mac = "02:00:00:00:02:02"
         ] {
             let text = format!("{BASE}\n[scheduler]\nmode = \"stripe\"\nfec = {text}\n");
             let config = parse(&text).unwrap();
-            assert_eq!(config.scheduler.fec, fec);
+            assert_eq!(config.scheduler.fec(), fec);
             assert!(config.plan().to_string().contains(&format!("FEC {fec}")));
         }
         let text = BASE.replace(
