@@ -2,8 +2,10 @@
 //! right modes, and what it installs runs: the packaged `alagg` prints its version and passes
 //! `alagg check` on the packaged example configuration in a network namespace that has the
 //! example's interfaces, every man page renders without a warning, and the bash completion
-//! completes. The package is unpacked into a scratch directory (`dpkg-deb -x`), never into the
-//! host's /usr; the scratch directory and the namespaces go when the test ends, failed or not.
+//! completes; purging it removes every file and the instances' `enable` links. It is installed
+//! with `dpkg --root` into a scratch directory with a dpkg database of its own (maintainer
+//! scripts run outside a chroot, with `$DPKG_ROOT` set), never into the host's /usr; the
+//! scratch directory and the namespaces go when the test ends, failed or not.
 //!
 //! Which package: `ALAGG_DEB` when set (`cargo xtask test` builds one from the debug binary and
 //! sets it), else the newest `target/debian/alagg_*.deb` that `cargo xtask package` wrote. With
@@ -93,7 +95,7 @@ impl Drop for Scratch {
 
 /// The package to test, or `None` (with one line saying why) outside CI when there is none.
 fn package() -> Option<PathBuf> {
-    if let Some(deb) = std::env::var_os("ALAGG_DEB") {
+    if let Some(deb) = std::env::var_os("ALAGG_DEB").filter(|deb| !deb.is_empty()) {
         let deb = PathBuf::from(deb);
         assert!(deb.is_file(), "ALAGG_DEB={} is no file", deb.display());
         return Some(deb);
@@ -204,7 +206,20 @@ fn the_package_holds_every_file_and_what_it_installs_runs() {
     let scratch = Scratch::new("package");
     let root = scratch.0.join("root");
     let control = scratch.0.join("DEBIAN");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    let dpkg = |args: &[&str]| {
+        run(Command::new("dpkg")
+            .arg(format!("--root={}", root.display()))
+            .args(["--force-script-chrootless", "--log=/dev/null"])
+            .args(args))
+    };
+    for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::write(root.join("var/lib/dpkg/status"), "").unwrap();
+    // The scratch database has none of the dependencies.
+    dpkg(&["--force-depends", "--install", deb.to_str().unwrap()]);
+    let listed = stdout(&dpkg(&["--listfiles", "alagg"]));
+    assert!(listed.lines().any(|l| l == "/usr/bin/alagg"), "{listed}");
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
     for script in ["postinst", "prerm", "postrm"] {
         let path = control.join(script);
@@ -345,6 +360,28 @@ fn the_package_holds_every_file_and_what_it_installs_runs() {
     assert!(!subcommands.iter().any(|w| w == "steal"), "{subcommands:?}");
     let options = complete("alagg up --c");
     assert_eq!(options, ["--config"], "alagg up --c<TAB>");
+
+    // Purging removes every file the package installed, and the links `systemctl enable
+    // alagg@NAME` made (a stand-in here).
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(
+        "/usr/lib/systemd/system/alagg@.service",
+        wants.join("alagg@site.service"),
+    )
+    .unwrap();
+    dpkg(&["--purge", "alagg"]);
+    let left: Vec<String> = FILES
+        .iter()
+        .map(|(path, _)| *path)
+        .filter(|path| root.join(path).exists())
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "left after purge: {left:?}");
+    assert!(
+        fs::symlink_metadata(wants.join("alagg@site.service")).is_err(),
+        "the enable link outlived the purge"
+    );
 
     if has("lintian") {
         let out = Command::new("lintian")
