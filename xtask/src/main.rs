@@ -38,7 +38,8 @@ enum Task {
         release: bool,
     },
     /// Everything CI checks: formatting, clippy (host and eBPF), unit, property and privileged
-    /// end-to-end tests, and a short fuzz run. Needs root for the privileged tests.
+    /// end-to-end tests (the Debian package's among them), and a short fuzz run. Needs root for
+    /// the privileged tests.
     Test {
         /// Skip the fuzz run (for quick local iterations; CI never skips it).
         #[arg(long)]
