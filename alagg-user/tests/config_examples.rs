@@ -230,7 +230,7 @@ fn systemd_unit_commands_are_valid_alagg_command_lines() {
             continue;
         }
         let mut words = value.split_whitespace();
-        assert_eq!(words.next(), Some("/usr/local/bin/alagg"), "{line}");
+        assert_eq!(words.next(), Some("/usr/bin/alagg"), "{line}");
         let args: Vec<String> = words
             .map(|w| w.replace("/etc/alagg/%i.toml", missing.to_str().unwrap()))
             .collect();
@@ -269,7 +269,7 @@ fn systemd_analyze_verifies_the_unit() {
     };
     assert!(probe.status.success(), "systemd-analyze --version failed");
     let unit = std::fs::read_to_string(config_dir().join("alagg@.service")).unwrap();
-    let unit = unit.replace("/usr/local/bin/alagg", env!("CARGO_BIN_EXE_alagg"));
+    let unit = unit.replace("/usr/bin/alagg", env!("CARGO_BIN_EXE_alagg"));
     let dir = std::env::temp_dir().join(format!("alagg-unit-verify-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("alagg@site.service");

@@ -1,6 +1,6 @@
 //! Installs what building and testing alagg need, when it is missing, and says what to do when it
 //! cannot: Debian packages (apt-get, as root), the nightly toolchain with rust-src, bpf-linker
-//! built against nightly's own libLLVM (no system LLVM needed) and cargo-fuzz. Tools go under
+//! built against nightly's own libLLVM (no system LLVM needed), cargo-deb and cargo-fuzz. Tools go under
 //! `$CARGO_HOME/alagg-tools/` and are reused by every clone on the machine.
 
 use std::{
@@ -14,8 +14,10 @@ use anyhow::{Context as _, bail};
 use crate::check;
 
 /// Debian packages: the C side of xsk-rs (libxdp, libbpf), the tools the tests and benchmarks
-/// drive, `systemd` for `systemd-analyze verify` of the unit (installed, never booted), and the
-/// font the benchmark plots are drawn with.
+/// drive, `systemd` for `systemd-analyze verify` of the unit (installed, never booted), what
+/// `cargo xtask package` and its test use (`dpkg-dev`: dpkg-shlibdeps, through which cargo-deb
+/// finds the libraries the binary links; `man-db` and `groff-base`: the man pages rendered), and
+/// the font the benchmark plots are drawn with.
 const PACKAGES: &[&str] = &[
     "clang",
     "m4",
@@ -31,17 +33,26 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "mptcpize",
     "systemd",
+    "dpkg-dev",
+    "man-db",
+    "groff-base",
     "fonts-dejavu-core",
 ];
 
 /// bpf-linker release line known to build against nightly's LLVM here.
 const BPF_LINKER_VERSION: &str = "^0.13";
 
+/// cargo-deb, which makes the Debian package from `[package.metadata.deb]` (`cargo xtask
+/// package`); pinned, so that every machine packs alike.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// Paths of the tools the other tasks use.
 #[derive(Debug)]
 pub struct Tools {
     /// bpf-linker for `bpfel-unknown-none`.
     pub bpf_linker: PathBuf,
+    /// cargo-deb, [`CARGO_DEB_VERSION`].
+    pub cargo_deb: PathBuf,
     /// Where cargo-installed helpers live (`bin/` below it).
     pub root: PathBuf,
 }
@@ -52,7 +63,40 @@ pub fn run() -> anyhow::Result<Tools> {
     nightly()?;
     let root = tools_root()?;
     let bpf_linker = bpf_linker(&root)?;
-    Ok(Tools { bpf_linker, root })
+    let cargo_deb = cargo_deb(&root)?;
+    Ok(Tools {
+        bpf_linker,
+        cargo_deb,
+        root,
+    })
+}
+
+/// cargo-deb at [`CARGO_DEB_VERSION`], installed (or replaced) when `root/bin` has no such one.
+fn cargo_deb(root: &Path) -> anyhow::Result<PathBuf> {
+    let binary = root.join("bin").join("cargo-deb");
+    let current = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .any(|word| word == CARGO_DEB_VERSION)
+        });
+    if !current {
+        eprintln!(
+            "xtask: installing cargo-deb {CARGO_DEB_VERSION} into {}",
+            root.display()
+        );
+        check(
+            Command::new("cargo")
+                .args(["install", "--locked", "--force", "cargo-deb", "--version"])
+                .arg(format!("={CARGO_DEB_VERSION}"))
+                .arg("--root")
+                .arg(root),
+        )
+        .context("installing cargo-deb failed; is crates.io reachable?")?;
+    }
+    Ok(binary)
 }
 
 /// `cargo fuzz`, installed on demand (only the test task needs it).

@@ -4,6 +4,8 @@
 mod bench;
 mod bootstrap;
 mod demo;
+mod docs;
+mod package;
 mod plot;
 mod test;
 mod testbed;
@@ -27,7 +29,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what building and testing need and is missing: Debian packages, nightly's
-    /// rust-src, bpf-linker (built against nightly's own LLVM), cargo-fuzz.
+    /// rust-src, bpf-linker (built against nightly's own LLVM), cargo-deb, cargo-fuzz.
     Bootstrap,
     /// Build the `alagg` binary with its embedded XDP program.
     Build {
@@ -36,11 +38,27 @@ enum Task {
         release: bool,
     },
     /// Everything CI checks: formatting, clippy (host and eBPF), unit, property and privileged
-    /// end-to-end tests, and a short fuzz run. Needs root for the privileged tests.
+    /// end-to-end tests (the Debian package's among them), and a short fuzz run. Needs root for
+    /// the privileged tests.
     Test {
         /// Skip the fuzz run (for quick local iterations; CI never skips it).
         #[arg(long)]
         no_fuzz: bool,
+    },
+    /// The Debian package: target/debian/alagg_<version>-1_<arch>.deb with the release binary,
+    /// the systemd unit template, the example configurations, man pages (section 8) and bash,
+    /// zsh and fish completions. Install it with `dpkg -i`.
+    Package {
+        /// Package the debug binary into target/debian-debug/ instead (for the tests; quicker).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Write the man pages and shell completions into DIR (only in an xtask built with the
+    /// `docs` feature, as `package` runs it).
+    #[command(hide = true)]
+    Docs {
+        /// Output directory: DIR/man/*.8, DIR/completions/*.
+        dir: PathBuf,
     },
     /// The main job on a built-in default: two test hosts joined by three links, `alagg up` on
     /// both, ping, a TCP transfer, `alagg status`, a link cut and lossy links with nothing lost.
@@ -89,6 +107,13 @@ fn main() -> anyhow::Result<()> {
         Task::Bootstrap => bootstrap::run().map(|_| ()),
         Task::Build { release } => build(release).map(|_| ()),
         Task::Test { no_fuzz } => test::run(!no_fuzz),
+        Task::Package { debug } => package::run(debug).map(|_| ()),
+        Task::Docs { dir } => {
+            for path in docs::generate(&dir)? {
+                eprintln!("xtask: wrote {}", path.display());
+            }
+            Ok(())
+        }
         Task::Demo => demo::run(),
         Task::Bench { replot: true, .. } => bench::replot(),
         Task::Bench { quick, only, .. } => bench::run(quick, only.as_deref()),
@@ -134,8 +159,12 @@ fn check(command: &mut Command) -> anyhow::Result<()> {
 
 /// Bootstraps, builds `alagg` and returns the path of the binary.
 fn build(release: bool) -> anyhow::Result<PathBuf> {
-    let tools = bootstrap::run()?;
-    let mut command = cargo(&tools);
+    build_with(&bootstrap::run()?, release)
+}
+
+/// Builds `alagg` with the bootstrapped `tools` and returns the path of the binary.
+fn build_with(tools: &bootstrap::Tools, release: bool) -> anyhow::Result<PathBuf> {
+    let mut command = cargo(tools);
     command.args(["build", "--package", "alagg-user", "--bin", "alagg"]);
     if release {
         command.arg("--release");

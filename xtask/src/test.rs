@@ -19,11 +19,13 @@ pub fn run(fuzz: bool) -> anyhow::Result<()> {
     step("cargo fmt --check");
     check(cargo(&tools).args(["fmt", "--all", "--", "--check"]))?;
 
-    step("clippy, host crates");
+    step("clippy, host crates (with xtask's `docs` feature, which `package` builds)");
     check(cargo(&tools).args([
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        "xtask/docs",
         "--",
         "-D",
         "warnings",
@@ -55,8 +57,21 @@ pub fn run(fuzz: bool) -> anyhow::Result<()> {
             .env_remove("RUSTC_WORKSPACE_WRAPPER"),
     )?;
 
+    step("the Debian package, from the debug binary (for its end-to-end test)");
+    let deb = crate::package::run(true)?;
+
     step("unit, property and privileged end-to-end tests");
-    check(cargo(&tools).args(["test", "--workspace", "--no-fail-fast"]))?;
+    check(
+        cargo(&tools)
+            .args([
+                "test",
+                "--workspace",
+                "--features",
+                "xtask/docs",
+                "--no-fail-fast",
+            ])
+            .env("ALAGG_DEB", &deb),
+    )?;
 
     if fuzz {
         crate::test::fuzz(&tools)?;

@@ -1,8 +1,9 @@
 //! The commands of the `alagg` binary, one module each: [`up`](up()), [`down`](down()),
 //! [`status`](status()), [`check`](check()), [`genkey`](genkey()), and the debugging verbs [`steal`](steal()) and
-//! [`attach`](attach()). `main.rs` parses the command line and calls one of these; they return
-//! errors that name the file, key or interface at fault.
+//! [`attach`](attach()). `main.rs` parses the command line ([`Cli`], defined in `args`) and
+//! calls one of these; they return errors that name the file, key or interface at fault.
 
+mod args;
 mod check;
 mod debug;
 mod down;
@@ -10,6 +11,7 @@ mod genkey;
 mod status;
 mod up;
 
+pub use args::{Cli, Command, LogFormat, command};
 pub use check::check;
 pub use debug::{attach, steal};
 pub use down::down;
