@@ -292,29 +292,15 @@ impl Encoder {
         }
         let block = self.block;
         self.block = self.block.wrapping_add(1);
-        // A block closed early gets parity in proportion (at least one): as much protection
-        // per frame, not `m` parity frames for a single data frame.
-        let sent = parity_for(self.params, open.count);
         Some(Parity {
             block,
             first_seq: open.first_seq,
             params: self.params,
             count: open.count,
-            shards: &self.parity[..sent],
+            shards: &self.parity[..m],
             links: &self.links,
         })
     }
-}
-
-/// Parity frames sent for a block of `count` data frames: `m` for a full block, in proportion
-/// for one closed early (`ceil(m * count / k)`, at least 1).
-pub fn parity_for(params: FecParams, count: u8) -> usize {
-    let (k, m, count) = (
-        usize::from(params.k),
-        usize::from(params.m),
-        usize::from(count),
-    );
-    (m * count).div_ceil(k).clamp(1, m)
 }
 
 /// The parity frames of a closed block.
@@ -329,7 +315,8 @@ pub struct Parity<'a> {
 }
 
 impl Parity<'_> {
-    /// Number of parity frames: `m`, or fewer for a block closed early ([`parity_for`]).
+    /// Number of parity frames, `m` (a block closed early keeps all of them: with fewer, a
+    /// short block would survive fewer losses per frame than a full one).
     pub fn len(&self) -> usize {
         self.shards.len()
     }

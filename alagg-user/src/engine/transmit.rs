@@ -21,7 +21,7 @@
 use std::{collections::VecDeque, sync::atomic::Ordering::Relaxed, time::Duration};
 
 use alagg_proto::{
-    AnyScheduler, Bundler, Lane, LinkSet, LinkState, Scheduler as _, Sender, Timestamp,
+    AnyScheduler, Bundler, Lane, LinkSet, LinkState, Scheduler as _, Sender, Stamp, Timestamp,
     auth::FrameKey,
     fec::{AutoFec, Encoder},
     health::{Condition, FEEDBACK_INTERVAL, PROBE_INTERVAL},
@@ -195,6 +195,36 @@ struct Link<T> {
     carrier: bool,
     /// When the lane last carried a frame.
     last_sent: Timestamp,
+}
+
+impl<T: FrameTx> Link<T> {
+    /// Stages one frame on the link, counted: `write` gets the lane's next stamp, the link's
+    /// Ethernet header and the buffer, and returns the frame's length (Ethernet header first,
+    /// no tag); the frame is then sealed when frames are sealed ([`finish`]). The lane counts as
+    /// used at `now`. Returns the frame's length before sealing, 0 if it was not staged.
+    fn send(
+        &mut self,
+        counters: &LinkTxCounters,
+        sealer: Option<&FrameKey>,
+        now: Timestamp,
+        write: impl FnOnce(Stamp, &EthernetRepr, &mut [u8]) -> Result<usize, WireError>,
+    ) -> usize {
+        let Link {
+            io,
+            eth,
+            lane,
+            last_sent,
+            ..
+        } = self;
+        *last_sent = now;
+        let mut len = 0;
+        stage(io, counters, |buf| {
+            let emitted = write(lane.stamp(now), eth, buf);
+            len = emitted.as_ref().map_or(0, |n| *n);
+            finish(sealer, buf, emitted)
+        });
+        len
+    }
 }
 
 /// The transmit stage of one capture worker.
@@ -402,30 +432,22 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             if let Some(c) = carried.get_mut(target) {
                 *c += 1;
             }
-            let Link {
-                io,
-                eth,
-                lane,
-                last_sent,
-                ..
-            } = &mut self.links[target];
             let sealer = self.sealer.as_ref();
-            let mut bytes = 0;
-            stage(io, &self.counters.links[target], |buf| {
-                let emitted = (|| {
+            let bytes = self.links[target].send(
+                &self.counters.links[target],
+                sealer,
+                now,
+                |stamp, eth, buf| {
                     let (repr, shard) = parity
-                        .frame(j, lane.stamp(now), epoch, flags)
+                        .frame(j, stamp, epoch, flags)
                         .ok_or(WireError::FieldOverflow)?;
                     eth.emit(buf)?;
                     let out = buf
                         .get_mut(ETH_HDR_LEN..)
                         .ok_or(WireError::BufferTooSmall)?;
                     Ok(ETH_HDR_LEN + repr.emit_with_payload(shard, out)?)
-                })();
-                bytes = emitted.as_ref().map_or(0, |n| *n);
-                finish(sealer, buf, emitted)
-            });
-            *last_sent = now;
+                },
+            );
             let mut one = LinkSet::EMPTY;
             one.insert(target);
             self.scheduler.charge(one, bytes, &self.link_states);
@@ -508,13 +530,7 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
         let room = self.link_states[target]
             .mtu
             .saturating_sub(self.sender.overhead());
-        let Link {
-            io,
-            eth,
-            lane,
-            last_sent,
-            ..
-        } = &mut self.links[target];
+        let link = &mut self.links[target];
         let counters = &self.counters.links[target];
         let sealer = self.sealer.as_ref();
         let mut resent = 0;
@@ -522,15 +538,15 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             if kept.frame.len() > room {
                 continue;
             }
-            stage(io, counters, |buf| {
+            link.send(counters, sealer, now, |stamp, eth, buf| {
                 let len = ETH_HDR_LEN + kept.frame.len();
                 let Some(out) = buf.get_mut(..len) else {
                     return Err(WireError::BufferTooSmall);
                 };
                 eth.emit(out)?;
                 out[ETH_HDR_LEN..].copy_from_slice(&kept.frame);
-                Frame::new_unchecked(&mut out[ETH_HDR_LEN..]).set_stamp(lane.stamp(now));
-                finish(sealer, buf, Ok(len))
+                Frame::new_unchecked(&mut out[ETH_HDR_LEN..]).set_stamp(stamp);
+                Ok(len)
             });
             resent += 1;
         }
@@ -539,7 +555,6 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             kept.link = target;
         }
         if resent > 0 {
-            *last_sent = now;
             counters.tx_resent.fetch_add(resent, Relaxed);
             tracing::info!(
                 from = failed,
@@ -565,15 +580,8 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
         }
         let mut sent = false;
         for index in 0..self.links.len() {
-            let Link {
-                io,
-                eth,
-                lane,
-                carrier,
-                last_sent,
-                ..
-            } = &mut self.links[index];
-            if !*carrier {
+            let link = &mut self.links[index];
+            if !link.carrier {
                 continue;
             }
             let counters = &self.counters.links[index];
@@ -584,19 +592,14 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
                     None => self.reports.clear(),
                 }
                 let reports = &self.reports;
-                stage(io, counters, |buf| {
-                    let emitted = sender.emit_feedback(lane.stamp(now), reports, eth, buf);
-                    finish(sealer, buf, emitted)
+                link.send(counters, sealer, now, |stamp, eth, buf| {
+                    sender.emit_feedback(stamp, reports, eth, buf)
                 });
-                *last_sent = now;
                 sent = true;
-            } else if now.saturating_since(*last_sent) >= PROBE_INTERVAL {
-                stage(io, counters, |buf| {
-                    let stamp = lane.stamp(now);
-                    let emitted = sender.emit_probe(stamp, ProbeRepr::default(), eth, buf);
-                    finish(sealer, buf, emitted)
+            } else if now.saturating_since(link.last_sent) >= PROBE_INTERVAL {
+                link.send(counters, sealer, now, |stamp, eth, buf| {
+                    sender.emit_probe(stamp, ProbeRepr::default(), eth, buf)
                 });
-                *last_sent = now;
                 sent = true;
             }
         }
@@ -673,22 +676,14 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
                 .as_mut()
                 .and_then(|f| f.member(sealed.seq(), self.now));
             for index in self.bundle_links.iter() {
-                let Link {
-                    io,
-                    eth,
-                    lane,
-                    last_sent,
-                    ..
-                } = &mut self.links[index];
                 let (sealer, now) = (self.sealer.as_ref(), self.now);
                 let (recent, fec) = (&mut self.recent, &mut self.fec);
-                *last_sent = now;
-                stage(io, &self.counters.links[index], |buf| {
-                    let stamp = lane.stamp(now);
+                let counters = &self.counters.links[index];
+                self.links[index].send(counters, sealer, now, |stamp, eth, buf| {
                     let emitted = sealed.emit_ethernet(stamp, eth, buf);
                     let emitted = join_block(fec, member, index, buf, emitted);
                     keep(recent, now, index, buf, &emitted);
-                    finish(sealer, buf, emitted)
+                    emitted
                 });
             }
         }
@@ -808,21 +803,13 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
         for i in 0..plan.frame_count() {
             let member = self.fec.as_mut().and_then(|f| f.member(plan.seq(), now));
             for index in chosen.iter() {
-                let Link {
-                    io,
-                    eth,
-                    lane,
-                    last_sent,
-                    ..
-                } = &mut self.links[index];
-                *last_sent = now;
                 let (sealer, recent, fec) = (self.sealer.as_ref(), &mut self.recent, &mut self.fec);
-                stage(io, &self.counters.links[index], |buf| {
-                    let stamp = lane.stamp(now);
+                let counters = &self.counters.links[index];
+                self.links[index].send(counters, sealer, now, |stamp, eth, buf| {
                     let emitted = plan.emit_ethernet(i, stamp, eth, payload, buf);
                     let emitted = join_block(fec, member, index, buf, emitted);
                     keep(recent, now, index, buf, &emitted);
-                    finish(sealer, buf, emitted)
+                    emitted
                 });
             }
             self.close_fec_block(now);
