@@ -427,6 +427,8 @@ pub struct Receiver {
     health: Health,
     /// FEC: the blocks under way, once the peer sent a frame of one.
     fec: Option<Box<Decoder>>,
+    /// The hold the links' delays call for, before [`HOLD_FLOOR`] and the ceiling.
+    spread_hold: Duration,
     stats: RxStats,
 }
 
@@ -490,6 +492,7 @@ impl Receiver {
             scratch: Vec::new(),
             health: Health::default(),
             fec: None,
+            spread_hold: config.hold_time,
             stats: RxStats::default(),
         })
     }
@@ -559,6 +562,7 @@ impl Receiver {
             .meters
             .delay_spread(now, SPREAD_LIVE)
             .map_or(floor, |spread| spread.saturating_add(HOLD_MARGIN));
+        self.spread_hold = wanted;
         let hold = wanted.clamp(floor, self.hold_ceiling);
         if hold != self.hold_time {
             self.hold_time = hold;
@@ -569,6 +573,16 @@ impl Receiver {
     /// How long a packet waits behind a gap now ([`Receiver::adapt_hold`]).
     pub fn hold_time(&self) -> Duration {
         self.hold_time
+    }
+
+    /// How long after a block's first frame its parity may still come: the longest a sender
+    /// keeps a block open ([`crate::fec::MAX_BLOCK_TIME`]) and the links' delay spread with
+    /// its margin (what the hold is made of, before its floor), at most the hold. Gaps the
+    /// lanes went past wait for a block's parity no longer than this.
+    fn fec_wait(&self) -> Duration {
+        self.spread_hold
+            .saturating_add(crate::fec::MAX_BLOCK_TIME)
+            .min(self.hold_time)
     }
 
     /// Packets held waiting for a gap.
@@ -797,7 +811,7 @@ impl Receiver {
         if let Some(floor) = self
             .fec
             .as_ref()
-            .and_then(|d| d.pending_floor(now, self.hold_time))
+            .and_then(|d| d.pending_floor(now, self.fec_wait()))
         {
             if seq_before(floor, passed) {
                 passed = floor;

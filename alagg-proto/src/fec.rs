@@ -34,6 +34,10 @@ use crate::{
     },
 };
 
+/// The longest a sender keeps a block open before it sends its parity (`docs/PROTOCOL.md`:
+/// at most 2 ms after its first frame).
+pub const MAX_BLOCK_TIME: Duration = Duration::from_millis(2);
+
 /// Blocks a [`Decoder`] keeps under way at most.
 pub const SLOTS: usize = 32;
 /// Blocks per sender lane remembered as finished, so that their late frames open nothing.

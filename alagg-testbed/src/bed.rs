@@ -369,6 +369,28 @@ impl Testbed {
         Ok(())
     }
 
+    /// Drops every `n`-th frame on link `link` (counting both directions together: a
+    /// deterministic loss pattern, where [`Testbed::set_loss`] is random), replacing the
+    /// previous loss of that link; 0 removes it.
+    pub fn drop_every(&self, link: usize, n: u32) -> Result<()> {
+        self.check_impairable(link)?;
+        let mut nft = format!("flush chain bridge {TABLE} loss{link}");
+        match n {
+            0 => {}
+            1 => {
+                let _ = write!(nft, "; add rule bridge {TABLE} loss{link} counter drop");
+            }
+            _ => {
+                let _ = write!(
+                    nft,
+                    "; add rule bridge {TABLE} loss{link} numgen inc mod {n} == 0 counter drop"
+                );
+            }
+        }
+        self.wire.exec("nft", &[&nft])?;
+        Ok(())
+    }
+
     /// Limits link `link` to `mbit` Mbit/s in each direction (a tbf qdisc on both wire ports'
     /// egress, with a 10 ms burst and at most 50 ms of queue), replacing the previous limit;
     /// 0 removes it.

@@ -156,6 +156,25 @@ fn loss_applies_to_its_link_only_and_is_undone() {
 }
 
 #[test]
+fn drop_every_nth_frame_is_exact_and_undone() {
+    alagg_testbed::require_root!();
+    let bed = bed_with_link_addresses("every", 2);
+    // Every 4th frame, echoes and replies counted together: of 100 pings (200 frames), 50
+    // frames go, and no two in a row, so between 25 and 50 pings are lost.
+    bed.drop_every(0, 4).unwrap();
+    let (sent, received) = ping(&bed, 0, 100, "0.005");
+    assert_eq!(sent, 100);
+    assert!(
+        (50..=75).contains(&received),
+        "every 4th frame dropped: {received} of 100 pings came back"
+    );
+    assert_link_works(&bed, 1, "while link 0 drops every 4th frame");
+    bed.drop_every(0, 0).unwrap();
+    assert_link_works(&bed, 0, "after drop_every 0");
+    assert!(bed.drop_every(2, 3).is_err(), "a third link of two");
+}
+
+#[test]
 fn cut_and_heal_silence_or_carrier_loss_on_one_link() {
     alagg_testbed::require_root!();
     let bed = bed_with_link_addresses("cut", 2);

@@ -467,3 +467,31 @@ fn adaptive_turns_fec_on_for_lossy_links_and_leaves_it_off_on_clean_ones() {
     assert!(seen.iter().all(|&n| n <= 1), "duplicates delivered");
     assert!(lost <= 30, "{lost} of 10000 lost");
 }
+
+#[test]
+fn one_frame_lost_per_block_costs_nothing_with_fec() {
+    // Link 0 drops every 9th frame (both directions counted): no block of 8 + 1 (XOR) loses
+    // more than one frame, so parity rebuilds every loss.
+    alagg_testbed::require_root!();
+    let _heavy = heavy();
+    let run = Running::with_scheduler("fecone", 2, "mode = \"stripe\"\nfec = \"8+1\"");
+    run.wait_healthy();
+    run.bed
+        .drop_every(0, 9)
+        .expect("drop every 9th frame on link 0");
+    let nothing = || {};
+    let (seen, _) = udp_stream(&run, 5630, (10_000, 5), (Duration::ZERO, &nothing));
+    let lost = seen.iter().filter(|&&n| n == 0).count();
+    let b = status_json(&run.bed.b);
+    eprintln!(
+        "stripe + 8+1, every 9th frame of link 0 dropped: {lost} of 10000 lost, {} frames \
+         recovered",
+        b.engine.counts.fec_recovered
+    );
+    assert!(seen.iter().all(|&n| n <= 1), "duplicates delivered");
+    assert!(b.engine.counts.fec_recovered > 50, "{:?}", b.engine.counts);
+    assert_eq!(
+        lost, 0,
+        "{lost} of 10000 lost with one frame lost per block"
+    );
+}

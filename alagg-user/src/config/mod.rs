@@ -271,8 +271,8 @@ impl SchedulerConfig {
 
 /// Default `[scheduler] fec_timeout_us`.
 pub const DEFAULT_FEC_TIMEOUT_US: u32 = 1000;
-/// Largest `[scheduler] fec_timeout_us`.
-pub const MAX_FEC_TIMEOUT_US: u32 = 2000;
+/// Largest `[scheduler] fec_timeout_us`: what receivers wait for a block's parity.
+pub const MAX_FEC_TIMEOUT_US: u32 = alagg_proto::fec::MAX_BLOCK_TIME.as_micros() as u32;
 
 /// `[scheduler] fec`: what protects the frames of `stripe`, `backup` and `adaptive`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
