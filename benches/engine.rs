@@ -290,6 +290,74 @@ fn fec(c: &mut Criterion) {
     g.finish();
 }
 
+/// The two Reed-Solomon crates on their own, 8+2 over 1280-byte shards, each reusing its
+/// working space: encode, and decode with two data shards lost. `reed-solomon-erasure` is what
+/// alagg uses (`alagg_proto::fec`); `reed-solomon-simd` is the alternative, measured here to
+/// choose between them.
+fn rs_codecs(c: &mut Criterion) {
+    const K: usize = 8;
+    const M: usize = 2;
+    const LEN: usize = 1280;
+    let data: Vec<Vec<u8>> = (0..K)
+        .map(|i| (0..LEN).map(|j| (i * 31 + j * 7) as u8).collect())
+        .collect();
+    let mut g = c.benchmark_group("rs 8+2, 1280 B shards");
+    g.throughput(Throughput::Elements(1));
+
+    let rs = reed_solomon_erasure::galois_8::ReedSolomon::new(K, M).unwrap();
+    let mut parity = vec![vec![0u8; LEN]; M];
+    g.bench_function("reed-solomon-erasure/encode", |b| {
+        b.iter(|| rs.encode_sep(black_box(&data), &mut parity).unwrap())
+    });
+    let mut shards: Vec<Vec<u8>> = data.iter().chain(&parity).cloned().collect();
+    g.bench_function("reed-solomon-erasure/decode 2 lost", |b| {
+        b.iter(|| {
+            let mut views: Vec<(&mut [u8], bool)> = shards
+                .iter_mut()
+                .enumerate()
+                .map(|(i, s)| (&mut s[..], i >= 2))
+                .collect();
+            rs.reconstruct_data(&mut views).unwrap();
+        })
+    });
+
+    let mut encoder = reed_solomon_simd::ReedSolomonEncoder::new(K, M, LEN).unwrap();
+    g.bench_function("reed-solomon-simd/encode", |b| {
+        b.iter(|| {
+            for shard in &data {
+                encoder.add_original_shard(shard).unwrap();
+            }
+            black_box(encoder.encode().unwrap().recovery(0).map(<[u8]>::len))
+        })
+    });
+    let recovery: Vec<Vec<u8>> = {
+        for shard in &data {
+            encoder.add_original_shard(shard).unwrap();
+        }
+        let result = encoder.encode().unwrap();
+        result.recovery_iter().map(<[u8]>::to_vec).collect()
+    };
+    let mut decoder = reed_solomon_simd::ReedSolomonDecoder::new(K, M, LEN).unwrap();
+    g.bench_function("reed-solomon-simd/decode 2 lost", |b| {
+        b.iter(|| {
+            for (i, shard) in data.iter().enumerate().skip(2) {
+                decoder.add_original_shard(i, shard).unwrap();
+            }
+            for (i, shard) in recovery.iter().enumerate() {
+                decoder.add_recovery_shard(i, shard).unwrap();
+            }
+            black_box(
+                decoder
+                    .decode()
+                    .unwrap()
+                    .restored_original(0)
+                    .map(<[u8]>::len),
+            )
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     encapsulate,
@@ -297,6 +365,7 @@ criterion_group!(
     pipeline,
     fragmentation,
     authentication,
-    fec
+    fec,
+    rs_codecs
 );
 criterion_main!(benches);
