@@ -25,7 +25,8 @@
 //! Mbit/s (the direct path takes link 0), with link 0 at 200 Mbit/s and 5 ms one-way delay and
 //! the others at 100 and 25 ms (the testbed's user-space relay), and with 5 % random loss on
 //! every link, one TCP flow over `direct`, MPTCP and alagg on two links (redundant, stripe,
-//! adaptive; median of three runs): where aggregation shows. Last, per mode (redundant, stripe,
+//! adaptive; median of three runs), and ping beside one such flow through alagg: where
+//! aggregation shows, and the latency it keeps under load. Last, per mode (redundant, stripe,
 //! backup, adaptive), numbered UDP streams of 2 000 datagrams/s: link 0 falling silent after
 //! 1 s (loss, longest gap between arrivals) and link 0 losing 3 % (loss, and alagg's bytes on
 //! the links per byte delivered).
@@ -769,6 +770,17 @@ fn impaired(
         let pair = AlaggPair::start(alagg, bed, 2, dir, edit)?;
         let value = median(runs, || iperf(bed, 1, secs))?;
         results.add(name, &label, value, "Gbit/s");
+        // Latency under that load: ping beside the TCP flow, after its first second.
+        let (p50, p99) = thread::scope(|scope| -> anyhow::Result<(f64, f64)> {
+            let flow = scope.spawn(|| iperf(bed, 1, secs.max(2)));
+            thread::sleep(Duration::from_secs(1));
+            let pings = ping(bed, (secs.max(2) - 1) * 150);
+            flow.join()
+                .map_err(|_| anyhow::anyhow!("the TCP flow's thread panicked"))??;
+            pings
+        })?;
+        results.add(name, &format!("ping p50 under load, {label}"), p50 / 1e3, "ms");
+        results.add(name, &format!("ping p99 under load, {label}"), p99 / 1e3, "ms");
         pair.check_alive()?;
         pair.stop();
     }
