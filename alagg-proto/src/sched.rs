@@ -413,6 +413,12 @@ pub enum AnyScheduler {
 }
 
 impl AnyScheduler {
+    /// Whether every packet goes on every usable link (`redundant`): nothing is kept for
+    /// failover, and no link waits for another.
+    pub const fn copies_everywhere(&self) -> bool {
+        matches!(self, AnyScheduler::Redundant(_))
+    }
+
     /// FEC protects frames on links losing up to `loss` (0: FEC off); only [`Adaptive`]
     /// acts on it.
     pub fn set_fec_covers(&mut self, loss: f32) {

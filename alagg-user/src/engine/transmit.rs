@@ -277,7 +277,7 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
         // At most 64 workers (the configuration's bound): a lane fits a byte.
         let lane = worker as u8;
         // Copies on every link: a slow link must not hold the others back (`FrameTx`).
-        let redundant = matches!(scheduler, AnyScheduler::Redundant(_));
+        let redundant = scheduler.copies_everywhere();
         let links = links
             .into_iter()
             .zip(&link_states)
@@ -483,7 +483,7 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             }
         }
         let healthy = |link: &Link<T>, state: &LinkState| {
-            link.carrier && state.health.condition != Condition::Down
+            link.carrier && state.health.condition.usable()
         };
         let any = self
             .links
@@ -614,7 +614,7 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
     /// would have cut it), each scheduled and numbered on its own, so a lost frame costs one
     /// segment. Returns whether it was (and the segments sent).
     fn cut_tcp(&mut self, payload: &[u8], now: Timestamp) -> bool {
-        if matches!(self.scheduler, AnyScheduler::Redundant(_)) {
+        if self.scheduler.copies_everywhere() {
             return false;
         }
         let usable = || self.link_states.iter().filter(|s| s.usable);
@@ -711,7 +711,7 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
                     // from 0.
                     count_losses(&mut link.reported, link.io.losses(), counters);
                     let mut io = io;
-                    io.wait_for_device(!matches!(self.scheduler, AnyScheduler::Redundant(_)));
+                    io.wait_for_device(!self.scheduler.copies_everywhere());
                     link.io = io;
                     link.eth = eth;
                     link.reported = TxLosses::default();
