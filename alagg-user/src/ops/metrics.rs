@@ -275,7 +275,7 @@ fn answer(mut stream: TcpStream, snapshot: &dyn Fn() -> Snapshot) -> io::Result<
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
+#[expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 mod tests {
     use std::net::Shutdown;
 
@@ -459,6 +459,60 @@ mod tests {
             started.elapsed() < TIMEOUT * 3,
             "not cut off at the timeout"
         );
+    }
+
+    #[test]
+    fn an_answer_read_slowly_is_cut_at_the_timeout() {
+        // An answer of some 20 MB, far more than the sockets' buffers hold, to a client that
+        // reads 16 KiB every 100 ms: each write makes progress, so only a deadline over the whole
+        // answer (not a timeout per write) stops it, some 2 s after it started.
+        let links: Vec<LinkSnapshot> = (0..15_000)
+            .map(|i| LinkSnapshot {
+                interface: format!("link{i}"),
+                status: "up".into(),
+                ..LinkSnapshot::default()
+            })
+            .collect();
+        let snapshot = move || Snapshot {
+            links: links.clone(),
+            ..Snapshot::default()
+        };
+        let whole = snapshot().into_metrics(Format::Prometheus).unwrap().len();
+        assert!(whole > 16_000_000, "an answer of {whole} bytes");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut slow = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let cut = Arc::clone(&cut);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                let mut got = 0;
+                while let Ok(read @ 1..) = slow.read(&mut buf) {
+                    got += read;
+                    if !cut.load(SeqCst) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                got
+            })
+        };
+        let (done, answered) = std::sync::mpsc::channel();
+        let started = Instant::now();
+        std::thread::spawn(move || {
+            let _ = done.send((answer(stream, &snapshot), started.elapsed()));
+        });
+        let (result, after) = answered
+            .recv_timeout(TIMEOUT * 5)
+            .expect("a slow reader still held its answer after five timeouts");
+        cut.store(true, SeqCst);
+        let error = result.expect_err("an answer of 16 MB or more read at 160 kB/s was taken");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(after >= TIMEOUT, "cut after {after:?}, before the timeout");
+        // The client then sees the end, having got less than the whole answer.
+        let got = reader.join().unwrap();
+        assert!(got < whole, "{got} of {whole} bytes");
     }
 
     #[test]
