@@ -41,6 +41,13 @@ fn wait_status(ns: &Netns, what: &str, check: impl Fn(&Snapshot) -> bool) -> Sna
 
 /// `GET path` from the metrics endpoint at 127.0.0.1:`port` inside `ns`: (status line, body).
 fn http_get(ns: &Netns, port: u16, path: &str) -> (String, String) {
+    let (head, body) = http_get_accepting(ns, port, path, "*/*");
+    (head.lines().next().unwrap_or("").to_owned(), body)
+}
+
+/// `GET path` with `Accept: accept` from the metrics endpoint at 127.0.0.1:`port` inside `ns`:
+/// (the whole head, body).
+fn http_get_accepting(ns: &Netns, port: u16, path: &str, accept: &str) -> (String, String) {
     ns.enter(|| {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
         stream
@@ -48,7 +55,8 @@ fn http_get(ns: &Netns, port: u16, path: &str) -> (String, String) {
             .unwrap();
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\n\
+             Connection: close\r\n\r\n"
         )
         .unwrap();
         let mut response = String::new();
@@ -56,10 +64,7 @@ fn http_get(ns: &Netns, port: u16, path: &str) -> (String, String) {
         let (head, body) = response
             .split_once("\r\n\r\n")
             .unwrap_or_else(|| panic!("no end of head in {response:?}"));
-        (
-            head.lines().next().unwrap_or("").to_owned(),
-            body.to_owned(),
-        )
+        (head.to_owned(), body.to_owned())
     })
     .unwrap()
 }
@@ -184,6 +189,24 @@ fn status_and_metrics_follow_the_traffic_of_a_running_pair() {
     assert_eq!(sample(&body, "alagg_link_up{link=\"link0\"}"), 1.0);
     assert!(sample(&body, "alagg_reorder_hold_seconds_count") >= 0.0);
     assert!(body.contains("# TYPE alagg_reorder_hold_seconds histogram"));
+    // OpenMetrics, as Prometheus asks for it: the same samples, and the end marker.
+    let (head, open) = http_get_accepting(
+        &pair.b,
+        port,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    );
+    assert!(
+        head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(open.ends_with("\n# EOF\n"), "{open}");
+    assert!(
+        open.contains("\n# TYPE alagg_delivered_packets counter\n"),
+        "{open}"
+    );
+    assert!(sample(&open, "alagg_delivered_packets_total") >= n as f64);
+    assert_eq!(sample(&open, "alagg_link_up{link=\"link0\"}"), 1.0);
     let (status, _) = http_get(&pair.b, port, "/nothing");
     assert!(status.contains("404"), "{status}");
 

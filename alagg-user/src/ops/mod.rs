@@ -1,5 +1,6 @@
 //! What an operator sees of a running alagg: a [`snapshot`] of every counter, rendered as the
-//! `alagg status` [`text`] and in the [`prometheus`] format, served over the Unix [`control`]
+//! `alagg status` [`text`] and as Prometheus text or OpenMetrics ([`prometheus`], through
+//! `prometheus-client`), served over the Unix [`control`]
 //! socket and the optional HTTP [`metrics`] endpoint ([`serve`]: their accept loop); the service
 //! manager is told of readiness, status and liveness through [`notify`].
 

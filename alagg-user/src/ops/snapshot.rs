@@ -1,5 +1,5 @@
 //! A snapshot of every counter of a running alagg, rendered as the `alagg status` text
-//! ([`super::text`]), in the Prometheus text exposition format ([`super::prometheus`]) and as
+//! ([`super::text`]), as Prometheus text or OpenMetrics ([`super::prometheus`]) and as
 //! the exit summary.
 //!
 //! A [`Snapshot`] is plain data, copied out of the live counters ([`crate::counters`], where
