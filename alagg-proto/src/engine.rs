@@ -544,6 +544,7 @@ impl Receiver {
             reorder: self.reorder.stats(),
             reassembly: self.reassembly.stats(),
             fec: self.fec.as_ref().map(|d| d.stats()).unwrap_or_default(),
+            hold_now_us: u64::try_from(self.hold_time.as_micros()).unwrap_or(u64::MAX),
             ..self.stats
         }
     }

@@ -697,7 +697,9 @@ impl Decoder {
 
     /// The lowest number a block under way (not finished, not past `now - hold`) may still
     /// bring: the receiver must not give up gaps from there on before the block is settled,
-    /// or a frame its parity rebuilds would come late.
+    /// or a frame its parity rebuilds would come late. (A block missing more frames than its
+    /// parity can rebuild still holds them: the decoder cannot tell a lost frame from one
+    /// still on a slower link; the wait is bounded by the receiver's FEC wait.)
     pub fn pending_floor(&self, now: Timestamp, hold: Duration) -> Option<u64> {
         self.slots
             .iter()

@@ -180,6 +180,9 @@ pub struct RxStats {
     pub reassembly: ReassemblyStats,
     /// Forward error correction.
     pub fec: crate::fec::FecRxStats,
+    /// Not a counter: how long a packet waits behind a gap now, in microseconds (the hold
+    /// follows the links' delay spread, [`crate::Receiver::adapt_hold`]).
+    pub hold_now_us: u64,
 }
 
 /// Sender counters ([`crate::Sender`]).

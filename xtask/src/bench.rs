@@ -779,8 +779,18 @@ fn impaired(
                 .map_err(|_| anyhow::anyhow!("the TCP flow's thread panicked"))??;
             pings
         })?;
-        results.add(name, &format!("ping p50 under load, {label}"), p50 / 1e3, "ms");
-        results.add(name, &format!("ping p99 under load, {label}"), p99 / 1e3, "ms");
+        results.add(
+            name,
+            &format!("ping p50 under load, {label}"),
+            p50 / 1e3,
+            "ms",
+        );
+        results.add(
+            name,
+            &format!("ping p99 under load, {label}"),
+            p99 / 1e3,
+            "ms",
+        );
         pair.check_alive()?;
         pair.stop();
     }

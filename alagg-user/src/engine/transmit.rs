@@ -482,9 +482,8 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
                 }
             }
         }
-        let healthy = |link: &Link<T>, state: &LinkState| {
-            link.carrier && state.health.condition.usable()
-        };
+        let healthy =
+            |link: &Link<T>, state: &LinkState| link.carrier && state.health.condition.usable();
         let any = self
             .links
             .iter()

@@ -129,6 +129,12 @@ impl Collector for SnapshotMetrics {
             Some(Unit::Seconds),
             [(NO_LABELS, s.uptime_secs)],
         )?;
+        out.gauge(
+            "alagg_reorder_hold_now",
+            "How long a packet waits behind a gap now: the links' delay spread and jitter plus a margin, at least 5 ms, at most protocol.hold_ms.",
+            Some(Unit::Seconds),
+            [(NO_LABELS, s.engine.hold_now_secs)],
+        )?;
 
         let link = |l: &LinkSnapshot| [("link", l.interface.clone())];
         out.gauge(

@@ -120,6 +120,9 @@ pub struct EngineSnapshot {
     pub hold_sum_secs: f64,
     /// Number of holds measured.
     pub hold_count: u64,
+    /// How long a packet waits behind a gap now, seconds (it follows the links' delay
+    /// spread, up to `protocol.hold_ms`).
+    pub hold_now_secs: f64,
 }
 
 /// One XDP verdict's counter.
@@ -146,6 +149,7 @@ impl From<&RxStats> for EngineSnapshot {
                 .collect(),
             hold_sum_secs: Duration::from_nanos(stats.reorder.hold.sum_nanos).as_secs_f64(),
             hold_count: stats.reorder.hold.count,
+            hold_now_secs: Duration::from_micros(stats.hold_now_us).as_secs_f64(),
         }
     }
 }
@@ -402,7 +406,9 @@ pub(crate) mod tests {
                 unrecoverable: 38,
                 rejected: 39,
             },
+            hold_now_us: 7_500,
         };
+        assert_eq!(EngineSnapshot::from(&stats).hold_now_secs, 0.0075);
         let engine = EngineSnapshot::from(&stats).counts;
         // Every field is distinct, and every row shows one: nothing is dropped or swapped twice.
         let values: BTreeSet<u64> = EngineCounts::ROWS

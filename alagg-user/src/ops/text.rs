@@ -45,6 +45,9 @@ impl Snapshot {
 
         let e = &self.engine;
         let mut engine = rows_of(EngineCounts::ROWS, &e.counts);
+        if e.hold_now_secs > 0.0 {
+            engine.push(("reorder hold now".to_owned(), human_secs(e.hold_now_secs)));
+        }
         if e.hold_count > 0 || !e.hold_histogram.is_empty() {
             let mean = if e.hold_count == 0 {
                 0.0
