@@ -32,12 +32,23 @@ pub struct Alagg {
 
 impl Alagg {
     pub fn start(netns: &Netns, config: &Path, log: PathBuf) -> Self {
+        Self::start_with_env(netns, config, log, &[])
+    }
+
+    /// [`Alagg::start`] with `env` added to its environment.
+    pub fn start_with_env(
+        netns: &Netns,
+        config: &Path,
+        log: PathBuf,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let out = fs::File::create(&log).unwrap();
         let child = netns
             .command(ALAGG)
             .args(["up", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
