@@ -7,6 +7,11 @@
 //! - `nfqueue steal`: the same route, with an iptables rule queueing the traffic to `alagg
 //!   steal`, which takes it with alagg's own capture loop and discards it (the capture ceiling;
 //!   UDP only);
+//! - `frame loop N link(s)`: `alagg blast` on A and `alagg sink` on B over the first N links:
+//!   alagg's data frames for 64- and 1400-byte datagrams, the same frame on every link as the
+//!   redundant mode sends it, sent as fast as one thread can and received through alagg's own
+//!   XDP program and AF_XDP sockets, with no capture, engine or TUN (the wire's ceiling on this
+//!   machine, as `nfqueue steal` is capture's; UDP sizes only);
 //! - `mptcp N links`: kernel MPTCP (`mptcpize`, iperf3) with a subflow per link, the tool many
 //!   users would pick instead (TCP only; it stripes instead of duplicating);
 //! - `alagg N link(s)`: `alagg up` on both hosts over the first N links, redundant mode;
@@ -118,10 +123,19 @@ const STREAM_PER_MS: u32 = 2;
 const STREAM_PAYLOAD: usize = 1000;
 /// Loss on link 0 in the lossy-link stream.
 const STREAM_LOSS_PERCENT: u8 = 3;
+/// The bare frame loop ([`frame_loop`]) on one link and on two.
+const FRAME_LOOP_1: &str = "frame loop 1 link";
+const FRAME_LOOP_2: &str = "frame loop 2 links";
+/// The frame loop's datagram sizes: the smallest and the largest of [`UDP_SIZES`] (a
+/// 1400-byte datagram's frame is 1478 bytes with its Ethernet header, nearly a full-sized one
+/// on a 1500-byte MTU).
+const LOOP_SIZES: [usize; 2] = [64, 1400];
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 21] = [
+const CONFIGS: [&str; 23] = [
     "direct",
     "nfqueue steal",
+    FRAME_LOOP_1,
+    FRAME_LOOP_2,
     "mptcp 2 links",
     "mptcp 3 links",
     "alagg 1 link",
@@ -314,6 +328,17 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
             );
             steal_pps(&alagg, &bed, "nfqueue steal", &durations, &mut results)?;
         }
+    }
+
+    for (name, links) in [(FRAME_LOOP_1, 1), (FRAME_LOOP_2, 2)] {
+        if !only.wants(name) {
+            continue;
+        }
+        println!(
+            "\n-- {name}: alagg's frames sent and received through its XDP program and AF_XDP \
+             sockets, nothing else (the wire's ceiling)"
+        );
+        frame_loop(&alagg, &bed, &dir, (name, links), &durations, &mut results)?;
     }
 
     for links in 2..=LINKS {
@@ -621,6 +646,158 @@ fn steal_pps(
         );
     }
     Ok(())
+}
+
+/// The bare frame loop on the first `links` links, per size of [`LOOP_SIZES`]: `alagg sink`
+/// on B, then `alagg blast` on A for the UDP duration. Recorded as `udp N B`, the packets per
+/// second that crossed every link (frames received per link, averaged over the links: each
+/// packet goes on all of them, as alagg's redundant mode sends it, so this is the ceiling of
+/// alagg's delivered rate on the same links), and `udp N B: frames, all links`.
+fn frame_loop(
+    alagg: &Path,
+    bed: &Testbed,
+    dir: &Path,
+    (config, links): (&str, usize),
+    durations: &Durations,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let [a, b] =
+        [Host::A, Host::B].map(|host| dir.join(format!("{}-{links}-loop.toml", host.letter())));
+    fs::write(&a, bed.config_with_links(Host::A, links))?;
+    fs::write(&b, bed.config_with_links(Host::B, links))?;
+    let seconds = durations.udp.as_secs_f64().to_string();
+    for size in LOOP_SIZES {
+        let sink = FrameSink::start(alagg, &bed.b, &b, dir)?;
+        let out = bed
+            .a
+            .command(alagg.to_str().context("binary path is not UTF-8")?)
+            .args(["blast", "--config"])
+            .arg(&a)
+            .args(["--size", &size.to_string(), "--seconds", &seconds])
+            .env("RUST_LOG", "warn")
+            .output()
+            .context("running alagg blast")?;
+        if !out.status.success() {
+            bail!(
+                "alagg blast --size {size} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let blast: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "alagg blast printed no JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })?;
+        // The last frames in flight arrive.
+        thread::sleep(Duration::from_millis(200));
+        let sunk = sink.stop()?;
+        let number = |json: &serde_json::Value, key: &str| {
+            json.get(key)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0)
+        };
+        let secs = number(&blast, "seconds").max(1e-9);
+        let frames = number(&sunk, "frames");
+        let per_link: Vec<String> = sunk
+            .get("per_link")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|l| format!("{:.0} k", number(l, "frames") / secs / 1e3))
+            .collect();
+        results.add(
+            config,
+            &format!("udp {size} B"),
+            frames / links as f64 / secs,
+            "pps",
+        );
+        results.add(
+            config,
+            &format!("udp {size} B: frames, all links"),
+            frames / secs,
+            "pps",
+        );
+        println!(
+            "  ({size} B: {:.0} frames sent, {frames:.0} received ({} per link/s), {:.2} Gbit/s \
+             of frames received)",
+            number(&blast, "sent"),
+            per_link.join(", "),
+            number(&sunk, "bytes") * 8.0 / secs / 1e9,
+        );
+    }
+    Ok(())
+}
+
+/// `alagg sink` on a host, counting alagg frames until stopped.
+struct FrameSink {
+    child: Option<Child>,
+    out: PathBuf,
+    log: PathBuf,
+}
+
+impl FrameSink {
+    /// Starts `alagg sink` in `ns` with the configuration at `config`, once its sockets are open.
+    fn start(alagg: &Path, ns: &Netns, config: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let out = dir.join("sink.json");
+        let log = dir.join("sink.log");
+        let child = ns
+            .command(alagg.to_str().context("binary path is not UTF-8")?)
+            .args(["sink", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(fs::File::create(&out)?))
+            .stderr(Stdio::from(fs::File::create(&log)?))
+            .spawn()
+            .context("starting alagg sink")?;
+        let mut sink = Self {
+            child: Some(child),
+            out,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = fs::read_to_string(&sink.log).unwrap_or_default();
+            if text.contains("frame sink ready") {
+                return Ok(sink);
+            }
+            if let Some(status) = sink
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("alagg sink exited ({status}):\n{text}");
+            }
+            if Instant::now() > deadline {
+                bail!("alagg sink was not ready within 10 s:\n{text}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and what the sink counted.
+    fn stop(mut self) -> anyhow::Result<serde_json::Value> {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+        let text = fs::read_to_string(&self.out).unwrap_or_default();
+        serde_json::from_str(text.trim()).with_context(|| {
+            format!(
+                "alagg sink printed no JSON ({text:?}):\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        })
+    }
+}
+
+impl Drop for FrameSink {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
 }
 
 /// The workloads every unimpaired configuration runs.
@@ -1759,6 +1936,8 @@ fn markdown(
         (FEC_XOR_NAME, STRIPE_NAME),
         (FEC_RS_NAME, STRIPE_NAME),
         ("alagg 2 links", "nfqueue steal"),
+        ("alagg 1 link", FRAME_LOOP_1),
+        ("alagg 2 links", FRAME_LOOP_2),
         ("alagg 2 links", "mptcp 2 links"),
         ("veth: alagg 2 links", "veth: direct"),
         ("veth: alagg 2 links", "veth: nfqueue steal"),
