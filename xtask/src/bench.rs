@@ -501,7 +501,7 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
             "\n-- two links both dropping {LOSS_PERCENT} % of their frames: stripe, stripe + XOR \
              8+1, stripe + Reed-Solomon 8+2, adaptive and redundant side by side"
         );
-        fec_lossy(&alagg, &bed, &dir, &durations, &mut results)?;
+        fec_lossy(&alagg, &bed, &dir, (&durations, only), &mut results)?;
     }
     if only.wants_any(&STREAMED) {
         println!(
@@ -721,10 +721,12 @@ fn frame_loop(
         );
         println!(
             "  ({size} B: {:.0} frames sent, {frames:.0} received ({} per link/s), {:.2} Gbit/s \
-             of frames received)",
+             of frames received; CPU: blast {:.0} %, sink {:.0} % of one core)",
             number(&blast, "sent"),
             per_link.join(", "),
             number(&sunk, "bytes") * 8.0 / secs / 1e9,
+            100.0 * number(&blast, "cpu_seconds") / secs,
+            100.0 * number(&sunk, "cpu_seconds") / secs,
         );
     }
     Ok(())
@@ -1040,14 +1042,15 @@ fn streams(
 }
 
 /// On links 0 and 1 both losing [`LOSS_PERCENT`] % of their frames (both ways), per
-/// configuration of [`FEC_LOSSY`]: one TCP flow (goodput, and alagg's bytes on the links per
-/// byte delivered), a numbered UDP stream (loss, bytes per byte) and ping (p50, p99 of the
-/// echoes that came back): what FEC recovers, what it costs on the wire and in latency.
+/// configuration of [`FEC_LOSSY`] that `--only` selects: one TCP flow (goodput, and alagg's
+/// bytes on the links per byte delivered), a numbered UDP stream (loss, bytes per byte) and
+/// ping (p50, p99 of the echoes that came back): what FEC recovers, what it costs on the wire
+/// and in latency.
 fn fec_lossy(
     alagg: &Path,
     bed: &Testbed,
     dir: &Path,
-    durations: &Durations,
+    (durations, only): (&Durations, Selection<'_>),
     results: &mut Results,
 ) -> anyhow::Result<()> {
     let configs = [
@@ -1062,6 +1065,9 @@ fn fec_lossy(
         bed.set_loss(link, LOSS_PERCENT)?;
     }
     for (name, edit) in configs {
+        if !only.wants(name) {
+            continue;
+        }
         let pair = AlaggPair::start(alagg, bed, 2, dir, edit)?;
         // Feedback has measured the links' loss (adaptive acts on it).
         thread::sleep(Duration::from_secs(2));
@@ -1938,6 +1944,7 @@ fn markdown(
         ("alagg 2 links", "nfqueue steal"),
         ("alagg 1 link", FRAME_LOOP_1),
         ("alagg 2 links", FRAME_LOOP_2),
+        ("alagg 2 links, unbundled", FRAME_LOOP_2),
         ("alagg 2 links", "mptcp 2 links"),
         ("veth: alagg 2 links", "veth: direct"),
         ("veth: alagg 2 links", "veth: nfqueue steal"),

@@ -102,7 +102,8 @@ fn ipv4_udp_packet(payload: usize) -> anyhow::Result<Vec<u8>> {
 
 /// Sends, on every link of the configuration at `path`, the data frames of `size`-byte UDP
 /// datagrams as fast as one thread can for `seconds` (or until SIGINT/SIGTERM), in batches of
-/// [`BATCH`]; prints `{"sent":..,"bytes":..,"refused":..,"seconds":..,"per_link":[..]}`.
+/// [`BATCH`]; prints `{"sent":..,"bytes":..,"refused":..,"seconds":..,"cpu_seconds":..,
+/// "per_link":[..]}`.
 pub fn blast(path: &Path, size: usize, seconds: f64) -> anyhow::Result<()> {
     let signals = TermSignals::block().context("blocking the termination signals")?;
     let (_steering, mut links, _) = open_links(path)?;
@@ -128,6 +129,7 @@ pub fn blast(path: &Path, size: usize, seconds: f64) -> anyhow::Result<()> {
     let mut unstaged = vec![0u64; links.len()];
     let mut flush_errors = 0u64;
     let mtu = links.iter().map(|l| l.mtu).min().unwrap_or(0);
+    let cpu_before = crate::sys::process_cpu_time();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds.max(0.0));
     let mut next_check = started;
@@ -171,6 +173,7 @@ pub fn blast(path: &Path, size: usize, seconds: f64) -> anyhow::Result<()> {
         let _ = link.tx.flush();
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = crate::sys::process_cpu_time().saturating_sub(cpu_before);
     let frame_len = ETH_HDR_LEN + DATA_HEADER_LEN + packet.len();
     let per_link: Vec<_> = links
         .iter()
@@ -202,6 +205,7 @@ pub fn blast(path: &Path, size: usize, seconds: f64) -> anyhow::Result<()> {
             "refused": refused,
             "flush_errors": flush_errors,
             "seconds": elapsed,
+            "cpu_seconds": cpu.as_secs_f64(),
             "per_link": per_link,
         })
     );
@@ -219,8 +223,9 @@ struct Counted {
 
 /// Receives on every link of the configuration at `path` for `seconds` (or until
 /// SIGINT/SIGTERM), counting alagg data frames and their bytes per link; prints
-/// `{"frames":..,"bytes":..,"invalid":..,"seconds":..,"per_link":[..]}`. Logs `frame sink
-/// ready` once every socket is open.
+/// `{"frames":..,"bytes":..,"invalid":..,"seconds":..,"cpu_seconds":..,"per_link":[..]}`
+/// (`cpu_seconds` from when the sockets were open). Logs `frame sink ready` once every socket
+/// is open.
 pub fn sink(path: &Path, seconds: Option<f64>) -> anyhow::Result<()> {
     let signals = TermSignals::block().context("blocking the termination signals")?;
     let (_steering, mut links, _) = open_links(path)?;
@@ -234,6 +239,7 @@ pub fn sink(path: &Path, seconds: Option<f64>) -> anyhow::Result<()> {
         })
         .collect();
     let before: Vec<_> = links.iter_mut().map(|l| l.rx.losses()).collect();
+    let cpu_before = crate::sys::process_cpu_time();
     let started = Instant::now();
     let deadline = seconds.map(|s| started + Duration::from_secs_f64(s.max(0.0)));
     tracing::info!(links = links.len(), "frame sink ready");
@@ -298,6 +304,9 @@ pub fn sink(path: &Path, seconds: Option<f64>) -> anyhow::Result<()> {
             "bytes": sum(|c| c.bytes),
             "invalid": sum(|c| c.invalid),
             "seconds": started.elapsed().as_secs_f64(),
+            "cpu_seconds": crate::sys::process_cpu_time()
+                .saturating_sub(cpu_before)
+                .as_secs_f64(),
             "active_seconds": first.map_or(0.0, |first| (last - first).as_secs_f64()),
             "per_link": per_link,
         })
