@@ -1,7 +1,8 @@
 //! Privileged end-to-end test of the bare frame loop the benchmarks compare alagg with (issue
 //! 14): `alagg blast` on host A and `alagg sink` on host B over two veth links, through alagg's
 //! own XDP program and AF_XDP sockets. Frames arrive on every link, never more than were sent,
-//! every one an alagg data frame; and both hosts are left as they were (XDP detached).
+//! every one an alagg data frame; a datagram too long for one frame is refused; and both hosts
+//! are left as they were (XDP detached).
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -156,6 +157,22 @@ fn blast_and_sink_carry_frames_on_every_link_and_leave_nothing() {
         }
         assert!(number(&sunk, "frames") <= number(&blast, "sent"));
     }
+
+    // A datagram whose frame the links cannot carry whole is refused, naming the link.
+    let out = pair
+        .a
+        .command(ALAGG)
+        .args(["blast", "--config"])
+        .arg(&config_a)
+        .args(["--size", "1500", "--seconds", "0.1"])
+        .output()
+        .expect("run alagg blast");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("link link0") && stderr.contains("--size 1436"),
+        "blast --size 1500 on a 1500-byte MTU: {}\n{stderr}",
+        out.status
+    );
 
     assert_eq!(
         host_state(&pair.a),

@@ -9,8 +9,9 @@
 //! `size`-byte UDP datagrams: one valid v2 data frame per datagram ([`Sender::plan`],
 //! [`alagg_proto::engine::Plan::emit_ethernet`]) carrying a whole IPv4/UDP packet of
 //! `size + 28` bytes, the same packet on every link, each link's frames stamped on a lane of
-//! their own. Each prints one JSON line on standard output when it ends (its deadline, or
-//! SIGINT/SIGTERM); logs go to standard error. Dropping the links detaches XDP (bpf_link).
+//! their own. `[auth]` is not applied: the frames carry no tag, and the sink checks none. Each
+//! prints one JSON line on standard output when it ends (its deadline, or SIGINT/SIGTERM);
+//! logs go to standard error. Dropping the links detaches XDP (bpf_link).
 
 use std::{path::Path, time::Duration, time::Instant};
 
@@ -105,6 +106,7 @@ fn ipv4_udp_packet(payload: usize) -> anyhow::Result<Vec<u8>> {
 /// [`BATCH`]; prints `{"sent":..,"bytes":..,"refused":..,"seconds":..,"cpu_seconds":..,
 /// "per_link":[..]}`.
 pub fn blast(path: &Path, size: usize, seconds: f64) -> anyhow::Result<()> {
+    let run_for = duration(seconds)?;
     let signals = TermSignals::block().context("blocking the termination signals")?;
     let (_steering, mut links, _) = open_links(path)?;
     let packet = ipv4_udp_packet(size)?;
@@ -131,7 +133,7 @@ pub fn blast(path: &Path, size: usize, seconds: f64) -> anyhow::Result<()> {
     let mtu = links.iter().map(|l| l.mtu).min().unwrap_or(0);
     let cpu_before = crate::sys::process_cpu_time();
     let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(seconds.max(0.0));
+    let deadline = started + run_for;
     let mut next_check = started;
     loop {
         let now = Instant::now();
@@ -227,6 +229,7 @@ struct Counted {
 /// (`cpu_seconds` from when the sockets were open). Logs `frame sink ready` once every socket
 /// is open.
 pub fn sink(path: &Path, seconds: Option<f64>) -> anyhow::Result<()> {
+    let run_for = seconds.map(duration).transpose()?;
     let signals = TermSignals::block().context("blocking the termination signals")?;
     let (_steering, mut links, _) = open_links(path)?;
     let mut counted = vec![Counted::default(); links.len()];
@@ -241,7 +244,7 @@ pub fn sink(path: &Path, seconds: Option<f64>) -> anyhow::Result<()> {
     let before: Vec<_> = links.iter_mut().map(|l| l.rx.losses()).collect();
     let cpu_before = crate::sys::process_cpu_time();
     let started = Instant::now();
-    let deadline = seconds.map(|s| started + Duration::from_secs_f64(s.max(0.0)));
+    let deadline = run_for.map(|d| started + d);
     tracing::info!(links = links.len(), "frame sink ready");
     let (mut first, mut last) = (None::<Instant>, started);
     let mut next_check = started;
@@ -314,6 +317,13 @@ pub fn sink(path: &Path, seconds: Option<f64>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--seconds` as a duration.
+fn duration(seconds: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .with_context(|| format!("--seconds {seconds}: give a number of seconds, 0 or more"))
+}
+
 /// Milliseconds since the Unix epoch, for the frames' epoch.
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -347,6 +357,15 @@ mod tests {
             );
         }
         assert!(ipv4_udp_packet(70_000).is_err());
+    }
+
+    #[test]
+    fn seconds_must_be_a_finite_duration() {
+        assert_eq!(duration(0.5).unwrap(), Duration::from_millis(500));
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e30] {
+            let error = duration(bad).unwrap_err().to_string();
+            assert!(error.contains("--seconds"), "{error}");
+        }
     }
 
     #[test]
