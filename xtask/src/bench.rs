@@ -19,9 +19,9 @@
 //!   on every frame and with the payload encrypted too (what authentication costs);
 //! - `alagg 2 links, stripe` and `adaptive`: the other scheduling modes (each packet on one
 //!   link; and a second copy where a link is lossy), also on the impaired links;
-//! - `veth: ...`: direct, the steal loop and alagg on two links again, on a second bed whose
-//!   links are plain veth pairs with no bridge between ([`Testbed::new_direct`]): the cheapest
-//!   wire, so closer to what alagg itself costs.
+//! - `veth: ...`: direct, the steal loop, the frame loop and alagg on two links again, on a
+//!   second bed whose links are plain veth pairs with no bridge between
+//!   ([`Testbed::new_direct`]): the cheapest wire, so closer to what alagg itself costs.
 //!
 //! Workloads: UDP datagrams of 64, 512 and 1400 bytes sent as fast as one sender thread can
 //! (`sendmmsg`), counted by a receiver thread (`recvmmsg`) on host B, as packets per second
@@ -126,12 +126,13 @@ const STREAM_LOSS_PERCENT: u8 = 3;
 /// The bare frame loop ([`frame_loop`]) on one link and on two.
 const FRAME_LOOP_1: &str = "frame loop 1 link";
 const FRAME_LOOP_2: &str = "frame loop 2 links";
+const VETH_FRAME_LOOP: &str = "veth: frame loop 2 links";
 /// The frame loop's datagram sizes: the smallest and the largest of [`UDP_SIZES`] (a
 /// 1400-byte datagram's frame is 1478 bytes with its Ethernet header, nearly a full-sized one
 /// on a 1500-byte MTU).
 const LOOP_SIZES: [usize; 2] = [64, 1400];
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 23] = [
+const CONFIGS: [&str; 24] = [
     "direct",
     "nfqueue steal",
     FRAME_LOOP_1,
@@ -154,6 +155,7 @@ const CONFIGS: [&str; 23] = [
     FEC_RS_NAME,
     "veth: direct",
     "veth: nfqueue steal",
+    VETH_FRAME_LOOP,
     "veth: alagg 2 links",
 ];
 /// The configurations measured on impaired links.
@@ -338,7 +340,14 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
             "\n-- {name}: alagg's frames sent and received through its XDP program and AF_XDP \
              sockets, nothing else (the wire's ceiling)"
         );
-        frame_loop(&alagg, &bed, &dir, (name, links), &durations, &mut results)?;
+        frame_loop(
+            &alagg,
+            &bed,
+            &dir,
+            (name, links, ""),
+            &durations,
+            &mut results,
+        )?;
     }
 
     for links in 2..=LINKS {
@@ -513,7 +522,12 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     }
     drop(bed);
 
-    if only.wants_any(&["veth: direct", "veth: nfqueue steal", "veth: alagg 2 links"]) {
+    if only.wants_any(&[
+        "veth: direct",
+        "veth: nfqueue steal",
+        VETH_FRAME_LOOP,
+        "veth: alagg 2 links",
+    ]) {
         println!(
             "\n-- plain veth pairs, no bridge: the cheapest wire, closer to what alagg itself costs"
         );
@@ -532,6 +546,16 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
                     &mut results,
                 )?;
             }
+        }
+        if only.wants(VETH_FRAME_LOOP) {
+            frame_loop(
+                &alagg,
+                &vbed,
+                &dir,
+                (VETH_FRAME_LOOP, 2, "-veth"),
+                &durations,
+                &mut results,
+            )?;
         }
         if only.wants("veth: alagg 2 links") {
             let pair = AlaggPair::start(&alagg, &vbed, 2, &dir, DEFAULTS)?;
@@ -648,7 +672,7 @@ fn steal_pps(
     Ok(())
 }
 
-/// The bare frame loop on the first `links` links, per size of [`LOOP_SIZES`]: `alagg sink`
+/// The bare frame loop on the first `links` links of `bed` (`tag` names its files), per size of [`LOOP_SIZES`]: `alagg sink`
 /// on B, then `alagg blast` on A for the UDP duration. Recorded as `udp N B`, the packets per
 /// second that crossed every link (frames received per link, averaged over the links: each
 /// packet goes on all of them, as alagg's redundant mode sends it, so this is the ceiling of
@@ -657,12 +681,12 @@ fn frame_loop(
     alagg: &Path,
     bed: &Testbed,
     dir: &Path,
-    (config, links): (&str, usize),
+    (config, links, tag): (&str, usize, &str),
     durations: &Durations,
     results: &mut Results,
 ) -> anyhow::Result<()> {
-    let [a, b] =
-        [Host::A, Host::B].map(|host| dir.join(format!("{}-{links}-loop.toml", host.letter())));
+    let [a, b] = [Host::A, Host::B]
+        .map(|host| dir.join(format!("{}-{links}-loop{tag}.toml", host.letter())));
     fs::write(&a, bed.config_with_links(Host::A, links))?;
     fs::write(&b, bed.config_with_links(Host::B, links))?;
     let seconds = durations.udp.as_secs_f64().to_string();
@@ -1948,6 +1972,7 @@ fn markdown(
         ("alagg 2 links", "mptcp 2 links"),
         ("veth: alagg 2 links", "veth: direct"),
         ("veth: alagg 2 links", "veth: nfqueue steal"),
+        ("veth: alagg 2 links", VETH_FRAME_LOOP),
     ];
     // Only the ratios this run has both sides of (all of them but with --only).
     let ratios: Vec<(&str, &str)> = ratios
