@@ -43,6 +43,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Down { config } => cli::down(&config),
         Command::Status { config, tun, json } => cli::status(config.as_deref(), tun, json),
         Command::Steal { queue } => cli::steal(queue),
+        Command::Blast {
+            config,
+            size,
+            seconds,
+        } => cli::blast(&config, size, seconds),
+        Command::Sink { config, seconds } => cli::sink(&config, seconds),
         Command::Genkey => cli::genkey(),
         Command::Attach {
             interfaces,

@@ -2,7 +2,7 @@
 //! wrapper: waiting (`poll(2)`, `ppoll(2)`), socket options and statistics (`XDP_STATISTICS`,
 //! `PACKET_STATISTICS`), the AF_XDP transmit kick, batches of datagrams (`recvmmsg(2)`,
 //! `sendmmsg(2)` over [`MmsgSlots`], for AF_PACKET links and NFQUEUE alike), randomness, the
-//! caller's privileges and alagg's runtime directory in this network namespace. The edges that
+//! process's CPU time, the caller's privileges and alagg's runtime directory in this network namespace. The edges that
 //! own a kernel object (AF_XDP, AF_PACKET, NFQUEUE, TUN) keep the calls tied to their own
 //! buffers; everything that stands alone, or that two edges share, is here.
 
@@ -12,6 +12,24 @@ use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
+
+/// CPU time this process has used so far, all its threads, user and system
+/// (`clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`); zero if the clock cannot be read.
+pub(crate) fn process_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock id is a constant of the kernel.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
 
 /// Waits until `fd` is readable or `timeout` passes (or a signal arrives); returns whether it
 /// is readable.

@@ -7,6 +7,11 @@
 //! - `nfqueue steal`: the same route, with an iptables rule queueing the traffic to `alagg
 //!   steal`, which takes it with alagg's own capture loop and discards it (the capture ceiling;
 //!   UDP only);
+//! - `frame loop N link(s)`: `alagg blast` on A and `alagg sink` on B over the first N links:
+//!   alagg's data frames for 64- and 1400-byte datagrams, the same frame on every link as the
+//!   redundant mode sends it, sent as fast as one thread can and received through alagg's own
+//!   XDP program and AF_XDP sockets, with no capture, engine or TUN (the wire's ceiling on this
+//!   machine, as `nfqueue steal` is capture's; UDP sizes only);
 //! - `mptcp N links`: kernel MPTCP (`mptcpize`, iperf3) with a subflow per link, the tool many
 //!   users would pick instead (TCP only; it stripes instead of duplicating);
 //! - `alagg N link(s)`: `alagg up` on both hosts over the first N links, redundant mode;
@@ -14,9 +19,9 @@
 //!   on every frame and with the payload encrypted too (what authentication costs);
 //! - `alagg 2 links, stripe` and `adaptive`: the other scheduling modes (each packet on one
 //!   link; and a second copy where a link is lossy), also on the impaired links;
-//! - `veth: ...`: direct, the steal loop and alagg on two links again, on a second bed whose
-//!   links are plain veth pairs with no bridge between ([`Testbed::new_direct`]): the cheapest
-//!   wire, so closer to what alagg itself costs.
+//! - `veth: ...`: direct, the steal loop, the frame loop and alagg on two links again, on a
+//!   second bed whose links are plain veth pairs with no bridge between
+//!   ([`Testbed::new_direct`]): the cheapest wire, so closer to what alagg itself costs.
 //!
 //! Workloads: UDP datagrams of 64, 512 and 1400 bytes sent as fast as one sender thread can
 //! (`sendmmsg`), counted by a receiver thread (`recvmmsg`) on host B, as packets per second
@@ -118,10 +123,20 @@ const STREAM_PER_MS: u32 = 2;
 const STREAM_PAYLOAD: usize = 1000;
 /// Loss on link 0 in the lossy-link stream.
 const STREAM_LOSS_PERCENT: u8 = 3;
+/// The bare frame loop ([`frame_loop`]) on one link and on two.
+const FRAME_LOOP_1: &str = "frame loop 1 link";
+const FRAME_LOOP_2: &str = "frame loop 2 links";
+const VETH_FRAME_LOOP: &str = "veth: frame loop 2 links";
+/// The frame loop's datagram sizes: the smallest and the largest of [`UDP_SIZES`] (a
+/// 1400-byte datagram's frame is 1478 bytes with its Ethernet header, nearly a full-sized one
+/// on a 1500-byte MTU).
+const LOOP_SIZES: [usize; 2] = [64, 1400];
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 21] = [
+const CONFIGS: [&str; 24] = [
     "direct",
     "nfqueue steal",
+    FRAME_LOOP_1,
+    FRAME_LOOP_2,
     "mptcp 2 links",
     "mptcp 3 links",
     "alagg 1 link",
@@ -140,6 +155,7 @@ const CONFIGS: [&str; 21] = [
     FEC_RS_NAME,
     "veth: direct",
     "veth: nfqueue steal",
+    VETH_FRAME_LOOP,
     "veth: alagg 2 links",
 ];
 /// The configurations measured on impaired links.
@@ -316,6 +332,24 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         }
     }
 
+    for (name, links) in [(FRAME_LOOP_1, 1), (FRAME_LOOP_2, 2)] {
+        if !only.wants(name) {
+            continue;
+        }
+        println!(
+            "\n-- {name}: alagg's frames sent and received through its XDP program and AF_XDP \
+             sockets, nothing else (the wire's ceiling)"
+        );
+        frame_loop(
+            &alagg,
+            &bed,
+            &dir,
+            (name, links, ""),
+            &durations,
+            &mut results,
+        )?;
+    }
+
     for links in 2..=LINKS {
         let name = format!("mptcp {links} links");
         if !only.wants(&name) {
@@ -476,7 +510,7 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
             "\n-- two links both dropping {LOSS_PERCENT} % of their frames: stripe, stripe + XOR \
              8+1, stripe + Reed-Solomon 8+2, adaptive and redundant side by side"
         );
-        fec_lossy(&alagg, &bed, &dir, &durations, &mut results)?;
+        fec_lossy(&alagg, &bed, &dir, (&durations, only), &mut results)?;
     }
     if only.wants_any(&STREAMED) {
         println!(
@@ -488,7 +522,12 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
     }
     drop(bed);
 
-    if only.wants_any(&["veth: direct", "veth: nfqueue steal", "veth: alagg 2 links"]) {
+    if only.wants_any(&[
+        "veth: direct",
+        "veth: nfqueue steal",
+        VETH_FRAME_LOOP,
+        "veth: alagg 2 links",
+    ]) {
         println!(
             "\n-- plain veth pairs, no bridge: the cheapest wire, closer to what alagg itself costs"
         );
@@ -507,6 +546,16 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
                     &mut results,
                 )?;
             }
+        }
+        if only.wants(VETH_FRAME_LOOP) {
+            frame_loop(
+                &alagg,
+                &vbed,
+                &dir,
+                (VETH_FRAME_LOOP, 2, "-veth"),
+                &durations,
+                &mut results,
+            )?;
         }
         if only.wants("veth: alagg 2 links") {
             let pair = AlaggPair::start(&alagg, &vbed, 2, &dir, DEFAULTS)?;
@@ -621,6 +670,160 @@ fn steal_pps(
         );
     }
     Ok(())
+}
+
+/// The bare frame loop on the first `links` links of `bed` (`tag` names its files), per size of [`LOOP_SIZES`]: `alagg sink`
+/// on B, then `alagg blast` on A for the UDP duration. Recorded as `udp N B`, the packets per
+/// second that crossed every link (frames received per link, averaged over the links: each
+/// packet goes on all of them, as alagg's redundant mode sends it, so this is the ceiling of
+/// alagg's delivered rate on the same links), and `udp N B: frames, all links`.
+fn frame_loop(
+    alagg: &Path,
+    bed: &Testbed,
+    dir: &Path,
+    (config, links, tag): (&str, usize, &str),
+    durations: &Durations,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let [a, b] = [Host::A, Host::B]
+        .map(|host| dir.join(format!("{}-{links}-loop{tag}.toml", host.letter())));
+    fs::write(&a, bed.config_with_links(Host::A, links))?;
+    fs::write(&b, bed.config_with_links(Host::B, links))?;
+    let seconds = durations.udp.as_secs_f64().to_string();
+    for size in LOOP_SIZES {
+        let sink = FrameSink::start(alagg, &bed.b, &b, dir)?;
+        let out = bed
+            .a
+            .command(alagg.to_str().context("binary path is not UTF-8")?)
+            .args(["blast", "--config"])
+            .arg(&a)
+            .args(["--size", &size.to_string(), "--seconds", &seconds])
+            .env("RUST_LOG", "warn")
+            .output()
+            .context("running alagg blast")?;
+        if !out.status.success() {
+            bail!(
+                "alagg blast --size {size} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let blast: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "alagg blast printed no JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })?;
+        // The last frames in flight arrive.
+        thread::sleep(Duration::from_millis(200));
+        let sunk = sink.stop()?;
+        let number = |json: &serde_json::Value, key: &str| {
+            json.get(key)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0)
+        };
+        let secs = number(&blast, "seconds").max(1e-9);
+        let frames = number(&sunk, "frames");
+        let per_link: Vec<String> = sunk
+            .get("per_link")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|l| format!("{:.0} k", number(l, "frames") / secs / 1e3))
+            .collect();
+        results.add(
+            config,
+            &format!("udp {size} B"),
+            frames / links as f64 / secs,
+            "pps",
+        );
+        results.add(
+            config,
+            &format!("udp {size} B: frames, all links"),
+            frames / secs,
+            "pps",
+        );
+        println!(
+            "  ({size} B: {:.0} frames sent, {frames:.0} received ({} per link/s), {:.2} Gbit/s \
+             of frames received; CPU: blast {:.0} %, sink {:.0} % of one core)",
+            number(&blast, "sent"),
+            per_link.join(", "),
+            number(&sunk, "bytes") * 8.0 / secs / 1e9,
+            100.0 * number(&blast, "cpu_seconds") / secs,
+            100.0 * number(&sunk, "cpu_seconds") / secs,
+        );
+    }
+    Ok(())
+}
+
+/// `alagg sink` on a host, counting alagg frames until stopped.
+struct FrameSink {
+    child: Option<Child>,
+    out: PathBuf,
+    log: PathBuf,
+}
+
+impl FrameSink {
+    /// Starts `alagg sink` in `ns` with the configuration at `config`, once its sockets are open.
+    fn start(alagg: &Path, ns: &Netns, config: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let out = dir.join("sink.json");
+        let log = dir.join("sink.log");
+        let child = ns
+            .command(alagg.to_str().context("binary path is not UTF-8")?)
+            .args(["sink", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::from(fs::File::create(&out)?))
+            .stderr(Stdio::from(fs::File::create(&log)?))
+            .spawn()
+            .context("starting alagg sink")?;
+        let mut sink = Self {
+            child: Some(child),
+            out,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = fs::read_to_string(&sink.log).unwrap_or_default();
+            if text.contains("frame sink ready") {
+                return Ok(sink);
+            }
+            if let Some(status) = sink
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("alagg sink exited ({status}):\n{text}");
+            }
+            if Instant::now() > deadline {
+                bail!("alagg sink was not ready within 10 s:\n{text}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and what the sink counted.
+    fn stop(mut self) -> anyhow::Result<serde_json::Value> {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+        let text = fs::read_to_string(&self.out).unwrap_or_default();
+        serde_json::from_str(text.trim()).with_context(|| {
+            format!(
+                "alagg sink printed no JSON ({text:?}):\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        })
+    }
+}
+
+impl Drop for FrameSink {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
 }
 
 /// The workloads every unimpaired configuration runs.
@@ -863,14 +1066,15 @@ fn streams(
 }
 
 /// On links 0 and 1 both losing [`LOSS_PERCENT`] % of their frames (both ways), per
-/// configuration of [`FEC_LOSSY`]: one TCP flow (goodput, and alagg's bytes on the links per
-/// byte delivered), a numbered UDP stream (loss, bytes per byte) and ping (p50, p99 of the
-/// echoes that came back): what FEC recovers, what it costs on the wire and in latency.
+/// configuration of [`FEC_LOSSY`] that `--only` selects: one TCP flow (goodput, and alagg's
+/// bytes on the links per byte delivered), a numbered UDP stream (loss, bytes per byte) and
+/// ping (p50, p99 of the echoes that came back): what FEC recovers, what it costs on the wire
+/// and in latency.
 fn fec_lossy(
     alagg: &Path,
     bed: &Testbed,
     dir: &Path,
-    durations: &Durations,
+    (durations, only): (&Durations, Selection<'_>),
     results: &mut Results,
 ) -> anyhow::Result<()> {
     let configs = [
@@ -885,6 +1089,9 @@ fn fec_lossy(
         bed.set_loss(link, LOSS_PERCENT)?;
     }
     for (name, edit) in configs {
+        if !only.wants(name) {
+            continue;
+        }
         let pair = AlaggPair::start(alagg, bed, 2, dir, edit)?;
         // Feedback has measured the links' loss (adaptive acts on it).
         thread::sleep(Duration::from_secs(2));
@@ -1759,9 +1966,13 @@ fn markdown(
         (FEC_XOR_NAME, STRIPE_NAME),
         (FEC_RS_NAME, STRIPE_NAME),
         ("alagg 2 links", "nfqueue steal"),
+        ("alagg 1 link", FRAME_LOOP_1),
+        ("alagg 2 links", FRAME_LOOP_2),
+        ("alagg 2 links, unbundled", FRAME_LOOP_2),
         ("alagg 2 links", "mptcp 2 links"),
         ("veth: alagg 2 links", "veth: direct"),
         ("veth: alagg 2 links", "veth: nfqueue steal"),
+        ("veth: alagg 2 links", VETH_FRAME_LOOP),
     ];
     // Only the ratios this run has both sides of (all of them but with --only).
     let ratios: Vec<(&str, &str)> = ratios

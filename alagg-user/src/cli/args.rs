@@ -83,6 +83,43 @@ pub enum Command {
         #[arg(long)]
         queue: u16,
     },
+    /// Benchmark baseline: send alagg data frames on every link of a configuration as fast as
+    /// one thread can, with the sockets `up` uses (AF_XDP, or AF_PACKET where `io` says so) and
+    /// nothing else: no capture, engine or TUN. `sink` on the peer counts them.
+    ///
+    /// Each frame is what `up` sends, in redundant mode, for one UDP datagram of --size bytes
+    /// (an IPv4 packet of size + 28 bytes in one data frame), the same on every link. Stops
+    /// after --seconds or on SIGINT/SIGTERM and prints one JSON line: frames sent in all and
+    /// per link. Needs root.
+    #[command(hide = true)]
+    Blast {
+        /// The configuration file whose `[[link]]`s to send on.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// UDP payload bytes of the datagram each frame carries.
+        #[arg(long, value_name = "BYTES", default_value_t = 64)]
+        size: usize,
+        /// How long to send.
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+        seconds: f64,
+    },
+    /// Benchmark baseline: receive alagg frames on every link of a configuration through alagg's
+    /// XDP program and AF_XDP sockets (as `up` does) and count them, nothing else: the peer of
+    /// `blast`.
+    ///
+    /// Logs `frame sink ready` once its sockets are open; after --seconds or on SIGINT/SIGTERM
+    /// prints one JSON line: data frames and bytes received in all and per link, frames that
+    /// were not alagg data frames, and what the sockets dropped. Detaches XDP on exit. Needs
+    /// root.
+    #[command(hide = true)]
+    Sink {
+        /// The configuration file whose `[[link]]`s to receive on.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Stop after this many seconds instead of waiting for SIGINT/SIGTERM.
+        #[arg(long, value_name = "SECONDS")]
+        seconds: Option<f64>,
+    },
     /// Validate a configuration and this host, and print what `up` would do.
     ///
     /// Exits non-zero when the file is invalid or the host is not ready (missing or down

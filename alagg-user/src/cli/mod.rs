@@ -1,12 +1,13 @@
 //! The commands of the `alagg` binary, one module each: [`up`](up()), [`down`](down()),
-//! [`status`](status()), [`check`](check()), [`genkey`](genkey()), and the debugging verbs [`steal`](steal()) and
-//! [`attach`](attach()). `main.rs` parses the command line ([`Cli`], defined in `args`) and
+//! [`status`](status()), [`check`](check()), [`genkey`](genkey()), and the debugging verbs [`steal`](steal()),
+//! [`attach`](attach()), and [`blast`](blast()) with [`sink`](sink()) (the frame loop). `main.rs` parses the command line ([`Cli`], defined in `args`) and
 //! calls one of these; they return errors that name the file, key or interface at fault.
 
 mod args;
 mod check;
 mod debug;
 mod down;
+mod frame_loop;
 mod genkey;
 mod status;
 mod up;
@@ -15,6 +16,7 @@ pub use args::{Cli, Command, LogFormat, command};
 pub use check::check;
 pub use debug::{attach, steal};
 pub use down::down;
+pub use frame_loop::{blast, sink};
 pub use genkey::genkey;
 pub use status::status;
 pub use up::up;

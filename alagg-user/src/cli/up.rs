@@ -23,9 +23,9 @@ use crate::{
     sys::LinkEvents,
 };
 
-/// What the runtime runs with, from a validated configuration and its key (`[auth]`).
-fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
-    let links = config
+/// The configuration's links as the runtime (and the frame loop) opens them.
+pub(super) fn link_plans(config: &Config) -> Vec<LinkPlan> {
+    config
         .links
         .iter()
         .enumerate()
@@ -37,7 +37,12 @@ fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
             priority: link.priority.unwrap_or(i as u32),
             rate_cap_bps: u64::from(link.rate_mbit) * 1_000_000,
         })
-        .collect();
+        .collect()
+}
+
+/// What the runtime runs with, from a validated configuration and its key (`[auth]`).
+fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
+    let links = link_plans(config);
     let protocol = &config.protocol;
     let receiver = ReceiverConfig {
         dedup_window: protocol.dedup_window as usize,
