@@ -185,6 +185,19 @@ impl Encoder {
         self.params
     }
 
+    /// Numbers blocks from `block` on: an encoder that takes over from another (its
+    /// [`Encoder::next_block`]) keeps the receiver's memory of finished blocks from mistaking
+    /// new blocks for old ones.
+    pub fn resume_at(mut self, block: u32) -> Self {
+        self.block = block;
+        self
+    }
+
+    /// The number the next block gets.
+    pub fn next_block(&self) -> u32 {
+        self.block
+    }
+
     /// Changes the block shape; the open block, if any, is closed first by the caller
     /// ([`Encoder::close`]): this takes effect with the next block.
     pub fn set_params(&mut self, params: FecParams) {

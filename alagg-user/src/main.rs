@@ -41,6 +41,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up { config } => cli::up(&config),
         Command::Check { config } => cli::check(&config),
         Command::Down { config } => cli::down(&config),
+        Command::Reload { config } => cli::reload(&config),
         Command::Status { config, tun, json } => cli::status(config.as_deref(), tun, json),
         Command::Steal { queue } => cli::steal(queue),
         Command::Blast {

@@ -22,8 +22,9 @@ use std::{
 };
 
 use alagg_proto::{
+    AnyScheduler,
     health::{Condition, HealthView},
-    wire::{EthernetRepr, LaneReport},
+    wire::{EthernetRepr, FecParams, LaneReport},
 };
 use crossbeam_queue::ArrayQueue;
 
@@ -277,6 +278,31 @@ impl HealthBoard {
     }
 }
 
+/// What protects the frames with FEC (`[scheduler] fec`), when it is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FecPolicy {
+    /// Blocks of this shape.
+    Fixed(FecParams),
+    /// The shape follows the links' measured loss ([`AutoFec`]).
+    Auto,
+}
+
+/// FEC as the transmit stage runs it: the policy, and how long a block may stay open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FecPlan {
+    pub(crate) policy: FecPolicy,
+    pub(crate) timeout: std::time::Duration,
+}
+
+/// How the capture workers schedule what they send (`[scheduler]`): handed to every worker
+/// when the configuration is reloaded ([`LinkControl::set_schedule`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Schedule {
+    pub(crate) scheduler: AnyScheduler,
+    pub(crate) bundle: bool,
+    pub(crate) fec: Option<FecPlan>,
+}
+
 /// What the runtime tells the stages about links: whether each may carry traffic, and
 /// replacement sockets for a link whose interface disappeared and came back; and, from the
 /// receive stage to the transmit stages, each link's health ([`HealthBoard`]). Lock-free on the
@@ -293,6 +319,8 @@ pub(crate) struct LinkControl<R, T> {
     new_tx: Vec<ArrayQueue<(usize, T, EthernetRepr)>>,
     /// `(link, its receive halves)`.
     new_rx: ArrayQueue<(usize, Vec<R>)>,
+    /// Per capture worker: a new schedule (live reload).
+    new_schedule: Vec<ArrayQueue<Schedule>>,
 }
 
 impl<R, T> LinkControl<R, T> {
@@ -306,6 +334,7 @@ impl<R, T> LinkControl<R, T> {
             usable: (0..links).map(|_| AtomicBool::new(true)).collect(),
             new_tx: (0..workers).map(|_| ArrayQueue::new(depth)).collect(),
             new_rx: ArrayQueue::new(depth),
+            new_schedule: (0..workers).map(|_| ArrayQueue::new(1)).collect(),
         }
     }
 
@@ -364,6 +393,19 @@ impl<R, T> LinkControl<R, T> {
     /// The next replacement transmit half for capture worker `worker`.
     pub(crate) fn take_tx(&self, worker: usize) -> Option<(usize, T, EthernetRepr)> {
         self.new_tx.get(worker)?.pop()
+    }
+
+    /// Hands every capture worker `schedule` (the newest wins).
+    pub(crate) fn set_schedule(&self, schedule: &Schedule) {
+        for queue in &self.new_schedule {
+            let _stale = queue.force_push(schedule.clone());
+        }
+        self.generation.fetch_add(1, Release);
+    }
+
+    /// A new schedule for capture worker `worker`, if one was handed over.
+    pub(crate) fn take_schedule(&self, worker: usize) -> Option<Schedule> {
+        self.new_schedule.get(worker)?.pop()
     }
 
     /// The next replacement receive halves.

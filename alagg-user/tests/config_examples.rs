@@ -247,7 +247,7 @@ fn systemd_unit_commands_are_valid_alagg_command_lines() {
         commands.push(args[0].clone());
     }
     commands.sort();
-    assert_eq!(commands, ["check", "down", "up"], "{unit}");
+    assert_eq!(commands, ["check", "down", "reload", "up"], "{unit}");
 }
 
 /// `systemd-analyze verify` accepts the unit template (as an instance, with `alagg` at the

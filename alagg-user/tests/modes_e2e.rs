@@ -22,13 +22,13 @@ use std::{
 };
 
 use alagg_testbed::{B_V4, Host, Testbed};
-use common::{Alagg, big_receive_buffer, heavy, ping, status_json};
+use common::{ALAGG, Alagg, big_receive_buffer, heavy, ping, status_json};
 use sha2::{Digest, Sha256};
 
 /// A testbed with alagg running on both hosts in `mode`; fields drop in order: processes, then
 /// hosts, then the directory.
 struct Running {
-    _a: Alagg,
+    a: Alagg,
     _b: Alagg,
     bed: Testbed,
     dir: PathBuf,
@@ -60,12 +60,7 @@ impl Running {
         let (config_a, config_b) = (write(Host::A), write(Host::B));
         let a = Alagg::start(&bed.a, &config_a, dir.join("a.log"));
         let b = Alagg::start(&bed.b, &config_b, dir.join("b.log"));
-        Self {
-            _a: a,
-            _b: b,
-            bed,
-            dir,
-        }
+        Self { a, _b: b, bed, dir }
     }
 
     /// Waits until A's status shows every link up (feedback flowing both ways).
@@ -493,5 +488,72 @@ fn one_frame_lost_per_block_costs_nothing_with_fec() {
     assert_eq!(
         lost, 0,
         "{lost} of 10000 lost with one frame lost per block"
+    );
+}
+
+#[test]
+fn a_reload_changes_the_scheduler_live_without_a_gap_and_refuses_what_it_cannot_change() {
+    alagg_testbed::require_root!();
+    let _heavy = heavy();
+    let run = Running::new("reload", 2, "redundant");
+    run.wait_healthy();
+    let config_a = run.dir.join("a.toml");
+    let original = std::fs::read_to_string(&config_a).unwrap();
+    let reload = |text: &str| {
+        std::fs::write(&config_a, text).unwrap();
+        let path = config_a.display().to_string();
+        run.bed
+            .a
+            .exec(ALAGG, &["reload", "--config", &path])
+            .unwrap_or_else(|e| panic!("alagg reload: {e}"))
+    };
+    // In the middle of a stream, redundant becomes stripe with XOR 8+1.
+    let striped = original.replace("mode = \"redundant\"", "mode = \"stripe\"\nfec = \"8+1\"");
+    assert_ne!(striped, original);
+    let to_stripe = || {
+        let out = reload(&striped);
+        assert!(out.contains("asked alagg"), "{out}");
+    };
+    let (seen, _) = udp_stream(
+        &run,
+        5640,
+        (10_000, 5),
+        (Duration::from_secs(1), &to_stripe),
+    );
+    let lost = seen.iter().filter(|&&n| n == 0).count();
+    assert!(seen.iter().all(|&n| n <= 1), "duplicates across the reload");
+    assert_eq!(lost, 0, "{lost} of 10000 lost across the reload");
+    let a = status_json(&run.bed.a);
+    assert!(a.capture.fec_blocks > 0, "the reload did not turn FEC on");
+    assert!(
+        run.a.log().contains("reloaded: [scheduler] applied"),
+        "{}",
+        run.a.log()
+    );
+    // A change alagg cannot make while it runs is refused, and it goes on.
+    let moved = format!("{striped}\n[cpu]\nbusy_poll_us = 123\n");
+    reload(&moved);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !run.a.log().contains("reload refused: [cpu] changed") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            run.a.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = ping(&run.bed.a, &["-c", "3", "-i", "0.1", &B_V4.to_string()]);
+    assert!(
+        out.contains(" 0% packet loss"),
+        "after a refused reload:\n{out}"
+    );
+    // A file that does not load is refused by `alagg reload` itself, before any signal.
+    std::fs::write(&config_a, "[scheduler]\nmode = \"roundrobin\"\n").unwrap();
+    let path = config_a.display().to_string();
+    assert!(
+        run.bed
+            .a
+            .exec(ALAGG, &["reload", "--config", &path])
+            .is_err()
     );
 }

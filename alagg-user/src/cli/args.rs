@@ -57,6 +57,19 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Apply a changed configuration to a running instance without restarting it.
+    ///
+    /// Checks FILE, the file the instance runs from, then asks the instance (SIGHUP, as
+    /// `systemctl reload alagg@NAME` does) to read it again. What it can change while running,
+    /// the [scheduler] table (mode, fec, fec_timeout_us, bundle), it applies at once: packet
+    /// numbering, the duplicate window and the reorder buffer go on, so no flow sees a gap. A
+    /// change to any other table is refused, with the reason in the instance's log, and the
+    /// instance goes on as it was.
+    Reload {
+        /// The configuration file the instance was started with, changed.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Show a running instance's links and counters, like `wg show`.
     ///
     /// Asks the `alagg up` of this host (and network namespace) whose TUN device is given by

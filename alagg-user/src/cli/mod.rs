@@ -9,6 +9,7 @@ mod debug;
 mod down;
 mod frame_loop;
 mod genkey;
+mod reload;
 mod status;
 mod up;
 
@@ -18,6 +19,7 @@ pub use debug::{attach, steal};
 pub use down::down;
 pub use frame_loop::{blast, sink};
 pub use genkey::genkey;
+pub use reload::reload;
 pub use status::status;
 pub use up::up;
 

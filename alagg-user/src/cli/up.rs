@@ -19,6 +19,7 @@ use crate::{
         metrics::MetricsServer,
         notify::{self, Notifier},
     },
+    port::Schedule,
     runtime::{Datapath, DatapathConfig},
     sys::LinkEvents,
 };
@@ -182,6 +183,7 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
         tracing::info!(?interval, "systemd watchdog on");
     }
     let mut beats = datapath.heartbeats();
+    let mut running = config.clone();
     // Links are looked at twice a second, and at once when the kernel reports a change of an
     // interface (carrier lost, set down, removed): down, gone and back are acted on and logged
     // once. Signals are looked at every WAKE.
@@ -207,6 +209,12 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
             }
         };
         if let Some(signal) = signals.wait(Duration::ZERO) {
+            if signal == libc::SIGHUP {
+                notifier.tell("RELOADING=1");
+                reload(path, &mut running, &datapath);
+                notifier.tell(&format!("READY=1\nSTATUS={shown_status}"));
+                continue;
+            }
             tracing::info!(signal, "signal received");
             break;
         }
@@ -260,4 +268,61 @@ fn fec_plan(scheduler: &config::SchedulerConfig) -> Option<FecPlan> {
         policy,
         timeout: Duration::from_micros(u64::from(scheduler.fec_timeout_us)),
     })
+}
+
+/// SIGHUP (`alagg reload`, `systemctl reload`): reads `path` again and applies what can change
+/// while alagg runs, the `[scheduler]` table, to every capture worker; numbering, the duplicate
+/// window and the reorder buffer go on, so no flow sees a gap. A file that does not load, or
+/// that changes anything else, is refused with the reason, and alagg goes on as it was.
+fn reload(path: &Path, running: &mut Config, datapath: &Datapath) {
+    tracing::info!(config = %path.display(), "reloading the configuration (SIGHUP)");
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "reload refused: the file does not load; still running the previous configuration"
+            );
+            return;
+        }
+    };
+    if let Some(section) = not_live(running, &new) {
+        tracing::warn!(
+            "reload refused: {section} changed, which alagg cannot apply while it runs \
+             (restart it: systemctl restart, or alagg down and up); still running the previous \
+             configuration"
+        );
+        return;
+    }
+    if new.scheduler == running.scheduler {
+        tracing::info!("reload: nothing changed");
+        return;
+    }
+    datapath.reschedule(&Schedule {
+        scheduler: new.scheduler.mode.scheduler(),
+        bundle: new.scheduler.bundle,
+        fec: fec_plan(&new.scheduler),
+    });
+    tracing::info!(
+        mode = %new.scheduler.mode,
+        fec = %new.scheduler.fec(),
+        bundle = new.scheduler.bundle,
+        "reloaded: [scheduler] applied; numbering, duplicate window and reorder buffer go on"
+    );
+    *running = new;
+}
+
+/// The first table of `new` that differs from `old` other than `[scheduler]`, which alagg
+/// cannot change while it runs.
+fn not_live(old: &Config, new: &Config) -> Option<&'static str> {
+    let differs = [
+        (old.capture != new.capture, "[capture]"),
+        (old.tun != new.tun, "[tun]"),
+        (old.protocol != new.protocol, "[protocol]"),
+        (old.links != new.links, "[[link]]"),
+        (old.cpu != new.cpu, "[cpu]"),
+        (old.metrics != new.metrics, "[metrics]"),
+        (old.auth != new.auth, "[auth]"),
+    ];
+    differs.into_iter().find(|(d, _)| *d).map(|(_, s)| s)
 }

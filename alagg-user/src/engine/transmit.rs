@@ -33,9 +33,10 @@ use alagg_proto::{
 
 use alagg_packet::offload;
 
+pub(crate) use crate::port::{FecPlan, FecPolicy};
 use crate::{
     counters::{LinkTxCounters, WorkerCounters},
-    port::{FrameTx, LinkControl, Outbound, TxLosses},
+    port::{FrameTx, LinkControl, Outbound, Schedule, TxLosses},
 };
 
 /// How long after its last packet a worker keeps probing its idle lanes.
@@ -109,22 +110,6 @@ impl Recent {
         self.pool.push(old.frame);
         true
     }
-}
-
-/// What protects the frames with FEC (`[scheduler] fec`), when it is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FecPolicy {
-    /// Blocks of this shape.
-    Fixed(FecParams),
-    /// The shape follows the links' measured loss ([`AutoFec`]).
-    Auto,
-}
-
-/// FEC as the transmit stage runs it: the policy, and how long a block may stay open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct FecPlan {
-    pub(crate) policy: FecPolicy,
-    pub(crate) timeout: Duration,
 }
 
 /// A worker's FEC: its encoder, and the policy that picks its block shape.
@@ -259,6 +244,8 @@ pub(crate) struct Transmit<'a, R, T> {
     segments: Vec<u8>,
     /// Forward error correction, when on.
     fec: Option<Fec>,
+    /// The number of the next FEC block when FEC comes back on after a reload.
+    next_block: u32,
     last_error: Option<std::time::Instant>,
 }
 
@@ -323,8 +310,54 @@ impl<'a, R, T: FrameTx> Transmit<'a, R, T> {
             recent,
             segments: Vec::new(),
             fec,
+            next_block: 0,
             last_error: None,
         }
+    }
+
+    /// Takes a new schedule (the configuration was reloaded): what is being built (a bundle,
+    /// an FEC block) goes out first under the old one; numbering, lanes and links go on, so
+    /// the peer sees no gap.
+    fn reschedule(&mut self, schedule: Schedule, now: Timestamp) {
+        self.seal_bundle();
+        self.send_parity(now);
+        let Schedule {
+            scheduler,
+            bundle,
+            fec,
+        } = schedule;
+        let copies = scheduler.copies_everywhere();
+        if copies != self.scheduler.copies_everywhere() {
+            for link in &mut self.links {
+                link.io.wait_for_device(!copies);
+            }
+            self.recent = (!copies).then(Recent::default);
+        }
+        self.scheduler = scheduler;
+        self.bundler = match (bundle, self.bundler.take()) {
+            (true, Some(bundler)) => Some(bundler),
+            (true, None) => Some(Bundler::new()),
+            (false, _) => None,
+        };
+        self.bundle_links = LinkSet::EMPTY;
+        // Blocks go on being numbered where the last encoder stopped.
+        if let Some(old) = self.fec.as_ref() {
+            self.next_block = old.encoder.next_block();
+        }
+        let (links, next_block) = (self.link_states.len(), self.next_block);
+        self.fec = fec.map(|plan| {
+            let mut fec = Fec::new(plan, links);
+            fec.encoder = fec.encoder.resume_at(next_block);
+            fec
+        });
+        let shape = self
+            .fec
+            .as_ref()
+            .filter(|f| f.active)
+            .map(|f| f.encoder.params());
+        self.sender.set_fec(shape.is_some());
+        self.scheduler.set_fec_covers(covers(shape));
+        self.flush_links();
     }
 
     /// With `fec = "auto"`: every [`AUTO_LOOK`], follows the loss the frames see (the usable
@@ -701,6 +734,9 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
         let links_changed = generation != self.seen_generation;
         if links_changed {
             self.seen_generation = generation;
+            if let Some(schedule) = control.take_schedule(worker) {
+                self.reschedule(schedule, now);
+            }
             while let Some((index, io, eth)) = control.take_tx(worker) {
                 // The lane goes on counting: its counter is the nonce of sealed frames.
                 if let (Some(link), Some(counters)) =

@@ -1,10 +1,12 @@
 //! Termination signals without handlers: every signal whose default action ends the process
-//! and that someone may send to stop it ([`TERMINATING`]: SIGINT, SIGTERM, SIGHUP, SIGQUIT,
-//! SIGUSR1, SIGUSR2, SIGALRM, SIGPWR; `signal(7)`) is blocked in every thread and collected
+//! and that someone may send to stop it ([`TERMINATING`]: SIGINT, SIGTERM, SIGQUIT, SIGUSR1,
+//! SIGUSR2, SIGALRM, SIGPWR, and SIGHUP, which means reload; `signal(7)`) is blocked in every thread and collected
 //! synchronously with `sigtimedwait(2)`, so the main loop sees it at a well-defined point and
 //! tears down in order. Left unblocked, any of them would end `alagg up` without teardown
 //! (capture rules, routes and the undo journal left behind, as after `kill -9`). SIGKILL and
 //! SIGSTOP cannot be caught; the faults (SIGSEGV, SIGBUS, ...) are not requests to stop.
+//! SIGHUP, collected the same way, asks `alagg up` to read its configuration again
+//! (`alagg reload`, `systemctl reload`) instead of stopping it.
 
 use std::{io, mem::MaybeUninit, time::Duration};
 

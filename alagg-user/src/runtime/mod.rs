@@ -561,6 +561,12 @@ impl Datapath {
     /// Each worker's heartbeat now (the receive thread's, then the capture workers'): a count
     /// that rises with every turn of the worker's loop, at least every
     /// [`worker::IDLE_WAKEUP`] while it runs. One that does not rise is stuck.
+    /// Hands every capture worker a new schedule (live reload): each takes it on its next
+    /// turn, after sending what it was building under the old one.
+    pub(crate) fn reschedule(&self, schedule: &crate::port::Schedule) {
+        self.control.set_schedule(schedule);
+    }
+
     pub(crate) fn heartbeats(&self) -> Vec<u64> {
         self.beats.iter().map(|b| b.load(Relaxed)).collect()
     }

@@ -327,7 +327,8 @@ impl Alagg {
         self.send(libc::SIGCONT);
     }
 
-    fn send(&self, signal: i32) {
+    /// Sends `signal` and returns at once.
+    pub fn send(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).unwrap_or(0);
         // SAFETY: kill has no memory-safety preconditions.
         let sent = unsafe { libc::kill(pid, signal) };
