@@ -45,6 +45,7 @@ const FILES: &[(&str, &str)] = &[
     ("usr/share/man/man8/alagg-check.8.gz", "-rw-r--r--"),
     ("usr/share/man/man8/alagg-down.8.gz", "-rw-r--r--"),
     ("usr/share/man/man8/alagg-genkey.8.gz", "-rw-r--r--"),
+    ("usr/share/man/man8/alagg-reload.8.gz", "-rw-r--r--"),
     ("usr/share/man/man8/alagg-status.8.gz", "-rw-r--r--"),
     ("usr/share/man/man8/alagg-up.8.gz", "-rw-r--r--"),
     ("usr/share/man/man8/alagg.8.gz", "-rw-r--r--"),
@@ -351,7 +352,7 @@ fn the_package_holds_every_file_and_what_it_installs_runs() {
             .collect::<Vec<String>>()
     };
     let subcommands = complete("alagg ''");
-    for sub in ["up", "down", "status", "check", "genkey", "attach"] {
+    for sub in ["up", "down", "reload", "status", "check", "genkey", "attach"] {
         assert!(
             subcommands.iter().any(|w| w == sub),
             "{sub}: {subcommands:?}"
