@@ -352,7 +352,9 @@ fn the_package_holds_every_file_and_what_it_installs_runs() {
             .collect::<Vec<String>>()
     };
     let subcommands = complete("alagg ''");
-    for sub in ["up", "down", "reload", "status", "check", "genkey", "attach"] {
+    for sub in [
+        "up", "down", "reload", "status", "check", "genkey", "attach",
+    ] {
         assert!(
             subcommands.iter().any(|w| w == sub),
             "{sub}: {subcommands:?}"
