@@ -27,8 +27,9 @@ use crate::wire::{FEEDBACK_REPORT_LEN, LaneReport, LinkId, Stamp};
 pub const FEEDBACK_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest a lane that carried traffic recently stays without a frame: a probe goes out then.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(10);
-/// A link whose feedback shows no progress for this long is down.
-pub const DOWN_AFTER: Duration = Duration::from_millis(100);
+/// A link whose feedback shows no progress for this long is down: 8 feedback intervals, short
+/// enough that a silent failure's gap (this, and the resend) stays under 100 ms.
+pub const DOWN_AFTER: Duration = Duration::from_millis(80);
 /// Reports with progress a down link needs before it is up again.
 pub const RECOVER_REPORTS: u32 = 5;
 /// Shortest time a link that went down stays down.
@@ -832,18 +833,18 @@ mod tests {
         let mut link = LinkHealth::new(at(0));
         let lane = feed(&mut link, (10, 500), 0, (0, 0));
         assert_eq!(link.view().condition, Condition::Up);
-        // Silence from 500 ms: still up at 590, down by 600.
-        link.tick(at(590), Some(at(0)));
+        // Silence from 500 ms: still up at 570, down by 580.
+        link.tick(at(570), Some(at(0)));
         assert_eq!(link.view().condition, Condition::Up);
-        assert_eq!(link.deadline(), Some(at(600)));
-        link.tick(at(600), Some(at(0)));
+        assert_eq!(link.deadline(), Some(at(580)));
+        link.tick(at(580), Some(at(0)));
         assert_eq!(link.view().condition, Condition::Down);
         assert_eq!(link.view().downs, 1);
-        // Reports come back at 700: up after RECOVER_REPORTS of them and the hold-down (it went
-        // down after less than STABLE_AFTER up, so 2 * HOLDDOWN_MIN = 400 ms, until 1000 ms).
-        let lane = feed(&mut link, (700, 990), 0, lane);
+        // Reports come back at 680: up after RECOVER_REPORTS of them and the hold-down (it went
+        // down after less than STABLE_AFTER up, so 2 * HOLDDOWN_MIN = 400 ms, until 980 ms).
+        let lane = feed(&mut link, (680, 970), 0, lane);
         assert_eq!(link.view().condition, Condition::Down);
-        feed(&mut link, (1000, 1000), 0, lane);
+        feed(&mut link, (980, 980), 0, lane);
         assert_eq!(link.view().condition, Condition::Up);
         // Loss from the silence is forgotten.
         assert_eq!(link.view().loss, 0.0);

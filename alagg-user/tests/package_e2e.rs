@@ -242,7 +242,7 @@ fn the_package_holds_every_file_and_what_it_installs_runs() {
         .lines()
         .filter(|line| line.starts_with("Exec"))
         .collect();
-    assert_eq!(execs.len(), 3, "{unit}");
+    assert_eq!(execs.len(), 4, "{unit}");
     for line in execs {
         assert!(line.contains("=/usr/bin/alagg "), "{line}");
     }

@@ -1305,7 +1305,7 @@ impl fmt::Display for Plan<'_> {
         )?;
         writeln!(
             f,
-            "  link health: feedback every 10 ms on each link; a link silent for 100 ms is down"
+            "  link health: feedback every 10 ms on each link; a link silent for 80 ms is down"
         )?;
         let bundle = config.scheduler.bundle;
         writeln!(
