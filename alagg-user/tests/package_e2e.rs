@@ -291,7 +291,7 @@ fn the_package_holds_every_file_and_what_it_installs_runs() {
         .map(|entry| entry.unwrap().path())
         .collect();
     pages.sort();
-    assert_eq!(pages.len(), 7, "{pages:?}");
+    assert_eq!(pages.len(), 8, "{pages:?}");
     let man = has("man");
     assert!(
         man || std::env::var_os("CI").is_none(),

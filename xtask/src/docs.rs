@@ -150,6 +150,7 @@ mod tests {
                 "alagg-check.8",
                 "alagg-down.8",
                 "alagg-genkey.8",
+                "alagg-reload.8",
                 "alagg-status.8",
                 "alagg-up.8",
                 "alagg.8",
