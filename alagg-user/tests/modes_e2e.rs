@@ -414,11 +414,10 @@ fn xor_8_1_at_1_percent_loss_leaves_a_residual_near_k_p_squared() {
 }
 
 #[test]
-fn adaptive_turns_fec_on_for_lossy_links_and_leaves_it_off_on_clean_ones() {
-    // `mode = "adaptive"` has `fec = "auto"` by default.
+fn auto_fec_turns_on_for_lossy_links_and_stays_off_on_clean_ones() {
     alagg_testbed::require_root!();
     let _heavy = heavy();
-    let run = Running::new("fecauto", 2, "adaptive");
+    let run = Running::with_scheduler("fecauto", 2, "mode = \"adaptive\"\nfec = \"auto\"");
     run.wait_healthy();
     let nothing = || {};
     let (seen, _) = udp_stream(&run, 5620, (2_000, 5), (Duration::ZERO, &nothing));

@@ -237,8 +237,8 @@ pub struct SchedulerConfig {
     pub bundle: bool,
     /// Forward error correction: `"off"`, `"K+M"` (K data frames protected by M parity
     /// frames, any M of the K + M recoverable: `"8+1"` XOR, `"8+2"` Reed-Solomon) or `"auto"`
-    /// (the protection follows the links' measured loss). Not with `redundant`. Unset: `auto`
-    /// with `adaptive`, else `off` ([`SchedulerConfig::fec`]).
+    /// (the protection follows the links' measured loss). Not with `redundant`. Unset: `off`
+    /// ([`SchedulerConfig::fec`]).
     #[serde(rename = "fec")]
     pub fec_setting: Option<FecSetting>,
     /// Microseconds after its first frame that an FEC block which is not full is closed (its
@@ -258,14 +258,12 @@ impl Default for SchedulerConfig {
 }
 
 impl SchedulerConfig {
-    /// The FEC in effect: as set, or by default `auto` with `adaptive` (protection follows
-    /// the links' loss) and `off` with the other modes.
+    /// The FEC in effect: as set, `off` by default. (`auto` by default with `adaptive` was
+    /// measured and dropped: where adaptive keeps traffic off a lossy link it spent 1.64
+    /// bytes on the links per byte delivered against 1.09 without parity, for the same 0.05 %
+    /// loss.)
     pub fn fec(&self) -> FecSetting {
-        match (self.fec_setting, self.mode) {
-            (Some(fec), _) => fec,
-            (None, SchedulerMode::Adaptive) => FecSetting::Auto,
-            (None, _) => FecSetting::Off,
-        }
+        self.fec_setting.unwrap_or(FecSetting::Off)
     }
 }
 
