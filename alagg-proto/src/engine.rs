@@ -1073,9 +1073,12 @@ impl Receiver {
         now: Timestamp,
         deliver: &mut F,
     ) {
-        let Ok(frame) = Frame::new_checked(bytes) else {
+        // `bytes` was parsed into `repr` already: no second check of its lengths on every
+        // frame, only whether its header is long enough to hold an extension.
+        let frame = Frame::new_unchecked(bytes);
+        if usize::from(frame.header_len()) < repr.header_len() + crate::wire::MEMBER_LEN {
             return;
-        };
+        }
         let member = match frame.member() {
             Ok(Some(member)) => member,
             Ok(None) => return,

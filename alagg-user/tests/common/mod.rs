@@ -86,22 +86,27 @@ impl Alagg {
     }
 
     fn terminate(&mut self) {
-        let pid = i32::try_from(self.child.id()).unwrap_or(0);
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        // A process a test stopped (SIGSTOP) must run to act on it.
-        // SAFETY: as above.
-        unsafe { libc::kill(pid, libc::SIGCONT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
+}
+
+/// SIGTERM (and SIGCONT, so a process a test stopped acts on it), up to 10 s for a clean exit,
+/// then SIGKILL.
+pub fn terminate(child: &mut Child) {
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Alagg {
