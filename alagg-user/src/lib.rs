@@ -16,7 +16,8 @@
 //! and Prometheus show them, the control socket, the metrics endpoint), [`host`] (routes,
 //! capture rules, the undo journal, signals) and [`cli`] (the commands). Shared leaves, which
 //! import nothing else from the crate: [`counters`], [`port`] (the traits stages talk through),
-//! [`ip`] (IP header arithmetic), [`sys`] (raw system calls), [`netdev`] (interface look-ups).
+//! [`ip`] (IP header arithmetic), [`sys`] (raw system calls), [`netdev`] (interface look-ups),
+//! [`stamps`] (latency stamps for the budget per hop).
 //!
 //! Items are `pub(crate)` unless the binary or the integration tests need them.
 
@@ -34,4 +35,5 @@ pub(crate) mod netdev;
 pub mod ops;
 pub(crate) mod port;
 pub(crate) mod runtime;
+pub(crate) mod stamps;
 pub(crate) mod sys;

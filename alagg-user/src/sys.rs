@@ -2,9 +2,10 @@
 //! wrapper: waiting (`poll(2)`, `ppoll(2)`), socket options and statistics (`XDP_STATISTICS`,
 //! `PACKET_STATISTICS`), the AF_XDP transmit kick, batches of datagrams (`recvmmsg(2)`,
 //! `sendmmsg(2)` over [`MmsgSlots`], for AF_PACKET links and NFQUEUE alike), randomness, the
-//! process's CPU time, the caller's privileges and alagg's runtime directory in this network namespace. The edges that
-//! own a kernel object (AF_XDP, AF_PACKET, NFQUEUE, TUN) keep the calls tied to their own
-//! buffers; everything that stands alone, or that two edges share, is here.
+//! process's CPU time and the machine's monotonic clock, the caller's privileges and alagg's
+//! runtime directory in this network namespace. The edges that own a kernel object (AF_XDP,
+//! AF_PACKET, NFQUEUE, TUN) keep the calls tied to their own buffers; everything that stands
+//! alone, or that two edges share, is here.
 
 use std::{
     io,
@@ -16,12 +17,23 @@ use std::{
 /// CPU time this process has used so far, all its threads, user and system
 /// (`clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`); zero if the clock cannot be read.
 pub(crate) fn process_cpu_time() -> Duration {
+    clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// `CLOCK_MONOTONIC` as it is, not relative to this process: the same clock in every process
+/// of the machine (network namespaces do not change it), so two processes' readings compare.
+pub(crate) fn monotonic() -> Duration {
+    clock(libc::CLOCK_MONOTONIC)
+}
+
+/// `clock_gettime(id)`; zero if the clock cannot be read.
+fn clock(id: libc::clockid_t) -> Duration {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `now` is a valid, writable timespec; the clock id is a constant of the kernel.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    let rc = unsafe { libc::clock_gettime(id, &mut now) };
     if rc != 0 {
         return Duration::ZERO;
     }

@@ -461,3 +461,72 @@ fn fail_open_traffic_takes_the_host_route_while_alagg_is_stopped_or_killed() {
         );
     }
 }
+
+/// `ALAGG_STAMPS` (issue 14's latency budget): every echo request and reply is stamped at each
+/// of the six points on the host it passes, with one clock, in path order, and the files are
+/// written when alagg stops.
+#[test]
+fn latency_stamps_follow_every_ping_hop_by_hop() {
+    alagg_testbed::require_root!();
+    let pair = Pair::new("stamps", 2);
+    let stamps = |host: &str| pair.dir.join(format!("{host}.stamps"));
+    let start = |ns, host: u8, name: &str| {
+        let file = stamps(name);
+        Alagg::start_with_env(
+            ns,
+            &pair.config(host, 2),
+            pair.dir.join(format!("{name}.log")),
+            &[("ALAGG_STAMPS", file.as_os_str())],
+        )
+    };
+    let (a, b) = (start(&pair.a, 0xa, "a"), start(&pair.b, 0xb, "b"));
+    let out = ping(&pair.a, &["-c", "20", "-i", "0.02", "-W", "2", B4]);
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    let (log_a, log_b) = (a.stop(), b.stop());
+    assert!(log_a.contains("latency stamps written"), "{log_a}");
+    assert!(log_b.contains("latency stamps written"), "{log_b}");
+    // Per host: key -> the time of each point.
+    let read = |name: &str| {
+        let mut keys: std::collections::HashMap<String, Vec<(String, u64)>> = Default::default();
+        for line in fs::read_to_string(stamps(name)).unwrap().lines() {
+            let words: Vec<&str> = line.split(' ').collect();
+            assert_eq!(words.len(), 3, "{line:?}");
+            let at = words[2].parse().unwrap();
+            keys.entry(words[1].into())
+                .or_default()
+                .push((words[0].into(), at));
+        }
+        keys
+    };
+    let (at_a, at_b) = (read("a"), read("b"));
+    let order = |points: &[(String, u64)], names: [&str; 3]| -> Option<[u64; 3]> {
+        let time = |n| points.iter().find(|(p, _)| p == n).map(|&(_, t)| t);
+        Some([time(names[0])?, time(names[1])?, time(names[2])?])
+    };
+    // Requests: captured, sending, sent at A; received, writing, written at B. Replies the
+    // other way. Each in order, sending before the peer took it.
+    let mut trips = [0, 0];
+    for (dir, (from, to)) in [(&at_a, &at_b), (&at_b, &at_a)].into_iter().enumerate() {
+        for (key, points) in from {
+            let Some(sent) = order(points, ["captured", "sending", "sent"]) else {
+                continue;
+            };
+            let Some(got) = to
+                .get(key)
+                .and_then(|p| order(p, ["received", "writing", "written"]))
+            else {
+                continue;
+            };
+            assert!(sent[0] <= sent[1] && sent[1] <= sent[2], "{key}: {sent:?}");
+            assert!(got[0] <= got[1] && got[1] <= got[2], "{key}: {got:?}");
+            assert!(sent[1] <= got[0], "{key}: taken before it was sent");
+            assert!(
+                got[0] - sent[1] < 1_000_000_000,
+                "{key}: a second on the wire"
+            );
+            trips[dir] += 1;
+        }
+    }
+    // Every one of the 20 echoes, each way.
+    assert!(trips[0] >= 20 && trips[1] >= 20, "{trips:?}");
+}

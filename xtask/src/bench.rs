@@ -56,7 +56,7 @@ use alagg_testbed::{A_V4, B_V4, Host, Netns, Testbed};
 use anyhow::{Context as _, bail};
 use serde_json::json;
 
-use crate::{build, root};
+use crate::{budget, build, root};
 
 /// Links in the bench's testbed.
 const LINKS: usize = 3;
@@ -123,6 +123,10 @@ const STREAM_PER_MS: u32 = 2;
 const STREAM_PAYLOAD: usize = 1000;
 /// Loss on link 0 in the lossy-link stream.
 const STREAM_LOSS_PERCENT: u8 = 3;
+/// Where a ping's round trip spends its time, hop by hop ([`latency_budget`]): with the
+/// defaults, and with workers busy-polling ([`BUSY_POLL`]).
+const BUDGET_NAME: &str = "alagg 2 links, latency budget";
+const BUDGET_BUSY_NAME: &str = "alagg 2 links, busy poll, latency budget";
 /// The bare frame loop ([`frame_loop`]) on one link and on two.
 const FRAME_LOOP_1: &str = "frame loop 1 link";
 const FRAME_LOOP_2: &str = "frame loop 2 links";
@@ -132,7 +136,7 @@ const VETH_FRAME_LOOP: &str = "veth: frame loop 2 links";
 /// on a 1500-byte MTU).
 const LOOP_SIZES: [usize; 2] = [64, 1400];
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 24] = [
+const CONFIGS: [&str; 26] = [
     "direct",
     "nfqueue steal",
     FRAME_LOOP_1,
@@ -145,6 +149,8 @@ const CONFIGS: [&str; 24] = [
     "alagg 2 links, unbundled",
     "alagg 2 links, uncoalesced",
     "alagg 2 links, busy poll",
+    BUDGET_NAME,
+    BUDGET_BUSY_NAME,
     JUMBO_NAME,
     AUTH_NAME,
     AUTH_ENCRYPT_NAME,
@@ -419,6 +425,16 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         results.add("alagg 2 links, busy poll", "ping p50", p50, "us");
         results.add("alagg 2 links, busy poll", "ping p99", p99, "us");
         pair.stop();
+    }
+
+    for (name, edit) in [(BUDGET_NAME, DEFAULTS), (BUDGET_BUSY_NAME, BUSY_POLL)] {
+        if only.wants(name) {
+            println!(
+                "\n-- {name}: pings through alagg on two links, every packet stamped at each \
+                 hop on both hosts"
+            );
+            latency_budget(&alagg, &bed, &dir, (name, edit), &durations, &mut results)?;
+        }
     }
 
     if only.wants(JUMBO_NAME) {
@@ -1518,7 +1534,20 @@ impl AlaggPair {
         bed: &Testbed,
         links: usize,
         dir: &Path,
+        edit: (&str, &str),
+    ) -> anyhow::Result<Self> {
+        Self::start_stamped(alagg, bed, links, dir, edit, false)
+    }
+
+    /// [`AlaggPair::start`], with `stamped` each host's alagg stamping every packet
+    /// (`ALAGG_STAMPS`) into [`AlaggPair::stamps_file`], written when it stops.
+    fn start_stamped(
+        alagg: &Path,
+        bed: &Testbed,
+        links: usize,
+        dir: &Path,
         (tag, extra): (&str, &str),
+        stamped: bool,
     ) -> anyhow::Result<Self> {
         let mut pair = Self {
             children: Vec::new(),
@@ -1528,9 +1557,15 @@ impl AlaggPair {
             fs::write(&config, bed.config_with_links(host, links) + extra)?;
             let log = dir.join(format!("{}-{links}{tag}.log", host.letter()));
             let out = fs::File::create(&log)?;
-            let child = bed
+            let mut command = bed
                 .host(host)
-                .command(alagg.to_str().context("binary path is not UTF-8")?)
+                .command(alagg.to_str().context("binary path is not UTF-8")?);
+            if stamped {
+                let file = Self::stamps_file(dir, host);
+                let _ = fs::remove_file(&file);
+                command.env("ALAGG_STAMPS", file);
+            }
+            let child = command
                 .args(["up", "--config"])
                 .arg(&config)
                 .env("RUST_LOG", "warn,alagg=info")
@@ -1569,6 +1604,11 @@ impl AlaggPair {
             }
         }
         Ok(pair)
+    }
+
+    /// Where [`AlaggPair::start_stamped`] has `host`'s alagg write its stamps.
+    fn stamps_file(dir: &Path, host: Host) -> PathBuf {
+        dir.join(format!("{}-stamps.txt", host.letter()))
     }
 
     /// CPU time both hosts' alagg processes have used so far: every thread's time on a CPU
@@ -1884,6 +1924,72 @@ impl Drop for Mptcp<'_> {
             }
         }
     }
+}
+
+/// Pings through alagg (redundant, two links, `edit` added to the configuration) with every
+/// packet stamped on both hosts (`ALAGG_STAMPS`), then per hop of the round trip its p50 and
+/// p99 ([`budget::HOPS`]), alagg's whole part (from A's capture of a request to A's TUN write
+/// of its reply), the pings' own RTT and what remains of it outside alagg's stamps at A (the
+/// kernel from ping's socket to NFQUEUE and from the TUN back to the socket), in µs.
+fn latency_budget(
+    alagg: &Path,
+    bed: &Testbed,
+    dir: &Path,
+    (name, edit): (&str, (&str, &str)),
+    durations: &Durations,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let pair = AlaggPair::start_stamped(alagg, bed, 2, dir, edit, true)?;
+    let pinged = ping(bed, durations.pings * 4);
+    pair.check_alive()?;
+    pair.stop();
+    let (p50, p99) = pinged?;
+    let read = |host| -> anyhow::Result<budget::Stamps> {
+        let file = AlaggPair::stamps_file(dir, host);
+        let text = fs::read_to_string(&file)
+            .with_context(|| format!("reading {} (written when alagg stops)", file.display()))?;
+        budget::Stamps::parse(&text).with_context(|| format!("parsing {}", file.display()))
+    };
+    let trips = budget::round_trips(&read(Host::A)?, &read(Host::B)?);
+    if trips.len() < 10 {
+        bail!("only {} round trips stamped on both hosts", trips.len());
+    }
+    println!("  {} round trips stamped", trips.len());
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let spans = budget::HOPS
+        .iter()
+        .enumerate()
+        .map(|(i, label)| (format!("budget {}. {label}", i + 1), i, true))
+        .chain(
+            budget::CALLS
+                .iter()
+                .enumerate()
+                .map(|(i, label)| (format!("budget, within: {label}"), i, false)),
+        );
+    for (label, i, hop) in spans {
+        let mut values: Vec<u64> = trips
+            .iter()
+            .map(|t| if hop { t.hops[i] } else { t.calls[i] })
+            .collect();
+        for (q, tag) in [(0.5, "p50"), (0.99, "p99")] {
+            let value = budget::quantile(&mut values, q).unwrap_or(0);
+            results.add(name, &format!("{label} {tag}"), us(value), "us");
+        }
+    }
+    let mut whole: Vec<u64> = trips.iter().map(|t| t.hops.iter().sum()).collect();
+    let whole_p50 = us(budget::quantile(&mut whole, 0.5).unwrap_or(0));
+    let whole_p99 = us(budget::quantile(&mut whole, 0.99).unwrap_or(0));
+    results.add(name, "budget: alagg's part p50", whole_p50, "us");
+    results.add(name, "budget: alagg's part p99", whole_p99, "us");
+    results.add(name, "ping p50", p50, "us");
+    results.add(name, "ping p99", p99, "us");
+    results.add(
+        name,
+        "budget: rest at A (kernel) p50",
+        p50 - whole_p50,
+        "us",
+    );
+    Ok(())
 }
 
 /// `count` pings 5 ms apart from A to B: (p50, p99) of the RTT in microseconds.

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bootstrap;
+mod budget;
 mod demo;
 mod docs;
 mod package;

@@ -20,6 +20,7 @@ use crate::{
     counters::WorkerCounters,
     ip,
     port::{Captured, Outbound, PacketSource, SourceLosses},
+    stamps::{self, Point},
 };
 
 /// The capture stage of one worker: its queues (the packet queue and, with GSO, its TCP queue)
@@ -34,6 +35,8 @@ pub(crate) struct Capture<'a, Q, O> {
     /// The queues' losses already added to the shared counters.
     reported: SourceLosses,
     last_error: Option<Instant>,
+    /// With [`stamps`] on: the keys of the batch's packets, stamped again once sent.
+    stamped: Vec<u64>,
 }
 
 impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
@@ -54,6 +57,7 @@ impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
             counters,
             reported: SourceLosses::default(),
             last_error: None,
+            stamped: Vec::new(),
         }
     }
 
@@ -72,6 +76,7 @@ impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
             out,
             counters,
             last_error,
+            stamped,
             ..
         } = self;
         // Errors are logged at most once a second: a broken queue must not flood the log.
@@ -83,7 +88,7 @@ impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
         };
         let mut received = 0;
         for queue in queues.iter_mut() {
-            let n = match queue.recv(|packet| take(packet, now, out, counters)) {
+            let n = match queue.recv(|packet| take(packet, now, out, counters, stamped)) {
                 Ok(n) => n,
                 Err(error) => {
                     report(&error);
@@ -95,7 +100,15 @@ impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
             }
             received += n;
             counters.capture.batches.fetch_add(1, Relaxed);
+            let sending = (!stamped.is_empty()).then(stamps::now);
             out.flush();
+            if let Some(sending) = sending {
+                let sent = stamps::now();
+                for key in stamped.drain(..) {
+                    stamps::record(Point::Sending, key, sending);
+                    stamps::record(Point::Sent, key, sent);
+                }
+            }
             // Stolen, the whole batch at once: alagg carries these packets from here.
             if let Err(error) = queue.steal() {
                 report(&error);
@@ -131,8 +144,15 @@ impl<'a, Q: PacketSource, O: Outbound> Capture<'a, Q, O> {
     }
 }
 
-/// Counts one captured packet, completes its checksum and hands it on.
-fn take(packet: Captured<'_>, now: Timestamp, out: &mut impl Outbound, counters: &WorkerCounters) {
+/// Counts one captured packet, completes its checksum and hands it on (stamped, with
+/// [`stamps`] on, its key kept in `stamped`).
+fn take(
+    packet: Captured<'_>,
+    now: Timestamp,
+    out: &mut impl Outbound,
+    counters: &WorkerCounters,
+    stamped: &mut Vec<u64>,
+) {
     let counters = &counters.capture;
     counters.captured.fetch_add(1, Relaxed);
     counters
@@ -146,6 +166,11 @@ fn take(packet: Captured<'_>, now: Timestamp, out: &mut impl Outbound, counters:
         // A partial checksum alagg cannot complete: the peer would drop it anyway.
         counters.dropped.fetch_add(1, Relaxed);
         return;
+    }
+    if stamps::on() {
+        let key = stamps::key(packet.payload);
+        stamps::record(Point::Captured, key, stamps::now());
+        stamped.push(key);
     }
     out.packet(packet.payload, now);
 }

@@ -117,6 +117,14 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let signals = TermSignals::block().context("blocking the termination signals")?;
+    let stamps_file = crate::stamps::start_from_env();
+    if let Some(file) = &stamps_file {
+        tracing::info!(
+            file = %file.display(),
+            "stamping every packet for a latency budget ({}); written when alagg stops",
+            crate::stamps::ENV
+        );
+    }
     for (i, link) in config.links.iter().enumerate() {
         tracing::info!(
             link = i,
@@ -250,6 +258,14 @@ pub fn up(path: &Path) -> anyhow::Result<()> {
     let summary = datapath.snapshot_source(&shown_path.display().to_string());
     let _final_engine = datapath.stop();
     println!("{}", summary().render_summary());
+    if let Some(file) = &stamps_file {
+        match crate::stamps::dump(file) {
+            Ok(count) => tracing::info!(count, file = %file.display(), "latency stamps written"),
+            Err(error) => {
+                tracing::warn!(%error, file = %file.display(), "writing the latency stamps")
+            }
+        }
+    }
     tracing::info!("alagg stopped");
     if failed {
         bail!("alagg stopped because a worker thread failed (see the log above)");

@@ -19,6 +19,7 @@ use alagg_proto::{
 use crate::{
     counters::{Counters, LinkRxCounters},
     port::{BATCH, FrameRx, Inbound, LinkControl, RxLosses},
+    stamps::{self, Point},
 };
 
 /// Where a frame names the link it was sent on: the third byte of the alagg header
@@ -58,6 +59,9 @@ pub(crate) struct Receive<'a, R, T, D> {
     reported: Vec<RxLosses>,
     receiver: Receiver,
     delivery: D,
+    /// With [`stamps`] on: the keys of the packets this turn delivered, stamped again once
+    /// written.
+    stamped: Vec<u64>,
     counters: &'a Counters,
     control: &'a LinkControl<R, T>,
     published: Option<Timestamp>,
@@ -111,6 +115,7 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             links,
             receiver,
             delivery,
+            stamped: Vec::new(),
             counters,
             control,
             published: None,
@@ -192,9 +197,20 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             receiver,
             delivery,
             counters,
+            stamped,
             ..
         } = self;
-        let mut deliver = |packet: &[u8]| delivery.packet(packet);
+        // With stamps on: when the frame being handled was taken from its link.
+        let (stamping, taken_at) = (stamps::on(), std::cell::Cell::new(0));
+        let mut deliver = |packet: &[u8]| {
+            if stamping {
+                let key = stamps::key(packet);
+                stamps::record(Point::Received, key, taken_at.get());
+                stamps::record(Point::Writing, key, stamps::now());
+                stamped.push(key);
+            }
+            delivery.packet(packet);
+        };
         let mut got = 0;
         for (link, pollfd) in links.iter_mut().zip(fds.iter()) {
             if pollfd.fd < 0 {
@@ -208,6 +224,9 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
             // frames must not keep the others and the engine's timers waiting.
             for _ in 0..TURN_BATCHES {
                 let result = link.io.recv(|frame| {
+                    if stamping {
+                        taken_at.set(stamps::now());
+                    }
                     link_counters.rx_frames.fetch_add(1, Relaxed);
                     link_counters
                         .rx_bytes
@@ -256,6 +275,12 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
         }
         // What this turn delivered goes into the stack before the thread looks again or sleeps.
         delivery.flush();
+        if !stamped.is_empty() {
+            let written = stamps::now();
+            for key in stamped.drain(..) {
+                stamps::record(Point::Written, key, written);
+            }
+        }
         if self
             .health_published
             .is_none_or(|t| now.saturating_since(t) >= HEALTH_INTERVAL)
