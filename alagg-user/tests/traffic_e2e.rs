@@ -402,6 +402,49 @@ fn two_capture_workers_carry_udp_and_tcp_intact() {
     assert_eq!(summary_value(&log_a, "rejected_source"), 0, "{context}");
 }
 
+/// `[cpu] run_to_completion` (issue 14): one worker thread serves capture, transmit, receive
+/// and delivery; UDP arrives exactly once and TCP intact both ways.
+#[test]
+fn run_to_completion_carries_udp_exactly_once_and_tcp_intact_on_one_thread() {
+    alagg_testbed::require_root!();
+    let _heavy = heavy();
+    let pair = Pair::new("rtc", 2);
+    let (a, b) = pair.up_with(2, "\n[cpu]\nrun_to_completion = true\n");
+    for alagg in [&a, &b] {
+        let threads = alagg.threads();
+        assert!(
+            threads.contains(&"alagg-worker".to_owned())
+                && !threads
+                    .iter()
+                    .any(|t| t == "alagg-rx" || t == "alagg-capture"),
+            "{threads:?}"
+        );
+    }
+    let count: u32 = 10_000;
+    let seen = udp_numbered(&pair, 5004, count, 64);
+    for (client, server, address, seed) in [(&pair.a, &pair.b, B4, 5), (&pair.b, &pair.a, A6, 6)] {
+        let payload = data(20 * MB, seed);
+        let sent = <[u8; 32]>::from(Sha256::digest(&payload));
+        let received = tcp_transfer(client, server, address, &payload);
+        assert_eq!(
+            received, sent,
+            "SHA-256 differs for the transfer to {address}"
+        );
+    }
+    let (log_b, log_a) = (b.stop(), a.stop());
+    let context = format!("A:\n{log_a}\nB:\n{log_b}");
+    assert_eq!(
+        seen.iter().filter(|&&n| n != 1).count(),
+        0,
+        "UDP not exactly once\n{context}"
+    );
+    // The final counters come from the joined thread's receive stage.
+    assert!(
+        summary_value(&log_b, "delivered") >= u64::from(count),
+        "{context}"
+    );
+}
+
 #[test]
 fn a_peer_with_more_capture_workers_is_warned_about() {
     alagg_testbed::require_root!();

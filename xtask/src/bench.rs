@@ -127,6 +127,10 @@ const STREAM_LOSS_PERCENT: u8 = 3;
 /// defaults, and with workers busy-polling ([`BUSY_POLL`]).
 const BUDGET_NAME: &str = "alagg 2 links, latency budget";
 const BUDGET_BUSY_NAME: &str = "alagg 2 links, busy poll, latency budget";
+const BUDGET_RTC_NAME: &str = "alagg 2 links, run to completion, latency budget";
+/// `[cpu] run_to_completion = true`: receive on the capture worker's thread.
+const RTC: (&str, &str) = ("-rtc", "\n[cpu]\nrun_to_completion = true\n");
+const RTC_NAME: &str = "alagg 2 links, run to completion";
 /// The bare frame loop ([`frame_loop`]) on one link and on two.
 const FRAME_LOOP_1: &str = "frame loop 1 link";
 const FRAME_LOOP_2: &str = "frame loop 2 links";
@@ -136,7 +140,7 @@ const VETH_FRAME_LOOP: &str = "veth: frame loop 2 links";
 /// on a 1500-byte MTU).
 const LOOP_SIZES: [usize; 2] = [64, 1400];
 /// Every configuration a full run measures, for `--only`.
-const CONFIGS: [&str; 26] = [
+const CONFIGS: [&str; 28] = [
     "direct",
     "nfqueue steal",
     FRAME_LOOP_1,
@@ -149,8 +153,10 @@ const CONFIGS: [&str; 26] = [
     "alagg 2 links, unbundled",
     "alagg 2 links, uncoalesced",
     "alagg 2 links, busy poll",
+    RTC_NAME,
     BUDGET_NAME,
     BUDGET_BUSY_NAME,
+    BUDGET_RTC_NAME,
     JUMBO_NAME,
     AUTH_NAME,
     AUTH_ENCRYPT_NAME,
@@ -427,7 +433,20 @@ pub fn run(quick: bool, only: Option<&str>) -> anyhow::Result<()> {
         pair.stop();
     }
 
-    for (name, edit) in [(BUDGET_NAME, DEFAULTS), (BUDGET_BUSY_NAME, BUSY_POLL)] {
+    if only.wants(RTC_NAME) {
+        println!(
+            "\n-- {RTC_NAME}: receive on the capture worker's thread, one loop for both \
+             directions"
+        );
+        let pair = AlaggPair::start(&alagg, &bed, 2, &dir, RTC)?;
+        measure_all(&bed, RTC_NAME, &durations, &mut results, Some(&pair))?;
+        pair.stop();
+    }
+    for (name, edit) in [
+        (BUDGET_NAME, DEFAULTS),
+        (BUDGET_BUSY_NAME, BUSY_POLL),
+        (BUDGET_RTC_NAME, RTC),
+    ] {
         if only.wants(name) {
             println!(
                 "\n-- {name}: pings through alagg on two links, every packet stamped at each \

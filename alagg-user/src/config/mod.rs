@@ -472,6 +472,11 @@ pub struct CpuConfig {
     /// thread that is awake instead of waking one, at the cost of CPU while traffic is sparse.
     /// Default 200.
     pub busy_poll_us: u32,
+    /// Run to completion: the receive stage (links to the TUN) runs on the first capture
+    /// worker's thread, in the same loop as capture and transmit, instead of on a thread of its
+    /// own: one thread to wake per host per direction, and what the host sends in answer to a
+    /// delivered packet (an echo reply, a TCP ACK) is captured in the same turn. Default false.
+    pub run_to_completion: bool,
 }
 
 impl Default for CpuConfig {
@@ -480,6 +485,7 @@ impl Default for CpuConfig {
             pin: true,
             cores: None,
             busy_poll_us: DEFAULT_BUSY_POLL_US,
+            run_to_completion: false,
         }
     }
 }
@@ -1453,6 +1459,14 @@ impl fmt::Display for Plan<'_> {
             "  workers poll for {busy} us after their last packet before sleeping{}",
             default_note(&busy, &DEFAULT_BUSY_POLL_US),
         )?;
+        if config.cpu.run_to_completion {
+            writeln!(
+                f,
+                "  run to completion: receive runs on the first capture worker's thread"
+            )?;
+        } else {
+            writeln!(f, "  receive runs on a thread of its own (default)")?;
+        }
 
         let memory = config.memory();
         writeln!(f, "memory, at most")?;

@@ -375,6 +375,11 @@ impl<'a, R: FrameRx, T, D: Inbound> Receive<'a, R, T, D> {
         (&mut self.fds, timeout)
     }
 
+    /// The descriptors [`Receive::sleep_on`] hands out.
+    pub(crate) fn poll_fds(&mut self) -> &mut [libc::pollfd] {
+        &mut self.fds
+    }
+
     /// Acts on what `poll(2)` wrote into the descriptors: a socket whose interface went away
     /// stops being polled until the runtime hands over a new one. What counts as that is the
     /// socket's to say ([`FrameRx::fatal_events`]): a packet socket's `POLLERR` reports its

@@ -116,6 +116,9 @@ pub(crate) struct DatapathConfig {
     /// to another core, dear in a VM) costs more than a short spin; longer spins keep sparse
     /// traffic's latency low at the cost of CPU.
     pub(crate) busy_poll: Duration,
+    /// Run to completion: the receive stage runs on the first capture worker's thread, after
+    /// its capture stage in every turn ([`worker::Joined`]), instead of on a thread of its own.
+    pub(crate) run_to_completion: bool,
     /// `[auth]`: the site key, and whether payloads are encrypted too.
     pub(crate) auth: Option<(SiteKey, bool)>,
 }
@@ -151,8 +154,14 @@ pub(crate) enum UpError {
 pub(crate) struct Datapath {
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
+    /// The receive thread; `None` when the receive stage runs on the first capture worker's
+    /// thread (run to completion), or once stopped.
     receive: Option<JoinHandle<RxStats>>,
-    capture: Vec<JoinHandle<()>>,
+    /// The capture workers, in order; the one that runs the receive stage too returns its
+    /// final counters.
+    capture: Vec<JoinHandle<Option<RxStats>>>,
+    /// Stopped and torn down already.
+    stopped: bool,
     /// Each worker's heartbeat ([`worker::run`]): the receive thread's, then the capture
     /// workers' in order.
     beats: Vec<Arc<AtomicU64>>,
@@ -273,40 +282,49 @@ impl Datapath {
                 "UDP coalescing needs Linux 6.9 or later (GSO UDP through a TUN device); off"
             );
         }
-        // Cores in the order documented for `cpu.cores`: the capture workers, then receive.
-        let receive = {
-            let tun = tun
+        let plan = ReceivePlan {
+            rx: links.rx,
+            receiver,
+            tun: tun
                 .try_clone()
-                .map_err(|e| UpError::Thread("receive".into(), e))?;
-            let rx = links.rx;
-            spawn_worker(
+                .map_err(|e| UpError::Thread("receive".into(), e))?,
+            tun_mtu: tun_mtu as usize,
+            coalesce,
+        };
+        // Cores in the order documented for `cpu.cores`: the capture workers, then receive.
+        let (receive, joined) = if config.run_to_completion {
+            (None, Some(plan))
+        } else {
+            let receive = spawn_worker(
                 "alagg-rx",
                 cores.get(workers).copied(),
                 &shared,
                 move |counters, control, run| {
-                    let delivery =
-                        Delivery::new(tun, tun_mtu as usize, coalesce, &counters.receiver.delivery);
-                    let stage = Receive::new(rx, receiver, delivery, counters, control);
-                    worker::run(stage, run).finish()
+                    worker::run(plan.stage(counters, control), run).finish()
                 },
             )
-            .map_err(|e| UpError::Thread("receive".into(), e))?
+            .map_err(|e| UpError::Thread("receive".into(), e))?;
+            (Some(receive), None)
         };
-        let capture = match Self::spawn_capture(config, &shared, queues, links.tx, link_states) {
-            Ok(capture) => capture,
-            Err(error) => {
-                // Stop what already runs before the host changes are undone.
-                shared.stop.store(true, Relaxed);
-                let _ = receive.join();
-                return Err(error);
-            }
-        };
+        let capture =
+            match Self::spawn_capture(config, &shared, queues, links.tx, link_states, joined) {
+                Ok(capture) => capture,
+                Err(error) => {
+                    // Stop what already runs before the host changes are undone.
+                    shared.stop.store(true, Relaxed);
+                    if let Some(receive) = receive {
+                        let _ = receive.join();
+                    }
+                    return Err(error);
+                }
+            };
 
         let mut datapath = Self {
             counters,
             stop: shared.stop,
-            receive: Some(receive),
+            receive,
             capture,
+            stopped: false,
             beats: shared
                 .beats
                 .into_inner()
@@ -456,14 +474,16 @@ impl Datapath {
         Ok(all)
     }
 
-    /// Starts a capture worker per queue set; on error, those already started are stopped.
+    /// Starts a capture worker per queue set, the first running the receive stage of `joined`
+    /// too (run to completion); on error, those already started are stopped.
     fn spawn_capture(
         config: &DatapathConfig,
         shared: &Shared,
         queues: Vec<Vec<CaptureQueue>>,
         tx: Vec<Vec<TxLink<LinkTx>>>,
         link_states: Vec<LinkState>,
-    ) -> Result<Vec<JoinHandle<()>>, UpError> {
+        mut joined: Option<ReceivePlan>,
+    ) -> Result<Vec<JoinHandle<Option<RxStats>>>, UpError> {
         let cores = pick_cores(config);
         let workers = queues.len();
         // One number space for all workers: the peer sees one stream.
@@ -483,17 +503,18 @@ impl Datapath {
                 .map(|(site, _)| FrameKey::derive(site, epoch));
             let link_states = link_states.clone();
             let (scheduler, bundle, fec) = (config.scheduler.clone(), config.bundle, config.fec);
-            let name = if workers == 1 {
-                "alagg-capture".to_owned()
-            } else {
-                format!("alagg-capture{w}")
+            let receive = joined.take();
+            let name = match (workers, &receive) {
+                (_, Some(_)) => "alagg-worker".to_owned(),
+                (1, None) => "alagg-capture".to_owned(),
+                _ => format!("alagg-capture{w}"),
             };
             let handle = spawn_worker(
                 &name,
                 cores.get(w).copied(),
                 shared,
-                move |counters, control, run| {
-                    let counters = &counters.workers[w];
+                move |all, control, run| {
+                    let counters = &all.workers[w];
                     let tx = Transmit::new(
                         (sender, sealer),
                         (links, link_states),
@@ -501,7 +522,19 @@ impl Datapath {
                         counters,
                         (control, w),
                     );
-                    worker::run(Capture::new(queues, tx, counters), run);
+                    let capture = Capture::new(queues, tx, counters);
+                    match receive {
+                        // Receive first: what its TUN writes make the host send is captured
+                        // in the same turn.
+                        Some(plan) => {
+                            let stage = worker::Joined::new(plan.stage(all, control), capture);
+                            Some(worker::run(stage, run).first.finish())
+                        }
+                        None => {
+                            worker::run(capture, run);
+                            None
+                        }
+                    }
                 },
             );
             match handle {
@@ -553,7 +586,7 @@ impl Datapath {
     /// Whether every worker thread still runs. One that ended (a bug: they only end when told
     /// to) makes the datapath useless; the caller should stop and report it.
     pub(crate) fn workers_alive(&self) -> bool {
-        self.receive.as_ref().is_some_and(|h| !h.is_finished())
+        self.receive.as_ref().is_none_or(|h| !h.is_finished())
             && !self.capture.is_empty()
             && self.capture.iter().all(|h| !h.is_finished())
     }
@@ -577,6 +610,7 @@ impl Datapath {
     }
 
     fn shutdown(&mut self) -> RxStats {
+        self.stopped = true;
         // No new packets into the queue, then stop the workers.
         for error in self.host.teardown() {
             tracing::warn!(%error, "teardown");
@@ -584,14 +618,13 @@ impl Datapath {
         self.stop.store(true, Relaxed);
         // Every worker wakes at least every IDLE_WAKEUP to see the stop flag; the receive
         // thread is joined first, for the engine's final counters.
-        let stats = self
-            .receive
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
+        let mut stats = self.receive.take().and_then(|h| h.join().ok());
         for handle in self.capture.drain(..) {
-            let _ = handle.join();
+            if let Ok(Some(joined)) = handle.join() {
+                stats = Some(joined);
+            }
         }
+        let stats = stats.unwrap_or_default();
         if let Some(mut steering) = self.steering.take() {
             for link in &self.links {
                 if let Err(error) = steering.detach(&link.plan.interface) {
@@ -606,9 +639,34 @@ impl Datapath {
 
 impl Drop for Datapath {
     fn drop(&mut self) {
-        if self.receive.is_some() {
+        if !self.stopped {
             self.shutdown();
         }
+    }
+}
+
+/// What the receive stage is made of, made on the thread that runs it.
+struct ReceivePlan {
+    rx: Vec<RxLink<LinkRx>>,
+    receiver: Receiver,
+    tun: Tun,
+    tun_mtu: usize,
+    coalesce: bool,
+}
+
+impl ReceivePlan {
+    fn stage<'a>(
+        self,
+        counters: &'a Counters,
+        control: &'a Control,
+    ) -> Receive<'a, LinkRx, LinkTx, Delivery<'a, Tun>> {
+        let delivery = Delivery::new(
+            self.tun,
+            self.tun_mtu,
+            self.coalesce,
+            &counters.receiver.delivery,
+        );
+        Receive::new(self.rx, self.receiver, delivery, counters, control)
     }
 }
 

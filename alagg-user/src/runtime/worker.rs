@@ -37,6 +37,9 @@ pub(crate) trait Stage {
 
     /// Called after each sleep, to act on what `poll(2)` wrote into the descriptors.
     fn woke(&mut self) {}
+
+    /// The descriptors [`Stage::sleep_on`] hands out, as they are now.
+    fn poll_fds(&mut self) -> &mut [libc::pollfd];
 }
 
 impl<Q: PacketSource, O: Outbound> Stage for Capture<'_, Q, O> {
@@ -46,7 +49,11 @@ impl<Q: PacketSource, O: Outbound> Stage for Capture<'_, Q, O> {
 
     fn sleep_on(&mut self, now: Timestamp) -> (&mut [libc::pollfd], Duration) {
         let due = self.due(now).map_or(IDLE_WAKEUP, |d| d.min(IDLE_WAKEUP));
-        (self.poll_fds(), due)
+        (Capture::poll_fds(self), due)
+    }
+
+    fn poll_fds(&mut self) -> &mut [libc::pollfd] {
+        Capture::poll_fds(self)
     }
 }
 
@@ -61,6 +68,64 @@ impl<R: FrameRx, T, D: Inbound> Stage for Receive<'_, R, T, D> {
 
     fn woke(&mut self) {
         Receive::woke(self);
+    }
+
+    fn poll_fds(&mut self) -> &mut [libc::pollfd] {
+        Receive::poll_fds(self)
+    }
+}
+
+/// Run to completion (`[cpu] run_to_completion`): two stages on one thread, `first` then
+/// `then` in every turn, sleeping on both stages' descriptors at once. With the receive stage
+/// first and a capture stage then, a packet that the receive stage's TUN write makes the host
+/// answer (an echo reply, a TCP ACK: the kernel queues it to NFQUEUE inside that write) is
+/// captured and sent in the same turn, without waking another thread.
+#[derive(Debug)]
+pub(crate) struct Joined<A, B> {
+    pub(crate) first: A,
+    pub(crate) then: B,
+    /// Both stages' descriptors, `first`'s then `then`'s, as the last sleep saw them.
+    fds: Vec<libc::pollfd>,
+}
+
+impl<A: Stage, B: Stage> Joined<A, B> {
+    pub(crate) fn new(first: A, then: B) -> Self {
+        Self {
+            first,
+            then,
+            fds: Vec::new(),
+        }
+    }
+}
+
+impl<A: Stage, B: Stage> Stage for Joined<A, B> {
+    fn turn(&mut self, now: Timestamp) -> usize {
+        self.first.turn(now) + self.then.turn(now)
+    }
+
+    fn sleep_on(&mut self, now: Timestamp) -> (&mut [libc::pollfd], Duration) {
+        self.fds.clear();
+        let (fds, first) = self.first.sleep_on(now);
+        self.fds.extend_from_slice(fds);
+        let (fds, then) = self.then.sleep_on(now);
+        self.fds.extend_from_slice(fds);
+        (&mut self.fds, first.min(then))
+    }
+
+    fn woke(&mut self) {
+        // What poll(2) saw goes back to each stage's own descriptors, in the same order.
+        let mut seen = self.fds.iter();
+        for stage_fds in [self.first.poll_fds(), self.then.poll_fds()] {
+            for (own, seen) in stage_fds.iter_mut().zip(seen.by_ref()) {
+                own.revents = seen.revents;
+            }
+        }
+        self.first.woke();
+        self.then.woke();
+    }
+
+    fn poll_fds(&mut self) -> &mut [libc::pollfd] {
+        &mut self.fds
     }
 }
 
@@ -103,4 +168,77 @@ pub(crate) fn run<S: Stage>(
         stage.woke();
     }
     stage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stage with `work` packets waiting per turn, descriptors `fds` and a sleep of `sleep`.
+    struct Fake {
+        work: usize,
+        turns: usize,
+        fds: Vec<libc::pollfd>,
+        sleep: Duration,
+        woke_with: Vec<i16>,
+    }
+
+    impl Fake {
+        fn new(work: usize, fds: &[i32], sleep: Duration) -> Self {
+            Self {
+                work,
+                turns: 0,
+                fds: fds
+                    .iter()
+                    .map(|&fd| libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect(),
+                sleep,
+                woke_with: Vec::new(),
+            }
+        }
+    }
+
+    impl Stage for Fake {
+        fn turn(&mut self, _now: Timestamp) -> usize {
+            self.turns += 1;
+            self.work
+        }
+
+        fn sleep_on(&mut self, _now: Timestamp) -> (&mut [libc::pollfd], Duration) {
+            (&mut self.fds, self.sleep)
+        }
+
+        fn woke(&mut self) {
+            self.woke_with = self.fds.iter().map(|p| p.revents).collect();
+        }
+
+        fn poll_fds(&mut self) -> &mut [libc::pollfd] {
+            &mut self.fds
+        }
+    }
+
+    #[test]
+    fn joined_stages_turn_together_and_sleep_on_all_their_descriptors() {
+        let first = Fake::new(2, &[3, 4], Duration::from_millis(7));
+        let then = Fake::new(1, &[9], Duration::from_millis(2));
+        let mut joined = Joined::new(first, then);
+        assert_eq!(joined.turn(Timestamp::ZERO), 3);
+        assert_eq!((joined.first.turns, joined.then.turns), (1, 1));
+
+        let (fds, sleep) = joined.sleep_on(Timestamp::ZERO);
+        let seen: Vec<i32> = fds.iter().map(|p| p.fd).collect();
+        assert_eq!(seen, [3, 4, 9]);
+        // The shorter of the two: the sooner deadline wakes the thread.
+        assert_eq!(sleep, Duration::from_millis(2));
+        // What poll(2) writes reaches the stage that owns the descriptor.
+        fds[1].revents = libc::POLLERR;
+        fds[2].revents = libc::POLLIN;
+        joined.woke();
+        assert_eq!(joined.first.woke_with, [0, libc::POLLERR]);
+        assert_eq!(joined.then.woke_with, [libc::POLLIN]);
+    }
 }

@@ -62,6 +62,19 @@ impl Alagg {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The names of the process's threads (`/proc/<pid>/task/*/comm`), sorted.
+    pub fn threads(&self) -> Vec<String> {
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.child.id()));
+        let mut names: Vec<String> = fs::read_dir(tasks)
+            .unwrap()
+            .flatten()
+            .filter_map(|task| fs::read_to_string(task.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
