@@ -402,21 +402,20 @@ fn two_capture_workers_carry_udp_and_tcp_intact() {
     assert_eq!(summary_value(&log_a, "rejected_source"), 0, "{context}");
 }
 
-/// `[cpu] run_to_completion` (issue 14): one worker thread serves capture, transmit, receive
-/// and delivery; UDP arrives exactly once and TCP intact both ways.
-#[test]
-fn run_to_completion_carries_udp_exactly_once_and_tcp_intact_on_one_thread() {
+/// `[cpu] run_to_completion` (issue 14): with it one worker thread serves capture, transmit,
+/// receive and delivery, without it receive has a thread of its own; either way UDP arrives
+/// exactly once and TCP intact both ways.
+fn udp_and_tcp_with_run_to_completion(tag: &str, on: bool) {
     alagg_testbed::require_root!();
     let _heavy = heavy();
-    let pair = Pair::new("rtc", 2);
-    let (a, b) = pair.up_with(2, "\n[cpu]\nrun_to_completion = true\n");
+    let pair = Pair::new(tag, 2);
+    let (a, b) = pair.up_with(2, &format!("\n[cpu]\nrun_to_completion = {on}\n"));
     for alagg in [&a, &b] {
         let threads = alagg.threads();
-        assert!(
-            threads.contains(&"alagg-worker".to_owned())
-                && !threads
-                    .iter()
-                    .any(|t| t == "alagg-rx" || t == "alagg-capture"),
+        let has = |name: &str| threads.iter().any(|t| t == name);
+        assert_eq!(
+            (has("alagg-worker"), has("alagg-rx"), has("alagg-capture")),
+            (on, !on, !on),
             "{threads:?}"
         );
     }
@@ -438,11 +437,21 @@ fn run_to_completion_carries_udp_exactly_once_and_tcp_intact_on_one_thread() {
         0,
         "UDP not exactly once\n{context}"
     );
-    // The final counters come from the joined thread's receive stage.
+    // The final counters come from the receive stage, on whichever thread it ran.
     assert!(
         summary_value(&log_b, "delivered") >= u64::from(count),
         "{context}"
     );
+}
+
+#[test]
+fn run_to_completion_carries_udp_exactly_once_and_tcp_intact_on_one_thread() {
+    udp_and_tcp_with_run_to_completion("rtc", true);
+}
+
+#[test]
+fn a_receive_thread_of_its_own_carries_udp_exactly_once_and_tcp_intact() {
+    udp_and_tcp_with_run_to_completion("split", false);
 }
 
 #[test]

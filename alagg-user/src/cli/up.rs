@@ -76,7 +76,9 @@ fn datapath_config(config: &Config, key: Option<SiteKey>) -> DatapathConfig {
         pin: config.cpu.pin,
         cores: config.cpu.cores.clone(),
         busy_poll: config.cpu.busy_poll(),
-        run_to_completion: config.cpu.run_to_completion,
+        run_to_completion: config
+            .cpu
+            .run_to_completion(usize::from(config.capture.queues), config.cpu.usable_cpus()),
         auth: key.map(|key| (key, config.auth.as_ref().is_some_and(|a| a.encrypt))),
     }
 }
