@@ -140,6 +140,9 @@ const VETH_FRAME_LOOP: &str = "veth: frame loop 2 links";
 /// 1400-byte datagram's frame is 1478 bytes with its Ethernet header, nearly a full-sized one
 /// on a 1500-byte MTU).
 const LOOP_SIZES: [usize; 2] = [64, 1400];
+/// The loop size whose rate, in bytes of packet per second, stands on the `tcp 1 flow` row as
+/// the ceiling of what TCP could get through alagg on the same links.
+const CEILING_SIZE: usize = 1400;
 /// Every configuration a full run measures, for `--only`.
 const CONFIGS: [&str; 28] = [
     "direct",
@@ -172,10 +175,11 @@ const CONFIGS: [&str; 28] = [
     "veth: alagg 2 links",
 ];
 /// The configurations measured on impaired links.
-const IMPAIRED: [&str; 5] = [
+const IMPAIRED: [&str; 6] = [
     "direct",
     "mptcp 2 links",
     "alagg 2 links",
+    SPLIT_NAME,
     STRIPE_NAME,
     ADAPTIVE_NAME,
 ];
@@ -712,7 +716,8 @@ fn steal_pps(
 /// on B, then `alagg blast` on A for the UDP duration. Recorded as `udp N B`, the packets per
 /// second that crossed every link (frames received per link, averaged over the links: each
 /// packet goes on all of them, as alagg's redundant mode sends it, so this is the ceiling of
-/// alagg's delivered rate on the same links), and `udp N B: frames, all links`.
+/// alagg's delivered rate on the same links), and `udp N B: frames, all links`; on the `tcp 1
+/// flow` row, the [`CEILING_SIZE`] rate in Gbit/s of packet bytes (no TCP runs in the loop).
 fn frame_loop(
     alagg: &Path,
     bed: &Testbed,
@@ -779,6 +784,16 @@ fn frame_loop(
             frames / secs,
             "pps",
         );
+        if size == CEILING_SIZE {
+            // Issue 14's TCP ceiling: the bytes of IP packet a redundant sender could get across
+            // every link per second at this frame size, on the row alagg's TCP figure is on.
+            results.add(
+                config,
+                "tcp 1 flow",
+                frames / links as f64 / secs * size as f64 * 8.0 / 1e9,
+                "Gbit/s",
+            );
+        }
         println!(
             "  ({size} B: {:.0} frames sent, {frames:.0} received ({} per link/s), {:.2} Gbit/s \
              of frames received; CPU: blast {:.0} %, sink {:.0} % of one core)",
@@ -991,7 +1006,7 @@ fn impaired(
     let label = impairment.workload();
     let runs = durations.impaired_runs;
     let secs = durations.tcp_secs;
-    let [direct, mptcp, alagg_2, stripe, adaptive] = IMPAIRED;
+    let [direct, mptcp, alagg_2, split, stripe, adaptive] = IMPAIRED;
     if only.wants(direct) {
         let _direct = DirectPath::new(bed)?;
         let value = median(runs, || iperf(bed, 1, secs))?;
@@ -1002,7 +1017,12 @@ fn impaired(
         let value = median(runs, || bed_mptcp.iperf(1, secs))?;
         results.add(mptcp, &label, value, "Gbit/s");
     }
-    for (name, edit) in [(alagg_2, DEFAULTS), (stripe, STRIPE), (adaptive, ADAPTIVE)] {
+    for (name, edit) in [
+        (alagg_2, DEFAULTS),
+        (split, SPLIT),
+        (stripe, STRIPE),
+        (adaptive, ADAPTIVE),
+    ] {
         if !only.wants(name) {
             continue;
         }
