@@ -147,6 +147,12 @@ pub(crate) trait FrameTx {
     fn wait_for_device(&mut self, wait: bool) {
         let _ = wait;
     }
+
+    /// Whether the last flush, not waiting for the device, left frames that go out only when
+    /// the transmit half is flushed again (the stage does so soon, with or without new frames).
+    fn behind(&self) -> bool {
+        false
+    }
 }
 
 /// One captured packet, writable so that a partial checksum can be completed in place.

@@ -41,6 +41,9 @@ use crate::{
 
 /// How long after its last packet a worker keeps probing its idle lanes.
 pub(crate) const ACTIVE_FOR: Duration = Duration::from_secs(1);
+/// How soon a link's transmit half is flushed again when its last flush left frames for the
+/// device ([`FrameTx::behind`]): a slow link's rest goes out without waiting for new packets.
+const BEHIND_RETRY: Duration = Duration::from_micros(100);
 
 /// How far back failover resends: what a link carried in the time it takes to find it down
 /// ([`alagg_proto::health::DOWN_AFTER`]) and the feedback's delay.
@@ -762,6 +765,10 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
             self.flush_links();
         }
         self.send_control(now);
+        // What a slow link's last flush left on its ring goes when it is kicked again.
+        if self.links.iter().any(|l| l.carrier && l.io.behind()) {
+            self.flush_links();
+        }
     }
 
     fn due(&self, now: Timestamp) -> Option<Duration> {
@@ -782,7 +789,12 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
             .as_ref()
             .and_then(|f| f.encoder.deadline(f.timeout))
             .map(|t| t.saturating_since(now));
-        [feedback, probe, block].into_iter().flatten().min()
+        let behind = self
+            .links
+            .iter()
+            .any(|l| l.carrier && l.io.behind())
+            .then_some(BEHIND_RETRY);
+        [feedback, probe, block, behind].into_iter().flatten().min()
     }
 
     /// Encapsulates one captured packet and stages its frames on the links the scheduler picks;

@@ -209,6 +209,13 @@ impl FrameTx for LinkTx {
             xsk.wait_for_device(wait);
         }
     }
+
+    fn behind(&self) -> bool {
+        match self {
+            LinkTx::Xsk(xsk) => xsk.behind(),
+            LinkTx::Packet(_) => false,
+        }
+    }
 }
 
 /// Opens link `index`'s sockets for `workers` capture workers: the receive halves (for the
