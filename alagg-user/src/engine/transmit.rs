@@ -761,12 +761,10 @@ impl<R, T: FrameTx> Outbound for Transmit<'_, R, T> {
         }
         self.take_health(links_changed, now);
         self.adapt_fec(now);
-        if self.close_fec_block(now) {
-            self.flush_links();
-        }
+        let parity = self.close_fec_block(now);
         self.send_control(now);
         // What a slow link's last flush left on its ring goes when it is kicked again.
-        if self.links.iter().any(|l| l.carrier && l.io.behind()) {
+        if parity || self.links.iter().any(|l| l.carrier && l.io.behind()) {
             self.flush_links();
         }
     }

@@ -110,6 +110,8 @@ type Wire = Rc<RefCell<VecDeque<Vec<u8>>>>;
 struct MemTx {
     staged: Vec<Vec<u8>>,
     wire: Wire,
+    /// [`Impairment::per_flush`].
+    per_flush: usize,
 }
 
 impl FrameTx for MemTx {
@@ -127,12 +129,20 @@ impl FrameTx for MemTx {
     }
 
     fn flush(&mut self) -> Result<(), Infallible> {
-        self.wire.borrow_mut().extend(self.staged.drain(..));
+        let leaving = match self.per_flush {
+            0 => self.staged.len(),
+            n => n.min(self.staged.len()),
+        };
+        self.wire.borrow_mut().extend(self.staged.drain(..leaving));
         Ok(())
     }
 
     fn losses(&self) -> TxLosses {
         TxLosses::default()
+    }
+
+    fn behind(&self) -> bool {
+        !self.staged.is_empty()
     }
 }
 
@@ -190,6 +200,9 @@ struct Impairment {
     /// Chance that a frame is held back to the next turn, a millisecond later: within the
     /// hold time, so the receiver waits for it.
     delay: u64,
+    /// A slow device: at most this many frames leave per flush, the rest wait on the ring
+    /// (0: every staged frame leaves).
+    per_flush: usize,
 }
 
 const HOST_A: MacAddr = MacAddr([2, 0, 0, 0, 0xa, 1]);
@@ -272,12 +285,13 @@ impl Fixture {
         auth: Option<(SiteKey, bool)>,
     ) -> Path<'_> {
         let (mut tx_links, mut rx_links, mut states, mut wires) = (vec![], vec![], vec![], vec![]);
-        for i in 0..impairments.len() {
+        for (i, impairment) in impairments.iter().enumerate() {
             let (sent, arrived) = (Wire::default(), Wire::default());
             tx_links.push(TxLink {
                 io: MemTx {
                     staged: Vec::new(),
                     wire: Rc::clone(&sent),
+                    per_flush: impairment.per_flush,
                 },
                 eth: EthernetRepr {
                     dst: HOST_B,
@@ -510,6 +524,7 @@ fn a_lossy_reordering_link_beside_a_clean_one_loses_nothing() {
         duplicate: 10,
         reorder: 20,
         delay: 10,
+        ..Impairment::default()
     };
     let reordering = Impairment {
         reorder: 30,
@@ -541,6 +556,7 @@ fn two_lossy_links_deliver_each_packet_at_most_once_and_in_order() {
         duplicate: 10,
         reorder: 20,
         delay: 10,
+        ..Impairment::default()
     };
     let fixture = Fixture::new(2);
     let mut path = fixture.path(&[lossy, lossy], true, 5);
@@ -680,6 +696,40 @@ fn a_flooded_link_does_not_keep_the_other_waiting() {
 }
 
 #[test]
+fn what_a_slow_link_left_on_its_ring_goes_without_new_packets() {
+    // Redundant: a flush does not wait for a slow device. Link 1 takes 2 frames per flush; what
+    // one batch left on its ring is kicked again soon (`due`) and at every turn, though no
+    // packet comes after it. Link 0 loses everything, so only link 1 can deliver.
+    let fixture = Fixture::new(2);
+    let dead = Impairment {
+        loss: 100,
+        ..Impairment::default()
+    };
+    let slow = Impairment {
+        per_flush: 2,
+        ..Impairment::default()
+    };
+    let mut path = fixture.path(&[dead, slow], false, 41);
+    let sent = packets(30, 1000, 42);
+    path.queue_mut()
+        .waiting
+        .extend(sent.iter().map(|p| (p.clone(), false, false)));
+    path.turn();
+    let due = path.queue.due(path.now);
+    assert!(
+        due.is_some_and(|d| d <= Duration::from_micros(100)),
+        "a link behind is not kicked again soon: due {due:?}"
+    );
+    for _ in 0..20 {
+        path.turn();
+    }
+    assert_eq!(
+        written_ids(&fixture.tun, &sent),
+        (0..30).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn capture_drops_truncated_and_empty_packets_and_delivers_the_rest() {
     let fixture = Fixture::new(1);
     let mut path = fixture.path(&[Impairment::default()], false, 9);
@@ -724,6 +774,7 @@ fn with_auth_every_packet_arrives_and_no_forged_or_changed_frame_is_delivered() 
             duplicate: 10,
             reorder: 20,
             delay: 10,
+            ..Impairment::default()
         };
         let impaired = [lossy, Impairment::default()];
         let mut path = fixture.path_with(&impaired, true, 13, Some((site, encrypt)));
